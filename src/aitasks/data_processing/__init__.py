@@ -1,0 +1,1 @@
+"""Data processing: events contract, ETL, validation and quarantine, features, Feast, drift."""

@@ -1,0 +1,92 @@
+"""The data contract for listening events and the track catalog.
+
+This module is the single source of truth for column names, types and ranges. The human-readable
+version lives in ``docs/{en,fr,de}/data-contract.md``; a test keeps both in step.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import pyarrow as pa
+
+CONTRACT_VERSION: Final = "1.0.0"
+
+#: Genres of the catalog. Order matters: feature columns ``user_genre_affinity_<genre>`` follow it.
+GENRES: Final[tuple[str, ...]] = (
+    "pop",
+    "rock",
+    "hip_hop",
+    "electronic",
+    "jazz",
+    "classical",
+    "country",
+    "rnb",
+    "metal",
+    "folk",
+    "latin",
+    "ambient",
+)
+
+#: Where a play started from.
+CONTEXTS: Final[tuple[str, ...]] = ("playlist", "album", "artist", "search", "radio", "library")
+
+#: Identifier rule for user, track, artist and event ids: 1-64 chars of ``[A-Za-z0-9_-]``.
+ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
+
+#: A single play cannot last longer than this (a day); longer values are corrupt.
+MAX_MS_PLAYED: Final = 24 * 3600 * 1000
+#: Track durations must lie in (0, 3 h].
+MAX_DURATION_MS: Final = 3 * 3600 * 1000
+MIN_RELEASE_YEAR: Final = 1900
+#: Events stamped further than this into the future (clock skew allowance) are quarantined.
+FUTURE_TOLERANCE_S: Final = 300
+
+EVENT_COLUMNS: Final[tuple[str, ...]] = (
+    "event_id",
+    "user_id",
+    "track_id",
+    "ts",
+    "ms_played",
+    "context",
+    "skipped",
+)
+TRACK_COLUMNS: Final[tuple[str, ...]] = (
+    "track_id",
+    "artist_id",
+    "genre",
+    "duration_ms",
+    "release_year",
+    "explicit",
+)
+
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ms_played", pa.int64(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("skipped", pa.bool_(), nullable=False),
+    ]
+)
+
+TRACKS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("artist_id", pa.string(), nullable=False),
+        pa.field("genre", pa.string(), nullable=False),
+        pa.field("duration_ms", pa.int64(), nullable=False),
+        pa.field("release_year", pa.int32(), nullable=False),
+        pa.field("explicit", pa.bool_(), nullable=False),
+    ]
+)
+
+#: Quarantine files carry every input column as text (what was read, unchanged) plus these.
+QUARANTINE_EXTRA_COLUMNS: Final[tuple[str, ...]] = ("_source_row", "_reason")
+
+
+def genre_affinity_column(genre: str) -> str:
+    """Name of the user feature holding the recency-weighted affinity for ``genre``."""
+    return f"user_genre_affinity_{genre}"

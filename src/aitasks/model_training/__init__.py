@@ -1,0 +1,1 @@
+"""Task family (built by a later issue)."""
