@@ -1,1 +1,4 @@
-"""The task framework: decorator and registry, errors, retries, idempotency, audit, telemetry, logging, storage, settings."""
+"""The task framework.
+
+Decorator and registry, errors, retries, idempotency, audit, telemetry, logging, storage, settings.
+"""

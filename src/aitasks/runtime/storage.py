@@ -1,0 +1,351 @@
+"""Storage behind one small interface: local paths and ``gs://`` URIs.
+
+Publishing is atomic on both:
+
+* locally, data goes to a hidden temp file in the target directory, is fsynced, then renamed over
+  the target (``os.replace``) and the directory is fsynced: a reader sees the old file or the new
+  one, never a torn one, even when the writer is killed mid-write. A create-only write links the
+  temp file into place (``os.link`` fails if the target exists), so two racing writers agree on
+  one winner;
+* on GCS, an object upload becomes visible at once when it completes; create-only writes use
+  ``if_generation_match=0`` and compare-and-swap writes use the generation read before, so the
+  client library's automatic retries are safe and races have one winner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from aitasks.runtime.errors import (
+    PreconditionFailedError,
+    ServiceUnavailableError,
+    UnsafePathError,
+)
+from aitasks.runtime.hashing import sha256_file, sha256_tree
+
+GCS_SCHEME = "gs://"
+_TMP_PREFIX = ".tmp-"
+
+
+def is_gcs(uri: str) -> bool:
+    return uri.startswith(GCS_SCHEME)
+
+
+def check_relative_key(key: str) -> str:
+    """Refuse keys that could escape the root they are joined to (``..``, absolute, NUL, backslash)."""
+    if not key or "\x00" in key or "\\" in key:
+        raise UnsafePathError(f"unsafe key {key!r}: empty, NUL byte or backslash")
+    p = PurePosixPath(key)
+    if p.is_absolute() or any(part in ("..", "") for part in key.split("/")):
+        raise UnsafePathError(f"unsafe key {key!r}: must be relative without '..' or empty segments")
+    return key
+
+
+def join_uri(root: str, *keys: str) -> str:
+    """Join safe relative ``keys`` under ``root`` (a local path or a ``gs://`` URI)."""
+    for k in keys:
+        for part in k.split("/"):
+            if part == "..":
+                raise UnsafePathError(f"unsafe key {k!r}: '..' escapes {root!r}")
+        check_relative_key(k)
+    if is_gcs(root):
+        return "/".join([root.rstrip("/"), *keys])
+    return str(Path(root).joinpath(*keys))
+
+
+@dataclass(frozen=True)
+class Version:
+    """What a compare-and-swap compares: a GCS generation, or the sha256 of a local file's content."""
+
+    token: str | None  # None: the object does not exist
+
+
+class Storage(Protocol):
+    """The storage interface every task uses."""
+
+    def exists(self, uri: str) -> bool: ...
+    def read_bytes(self, uri: str) -> bytes: ...
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None: ...
+    def version(self, uri: str) -> Version: ...
+    def compare_and_swap(self, uri: str, data: bytes, expected: Version) -> None: ...
+    def put_file(self, local: Path, uri: str, *, if_absent: bool = False) -> None: ...
+    def get_file(self, uri: str, local: Path) -> None: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, uri: str) -> None: ...
+    def content_hash(self, uri: str) -> str: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """Local filesystem storage with atomic publish."""
+
+    def _path(self, uri: str) -> Path:
+        if is_gcs(uri):
+            raise UnsafePathError(f"{uri!r} is a GCS URI, not a local path")
+        if "\x00" in uri:
+            raise UnsafePathError("path contains a NUL byte")
+        return Path(uri.removeprefix("file://"))
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).exists()
+
+    def read_bytes(self, uri: str) -> bytes:
+        return self._path(uri).read_bytes()
+
+    @contextlib.contextmanager
+    def _temp_beside(self, target: Path) -> Iterator[Path]:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex}"
+        try:
+            yield tmp
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def _publish(self, tmp: Path, target: Path, *, if_absent: bool) -> None:
+        if if_absent:
+            try:
+                os.link(tmp, target)  # atomic and exclusive: fails when the target exists
+            except FileExistsError as exc:
+                raise PreconditionFailedError(f"{target} already exists") from exc
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
+        target = self._path(uri)
+        with self._temp_beside(target) as tmp:
+            with tmp.open("xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._publish(tmp, target, if_absent=if_absent)
+
+    def put_file(self, local: Path, uri: str, *, if_absent: bool = False) -> None:
+        target = self._path(uri)
+        with self._temp_beside(target) as tmp:
+            shutil.copyfile(local, tmp)
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            self._publish(tmp, target, if_absent=if_absent)
+
+    def get_file(self, uri: str, local: Path) -> None:
+        src = self._path(uri)
+        if src.resolve() != local.resolve():
+            shutil.copyfile(src, local)
+
+    def version(self, uri: str) -> Version:
+        p = self._path(uri)
+        return Version(sha256_file(p) if p.exists() else None)
+
+    def compare_and_swap(self, uri: str, data: bytes, expected: Version) -> None:
+        """Replace ``uri`` only if its content is still ``expected``; serialised by an flock."""
+        import fcntl
+
+        target = self._path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = target.parent / f".{target.name}.lock"
+        with lock.open("a+") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            try:
+                if self.version(uri) != expected:
+                    raise PreconditionFailedError(f"{target} changed since it was read")
+                self.write_bytes(uri, data, if_absent=expected.token is None)
+            finally:
+                fcntl.flock(lf, fcntl.LOCK_UN)
+
+    def list(self, prefix: str) -> list[str]:
+        p = self._path(prefix)
+        if p.is_dir():
+            return sorted(str(q) for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+        return sorted(str(q) for q in p.parent.glob(p.name + "*") if q.is_file() and not q.name.startswith("."))
+
+    def delete(self, uri: str) -> None:
+        p = self._path(uri)
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def content_hash(self, uri: str) -> str:
+        p = self._path(uri)
+        if p.is_dir():
+            return "sha256-tree:" + sha256_tree(p)
+        return "sha256:" + sha256_file(p)
+
+
+def _split_gcs(uri: str) -> tuple[str, str]:
+    rest = uri[len(GCS_SCHEME) :]
+    bucket, _, name = rest.partition("/")
+    if not bucket or not name:
+        raise UnsafePathError(f"{uri!r} is not gs://bucket/object")
+    check_relative_key(name)
+    return bucket, name
+
+
+class GCSStorage:
+    """Google Cloud Storage with generation preconditions on every write that must not race.
+
+    ``client`` is a ``google.cloud.storage.Client`` (or a test double with the same small surface).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def _blob(self, uri: str) -> Any:
+        bucket, name = _split_gcs(uri)
+        return self._client.bucket(bucket).blob(name)
+
+    @staticmethod
+    def _wrap(exc: Exception, uri: str) -> Exception:
+        from google.api_core import exceptions as gexc
+
+        if isinstance(exc, gexc.PreconditionFailed):
+            return PreconditionFailedError(f"{uri}: generation precondition failed")
+        if isinstance(exc, gexc.NotFound):
+            return FileNotFoundError(uri)
+        if isinstance(exc, gexc.ServiceUnavailable | gexc.TooManyRequests | gexc.InternalServerError):
+            return ServiceUnavailableError(f"GCS unavailable for {uri}: {exc}")
+        return exc
+
+    def exists(self, uri: str) -> bool:
+        return bool(self._blob(uri).exists())
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return bytes(self._blob(uri).download_as_bytes())
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
+        kwargs = {"if_generation_match": 0} if if_absent else {}
+        try:
+            self._blob(uri).upload_from_string(data, **kwargs)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def put_file(self, local: Path, uri: str, *, if_absent: bool = False) -> None:
+        kwargs = {"if_generation_match": 0} if if_absent else {}
+        try:
+            self._blob(uri).upload_from_filename(str(local), **kwargs)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def get_file(self, uri: str, local: Path) -> None:
+        try:
+            self._blob(uri).download_to_filename(str(local))
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def version(self, uri: str) -> Version:
+        blob = self._blob(uri)
+        try:
+            blob.reload()
+        except Exception as exc:
+            wrapped = self._wrap(exc, uri)
+            if isinstance(wrapped, FileNotFoundError):
+                return Version(None)
+            raise wrapped from exc
+        return Version(str(blob.generation))
+
+    def compare_and_swap(self, uri: str, data: bytes, expected: Version) -> None:
+        gen = 0 if expected.token is None else int(expected.token)
+        try:
+            self._blob(uri).upload_from_string(data, if_generation_match=gen)
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+
+    def list(self, prefix: str) -> list[str]:
+        bucket, name = _split_gcs(prefix.rstrip("/"))
+        name = name + "/" if prefix.endswith("/") else name
+        return sorted(f"gs://{bucket}/{b.name}" for b in self._client.list_blobs(bucket, prefix=name))
+
+    def delete(self, uri: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                self._blob(uri).delete()
+            except Exception as exc:
+                raise self._wrap(exc, uri) from exc
+
+    def content_hash(self, uri: str) -> str:
+        blob = self._blob(uri)
+        try:
+            blob.reload()
+        except Exception as exc:
+            raise self._wrap(exc, uri) from exc
+        if blob.md5_hash:  # absent on composite objects
+            return "md5:" + str(blob.md5_hash)
+        return "crc32c:" + str(blob.crc32c)
+
+
+def storage_for(uri: str, *, gcs_client: Any | None = None) -> Storage:
+    """The storage that serves ``uri``. The GCS client is created only when a ``gs://`` URI needs it."""
+    if is_gcs(uri):
+        if gcs_client is None:
+            from google.cloud import storage as gcs
+
+            gcs_client = gcs.Client()
+        return GCSStorage(gcs_client)
+    return LocalStorage()
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, storage: Storage | None = None) -> Iterator[Path]:
+    """A local path holding ``uri``'s content: the path itself for local files, a temp download for GCS."""
+    if not is_gcs(uri):
+        yield Path(uri.removeprefix("file://"))
+        return
+    st = storage or storage_for(uri)
+    with tempfile.TemporaryDirectory(prefix="aitasks-") as d:
+        local = Path(d) / PurePosixPath(uri).name
+        st.get_file(uri, local)
+        yield local
+
+
+@contextlib.contextmanager
+def publish_local_file(uri: str, storage: Storage | None = None, *, if_absent: bool = False) -> Iterator[Path]:
+    """Yield a local temp path to write; on success it is published atomically to ``uri``.
+
+    On an exception nothing is published and the temp file is removed.
+    """
+    st = storage or storage_for(uri)
+    if is_gcs(uri):
+        with tempfile.TemporaryDirectory(prefix="aitasks-") as d:
+            tmp = Path(d) / PurePosixPath(uri).name
+            yield tmp
+            st.put_file(tmp, uri, if_absent=if_absent)
+        return
+    target = Path(uri.removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex}"
+    try:
+        yield tmp
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        if if_absent:
+            try:
+                os.link(tmp, target)
+            except FileExistsError as exc:
+                raise PreconditionFailedError(f"{target} already exists") from exc
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -1,0 +1,523 @@
+"""The task contract: one decorator turns a typed function into a registered platform task.
+
+.. code-block:: python
+
+    @ai_task(name="data.ingest", version="1.0.0", retry=RetryPolicy(max_attempts=3))
+    def ingest_events_task(params: IngestParams, ctx: TaskContext) -> IngestResult:
+        '''EN: ... FR: ... DE: ...'''
+
+Calling ``ingest_events_task(params)`` then:
+
+1. validates the input against the strict input model (unknown fields, wrong types, NaN and out of
+   range values are refused with :class:`InvalidInputError` naming every field; never retried);
+2. computes the idempotency key from task name, version, canonical inputs (secrets left out) and
+   the content hashes of the input artifacts (fields typed :data:`InputArtifact`);
+3. returns the committed result if the key was committed before (and its output artifacts still
+   exist), logging and auditing an ``idempotent_hit``;
+4. otherwise runs the function inside a span, retrying only retryable errors with bounded
+   exponential backoff and jitter;
+5. validates the output, commits it create-only (a lost race returns the winner's result), writes
+   an audit record and updates the metrics.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+
+from aitasks.runtime import logging as rlog
+from aitasks.runtime.audit import AuditLog
+from aitasks.runtime.errors import (
+    FieldIssue,
+    InvalidInputError,
+    InvalidOutputError,
+)
+from aitasks.runtime.hashing import sha256_json
+from aitasks.runtime.idempotency import IdempotencyStore
+from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
+from aitasks.runtime.settings import Settings, load_settings
+from aitasks.runtime.storage import Storage, is_gcs, join_uri, publish_local_file, storage_for
+from aitasks.runtime.telemetry import (
+    Telemetry,
+    child_env,
+    current_traceparent,
+    default_telemetry,
+    derived_traceparent,
+    parent_context,
+)
+
+
+class TaskModel(BaseModel):
+    """Base of every task input and output model: strict, frozen, finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Marks a ``str`` field as an artifact URI (``direction`` = ``input`` or ``output``)."""
+
+    direction: str
+
+
+#: An input URI whose *content hash* joins the idempotency key (same path, new content: new key).
+InputArtifact = Annotated[str, ArtifactRef("input")]
+#: An output URI in a result; a committed result is reused only while its outputs still exist.
+OutputArtifact = Annotated[str, ArtifactRef("output")]
+
+
+def _artifact_fields(model: type[BaseModel], direction: str) -> list[str]:
+    out = []
+    for name, info in model.model_fields.items():
+        if any(isinstance(m, ArtifactRef) and m.direction == direction for m in info.metadata):
+            out.append(name)
+    return out
+
+
+def _secret_fields(model: type[BaseModel]) -> list[str]:
+    """Fields typed ``SecretStr`` (optional or not): kept out of keys, logs and audit."""
+
+    def is_secret(tp: Any) -> bool:
+        return tp is SecretStr or any(is_secret(a) for a in typing.get_args(tp))
+
+    return [n for n, i in model.model_fields.items() if is_secret(i.annotation)]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who runs what, where: reaches every step as task inputs (KFP placeholders) or environment."""
+
+    run_id: str = "local"
+    pipeline: str = ""
+    pipeline_version: str = ""
+    step: str = ""
+    submitter: str = ""
+    git_revision: str = ""
+    traceparent: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RunContext:
+        e = os.environ if env is None else env
+        return cls(
+            run_id=e.get("AITASKS_RUN_ID", "local"),
+            pipeline=e.get("AITASKS_PIPELINE", ""),
+            pipeline_version=e.get("AITASKS_PIPELINE_VERSION", ""),
+            step=e.get("AITASKS_STEP", ""),
+            submitter=e.get("AITASKS_SUBMITTER", ""),
+            git_revision=e.get("AITASKS_GIT_REVISION", ""),
+            traceparent=e.get("TRACEPARENT", ""),
+        )
+
+    def effective_traceparent(self) -> str:
+        return self.traceparent or derived_traceparent(self.run_id)
+
+
+@dataclass
+class Runtime:
+    """Everything a task call needs from its surroundings; built once per process or step."""
+
+    settings: Settings
+    run: RunContext
+    telemetry: Telemetry
+    audit: AuditLog
+    storage: Storage
+    idempotency: IdempotencyStore
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings | None = None,
+        run: RunContext | None = None,
+        telemetry: Telemetry | None = None,
+        storage: Storage | None = None,
+    ) -> Runtime:
+        s = settings or load_settings()
+        rlog.configure_logging(s.log_level, s.log_format, s.pseudonymization_key.get_secret_value())
+        st = storage or storage_for(s.storage_root)
+        audit_root = s.resolved_audit_root()
+        if is_gcs(audit_root):
+            raise NotImplementedError(
+                "the audit log needs a local or mounted directory (AITASKS_AUDIT_ROOT); GCS audit is not built yet"
+            )
+        return cls(
+            settings=s,
+            run=run or RunContext.from_env(),
+            telemetry=telemetry or default_telemetry(s.trace_exporter, s.otlp_endpoint),
+            audit=AuditLog(Path(audit_root)),
+            storage=st,
+            idempotency=IdempotencyStore(st, s.storage_root),
+        )
+
+
+@dataclass
+class TaskContext:
+    """Per-call context handed to the task function."""
+
+    runtime: Runtime
+    task: str
+    version: str
+    key: str
+    attempt: int
+    log: Any
+    span: Any
+    workdir: str
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.runtime.storage
+
+    @property
+    def trace_id(self) -> str:
+        return f"{self.span.get_span_context().trace_id:032x}"
+
+    @property
+    def traceparent(self) -> str:
+        """Hand this to child steps (task input) so they continue this trace."""
+        return current_traceparent(self.span)
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for a subprocess that continues this trace."""
+        return child_env(self.span)
+
+    def output_uri(self, *parts: str) -> str:
+        """A URI under this call's work directory (keyed by the idempotency key, so retries overwrite)."""
+        return join_uri(self.workdir, *parts)
+
+    @contextmanager
+    def publish(self, uri: str) -> Iterator[Path]:
+        """Write to the yielded local path; it is published atomically to ``uri`` on success."""
+        with publish_local_file(uri, self.storage) as p:
+            yield p
+
+
+P = TypeVar("P", bound=TaskModel)
+R = TypeVar("R", bound=TaskModel)
+
+_REGISTRY: dict[str, Task[Any, Any]] = {}
+
+
+def _issues(task: str, exc: ValidationError) -> InvalidInputError:
+    issues = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "<input>"
+        issues.append(FieldIssue(loc, str(err.get("msg", "invalid"))))
+    return InvalidInputError(task, issues)
+
+
+class Task(Generic[P, R]):
+    """A registered platform task. Call it like the function it wraps (without ``ctx``)."""
+
+    def __init__(
+        self,
+        fn: Callable[[P, TaskContext], R],
+        *,
+        name: str,
+        version: str,
+        retry: RetryPolicy,
+        params_model: type[P],
+        result_model: type[R],
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.version = version
+        self.retry = retry
+        self.params_model = params_model
+        self.result_model = result_model
+        self.doc = inspect.getdoc(fn) or ""
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = fn.__module__
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}@{self.version}>"
+
+    # -- inputs -------------------------------------------------------------------------------
+    def validate(self, params: P | Mapping[str, Any]) -> P:
+        """Validate raw input (mapping) or re-check a model instance. Raises InvalidInputError."""
+        try:
+            if isinstance(params, self.params_model):
+                return self.params_model.model_validate(params.model_dump())
+            if isinstance(params, BaseModel):
+                raise InvalidInputError(
+                    self.name,
+                    [FieldIssue("<input>", f"expected {self.params_model.__name__}, got {type(params).__name__}")],
+                )
+            if not isinstance(params, Mapping):
+                raise InvalidInputError(self.name, [FieldIssue("<input>", "expected a mapping of fields")])
+            return self.params_model.model_validate(dict(params))
+        except ValidationError as exc:
+            raise _issues(self.name, exc) from None
+
+    def canonical_inputs(self, params: P) -> dict[str, Any]:
+        """The inputs that define the work: everything but secrets, JSON-normalised."""
+        return params.model_dump(mode="json", exclude=set(_secret_fields(self.params_model)))
+
+    def idempotency_key(self, params: P, rt: Runtime) -> tuple[str, dict[str, str]]:
+        """Key = hash of task name, version, canonical inputs and input artifacts' content hashes."""
+        hashes: dict[str, str] = {}
+        for f in _artifact_fields(self.params_model, "input"):
+            uri = getattr(params, f)
+            if uri is None:
+                continue
+            try:
+                hashes[f] = _storage_of(uri, rt).content_hash(uri)
+            except FileNotFoundError:
+                raise InvalidInputError(self.name, [FieldIssue(f, f"artifact not found: {uri}")]) from None
+        key = sha256_json(
+            {"task": self.name, "version": self.version, "inputs": self.canonical_inputs(params), "artifacts": hashes}
+        )
+        return key, hashes
+
+    # -- call ---------------------------------------------------------------------------------
+    def __call__(self, params: P | Mapping[str, Any], *, runtime: Runtime | None = None) -> R:
+        rt = runtime or Runtime.create()
+        return _execute(self, params, rt)
+
+    def run(self, params: P | Mapping[str, Any], *, runtime: Runtime | None = None) -> R:
+        return self(params, runtime=runtime)
+
+
+def _storage_of(uri: str, rt: Runtime) -> Storage:
+    """The runtime's storage when ``uri`` is of its kind, else the storage serving ``uri``."""
+    return rt.storage if is_gcs(uri) == is_gcs(rt.settings.storage_root) else storage_for(uri)
+
+
+def _outputs_exist(task: Task[Any, Any], result: Mapping[str, Any], rt: Runtime) -> bool:
+    for f in _artifact_fields(task.result_model, "output"):
+        uri = result.get(f)
+        if uri and not _storage_of(uri, rt).exists(uri):
+            return False
+    return True
+
+
+def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
+    t0 = time.perf_counter()
+    tel = rt.telemetry
+    run = rt.run
+    base_audit = {
+        "task": task.name,
+        "version": task.version,
+        "actor": rt.settings.actor,
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "pipeline_version": run.pipeline_version,
+        "step": run.step,
+        "submitter": run.submitter,
+        "git_revision": run.git_revision,
+    }
+    with tel.tracer.start_as_current_span(
+        f"task {task.name}", context=parent_context(run.effective_traceparent())
+    ) as span:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        span.set_attribute("aitasks.task", task.name)
+        span.set_attribute("aitasks.version", task.version)
+        span.set_attribute("aitasks.run_id", run.run_id)
+        log = rlog.get_logger(task=task.name, version=task.version, run_id=run.run_id, trace_id=trace_id)
+        try:
+            params = task.validate(raw)
+        except InvalidInputError as exc:
+            _finish(
+                task,
+                rt,
+                span,
+                log,
+                t0,
+                "rejected",
+                {
+                    **base_audit,
+                    "trace_id": trace_id,
+                    "attempt": 0,
+                    "error": {"kind": exc.kind, "fields": list(exc.fields)},
+                },
+            )
+            log.warning("task.rejected", error=str(exc))
+            raise
+        secrets = tuple(
+            v.get_secret_value() for f in _secret_fields(task.params_model) if (v := getattr(params, f)) is not None
+        )
+        # Resetting the first token restores the state before all of this call's secrets.
+        tokens = [rlog.register_secret(s) for s in secrets]
+        try:
+            return _run_keyed(task, params, rt, span, log, t0, base_audit, trace_id, secrets)
+        finally:
+            if tokens:
+                rlog.reset_secrets(tokens[0])
+
+
+def _run_keyed(
+    task: Task[P, R],
+    params: P,
+    rt: Runtime,
+    span: Any,
+    log: Any,
+    t0: float,
+    base_audit: dict[str, Any],
+    trace_id: str,
+    secrets: tuple[str, ...],
+) -> R:
+    key, artifact_hashes = task.idempotency_key(params, rt)
+    input_hash = key  # the key *is* the hash of everything that defines the inputs
+    span.set_attribute("aitasks.idempotency_key", key)
+    log = log.bind(key=key[:16])
+    audit = {
+        **base_audit,
+        "trace_id": trace_id,
+        "idempotency_key": key,
+        "input_hash": input_hash,
+        "input_artifacts": artifact_hashes,
+    }
+
+    committed = rt.idempotency.get(task.name, key)
+    if committed is not None and _outputs_exist(task, committed["result"], rt):
+        result = task.result_model.model_validate(committed["result"])
+        rt.telemetry.task.idempotent_hits.labels(task.name).inc()
+        log.info("task.idempotent_hit", committed_at=committed.get("committed_at"))
+        _finish(
+            task, rt, span, log, t0, "idempotent_hit", {**audit, "attempt": 0, "output_hash": committed["output_hash"]}
+        )
+        return result
+    if committed is not None:
+        log.warning("task.committed_outputs_missing", note="re-running: a committed output no longer exists")
+        rt.idempotency.forget(task.name, key)
+
+    log.info("task.started", inputs=task.canonical_inputs(params))
+    workdir = join_uri(rt.settings.storage_root, "tasks", task.name, key[:32])
+    attempt = 0
+    while True:
+        attempt += 1
+        ctx = TaskContext(rt, task.name, task.version, key, attempt, log.bind(attempt=attempt), span, workdir, secrets)
+        try:
+            out = task.fn(params, ctx)
+            if isinstance(out, Mapping):
+                out = task.result_model.model_validate(dict(out))
+            if not isinstance(out, task.result_model):
+                raise InvalidOutputError(
+                    f"task {task.name!r} returned {type(out).__name__}, expected {task.result_model.__name__}"
+                )
+            # Round-trip through JSON: what we commit must be what a later hit returns.
+            result_json = out.model_dump(mode="json")
+            result = task.result_model.model_validate(result_json)
+            break
+        except ValidationError as exc:
+            err: BaseException = InvalidOutputError(f"task {task.name!r} returned invalid output: {exc}")
+        except Exception as exc:
+            err = exc
+        kind = error_kind(err)
+        if is_retryable(err) and attempt < task.retry.max_attempts:
+            delay = task.retry.backoff(attempt)
+            rt.telemetry.task.retries.labels(task.name, kind).inc()
+            log.warning("task.retrying", attempt=attempt, error_kind=kind, error=str(err), backoff_s=round(delay, 3))
+            rt.audit.append(
+                {
+                    **audit,
+                    "status": "retrying",
+                    "attempt": attempt,
+                    "error": {"kind": kind, "message": rlog.redact(str(err), secrets=secrets)},
+                }
+            )
+            rt.sleep(delay)
+            continue
+        span.record_exception(err)
+        log.error("task.failed", attempt=attempt, error_kind=kind, error=str(err), retryable=is_retryable(err))
+        _finish(
+            task,
+            rt,
+            span,
+            log,
+            t0,
+            "failed",
+            {**audit, "attempt": attempt, "error": {"kind": kind, "message": rlog.redact(str(err), secrets=secrets)}},
+        )
+        raise err
+
+    output_hash = sha256_json(result_json)
+    record = {
+        "task": task.name,
+        "version": task.version,
+        "key": key,
+        "result": result_json,
+        "output_hash": output_hash,
+        "trace_id": trace_id,
+        "run_id": rt.run.run_id,
+        "committed_at": time.time(),
+    }
+    committed_rec, won = rt.idempotency.commit(task.name, key, record)
+    if not won:
+        log.info("task.lost_commit_race", note="another attempt committed first; returning its result")
+        result = task.result_model.model_validate(committed_rec["result"])
+        output_hash = committed_rec["output_hash"]
+    log.info("task.succeeded", attempt=attempt, output_hash=output_hash[:16])
+    _finish(task, rt, span, log, t0, "succeeded", {**audit, "attempt": attempt, "output_hash": output_hash})
+    return result
+
+
+def _finish(
+    task: Task[Any, Any], rt: Runtime, span: Any, log: Any, t0: float, status: str, entry: dict[str, Any]
+) -> None:
+    duration = time.perf_counter() - t0
+    span.set_attribute("aitasks.status", status)
+    rt.telemetry.task.runs.labels(task.name, task.version, status).inc()
+    rt.telemetry.task.duration.labels(task.name, status).observe(duration)
+    rt.audit.append({**entry, "status": status, "duration_ms": round(duration * 1000, 3)})
+
+
+def ai_task(
+    *, name: str, version: str, retry: RetryPolicy | None = None
+) -> Callable[[Callable[[P, TaskContext], R]], Task[P, R]]:
+    """Register ``fn(params, ctx) -> result`` as platform task ``name`` at ``version``."""
+
+    def deco(fn: Callable[[P, TaskContext], R]) -> Task[P, R]:
+        hints = typing.get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
+        if len(params) != 2:
+            raise TypeError(f"task {name!r}: signature must be (params, ctx)")
+        p_model, r_model = hints.get(params[0]), hints.get("return")
+        for what, m in (("input", p_model), ("output", r_model)):
+            if not (isinstance(m, type) and issubclass(m, TaskModel)):
+                raise TypeError(f"task {name!r}: {what} must be annotated with a TaskModel subclass, got {m!r}")
+        if name in _REGISTRY and _REGISTRY[name].fn.__qualname__ != fn.__qualname__:
+            raise ValueError(f"task {name!r} is registered twice ({_REGISTRY[name].fn.__module__})")
+        task: Task[P, R] = Task(
+            fn,
+            name=name,
+            version=version,
+            retry=retry or RetryPolicy(),
+            params_model=typing.cast(type[P], p_model),
+            result_model=typing.cast(type[R], r_model),
+        )
+        _REGISTRY[name] = task
+        return task
+
+    return deco
+
+
+#: Modules whose import registers the built-in tasks.
+TASK_MODULES: tuple[str, ...] = ("aitasks.data_processing.tasks",)
+
+
+def load_builtin_tasks() -> dict[str, Task[Any, Any]]:
+    """Import every task module and return the registry (name -> task), sorted by name."""
+    import importlib
+
+    for m in TASK_MODULES:
+        importlib.import_module(m)
+    return dict(sorted(_REGISTRY.items()))
+
+
+def registry() -> dict[str, Task[Any, Any]]:
+    return dict(sorted(_REGISTRY.items()))

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from aitasks.runtime.audit import AuditLog
+from aitasks.runtime.errors import AuditIntegrityError
+
+
+def _log(tmp_path: Path, n: int = 5) -> AuditLog:
+    log = AuditLog(tmp_path / "audit")
+    for i in range(n):
+        log.append({"task": "t", "status": "succeeded", "attempt": 1, "input_hash": f"h{i}"})
+    return log
+
+
+def _lines(log: AuditLog) -> list[str]:
+    return log.log_path.read_text().splitlines()
+
+
+def _write(log: AuditLog, lines: list[str]) -> None:
+    log.log_path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_intact_chain_verifies(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    rep = log.verify()
+    assert rep.ok and rep.records == 5 and rep.head_seq == 4
+
+
+def test_edited_record_is_detected(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    lines = _lines(log)
+    rec = json.loads(lines[2])
+    rec["status"] = "failed"
+    lines[2] = json.dumps(rec)
+    _write(log, lines)
+    rep = log.verify()
+    assert not rep.ok and "record 2" in rep.problems[0] and "edited" in rep.problems[0]
+
+
+def test_reordered_records_are_detected(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    lines = _lines(log)
+    lines[1], lines[2] = lines[2], lines[1]
+    _write(log, lines)
+    assert not log.verify().ok
+
+
+def test_deleted_record_is_detected(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    lines = _lines(log)
+    del lines[3]
+    _write(log, lines)
+    rep = log.verify()
+    assert not rep.ok and "record 3" in rep.problems[0]
+
+
+def test_truncation_is_detected_by_the_separate_head(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    _write(log, _lines(log)[:3])  # a valid, shorter chain
+    rep = log.verify()
+    assert not rep.ok and "truncated" in rep.problems[0]
+
+
+def test_missing_head_with_records_refuses_append(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    log.head_path.unlink()
+    assert not log.verify().ok
+    with pytest.raises(AuditIntegrityError):
+        log.append({"task": "t"})
+
+
+def test_head_can_live_elsewhere(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit", head_path=tmp_path / "other-volume" / "HEAD.json")
+    (tmp_path / "other-volume").mkdir()
+    log.append({"task": "t"})
+    assert log.verify().ok and (tmp_path / "other-volume" / "HEAD.json").exists()
+
+
+def _appender(root: str, n: int, worker: int) -> None:
+    log = AuditLog(Path(root))
+    for i in range(n):
+        log.append({"task": "concurrent", "worker": worker, "i": i})
+
+
+def test_concurrent_appenders_keep_one_valid_chain(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    root = tmp_path / "audit"
+    procs = [ctx.Process(target=_appender, args=(str(root), 40, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    log = AuditLog(root)
+    rep = log.verify()
+    assert rep.ok, rep.problems
+    assert rep.records == 160
+    seen = {(r["worker"], r["i"]) for r in log.records()}
+    assert len(seen) == 160
