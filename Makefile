@@ -1,0 +1,77 @@
+# aitasks: the AI task platform. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# Arguments passed through to pytest, e.g. `make test PYTEST_ARGS="-k audit -x"`.
+PYTEST_ARGS ?=
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" wheel setuptools
+	# torch first, from the CPU wheel this machine provides (a plain PyPI resolve pulls CUDA builds).
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -c requirements.lock -e ".[dev]"
+	@touch $(STAMP)
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "; printf "Targets:\n"} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: install
+install: $(STAMP) ## Create the virtual environment and install the locked dependencies
+
+.PHONY: demo
+demo: $(STAMP) ## Run the main job end to end on embedded defaults (kfp.local, sqlite, local storage)
+	$(PY) -m pipelines demo
+
+.PHONY: test
+test: $(STAMP) ## Run the default test suite (offline + local services; no slow or bench tests)
+	$(PY) -m pytest -m "not slow and not bench" $(PYTEST_ARGS)
+
+.PHONY: test-all
+test-all: $(STAMP) ## Run every test, slow ones included
+	$(PY) -m pytest -m "not bench" $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks; prints a table and writes bench/results/latest.json
+	$(PY) -m bench
+
+.PHONY: compile
+compile: $(STAMP) ## Compile every pipeline to pipelines/compiled/*.yaml
+	$(PY) -m pipelines compile
+
+.PHONY: check
+check: $(STAMP) ## Fail when committed pipeline YAML or rendered task docs are stale
+	$(PY) -m pipelines check
+	$(PY) -m aitasks.cli docs --check
+
+.PHONY: docs
+docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry
+	$(PY) -m aitasks.cli docs
+
+.PHONY: lint
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check src components pipelines tests bench
+	$(VENV)/bin/ruff format --check src components pipelines tests bench
+	$(VENV)/bin/mypy
+
+.PHONY: format
+format: $(STAMP) ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix -q src components pipelines tests bench
+	$(VENV)/bin/ruff format -q src components pipelines tests bench
+
+.PHONY: lock
+lock: ## Re-resolve requirements.lock in a clean throwaway venv (torch pinned to the CPU build)
+	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
+	.lockenv/bin/pip install -q --upgrade pip && .lockenv/bin/pip install -q "torch==2.13.0" && .lockenv/bin/pip install -q ".[dev]"
+	.lockenv/bin/pip freeze --exclude-editable | grep -v '^aitasks' | sed -e 's/+cpu$$//' > requirements.lock
+	rm -rf .lockenv
+
+.PHONY: clean
+clean: ## Remove the venv, caches and demo outputs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo local_outputs build *.egg-info src/*.egg-info

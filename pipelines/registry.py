@@ -1,0 +1,12 @@
+"""Every pipeline of the platform, by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def pipelines() -> dict[str, Callable[..., Any]]:
+    from pipelines.data_pipeline import NAME as DATA, data_pipeline
+
+    return {DATA: data_pipeline}

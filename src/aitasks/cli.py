@@ -1,0 +1,225 @@
+"""The ``aitasks`` command line.
+
+Every command exits non-zero with one clear line on error; ``--debug`` shows the traceback.
+Commands that take longer than a second show progress.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="aitasks: the AI task platform of a music-streaming service.", no_args_is_help=True)
+tasks_app = typer.Typer(help="List, show and run registered tasks.", no_args_is_help=True)
+audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
+data_app = typer.Typer(help="Synthetic data and data tools.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(audit_app, name="audit")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on error.")] = False) -> None:
+    _STATE["debug"] = debug
+
+
+def _schema_summary(model: Any) -> str:
+    return ", ".join(
+        f"{n}{'' if f.is_required() else '?'}" for n, f in model.model_fields.items()
+    )
+
+
+@tasks_app.command("list")
+def tasks_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Every registered task with version and input/output schema summary."""
+    from aitasks.runtime.docs import parse_languages
+    from aitasks.runtime.task import load_builtin_tasks
+
+    tasks = load_builtin_tasks()
+    if as_json:
+        out = [
+            {
+                "name": n,
+                "version": t.version,
+                "inputs": t.params_model.model_json_schema(),
+                "outputs": t.result_model.model_json_schema(),
+                "retry": t.retry.model_dump(),
+            }
+            for n, t in tasks.items()
+        ]
+        typer.echo(json.dumps(out, indent=2))
+        return
+    table = Table(title="aitasks tasks")
+    for col in ("task", "version", "inputs", "outputs", "summary"):
+        table.add_column(col, overflow="fold")
+    for n, t in tasks.items():
+        summary = parse_languages(t.doc).get("en", t.doc.splitlines()[0] if t.doc else "")
+        table.add_row(n, t.version, _schema_summary(t.params_model), _schema_summary(t.result_model), summary[:80])
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(name: str) -> None:
+    """Full JSON schema of one task's inputs and outputs."""
+    from aitasks.runtime.task import load_builtin_tasks
+
+    tasks = load_builtin_tasks()
+    if name not in tasks:
+        raise typer.BadParameter(f"unknown task {name!r}; known: {', '.join(tasks)}")
+    t = tasks[name]
+    typer.echo(
+        json.dumps(
+            {
+                "name": name,
+                "version": t.version,
+                "doc": t.doc,
+                "inputs": t.params_model.model_json_schema(),
+                "outputs": t.result_model.model_json_schema(),
+            },
+            indent=2,
+        )
+    )
+
+
+@tasks_app.command("run")
+def tasks_run(
+    name: str,
+    params: Annotated[str, typer.Option(help="Inputs as JSON, or @file.json.")] = "{}",
+) -> None:
+    """Run one task with JSON inputs on the settings of the environment (AITASKS_*)."""
+    from aitasks.runtime.task import load_builtin_tasks
+
+    tasks = load_builtin_tasks()
+    if name not in tasks:
+        raise typer.BadParameter(f"unknown task {name!r}; known: {', '.join(tasks)}")
+    raw = Path(params[1:]).read_text() if params.startswith("@") else params
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--params is not valid JSON: {exc}") from None
+    with console.status(f"running {name}…"):
+        result = tasks[name](payload)
+    typer.echo(result.model_dump_json(indent=2))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
+) -> None:
+    """Verify the hash chain and head; exit 1 on an edited, reordered, deleted or truncated record."""
+    from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.settings import load_settings
+
+    log = AuditLog(Path(root or load_settings().resolved_audit_root()))
+    rep = log.verify()
+    if rep.ok:
+        console.print(f"[green]audit chain verified[/green]: {rep.records} records, head seq {rep.head_seq}")
+        return
+    for p in rep.problems:
+        err_console.print(f"[red]audit: {p}[/red]")
+    raise typer.Exit(1)
+
+
+@audit_app.command("tail")
+def audit_tail(
+    n: Annotated[int, typer.Option("-n", help="How many records.")] = 20,
+    root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
+) -> None:
+    """Print the last records as JSON lines."""
+    from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.settings import load_settings
+
+    for rec in AuditLog(Path(root or load_settings().resolved_audit_root())).records()[-n:]:
+        typer.echo(json.dumps(rec, sort_keys=True))
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path(".aitasks/data"),
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 7,
+    users: Annotated[int, typer.Option(min=1)] = 2_000,
+    tracks: Annotated[int, typer.Option(min=1)] = 5_000,
+    events: Annotated[int, typer.Option(min=1)] = 200_000,
+    days: Annotated[int, typer.Option(min=2)] = 30,
+    start: Annotated[str, typer.Option(help="First day, UTC (YYYY-MM-DD).")] = "2026-10-01",
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+) -> None:
+    """Write a deterministic synthetic catalog and listening events that follow the data contract."""
+    from aitasks.data_processing.generator import generate_dataset
+
+    try:
+        start_dt = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise typer.BadParameter(f"--start must be YYYY-MM-DD, got {start!r}") from None
+    if fmt not in ("parquet", "csv", "jsonl"):
+        raise typer.BadParameter("--format must be parquet, csv or jsonl")
+    with console.status(f"generating {events:,} events…"):
+        ds = generate_dataset(
+            out, seed=seed, users=users, tracks=tracks, events=events, start=start_dt, days=days, fmt=fmt  # type: ignore[arg-type]
+        )
+    console.print(f"[green]wrote[/green] {ds}")
+
+
+@app.command("docs")
+def docs(
+    check: Annotated[bool, typer.Option("--check", help="Fail when the rendered docs are stale.")] = False,
+    docs_dir: Annotated[Path, typer.Option(help="Docs root.")] = Path("docs"),
+) -> None:
+    """Render docs/{en,fr,de}/tasks.md from the registry (or check they are current)."""
+    from aitasks.runtime.docs import missing_languages, render_all
+    from aitasks.runtime.task import load_builtin_tasks
+
+    tasks = load_builtin_tasks()
+    lacking = {n: missing_languages(t.doc) for n, t in tasks.items() if missing_languages(t.doc)}
+    if lacking:
+        for n, langs in lacking.items():
+            err_console.print(f"[red]task {n} lacks docstring text for: {', '.join(langs)}[/red]")
+        raise typer.Exit(1)
+    stale = []
+    for path, text in render_all(tasks, docs_dir).items():
+        if check:
+            if not path.exists() or path.read_text("utf-8") != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+            console.print(f"wrote {path}")
+    if stale:
+        err_console.print(f"[red]stale task docs (run `make docs`): {', '.join(stale)}[/red]")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: one clear line on error, traceback only with --debug."""
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # the CLI's single error boundary
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if _STATE["debug"] or "--debug" in sys.argv:
+            raise
+        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
