@@ -4,8 +4,6 @@ Each body: build the step runtime from the run context inputs, make one ``aitask
 copy result files to the typed outputs, log metrics. Nothing else.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from kfp import dsl
@@ -40,14 +38,27 @@ def source_data(
     from aitasks.data_processing.tasks import source_data_task
     from aitasks.runtime.step import copy_to_output, finish_step, step_runtime
 
-    rt = step_runtime(storage_root=storage_root, run_id=run_id, pipeline=pipeline, step=step,
-                      submitter=submitter, git_revision=git_revision, traceparent=traceparent)
+    rt = step_runtime(
+        storage_root=storage_root,
+        run_id=run_id,
+        pipeline=pipeline,
+        step=step,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+    )
     res = source_data_task(
         {
             "events_uri": events_uri or None,
             "catalog_uri": catalog_uri or None,
-            "synthetic": {"seed": seed, "users": users, "tracks": tracks, "events": events, "days": days,
-                          "start_date": start_date},
+            "synthetic": {
+                "seed": seed,
+                "users": users,
+                "tracks": tracks,
+                "events": events,
+                "days": days,
+                "start_date": start_date,
+            },
         },
         runtime=rt,
     )
@@ -81,11 +92,22 @@ def ingest_events(
     from aitasks.data_processing.tasks import ingest_events_task
     from aitasks.runtime.step import copy_to_output, finish_step, resolve_as_of, step_runtime
 
-    rt = step_runtime(storage_root=storage_root, run_id=run_id, pipeline=pipeline, step=step,
-                      submitter=submitter, git_revision=git_revision, traceparent=traceparent)
+    rt = step_runtime(
+        storage_root=storage_root,
+        run_id=run_id,
+        pipeline=pipeline,
+        step=step,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+    )
     res = ingest_events_task(
-        {"events_uri": events.path, "catalog_uri": catalog.path, "as_of": resolve_as_of(as_of),
-         "chunk_rows": chunk_rows},
+        {
+            "events_uri": events.path,
+            "catalog_uri": catalog.path,
+            "as_of": resolve_as_of(as_of),
+            "chunk_rows": chunk_rows,
+        },
         runtime=rt,
     )
     copy_to_output(res.good_uri, good_events.path)
@@ -122,11 +144,22 @@ def compute_features(
     from aitasks.data_processing.tasks import compute_features_task
     from aitasks.runtime.step import copy_to_output, finish_step, step_runtime
 
-    rt = step_runtime(storage_root=storage_root, run_id=run_id, pipeline=pipeline, step=step,
-                      submitter=submitter, git_revision=git_revision, traceparent=traceparent)
+    rt = step_runtime(
+        storage_root=storage_root,
+        run_id=run_id,
+        pipeline=pipeline,
+        step=step,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+    )
     res = compute_features_task(
-        {"events_uri": events.path, "catalog_uri": catalog.path, "lookback_days": lookback_days,
-         "half_life_days": half_life_days},
+        {
+            "events_uri": events.path,
+            "catalog_uri": catalog.path,
+            "lookback_days": lookback_days,
+            "half_life_days": half_life_days,
+        },
         runtime=rt,
     )
     copy_to_output(res.user_features_uri, user_features.path)
@@ -160,12 +193,23 @@ def materialize_features(
     from aitasks.data_processing.tasks import materialize_features_task
     from aitasks.runtime.step import finish_step, step_runtime
 
-    rt = step_runtime(storage_root=storage_root, run_id=run_id, pipeline=pipeline, step=step,
-                      submitter=submitter, git_revision=git_revision, traceparent=traceparent)
+    rt = step_runtime(
+        storage_root=storage_root,
+        run_id=run_id,
+        pipeline=pipeline,
+        step=step,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+    )
     res = materialize_features_task(
-        {"user_features_uri": user_features.metadata.get("stable_uri", user_features.path),
-         "track_features_uri": track_features.metadata.get("stable_uri", track_features.path),
-         "end": end, "project": project, "online_store": online_store},
+        {
+            "user_features_uri": user_features.metadata.get("stable_uri", user_features.path),
+            "track_features_uri": track_features.metadata.get("stable_uri", track_features.path),
+            "end": end,
+            "project": project,
+            "online_store": online_store,
+        },
         runtime=rt,
     )
     metrics.log_metric("feature_views", len(res.feature_views))
@@ -194,11 +238,22 @@ def check_drift(
     from aitasks.data_processing.tasks import drift_check_task
     from aitasks.runtime.step import copy_to_output, finish_step, step_runtime
 
-    rt = step_runtime(storage_root=storage_root, run_id=run_id, pipeline=pipeline, step=step,
-                      submitter=submitter, git_revision=git_revision, traceparent=traceparent)
+    rt = step_runtime(
+        storage_root=storage_root,
+        run_id=run_id,
+        pipeline=pipeline,
+        step=step,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+    )
     res = drift_check_task(
-        {"features_uri": features.metadata.get("stable_uri", features.path), "split_at": split_at or None,
-         "psi_threshold": psi_threshold, "ks_pvalue_threshold": ks_pvalue_threshold},
+        {
+            "features_uri": features.metadata.get("stable_uri", features.path),
+            "split_at": split_at or None,
+            "psi_threshold": psi_threshold,
+            "ks_pvalue_threshold": ks_pvalue_threshold,
+        },
         runtime=rt,
     )
     copy_to_output(res.report_markdown_uri, report.path)

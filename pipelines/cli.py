@@ -123,5 +123,3 @@ def main() -> None:
             raise
         err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
         sys.exit(1)
-
-

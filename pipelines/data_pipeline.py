@@ -1,7 +1,5 @@
 """`data-pipeline`: source -> ingest/validate/quarantine -> features -> Feast materialize, drift check."""
 
-from __future__ import annotations
-
 from kfp import dsl
 
 from components.data_processing import check_drift, compute_features, ingest_events, materialize_features, source_data
@@ -68,8 +66,16 @@ def data_pipeline(
         chunk_rows=chunk_rows,
         **run,
     )
-    configure(ingest, pipeline=NAME, step="ingest", task_name="data.ingest", task_version="1.0.0",
-              memory="2Gi", memory_limit="4Gi", retries=2)
+    configure(
+        ingest,
+        pipeline=NAME,
+        step="ingest",
+        task_name="data.ingest",
+        task_version="1.0.0",
+        memory="2Gi",
+        memory_limit="4Gi",
+        retries=2,
+    )
 
     feats = compute_features(
         events=ingest.outputs["good_events"],
@@ -78,8 +84,16 @@ def data_pipeline(
         half_life_days=half_life_days,
         **run,
     )
-    configure(feats, pipeline=NAME, step="features", task_name="data.features", task_version="1.0.0",
-              cpu="1", memory="4Gi", memory_limit="8Gi")
+    configure(
+        feats,
+        pipeline=NAME,
+        step="features",
+        task_name="data.features",
+        task_version="1.0.0",
+        cpu="1",
+        memory="4Gi",
+        memory_limit="8Gi",
+    )
 
     mat = materialize_features(
         user_features=feats.outputs["user_features"],
@@ -90,8 +104,15 @@ def data_pipeline(
         **run,
     )
     # Materializing writes to an external online store: state the cache cannot see.
-    configure(mat, pipeline=NAME, step="materialize", task_name="feast.materialize", task_version="1.0.0",
-              retries=3, cache=False)
+    configure(
+        mat,
+        pipeline=NAME,
+        step="materialize",
+        task_name="feast.materialize",
+        task_version="1.0.0",
+        retries=3,
+        cache=False,
+    )
 
     drift = check_drift(
         features=feats.outputs["user_features"],

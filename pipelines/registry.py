@@ -7,6 +7,7 @@ from typing import Any
 
 
 def pipelines() -> dict[str, Callable[..., Any]]:
-    from pipelines.data_pipeline import NAME as DATA, data_pipeline
+    from pipelines.data_pipeline import NAME as DATA
+    from pipelines.data_pipeline import data_pipeline
 
     return {DATA: data_pipeline}

@@ -35,9 +35,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
 
 
 def _schema_summary(model: Any) -> str:
-    return ", ".join(
-        f"{n}{'' if f.is_required() else '?'}" for n, f in model.model_fields.items()
-    )
+    return ", ".join(f"{n}{'' if f.is_required() else '?'}" for n, f in model.model_fields.items())
 
 
 @tasks_app.command("list")
@@ -166,7 +164,14 @@ def data_generate(
         raise typer.BadParameter("--format must be parquet, csv or jsonl")
     with console.status(f"generating {events:,} events…"):
         ds = generate_dataset(
-            out, seed=seed, users=users, tracks=tracks, events=events, start=start_dt, days=days, fmt=fmt  # type: ignore[arg-type]
+            out,
+            seed=seed,
+            users=users,
+            tracks=tracks,
+            events=events,
+            start=start_dt,
+            days=days,
+            fmt=fmt,  # type: ignore[arg-type]
         )
     console.print(f"[green]wrote[/green] {ds}")
 

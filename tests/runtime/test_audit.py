@@ -75,10 +75,10 @@ def test_missing_head_with_records_refuses_append(tmp_path: Path) -> None:
 
 
 def test_head_can_live_elsewhere(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path / "audit", head_path=tmp_path / "other-volume" / "HEAD.json")
+    log = AuditLog(tmp_path / "audit", head_path=tmp_path / "other-volume" / "HEAD")
     (tmp_path / "other-volume").mkdir()
     log.append({"task": "t"})
-    assert log.verify().ok and (tmp_path / "other-volume" / "HEAD.json").exists()
+    assert log.verify().ok and (tmp_path / "other-volume" / "HEAD").exists()
 
 
 def _appender(root: str, n: int, worker: int) -> None:
@@ -102,3 +102,13 @@ def test_concurrent_appenders_keep_one_valid_chain(tmp_path: Path) -> None:
     assert rep.records == 160
     seen = {(r["worker"], r["i"]) for r in log.records()}
     assert len(seen) == 160
+
+
+def test_torn_head_slot_falls_back_to_the_other(tmp_path: Path) -> None:
+    log = _log(tmp_path, 4)  # last seq 3 is in slot 1
+    raw = bytearray(log.head_path.read_bytes())
+    raw[256:300] = b"\x00" * 44  # a crash tore the newest slot
+    log.head_path.write_bytes(bytes(raw))
+    assert log.read_head()[0] == 2
+    rep = log.verify()
+    assert not rep.ok and "appended outside" in rep.problems[0]  # the log is ahead of the surviving slot

@@ -410,7 +410,7 @@ def drift_check_task(params: DriftParams, ctx: TaskContext) -> DriftResult:
     if reference.height == 0 or current.height == 0:
         raise DataFormatError(
             params.features_uri,
-            f"split at {split} leaves {reference.height} reference and {current.height} current rows; need both",
+            f"split at {split!s} leaves {reference.height} reference and {current.height} current rows; need both",
         )
     report = compute_drift(
         reference, current, psi_threshold=params.psi_threshold, ks_pvalue_threshold=params.ks_pvalue_threshold

@@ -8,8 +8,13 @@ leaves a perfectly valid shorter chain, is still detected.
 
 Concurrency: writers are separate processes (parallel pipeline steps on one machine, CLI, the
 updater). The serialisation point is an exclusive ``flock`` on a lock file beside the log; the
-append (read head, write line, fsync, publish head atomically) happens entirely under it. A test
-runs concurrent appenders in separate processes and verifies the chain afterwards.
+append (read head, write line, fsync, write head, fsync) happens entirely under it. A test runs
+concurrent appenders in separate processes and verifies the chain afterwards.
+
+The head file has two fixed-size slots, written alternately in place (``pwrite`` + ``fsync``), each
+with its own checksum: a write torn by a crash damages only the slot being written, and readers take
+the valid slot with the highest ``seq``. This keeps an append to two fsyncs and no file creation
+(file creation and rename are the slow part on network and overlay filesystems).
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from typing import Any
 
 from aitasks.runtime.errors import AuditIntegrityError
 from aitasks.runtime.hashing import canonical_json, sha256_text
-from aitasks.runtime.storage import LocalStorage
 
 GENESIS = "0" * 64
 LOG_NAME = "audit.jsonl"
-HEAD_NAME = "HEAD.json"
+HEAD_NAME = "HEAD"
+_SLOT = 256
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -59,24 +64,69 @@ class AuditLog:
         self.log_path = self.root / LOG_NAME
         self.head_path = head_path or (self.root / HEAD_NAME)
         self._lock_path = self.root / ".audit.lock"
+        self._fds: dict[str, int] = {}
+        self._pid = 0
+
+    def _fd(self, name: str, path: Path, flags: int) -> int:
+        # File descriptors are reused across appends, but never across fork: a child sharing its
+        # parent's open file description would share its flock and break mutual exclusion.
+        if self._pid != os.getpid():
+            self._fds = {}
+            self._pid = os.getpid()
+        if name not in self._fds:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fds[name] = os.open(path, flags, 0o640)
+        return self._fds[name]
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
+        self._fds = {}
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a+") as lf:
-            fcntl.flock(lf, fcntl.LOCK_EX)
+        fd = self._fd("lock", self._lock_path, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _slot_check(seq: int, digest: str) -> str:
+        return sha256_text(f"{seq}:{digest}")[:16]
+
+    def read_head(self) -> tuple[int, str] | None:
+        """The head ``(seq, hash)`` from the valid slot with the highest seq; None if there is no head."""
+        if not self.head_path.exists():
+            return None
+        raw = self.head_path.read_bytes()
+        best: tuple[int, str] | None = None
+        for i in range(0, len(raw), _SLOT):
             try:
-                yield
-            finally:
-                fcntl.flock(lf, fcntl.LOCK_UN)
+                slot = json.loads(raw[i : i + _SLOT].decode("utf-8").strip())
+                seq, digest = int(slot["seq"]), str(slot["hash"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                continue  # a torn or empty slot
+            if slot.get("check") == self._slot_check(seq, digest) and (best is None or seq > best[0]):
+                best = (seq, digest)
+        return best
 
     def _read_head(self) -> tuple[int, str]:
-        if not self.head_path.exists():
+        head = self.read_head()
+        if head is None:
             if self.log_path.exists() and self.log_path.stat().st_size > 0:
                 raise AuditIntegrityError(f"audit head {self.head_path} is missing but the log has records")
             return -1, GENESIS
-        head = json.loads(self.head_path.read_text())
-        return int(head["seq"]), str(head["hash"])
+        return head
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        body = json.dumps({"seq": seq, "hash": digest, "check": self._slot_check(seq, digest)})
+        slot = body.ljust(_SLOT - 1).encode("utf-8") + b"\n"
+        fd = self._fd("head", self.head_path, os.O_RDWR | os.O_CREAT)
+        os.pwrite(fd, slot, (seq % 2) * _SLOT)
+        os.fsync(fd)
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Append one record (``entry`` plus chain fields) and return it as written."""
@@ -90,15 +140,10 @@ class AuditLog:
             }
             record["hash"] = record_hash(record)
             line = (canonical_json(record) + "\n").encode("utf-8")
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            LocalStorage().write_bytes(
-                str(self.head_path), canonical_json({"seq": record["seq"], "hash": record["hash"]}).encode()
-            )
+            fd = self._fd("log", self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, line)
+            os.fsync(fd)
+            self._write_head(record["seq"], record["hash"])
             return record
 
     def records(self) -> list[dict[str, Any]]:
@@ -130,17 +175,17 @@ class AuditLog:
             prev = str(rec.get("hash"))
             if problems:
                 break
+        head = self.read_head()
         head_seq: int | None = None
-        if self.head_path.exists():
-            head = json.loads(self.head_path.read_text())
-            head_seq = int(head["seq"])
+        if head is not None:
+            head_seq, head_hash = head
             last_seq = len(recs) - 1
             if head_seq > last_seq:
                 problems.append(f"head says {head_seq + 1} records, log has {len(recs)} (truncated)")
             elif head_seq < last_seq:
                 problems.append(f"log has {len(recs)} records, head says {head_seq + 1} (appended outside the log API)")
-            elif recs and head["hash"] != recs[-1].get("hash"):
+            elif recs and head_hash != recs[-1].get("hash"):
                 problems.append("head hash does not match the last record (last record replaced)")
         elif recs:
-            problems.append("head is missing")
+            problems.append("head is missing or unreadable")
         return VerifyReport(not problems, len(recs), head_seq, problems)

@@ -11,8 +11,7 @@ import json
 from typing import Any
 
 from aitasks.runtime.errors import PreconditionFailedError
-from aitasks.runtime.hashing import canonical_json
-from aitasks.runtime.storage import Storage, join_uri
+from aitasks.runtime.storage import LocalStorage, Storage, join_uri
 
 
 class IdempotencyStore:
@@ -35,8 +34,14 @@ class IdempotencyStore:
     def commit(self, task: str, key: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create the record; returns ``(committed_record, won)``. A lost race returns the winner's."""
         uri = self._uri(task, key)
+        data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         try:
-            self.storage.write_bytes(uri, canonical_json(record).encode(), if_absent=True)
+            if isinstance(self.storage, LocalStorage):
+                # A marker lost in a power cut only costs a recompute, never a wrong answer: skip the
+                # directory fsync (the marker's content is still fsynced before it becomes visible).
+                self.storage.write_bytes(uri, data, if_absent=True, sync_dir=False)
+            else:
+                self.storage.write_bytes(uri, data, if_absent=True)
         except PreconditionFailedError:
             winner = self.get(task, key)
             if winner is None:  # pragma: no cover - deleted between the two calls

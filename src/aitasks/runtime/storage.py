@@ -117,7 +117,7 @@ class LocalStorage:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def _publish(self, tmp: Path, target: Path, *, if_absent: bool) -> None:
+    def _publish(self, tmp: Path, target: Path, *, if_absent: bool, sync_dir: bool = True) -> None:
         if if_absent:
             try:
                 os.link(tmp, target)  # atomic and exclusive: fails when the target exists
@@ -125,16 +125,19 @@ class LocalStorage:
                 raise PreconditionFailedError(f"{target} already exists") from exc
         else:
             os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if sync_dir:
+            _fsync_dir(target.parent)
 
-    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False, sync_dir: bool = True) -> None:
+        """Atomic write. ``sync_dir=False`` skips the directory fsync: only for markers whose loss in a
+        power cut is harmless (the content itself is always fsynced before it becomes visible)."""
         target = self._path(uri)
         with self._temp_beside(target) as tmp:
             with tmp.open("xb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self._publish(tmp, target, if_absent=if_absent)
+            self._publish(tmp, target, if_absent=if_absent, sync_dir=sync_dir)
 
     def put_file(self, local: Path, uri: str, *, if_absent: bool = False) -> None:
         target = self._path(uri)

@@ -516,7 +516,7 @@ def load_builtin_tasks() -> dict[str, Task[Any, Any]]:
 
     for m in TASK_MODULES:
         importlib.import_module(m)
-    return dict(sorted(_REGISTRY.items()))
+    return {n: t for n, t in sorted(_REGISTRY.items()) if t.__module__ in TASK_MODULES}
 
 
 def registry() -> dict[str, Task[Any, Any]]:

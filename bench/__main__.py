@@ -1,0 +1,53 @@
+"""`make bench`: run the benchmarks, print a table, write bench/results/latest.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    console = Console()
+    records: list[dict] = []
+    from bench.task_overhead import bench_task_overhead
+
+    with console.status("task overhead…"):
+        records += bench_task_overhead()
+    try:
+        from bench.feast_online import bench_online_reads
+    except ImportError:  # pragma: no cover - the Feast bench ships with the feature store
+        bench_online_reads = None
+    if bench_online_reads is not None:
+        redis_url = os.environ.get("AITASKS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+        with console.status("Feast online reads (sqlite, Redis)…"), tempfile.TemporaryDirectory() as tmp:
+            records += bench_online_reads(Path(tmp), redis_url=redis_url)
+
+    table = Table(title="aitasks benchmarks (ratio = value / baseline, same run)")
+    for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline value", "ratio"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r["benchmark"],
+            r["metric"],
+            f"{r['value']:.4g}",
+            r["unit"],
+            r["baseline"],
+            f"{r['baseline_value']:.4g}",
+            f"{r['ratio']:.3g}",
+        )
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(records, indent=2))
+    console.print(f"wrote {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
