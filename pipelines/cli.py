@@ -110,7 +110,9 @@ def demo_cmd(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # In non-standalone mode click returns an Exit's code instead of raising it.
+        sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:

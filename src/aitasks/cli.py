@@ -208,7 +208,9 @@ def docs(
 def main() -> None:
     """Entry point: one clear line on error, traceback only with --debug."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # In non-standalone mode click returns an Exit's code instead of raising it.
+        sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
