@@ -116,11 +116,10 @@ def audit_verify(
     root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
 ) -> None:
     """Verify the hash chain and head; exit 1 on an edited, reordered, deleted or truncated record."""
-    from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.audit import open_audit
     from aitasks.runtime.settings import load_settings
 
-    log = AuditLog(Path(root or load_settings().resolved_audit_root()))
-    rep = log.verify()
+    rep = open_audit(root or load_settings().resolved_audit_root()).verify()
     if rep.ok:
         console.print(f"[green]audit chain verified[/green]: {rep.records} records, head seq {rep.head_seq}")
         return
@@ -135,10 +134,10 @@ def audit_tail(
     root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
 ) -> None:
     """Print the last records as JSON lines."""
-    from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.audit import open_audit
     from aitasks.runtime.settings import load_settings
 
-    for rec in AuditLog(Path(root or load_settings().resolved_audit_root())).records()[-n:]:
+    for rec in open_audit(root or load_settings().resolved_audit_root()).records()[-n:]:
         typer.echo(json.dumps(rec, sort_keys=True))
 
 

@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aitasks.runtime.errors import AuditIntegrityError
+from aitasks.runtime.errors import AuditIntegrityError, PreconditionFailedError
 from aitasks.runtime.hashing import canonical_json, sha256_text
+from aitasks.runtime.storage import Storage, join_uri
 
 GENESIS = "0" * 64
 LOG_NAME = "audit.jsonl"
@@ -159,22 +160,11 @@ class AuditLog:
 
     def verify(self) -> VerifyReport:
         """Check the whole chain and the head. Detects edited, reordered, deleted and truncated records."""
-        problems: list[str] = []
         try:
             recs = self.records()
         except AuditIntegrityError as exc:
             return VerifyReport(False, 0, None, [str(exc)])
-        prev = GENESIS
-        for i, rec in enumerate(recs):
-            if rec.get("seq") != i:
-                problems.append(f"record {i}: seq is {rec.get('seq')}, expected {i} (deleted or reordered)")
-            if rec.get("prev_hash") != prev:
-                problems.append(f"record {i}: prev_hash does not match record {i - 1} (deleted or reordered)")
-            if record_hash(rec) != rec.get("hash"):
-                problems.append(f"record {i}: content does not match its hash (edited)")
-            prev = str(rec.get("hash"))
-            if problems:
-                break
+        problems = _chain_problems(recs)
         head = self.read_head()
         head_seq: int | None = None
         if head is not None:
@@ -189,3 +179,106 @@ class AuditLog:
         elif recs:
             problems.append("head is missing or unreadable")
         return VerifyReport(not problems, len(recs), head_seq, problems)
+
+
+class StorageAuditLog:
+    """The same hash chain on object storage (GCS in production), for writers in separate pods.
+
+    Each record is its own object ``records/<seq:012d>.json``, created with a create-only write
+    (``if_generation_match=0`` on GCS): that write is the serialisation point, so of two writers
+    racing for one ``seq`` exactly one wins and the other catches up and takes the next. The head
+    object (``HEAD``, ideally in another bucket or prefix: ``head_uri``) is advanced afterwards by
+    compare-and-swap on its generation and never moves backwards. A writer that dies between the two
+    leaves the head one record behind; the next append catches up and moves it past.
+    """
+
+    def __init__(self, storage: Storage, root: str, head_uri: str | None = None) -> None:
+        self.storage = storage
+        self.root = root.rstrip("/")
+        self.head_uri = head_uri or join_uri(self.root, "HEAD")
+
+    def _record_uri(self, seq: int) -> str:
+        return join_uri(self.root, "records", f"{seq:012d}.json")
+
+    def read_head(self) -> tuple[int, str] | None:
+        try:
+            head = json.loads(self.storage.read_bytes(self.head_uri))
+        except FileNotFoundError:
+            return None
+        return int(head["seq"]), str(head["hash"])
+
+    def append(self, entry: dict[str, Any], *, max_tries: int = 100) -> dict[str, Any]:
+        head = self.read_head()
+        seq, prev = (head[0] + 1, head[1]) if head else (0, GENESIS)
+        for _ in range(max_tries):
+            while self.storage.exists(self._record_uri(seq)):  # catch up with records past the head
+                prev = json.loads(self.storage.read_bytes(self._record_uri(seq)))["hash"]
+                seq += 1
+            record = {
+                **entry,
+                "seq": seq,
+                "time": entry.get("time") or datetime.now(UTC).isoformat(timespec="microseconds"),
+                "prev_hash": prev,
+            }
+            record["hash"] = record_hash(record)
+            try:
+                self.storage.write_bytes(self._record_uri(seq), canonical_json(record).encode(), if_absent=True)
+            except PreconditionFailedError:
+                continue  # another writer took this seq: catch up and try the next
+            self._advance_head(seq, record["hash"])
+            return record
+        raise AuditIntegrityError(f"could not append to {self.root} after {max_tries} contended tries")
+
+    def _advance_head(self, seq: int, digest: str) -> None:
+        body = canonical_json({"seq": seq, "hash": digest}).encode()
+        for _ in range(100):
+            version = self.storage.version(self.head_uri)
+            current = self.read_head() if version.token is not None else None
+            if current is not None and current[0] >= seq:
+                return  # a later writer already moved it further
+            try:
+                self.storage.compare_and_swap(self.head_uri, body, version)
+                return
+            except PreconditionFailedError:
+                continue
+
+    def records(self) -> list[dict[str, Any]]:
+        prefix = join_uri(self.root, "records") + "/"
+        return [json.loads(self.storage.read_bytes(uri)) for uri in self.storage.list(prefix)]
+
+    def verify(self) -> VerifyReport:
+        recs = self.records()
+        problems = _chain_problems(recs)
+        head = self.read_head()
+        head_seq = head[0] if head else None
+        if head is None and recs:
+            problems.append("head is missing or unreadable")
+        elif head is not None:
+            by_seq = {r.get("seq"): r for r in recs}
+            if head[0] > len(recs) - 1:
+                problems.append(f"head says {head[0] + 1} records, storage has {len(recs)} (truncated)")
+            elif by_seq.get(head[0], {}).get("hash") != head[1]:
+                problems.append(f"head hash does not match record {head[0]} (record replaced)")
+        return VerifyReport(not problems, len(recs), head_seq, problems)
+
+
+def _chain_problems(recs: list[dict[str, Any]]) -> list[str]:
+    prev = GENESIS
+    for i, rec in enumerate(recs):
+        if rec.get("seq") != i:
+            return [f"record {i}: seq is {rec.get('seq')}, expected {i} (deleted or reordered)"]
+        if rec.get("prev_hash") != prev:
+            return [f"record {i}: prev_hash does not match record {i - 1} (deleted or reordered)"]
+        if record_hash(rec) != rec.get("hash"):
+            return [f"record {i}: content does not match its hash (edited)"]
+        prev = str(rec.get("hash"))
+    return []
+
+
+def open_audit(root: str, *, gcs_client: Any | None = None) -> AuditLog | StorageAuditLog:
+    """The audit log at ``root``: a local JSON-lines log, or per-record objects on ``gs://``."""
+    from aitasks.runtime.storage import is_gcs, storage_for
+
+    if is_gcs(root):
+        return StorageAuditLog(storage_for(root, gcs_client=gcs_client), root)
+    return AuditLog(Path(root))

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 from aitasks.runtime import logging as rlog
-from aitasks.runtime.audit import AuditLog
+from aitasks.runtime.audit import AuditLog, StorageAuditLog, open_audit
 from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
@@ -128,7 +128,7 @@ class Runtime:
     settings: Settings
     run: RunContext
     telemetry: Telemetry
-    audit: AuditLog
+    audit: AuditLog | StorageAuditLog
     storage: Storage
     idempotency: IdempotencyStore
     sleep: Callable[[float], None] = time.sleep
@@ -144,16 +144,11 @@ class Runtime:
         s = settings or load_settings()
         rlog.configure_logging(s.log_level, s.log_format, s.pseudonymization_key.get_secret_value())
         st = storage or storage_for(s.storage_root)
-        audit_root = s.resolved_audit_root()
-        if is_gcs(audit_root):
-            raise NotImplementedError(
-                "the audit log needs a local or mounted directory (AITASKS_AUDIT_ROOT); GCS audit is not built yet"
-            )
         return cls(
             settings=s,
             run=run or RunContext.from_env(),
             telemetry=telemetry or default_telemetry(s.trace_exporter, s.otlp_endpoint),
-            audit=AuditLog(Path(audit_root)),
+            audit=open_audit(s.resolved_audit_root()),
             storage=st,
             idempotency=IdempotencyStore(st, s.storage_root),
         )
