@@ -163,7 +163,7 @@ def test_gcs_audit_detects_tampering_and_truncation() -> None:
 def test_gcs_audit_catches_up_after_a_writer_died_before_moving_the_head() -> None:
     from aitasks.runtime.audit import StorageAuditLog
 
-    client, log = _gcs_log()
+    _client, log = _gcs_log()
     log.append({"task": "a"})
     # Simulate a crash: a record written but the head not advanced.
     orig = StorageAuditLog._advance_head
