@@ -13,7 +13,7 @@ NAME = "data-pipeline"
     description="Listening events to validated data, point-in-time features, Feast online store and a drift report.",
 )
 def data_pipeline(
-    storage_root: str = ".aitasks",
+    storage_root: str = "",
     events_uri: str = "",
     catalog_uri: str = "",
     seed: int = 7,

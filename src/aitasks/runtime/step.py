@@ -29,8 +29,12 @@ def step_runtime(
     git_revision: str = "",
     traceparent: str = "",
 ) -> Runtime:
-    """A runtime for one pipeline step; service addresses still come from the environment's settings."""
-    overrides: dict[str, Any] = {"storage_root": storage_root}
+    """A runtime for one pipeline step; service addresses still come from the environment's settings.
+
+    An empty ``storage_root`` means the environment's ``AITASKS_STORAGE_ROOT`` (set per deployment by
+    the manifests' ConfigMap; dev and prod are separate KFP deployments with separate caches).
+    """
+    overrides: dict[str, Any] = {"storage_root": storage_root} if storage_root else {}
     if submitter:
         overrides["actor"] = submitter
     settings = load_settings(**overrides)
