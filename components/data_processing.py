@@ -222,6 +222,7 @@ def materialize_features(
 def check_drift(
     features: Input[Dataset],
     split_at: str,
+    warmup_days: int,
     psi_threshold: float,
     ks_pvalue_threshold: float,
     storage_root: str,
@@ -251,6 +252,7 @@ def check_drift(
         {
             "features_uri": features.metadata.get("stable_uri", features.path),
             "split_at": split_at or None,
+            "warmup_days": warmup_days,
             "psi_threshold": psi_threshold,
             "ks_pvalue_threshold": ks_pvalue_threshold,
         },

@@ -117,6 +117,7 @@ def data_pipeline(
     drift = check_drift(
         features=feats.outputs["user_features"],
         split_at="",
+        warmup_days=lookback_days,
         psi_threshold=psi_threshold,
         ks_pvalue_threshold=ks_pvalue_threshold,
         **run,

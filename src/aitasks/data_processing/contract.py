@@ -83,8 +83,34 @@ TRACKS_SCHEMA: Final = pa.schema(
     ]
 )
 
-#: Quarantine files carry every input column as text (what was read, unchanged) plus these.
-QUARANTINE_EXTRA_COLUMNS: Final[tuple[str, ...]] = ("_source_row", "_reason")
+#: Columns that hold identifiers and must match :data:`ID_PATTERN`.
+EVENT_ID_COLUMNS: Final[tuple[str, ...]] = ("event_id", "user_id", "track_id")
+
+#: Accepted spellings of a boolean in text files (compared case-insensitively).
+TRUE_TEXTS: Final[tuple[str, ...]] = ("true", "1")
+FALSE_TEXTS: Final[tuple[str, ...]] = ("false", "0")
+
+#: Quarantine files carry every input column as text (what was read, unchanged) plus these:
+#: ``_source_row`` (0-based row or line of the input), ``_reason`` (one of :data:`QUARANTINE_REASONS`)
+#: and ``_raw`` (the raw text of a line that could not be split into columns, else null).
+QUARANTINE_EXTRA_COLUMNS: Final[tuple[str, ...]] = ("_source_row", "_reason", "_raw")
+
+#: Reason codes of the quarantine, in precedence order: a bad row gets the first rule it breaks.
+QUARANTINE_REASONS: Final[tuple[str, ...]] = (
+    "malformed_json",
+    "malformed_row",
+    *(f"missing_column_value:{c}" for c in EVENT_COLUMNS),
+    "bad_type:ts",
+    "bad_type:ms_played",
+    "bad_type:skipped",
+    "naive_timestamp",
+    *(f"bad_id:{c}" for c in EVENT_ID_COLUMNS),
+    "out_of_range:ms_played",
+    "unknown_context",
+    "unknown_track_id",
+    "future_timestamp",
+    "duplicate_event_id",
+)
 
 
 def genre_affinity_column(genre: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -367,6 +367,13 @@ class DriftParams(TaskModel):
         description="Rows before this time are the training reference, rows at or after it the new batch. "
         "None: the newest snapshot is the new batch.",
     )
+    warmup_days: int = Field(
+        default=28,
+        ge=0,
+        le=365,
+        description="Reference rows from the first snapshot's first N days are left out: windowed features "
+        "there have less history than the lookback and would read as drift. Use the features' lookback.",
+    )
     psi_threshold: float = Field(default=0.2, gt=0, le=10, description="PSI above this flags drift.")
     ks_pvalue_threshold: float = Field(default=0.01, gt=0, lt=1, description="KS p-value below this flags drift.")
 
@@ -405,7 +412,8 @@ def drift_check_task(params: DriftParams, ctx: TaskContext) -> DriftResult:
     if "event_timestamp" not in frame.columns:
         raise DataFormatError(params.features_uri, "missing column: event_timestamp")
     split = params.split_at or frame["event_timestamp"].max()
-    reference = frame.filter(pl.col("event_timestamp") < split)
+    warm = frame["event_timestamp"].min() + timedelta(days=params.warmup_days)  # type: ignore[operator]
+    reference = frame.filter((pl.col("event_timestamp") < split) & (pl.col("event_timestamp") >= warm))
     current = frame.filter(pl.col("event_timestamp") >= split)
     if reference.height == 0 or current.height == 0:
         raise DataFormatError(
