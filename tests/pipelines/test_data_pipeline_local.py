@@ -34,8 +34,13 @@ def test_pipeline_runs_end_to_end(demo_run: tuple[Path, dict]) -> None:
 def test_every_step_audited_with_one_trace_and_run_context(demo_run: tuple[Path, dict]) -> None:
     work, _ = demo_run
     records = [r for r in AuditLog(work / "store" / "audit").records() if r["status"] == "succeeded"]
-    assert {r["task"] for r in records} == {"data.source", "data.ingest", "data.features", "feast.materialize",
-                                            "data.drift"}
+    assert {r["task"] for r in records} == {
+        "data.source",
+        "data.ingest",
+        "data.features",
+        "feast.materialize",
+        "data.drift",
+    }
     assert len({r["run_id"] for r in records}) == 1, "all steps carry the KFP job id"
     assert len({r["trace_id"] for r in records}) == 1, "all steps share the trace derived from the run id"
     assert {r["actor"] for r in records} == {"make-demo"}

@@ -226,3 +226,14 @@ def test_canonical_inputs_roundtrip(factor: float, label: str) -> None:
     a = t.validate({"source": "/x", "factor": factor, "label": label})
     b = t.validate(json.loads(json.dumps({"label": label, "factor": factor, "source": "/x"})))
     assert t.canonical_inputs(a) == t.canonical_inputs(b)
+
+
+def test_same_artifact_content_at_another_path_is_the_same_work(captured: CapturedRuntime, tmp_path: Path) -> None:
+    a = tmp_path / "run1" / "numbers.txt"
+    b = tmp_path / "run2" / "numbers.txt"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_text("1 2 3")
+    scale_task({"source": str(a), "factor": 2.0}, runtime=captured.rt)
+    scale_task({"source": str(b), "factor": 2.0}, runtime=captured.rt)
+    assert _tasks.CALLS == {"default": 1}

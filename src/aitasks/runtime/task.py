@@ -273,9 +273,10 @@ class Task(Generic[P, R]):
                 hashes[f] = _storage_of(uri, rt).content_hash(uri)
             except FileNotFoundError:
                 raise InvalidInputError(self.name, [FieldIssue(f, f"artifact not found: {uri}")]) from None
-        key = sha256_json(
-            {"task": self.name, "version": self.version, "inputs": self.canonical_inputs(params), "artifacts": hashes}
-        )
+        # Artifacts count by content, not by where they lie: the same bytes at another path (a new KFP
+        # output directory on every run) are the same work.
+        inputs = {k: v for k, v in self.canonical_inputs(params).items() if k not in hashes}
+        key = sha256_json({"task": self.name, "version": self.version, "inputs": inputs, "artifacts": hashes})
         return key, hashes
 
     # -- call ---------------------------------------------------------------------------------
