@@ -15,7 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=170)
     records: list[dict] = []
     from bench.task_overhead import bench_task_overhead
 
