@@ -128,24 +128,34 @@ class LocalStorage:
         if sync_dir:
             _fsync_dir(target.parent)
 
-    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False, sync_dir: bool = True) -> None:
-        """Atomic write. ``sync_dir=False`` skips the directory fsync: only for markers whose loss in a
-        power cut is harmless (the content itself is always fsynced before it becomes visible)."""
+    @contextlib.contextmanager
+    def publishing(
+        self, uri: str, *, if_absent: bool = False, sync_dir: bool = True, synced: bool = False
+    ) -> Iterator[Path]:
+        """Yield a hidden temp path beside ``uri``; on success fsync it and publish it atomically.
+
+        On an exception nothing is published and the temp file is removed. ``sync_dir=False`` skips the
+        directory fsync: only for markers whose loss in a power cut is harmless. ``synced=True``: the
+        caller already fsynced the temp file (saves reopening it on the hot path).
+        """
         target = self._path(uri)
         with self._temp_beside(target) as tmp:
-            with tmp.open("xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            yield tmp
+            if not synced:
+                with tmp.open("rb+") as fh:
+                    os.fsync(fh.fileno())
             self._publish(tmp, target, if_absent=if_absent, sync_dir=sync_dir)
 
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False, sync_dir: bool = True) -> None:
+        """Atomic write (see :meth:`publishing`)."""
+        with self.publishing(uri, if_absent=if_absent, sync_dir=sync_dir, synced=True) as tmp, tmp.open("xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def put_file(self, local: Path, uri: str, *, if_absent: bool = False) -> None:
-        target = self._path(uri)
-        with self._temp_beside(target) as tmp:
+        with self.publishing(uri, if_absent=if_absent) as tmp:
             shutil.copyfile(local, tmp)
-            with tmp.open("rb+") as fh:
-                os.fsync(fh.fileno())
-            self._publish(tmp, target, if_absent=if_absent)
 
     def get_file(self, uri: str, local: Path) -> None:
         src = self._path(uri)
@@ -334,21 +344,5 @@ def publish_local_file(uri: str, storage: Storage | None = None, *, if_absent: b
             yield tmp
             st.put_file(tmp, uri, if_absent=if_absent)
         return
-    target = Path(uri.removeprefix("file://"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex}"
-    try:
+    with LocalStorage().publishing(uri, if_absent=if_absent) as tmp:
         yield tmp
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        if if_absent:
-            try:
-                os.link(tmp, target)
-            except FileExistsError as exc:
-                raise PreconditionFailedError(f"{target} already exists") from exc
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
