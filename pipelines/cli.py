@@ -28,7 +28,27 @@ def compile_pipeline(name: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.yaml"
     compiler.Compiler().compile(pipelines()[name], str(path))
+    path.write_text(_stable_header(path.read_text("utf-8")), "utf-8")
     return path
+
+
+def _stable_header(text: str) -> str:
+    """Sort the keys of dict defaults in KFP's comment header.
+
+    KFP renders STRUCT defaults there through protobuf maps, whose order follows the process's
+    string-hash seed; the YAML body itself is sorted. Without this the file changes run to run.
+    """
+    import ast
+
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        head, sep, rest = line.partition("[Default: ")
+        if sep and rest.startswith("{") and rest.endswith("]"):
+            value = ast.literal_eval(rest[:-1])
+            lines[i] = f"{head}{sep}{dict(sorted(value.items()))!r}]"
+    return "\n".join(lines)
 
 
 @app.command("compile")

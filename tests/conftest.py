@@ -55,3 +55,58 @@ class CapturedRuntime:
 @pytest.fixture
 def captured(tmp_path: Path) -> Iterator[CapturedRuntime]:
     yield CapturedRuntime(tmp_path)
+
+
+class RecoWorld:
+    """The demo's data (same generator settings) through ingest, features, Feast and the training set.
+
+    Built once per session: the model, evaluation, registry, index and recommend tests share it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from aitasks.data_processing.tasks import (
+            compute_features_task,
+            ingest_events_task,
+            materialize_features_task,
+            source_data_task,
+        )
+        from aitasks.model_training.tasks import training_set_task
+
+        self.captured = CapturedRuntime(root)
+        rt = self.captured.rt
+        self.rt = rt
+        self.settings = self.captured.settings
+        self.source = source_data_task({}, runtime=rt)
+        self.ingest = ingest_events_task(
+            {
+                "events_uri": self.source.events_uri,
+                "catalog_uri": self.source.tracks_uri,
+                "as_of": "2026-10-31T00:00:00Z",
+            },
+            runtime=rt,
+        )
+        self.features = compute_features_task(
+            {"events_uri": self.ingest.good_uri, "catalog_uri": self.source.tracks_uri}, runtime=rt
+        )
+        self.materialized = materialize_features_task(
+            {
+                "user_features_uri": self.features.user_features_uri,
+                "track_features_uri": self.features.track_features_uri,
+                "end": "2026-10-31T00:00:00Z",
+            },
+            runtime=rt,
+        )
+        self.training_set = training_set_task(
+            {
+                "events_uri": self.ingest.good_uri,
+                "catalog_uri": self.source.tracks_uri,
+                "user_features_uri": self.features.user_features_uri,
+                "track_features_uri": self.features.track_features_uri,
+            },
+            runtime=rt,
+        )
+
+
+@pytest.fixture(scope="session")
+def reco_world(tmp_path_factory: pytest.TempPathFactory) -> RecoWorld:
+    return RecoWorld(tmp_path_factory.mktemp("reco-world"))

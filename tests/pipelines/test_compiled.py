@@ -64,3 +64,75 @@ def test_run_context_reaches_every_step(fresh: dict[str, str]) -> None:
         assert params["step"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}", name
         for key in ("submitter", "git_revision", "traceparent", "storage_root"):
             assert params[key]["componentInputParameter"] == key, (name, key)
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline, nested DAGs (exit handler, conditions) included."""
+    out = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        out.update(comp.get("dag", {}).get("tasks", {}))
+    return out
+
+
+def test_reco_training_gpu_step_and_kubernetes_settings(fresh: dict[str, str]) -> None:
+    spec, platform = _docs(fresh["reco-training"])
+    executors = spec["deploymentSpec"]["executors"]
+    for name, body in executors.items():
+        res = body["container"]["resources"]
+        assert res.get("cpuRequest") and res.get("memoryRequest"), f"{name} lacks requests"
+        assert res.get("cpuLimit") and res.get("memoryLimit"), f"{name} lacks limits"
+        assert "pip install" not in " ".join(body["container"].get("command", [])), "images are baked"
+    train = executors["exec-train-model"]["container"]
+    assert train["image"].startswith("europe-docker.pkg.dev/aitasks-prod/aitasks/aitasks-gpu:")
+    assert train["resources"]["accelerator"] == {
+        "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpu_count']}}",
+        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_accelerator']}}",
+    }
+    gpu_steps = [n for n, b in executors.items() if "accelerator" in b["container"]["resources"]]
+    assert gpu_steps == ["exec-train-model"], "only training asks for a GPU"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train-model"]["nodeSelector"] == {
+        "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}
+    }
+    assert k8s["exec-train-model"]["tolerations"] == [
+        {"tolerationJson": {"componentInputParameter": "pipelinechannel--gpu_toleration"}}
+    ]
+    assert [n for n, b in k8s.items() if "nodeSelector" in b or "tolerations" in b] == ["exec-train-model"]
+    assert set(k8s) == set(executors), "every step carries pod labels"
+    for name, body in k8s.items():
+        labels = body["podMetadata"]["labels"]
+        assert labels["aitasks.io/pipeline"] == "reco-training", name
+        assert {"aitasks.io/step", "aitasks.io/task", "aitasks.io/task-version"} <= set(labels), name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_node_selector"]["parameterType"] == "STRUCT"
+    assert params["gpu_toleration"]["defaultValue"]["effect"] == "NoSchedule"
+
+
+def test_reco_training_control_flow_retries_and_caching(fresh: dict[str, str]) -> None:
+    spec, _ = _docs(fresh["reco-training"])
+    root = spec["root"]["dag"]["tasks"]
+    # ExitHandler: the run summary runs whatever happens inside, and gets the final status.
+    summary = root["summarize-run"]
+    assert summary["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert summary["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    tasks = _all_tasks(spec)
+    # Promotion, index build and publish only run when the evaluation blessed the model.
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    cond = inner["condition-2"]
+    assert "blessed" in cond["triggerPolicy"]["condition"]
+    assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {
+        "promote-model",
+        "build-index",
+        "publish-index",
+    }
+    # Steps whose result depends on state outside their inputs are never served from the KFP cache.
+    for name in ("evaluate-model", "register-model", "promote-model", "publish-index", "materialize-features"):
+        assert tasks[name]["cachingOptions"].get("enableCache") is not True, name
+    assert tasks["train-model"]["cachingOptions"]["enableCache"] is True
+    for name in ("register-model", "promote-model", "publish-index", "build-training-set"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] >= 2, name
+    for name, task in tasks.items():
+        if "componentRef" in task and name.startswith(("condition", "exit-handler")):
+            continue
+        params = task["inputs"]["parameters"]
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name

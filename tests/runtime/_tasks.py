@@ -49,3 +49,27 @@ def scale_task(params: ScaleParams, ctx: TaskContext) -> ScaleResult:
     with ctx.publish(out) as p:
         p.write_text(" ".join(str(x * params.factor) for x in numbers))
     return ScaleResult(output=out, total=sum(numbers) * params.factor)
+
+
+#: Outside state read by ``test.stateful`` (stands in for a registry alias).
+WORLD: dict[str, int] = {"champion": 1}
+
+
+class StatefulParams(TaskModel):
+    x: int
+
+
+class StatefulResult(TaskModel):
+    seen_champion: int
+
+
+@ai_task(name="test.stateful", version="1.0.0", state=lambda params, rt: {"champion": WORLD["champion"]})
+def stateful_task(params: StatefulParams, ctx: TaskContext) -> StatefulResult:
+    """Return the outside state it ran against.
+
+    EN: Reports the champion it saw.
+    FR: Indique le champion vu.
+    DE: Meldet den gesehenen Champion.
+    """
+    CALLS["stateful"] = CALLS.get("stateful", 0) + 1
+    return StatefulResult(seen_champion=WORLD["champion"])

@@ -237,3 +237,16 @@ def test_same_artifact_content_at_another_path_is_the_same_work(captured: Captur
     scale_task({"source": str(a), "factor": 2.0}, runtime=captured.rt)
     scale_task({"source": str(b), "factor": 2.0}, runtime=captured.rt)
     assert _tasks.CALLS == {"default": 1}
+
+
+def test_outside_state_joins_the_key_and_the_audit(captured: CapturedRuntime) -> None:
+    _tasks.WORLD["champion"] = 1
+    assert _tasks.stateful_task({"x": 1}, runtime=captured.rt).seen_champion == 1
+    assert _tasks.stateful_task({"x": 1}, runtime=captured.rt).seen_champion == 1  # same state: a hit
+    _tasks.WORLD["champion"] = 2
+    assert _tasks.stateful_task({"x": 1}, runtime=captured.rt).seen_champion == 2  # new state: new work
+    assert _tasks.CALLS["stateful"] == 2
+    recs = [r for r in _audit(captured) if r["task"] == "test.stateful"]
+    assert [r["status"] for r in recs] == ["succeeded", "idempotent_hit", "succeeded"]
+    assert [r["state"] for r in recs] == [{"champion": 1}, {"champion": 1}, {"champion": 2}]
+    assert recs[0]["idempotency_key"] != recs[2]["idempotency_key"]

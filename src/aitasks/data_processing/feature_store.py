@@ -450,6 +450,26 @@ def config_for(
     )
 
 
+def serving_config(
+    settings: Settings, *, project: str, online_store: Literal["sqlite", "redis"] | None = None
+) -> FeastConfig:
+    """The configuration a reader of the online store needs (the repository applied by the pipeline).
+
+    Online reads go through the registry and the online store only; the offline files named here are
+    never opened.
+    """
+    base = config_for(
+        settings=settings,
+        project=project,
+        user_features=Path("unused-offline-user.parquet"),
+        track_features=Path("unused-offline-track.parquet"),
+        online_store=online_store,
+    )
+    return base.model_copy(
+        update={"user_features_path": None, "track_features_path": None, "offline_dir": base.repo_dir / "offline"}
+    )
+
+
 def _render(cfg: FeastConfig, *, with_secrets: bool) -> dict[str, Any]:
     """The ``feature_store.yaml`` content as a dict; the password in memory only when ``with_secrets``."""
     online: dict[str, Any]
@@ -1052,6 +1072,7 @@ def historical_features(
     feature_service: str = TRAINING_SERVICE,
     *,
     store: FeatureStore | None = None,
+    partial: bool = False,
 ) -> pd.DataFrame:
     """Point-in-time correct features for each entity row (Feast ``get_historical_features``).
 
@@ -1070,6 +1091,8 @@ def historical_features(
             (``user_id``, ``track_id``); other columns (labels) pass through.
         feature_service: Feature service name.
         store: An open store to reuse (:func:`open_store`).
+        partial: Only the service's views whose join keys ``entity_df`` has (users alone, tracks
+            alone); otherwise a missing join key is an error.
 
     Returns:
         ``entity_df``'s columns (index reset) plus one column per feature of the service.
@@ -1088,6 +1111,8 @@ def historical_features(
     store = store or open_store(cfg, check=False)
     service = store.get_feature_service(feature_service)
     parts = _service_parts(store, service)
+    if partial:
+        parts = [p for p in parts if set(p[0]) <= set(entity_df.columns)] or parts
     needed = {k for keys, _, _ in parts for k in keys}
     issues += [FieldIssue(f"entity_df.{k}", "missing join key column") for k in sorted(needed - set(entity_df.columns))]
     clashes = sorted({f for _, _, names in parts for f in names} & set(entity_df.columns))

@@ -90,3 +90,28 @@ def resolve_as_of(as_of: str) -> str:
             raise ValueError(f"as_of {as_of!r} has no timezone; give UTC, e.g. 2026-10-31T00:00:00Z")
         return parsed.isoformat()
     return datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
+
+
+def input_uri(artifact: Any, *, bundle: bool = False) -> str:
+    """The URI to hand a task for a KFP input artifact.
+
+    The producer records the artifact's storage URI as ``stable_uri`` metadata (same for every pod);
+    without it, the local artifact path (for a bundle, the ``MANIFEST.json`` inside it).
+    """
+    from aitasks.runtime.bundle import MANIFEST
+
+    stable = artifact.metadata.get("stable_uri")
+    if stable:
+        return str(stable)
+    return str(Path(artifact.path) / MANIFEST) if bundle else str(artifact.path)
+
+
+def export_output(uri: str, artifact: Any, *, bundle: bool = False, **metadata: Any) -> None:
+    """Copy a task output (a file, or a bundle whose manifest is ``uri``) into a KFP output artifact."""
+    if bundle:
+        from aitasks.runtime.bundle import export_bundle
+
+        export_bundle(uri, Path(artifact.path))
+    else:
+        copy_to_output(uri, artifact.path)
+    artifact.metadata.update({"stable_uri": uri, **metadata})

@@ -226,11 +226,13 @@ class Task(Generic[P, R]):
         retry: RetryPolicy,
         params_model: type[P],
         result_model: type[R],
+        state: Callable[[P, Runtime], Mapping[str, Any]] | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
         self.retry = retry
+        self.state = state
         self.params_model = params_model
         self.result_model = result_model
         self.doc = inspect.getdoc(fn) or ""
@@ -262,7 +264,9 @@ class Task(Generic[P, R]):
         """The inputs that define the work: everything but secrets, JSON-normalised."""
         return params.model_dump(mode="json", exclude=set(_secret_fields(self.params_model)))
 
-    def idempotency_key(self, params: P, rt: Runtime) -> tuple[str, dict[str, str]]:
+    def idempotency_key(
+        self, params: P, rt: Runtime, *, state: Mapping[str, Any] | None = None
+    ) -> tuple[str, dict[str, str]]:
         """Key = hash of task name, version, canonical inputs and input artifacts' content hashes."""
         hashes: dict[str, str] = {}
         for f in _artifact_fields(self.params_model, "input"):
@@ -276,8 +280,17 @@ class Task(Generic[P, R]):
         # Artifacts count by content, not by where they lie: the same bytes at another path (a new KFP
         # output directory on every run) are the same work.
         inputs = {k: v for k, v in self.canonical_inputs(params).items() if k not in hashes}
-        key = sha256_json({"task": self.name, "version": self.version, "inputs": inputs, "artifacts": hashes})
-        return key, hashes
+        payload: dict[str, Any] = {"task": self.name, "version": self.version, "inputs": inputs, "artifacts": hashes}
+        state = self.external_state(params, rt) if state is None else state
+        if state:
+            payload["state"] = dict(state)
+        return sha256_json(payload), hashes
+
+    def external_state(self, params: P, rt: Runtime) -> dict[str, Any]:
+        """Outside state the result depends on (e.g. the current champion model): part of the key."""
+        if self.state is None:
+            return {}
+        return dict(self.state(params, rt))
 
     # -- call ---------------------------------------------------------------------------------
     def __call__(self, params: P | Mapping[str, Any], *, runtime: Runtime | None = None) -> R:
@@ -366,7 +379,8 @@ def _run_keyed(
     trace_id: str,
     secrets: tuple[str, ...],
 ) -> R:
-    key, artifact_hashes = task.idempotency_key(params, rt)
+    state = task.external_state(params, rt)
+    key, artifact_hashes = task.idempotency_key(params, rt, state=state)
     input_hash = key  # the key *is* the hash of everything that defines the inputs
     span.set_attribute("aitasks.idempotency_key", key)
     log = log.bind(key=key[:16])
@@ -377,6 +391,8 @@ def _run_keyed(
         "input_hash": input_hash,
         "input_artifacts": artifact_hashes,
     }
+    if state:
+        audit["state"] = state
 
     committed = rt.idempotency.get(task.name, key)
     if committed is not None and _outputs_exist(task, committed["result"], rt):
@@ -473,9 +489,22 @@ def _finish(
 
 
 def ai_task(
-    *, name: str, version: str, retry: RetryPolicy | None = None
+    *,
+    name: str,
+    version: str,
+    retry: RetryPolicy | None = None,
+    state: Callable[[Any, Runtime], Mapping[str, Any]] | None = None,
 ) -> Callable[[Callable[[P, TaskContext], R]], Task[P, R]]:
-    """Register ``fn(params, ctx) -> result`` as platform task ``name`` at ``version``."""
+    """Register ``fn(params, ctx) -> result`` as platform task ``name`` at ``version``.
+
+    Args:
+        name: Task name (``family.verb``).
+        version: Task version; part of the idempotency key.
+        retry: Retry policy for retryable errors.
+        state: Reads outside state the result depends on (a registry alias, ...) before the call; its
+            JSON-able result joins the idempotency key and the audit record, so a changed outside world
+            means new work instead of a stale committed result.
+    """
 
     def deco(fn: Callable[[P, TaskContext], R]) -> Task[P, R]:
         hints = typing.get_type_hints(fn)
@@ -495,6 +524,7 @@ def ai_task(
             retry=retry or RetryPolicy(),
             params_model=typing.cast(type[P], p_model),
             result_model=typing.cast(type[R], r_model),
+            state=state,
         )
         _REGISTRY[name] = task
         return task
@@ -503,7 +533,12 @@ def ai_task(
 
 
 #: Modules whose import registers the built-in tasks.
-TASK_MODULES: tuple[str, ...] = ("aitasks.data_processing.tasks",)
+TASK_MODULES: tuple[str, ...] = (
+    "aitasks.data_processing.tasks",
+    "aitasks.model_training.tasks",
+    "aitasks.recommendation_update.tasks",
+    "aitasks.runtime.run_summary",
+)
 
 
 def load_builtin_tasks() -> dict[str, Task[Any, Any]]:
