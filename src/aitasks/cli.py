@@ -22,7 +22,11 @@ audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_hel
 data_app = typer.Typer(help="Synthetic data and data tools.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(audit_app, name="audit")
+index_app = typer.Typer(help="Published ANN indexes: list versions, roll back.", no_args_is_help=True)
+model_app = typer.Typer(help="Registered models: show the champion, roll the alias back.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+app.add_typer(model_app, name="model")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -173,6 +177,108 @@ def data_generate(
             fmt=fmt,  # type: ignore[arg-type]
         )
     console.print(f"[green]wrote[/green] {ds}")
+
+
+def _settings(storage_root: str | None) -> Any:
+    from aitasks.runtime.settings import load_settings
+
+    return load_settings(**({"storage_root": storage_root} if storage_root else {}))
+
+
+_ROOT_OPT = typer.Option("--storage-root", help="Storage root (default: AITASKS_STORAGE_ROOT).")
+
+
+@app.command("recommend")
+def recommend_cmd(
+    user: Annotated[str, typer.Option("--user", help="User id.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="How many tracks.")] = 10,
+    index: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
+    project: Annotated[str, typer.Option(help="Feast project.")] = "aitasks",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Top-k tracks for a user: Feast online features, the index's model, the current index, played ones out."""
+    from aitasks.recommendation_update.recommend import recommend
+
+    with console.status("recommending…"):
+        rec = recommend(_settings(storage_root), user, k=k, index_name=index, project=project)
+    if as_json:
+        typer.echo(rec.model_dump_json(indent=2))
+        return
+    flag = "[yellow]popularity fallback[/yellow]" if rec.source == "popularity" else "[green]model[/green]"
+    console.print(
+        f"{flag} ({rec.reason}); index {rec.index_name} v{rec.index_version}, model {rec.model_name} "
+        f"v{rec.model_version} (champion v{rec.champion_version}); {rec.filtered_played} played tracks filtered"
+    )
+    table = Table("rank", "track", "score")
+    for i, item in enumerate(rec.items, 1):
+        table.add_row(str(i), item.track_id, f"{item.score:.4f}")
+    console.print(table)
+
+
+@index_app.command("list")
+def index_list(
+    name: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """Versions of a published index; the current one is marked."""
+    from aitasks.recommendation_update.publish import list_versions, read_current
+
+    root = _settings(storage_root).storage_root
+    current = read_current(root, name).version
+    table = Table("version", "current", "model", "recall@k", "items", "created")
+    for m in list_versions(root, name):
+        table.add_row(
+            f"v{m.version}",
+            "*" if m.version == current else "",
+            f"{m.model_name} v{m.model_version}",
+            f"{m.recall_at_k:.4f}",
+            str(m.count),
+            str(m.created_at),
+        )
+    console.print(table)
+
+
+@index_app.command("rollback")
+def index_rollback(
+    name: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
+    to: Annotated[int | None, typer.Option(help="Version to go to (default: the previous one).")] = None,
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """Point CURRENT back at an earlier, verified version (atomic switch)."""
+    from aitasks.recommendation_update.publish import rollback
+
+    version = rollback(_settings(storage_root).storage_root, name, to=to)
+    console.print(f"[green]{name}: CURRENT -> v{version}[/green]")
+
+
+@model_app.command("show")
+def model_show(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "reco-two-tower",
+    alias: Annotated[str, typer.Option(help="Alias.")] = "champion",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """The version an alias points at, with its lineage tags."""
+    from aitasks.model_training.registry import get_version, registry_config
+
+    version = get_version(registry_config(_settings(storage_root), model_name=name), alias=alias)
+    if version is None:
+        err_console.print(f"[red]{name} has no alias {alias!r}[/red]")
+        raise typer.Exit(1)
+    typer.echo(version.model_dump_json(indent=2))
+
+
+@model_app.command("rollback")
+def model_rollback(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "reco-two-tower",
+    alias: Annotated[str, typer.Option(help="Alias.")] = "champion",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """Move the alias back to the previous champion recorded on the current one."""
+    from aitasks.model_training.registry import registry_config, rollback_alias
+
+    version = rollback_alias(registry_config(_settings(storage_root), model_name=name), alias=alias)
+    console.print(f"[green]{name}: {alias} -> v{version}[/green]")
 
 
 @app.command("docs")

@@ -1,0 +1,486 @@
+"""Platform tasks of the model-training family: training set, train, evaluate, register, promote.
+
+Each task resolves its artifact URIs (bundles addressed by their ``MANIFEST.json``), calls the
+core functions of this package and publishes its outputs under the call's keyed work directory.
+Heavy imports (torch, mlflow, Feast) happen inside the task bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, Field, field_validator
+
+from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.task import InputArtifact, OutputArtifact, Runtime, TaskContext, TaskModel, ai_task
+
+_PROJECT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: Registered model names: 1-128 letters, digits, '.', '_' or '-'.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+# ------------------------------------------------------------------------------- training set
+
+
+class TrainingSetParams(TaskModel):
+    events_uri: InputArtifact = Field(description="Validated events (Parquet, contract schema).")
+    catalog_uri: InputArtifact = Field(description="Track catalog (Parquet).")
+    user_features_uri: InputArtifact = Field(description="User feature snapshots (Feast offline source).")
+    track_features_uri: InputArtifact = Field(description="Track feature snapshots (Feast offline source).")
+    project: str = Field(default="aitasks", description="Feast project name.")
+    online_store: Literal["sqlite", "redis"] = Field(default="sqlite", description="Feast online store kind.")
+    holdout_days: int = Field(default=1, ge=1, le=30, description="Final days held out for evaluation.")
+
+    @field_validator("project")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not _PROJECT.match(v):
+            raise ValueError("must be lowercase letters, digits and underscores, starting with a letter")
+        return v
+
+
+class TrainingSetResult(TaskModel):
+    training_set_uri: OutputArtifact
+    split_at: AwareDatetime
+    train_rows: int
+    train_users: int
+    holdout_users: int
+    holdout_targets: int
+    items: int
+    snapshot_hash: str
+
+
+@ai_task(name="reco.training_set", version="1.0.0", retry=RetryPolicy(max_attempts=3))
+def training_set_task(params: TrainingSetParams, ctx: TaskContext) -> TrainingSetResult:
+    """Build the recommender's training set from Feast with a time-based split.
+
+    EN: Takes the plays that were not skipped, holds out the final day(s) as evaluation targets and joins
+    point-in-time user and track features from Feast `get_historical_features` (each training row sees
+    only the snapshot valid at its play time). Writes the training rows, the held-out users and targets,
+    the catalog snapshot and the already-played pairs as one bundle of Parquet files.
+    FR: Prend les écoutes non passées, réserve le ou les derniers jours comme cibles d'évaluation et joint
+    les caractéristiques des auditeurs et des titres à la date de chaque écoute via Feast
+    `get_historical_features` (chaque ligne ne voit que l'instantané valide à l'instant de l'écoute).
+    Écrit les lignes d'entraînement, les auditeurs et cibles réservés, l'instantané du catalogue et les
+    paires déjà écoutées dans un seul lot de fichiers Parquet.
+    DE: Nimmt die nicht übersprungenen Wiedergaben, hält den oder die letzten Tage als Evaluationsziele
+    zurück und verbindet zeitpunktgenaue Hörer- und Titelmerkmale aus Feast `get_historical_features`
+    (jede Trainingszeile sieht nur die zum Zeitpunkt der Wiedergabe gültige Momentaufnahme). Schreibt
+    Trainingszeilen, zurückgehaltene Hörer und Ziele, den Katalogstand und bereits gehörte Paare als ein
+    Bündel von Parquet-Dateien.
+    """
+    from aitasks.data_processing import feature_store as fs
+    from aitasks.model_training.training_set import build_training_set
+    from aitasks.runtime.bundle import publish_bundle
+    from aitasks.runtime.storage import local_copy
+
+    with (
+        local_copy(params.events_uri, ctx.storage) as events,
+        local_copy(params.catalog_uri, ctx.storage) as catalog,
+        local_copy(params.user_features_uri, ctx.storage) as user_features,
+        local_copy(params.track_features_uri, ctx.storage) as track_features,
+        tempfile.TemporaryDirectory(prefix="aitasks-ts-") as tmp,
+    ):
+        cfg = fs.config_for(
+            settings=ctx.settings,
+            project=params.project,
+            user_features=user_features,
+            track_features=track_features,
+            online_store=params.online_store,
+        )
+        # Applying is idempotent; it points the registry's offline sources at this step's files.
+        fs.apply_repo(cfg)
+        report = build_training_set(
+            cfg, events=events, tracks=catalog, out_dir=Path(tmp), holdout_days=params.holdout_days
+        )
+        uri = publish_bundle(
+            ctx.storage,
+            Path(tmp),
+            ctx.output_uri("training_set"),
+            kind="training_set",
+            meta={"split_at": report.split_at.isoformat(), "snapshot_hash": report.snapshot_hash},
+        )
+    ctx.log.info("reco.training_set", train_rows=report.train_rows, holdout_users=report.holdout_users)
+    return TrainingSetResult(
+        training_set_uri=uri,
+        split_at=report.split_at,
+        train_rows=report.train_rows,
+        train_users=report.train_users,
+        holdout_users=report.holdout_users,
+        holdout_targets=report.holdout_targets,
+        items=report.items,
+        snapshot_hash=report.snapshot_hash,
+    )
+
+
+# -------------------------------------------------------------------------------------- train
+
+
+class TrainParams(TaskModel):
+    training_set_uri: InputArtifact = Field(description="Training-set bundle (its MANIFEST.json).")
+    epochs: int = Field(default=4, ge=1, le=1000, description="Passes over the training rows.")
+    batch_size: int = Field(default=1024, ge=8, le=65_536, description="Rows per batch (in-batch negatives).")
+    lr: float = Field(default=3e-3, gt=0, le=1, description="Learning rate of the dense parameters (Adam).")
+    sparse_lr: float = Field(default=3e-2, gt=0, le=10, description="Learning rate of the id embeddings.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed; same seed, same weights.")
+    embedding_dim: int = Field(default=64, ge=2, le=1024, description="Output embedding size (index dim).")
+    id_dim: int = Field(default=32, ge=1, le=1024, description="Id embedding size.")
+    hidden_dim: int = Field(default=128, ge=2, le=8192, description="Hidden layer size of each tower.")
+    temperature: float = Field(default=0.05, gt=0, le=10, description="Softmax temperature.")
+    logq_correction: bool = Field(default=True, description="Correct in-batch negatives for popularity.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Training device.")
+
+
+class TrainResult(TaskModel):
+    model_uri: OutputArtifact
+    examples: int
+    examples_per_s: float
+    seconds: float
+    final_loss: float
+    loss_curve: list[float]
+    seed: int
+    data_snapshot: str
+
+
+@ai_task(name="model.train", version="1.0.0", retry=RetryPolicy(max_attempts=2))
+def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
+    """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
+
+    EN: Trains a user tower (Feast user features + id embedding) and an item tower (track features + id
+    embedding) with in-batch sampled softmax and a popularity (logQ) correction. Id embeddings are
+    sparse (SparseAdam), batches vectorised, threads pinned; the same seed gives the same weights.
+    The model bundle holds the weights (safetensors, never pickle), its configuration, the id
+    vocabularies and the popularity fallback.
+    FR: Entraîne une tour auditeur (caractéristiques Feast + plongement d'identifiant) et une tour titre
+    (caractéristiques du titre + plongement d'identifiant) avec un softmax échantillonné dans le lot et
+    une correction de popularité (logQ). Les plongements d'identifiants sont creux (SparseAdam), les lots
+    vectorisés, les threads fixés ; la même graine donne les mêmes poids. Le lot du modèle contient les
+    poids (safetensors, jamais pickle), sa configuration, les vocabulaires et le repli de popularité.
+    DE: Trainiert einen Hörer-Turm (Feast-Merkmale + Id-Embedding) und einen Titel-Turm (Titelmerkmale +
+    Id-Embedding) mit In-Batch-Sampled-Softmax und Popularitätskorrektur (logQ). Id-Embeddings sind
+    dünn besetzt (SparseAdam), Batches vektorisiert, Threads fest; derselbe Seed ergibt dieselben
+    Gewichte. Das Modellbündel enthält die Gewichte (safetensors, nie pickle), die Konfiguration, die
+    Id-Vokabulare und den Popularitäts-Fallback.
+    """
+    from aitasks.model_training.recommender import train_recommender
+    from aitasks.model_training.two_tower import TrainConfig
+    from aitasks.runtime.bundle import open_bundle, publish_bundle
+
+    tcfg = TrainConfig(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        sparse_lr=params.sparse_lr,
+        seed=params.seed,
+        logq_correction=params.logq_correction,
+        device=None if params.device == "auto" else params.device,
+    )
+    arch = {
+        "embedding_dim": params.embedding_dim,
+        "id_dim": params.id_dim,
+        "hidden_dim": params.hidden_dim,
+        "temperature": params.temperature,
+    }
+    with (
+        open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
+        tempfile.TemporaryDirectory(prefix="aitasks-model-") as tmp,
+    ):
+        report = train_recommender(ts_dir, Path(tmp), tcfg, arch=arch)
+        curve = [float(h["loss"]) for h in report.history]
+        snapshot = str(ts_manifest["meta"].get("snapshot_hash", ""))
+        uri = publish_bundle(
+            ctx.storage,
+            Path(tmp),
+            ctx.output_uri("model"),
+            kind="model",
+            meta={
+                "task": f"{ctx.task}@{ctx.version}",
+                "params": params.model_dump(mode="json", exclude={"training_set_uri"}),
+                "data_snapshot": snapshot,
+                "loss_curve": curve,
+                "examples_per_s": report.examples_per_s,
+            },
+        )
+    ctx.log.info("model.trained", examples=report.examples, examples_per_s=round(report.examples_per_s))
+    return TrainResult(
+        model_uri=uri,
+        examples=report.examples,
+        examples_per_s=report.examples_per_s,
+        seconds=report.seconds,
+        final_loss=curve[-1] if curve else float("nan"),
+        loss_curve=curve,
+        seed=params.seed,
+        data_snapshot=snapshot,
+    )
+
+
+# ----------------------------------------------------------------------------------- evaluate
+
+
+class EvaluateParams(TaskModel):
+    model_uri: InputArtifact = Field(description="Model bundle (its MANIFEST.json).")
+    training_set_uri: InputArtifact = Field(description="Training-set bundle with the held-out day.")
+    model_name: str = Field(
+        default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model whose champion to compare."
+    )
+    exclude_seen: bool = Field(default=True, description="Leave already-played tracks out of ranking and targets.")
+    min_lift_over_popularity: float = Field(default=1.2, ge=0, le=100, description="Blessing: model >= lift x pop.")
+    max_regression_vs_champion: float = Field(
+        default=0.02, ge=0, le=1, description="Blessing: model >= champion x (1 - this)."
+    )
+    metric: Literal["recall_at_10", "ndcg_at_10"] = Field(default="recall_at_10", description="Blessing metric.")
+
+
+class EvaluateResult(TaskModel):
+    metrics_uri: OutputArtifact
+    report_markdown_uri: OutputArtifact
+    report_html_uri: OutputArtifact
+    blessed: bool
+    reasons: list[str]
+    model: dict[str, Any]
+    popularity: dict[str, Any]
+    champion: dict[str, Any] | None
+    champion_version: int | None
+    lift_over_popularity: float
+
+
+def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:
+    """The champion a comparison ran against: a new champion means a new evaluation."""
+    from aitasks.model_training.registry import get_version, registry_config
+
+    champion = get_version(registry_config(rt.settings, model_name=params.model_name), alias="champion")
+    return {"champion": None if champion is None else champion.version}
+
+
+@ai_task(name="model.evaluate", version="1.0.0", retry=RetryPolicy(max_attempts=3), state=_champion_state)
+def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateResult:
+    """Evaluate the model on the held-out day against popularity and the champion; decide blessing.
+
+    EN: Computes recall@10, recall@50, NDCG@10 and catalog coverage by exact ranking of the whole catalog
+    for every held-out user, for the model, the popularity baseline and the current `champion` of the
+    registry (re-evaluated on the same day). The blessing rule (beat popularity by a margin, do not
+    regress the champion) is configurable. Writes metrics JSON and a Markdown and HTML report with a
+    comparison table and a recall@k plot. The champion version is part of the idempotency key.
+    FR: Calcule recall@10, recall@50, NDCG@10 et la couverture du catalogue par un classement exact de tout
+    le catalogue pour chaque auditeur réservé, pour le modèle, la référence de popularité et le
+    `champion` actuel du registre (réévalué sur le même jour). La règle de validation (battre la
+    popularité d'une marge, ne pas régresser face au champion) est configurable. Écrit les métriques en
+    JSON et un rapport Markdown et HTML avec un tableau comparatif et une courbe recall@k. La version du
+    champion fait partie de la clé d'idempotence.
+    DE: Berechnet recall@10, recall@50, NDCG@10 und Katalogabdeckung durch exaktes Ranking des ganzen
+    Katalogs für jeden zurückgehaltenen Hörer, für das Modell, die Popularitäts-Baseline und den aktuellen
+    `champion` der Registry (auf demselben Tag neu bewertet). Die Freigaberegel (Popularität um eine
+    Marge schlagen, den Champion nicht verschlechtern) ist konfigurierbar. Schreibt Metriken als JSON und
+    einen Markdown- und HTML-Bericht mit Vergleichstabelle und recall@k-Kurve. Die Champion-Version ist
+    Teil des Idempotenzschlüssels.
+    """
+    from aitasks.model_training import recommender as rec
+    from aitasks.model_training.evaluation import BlessingRule, decide_blessing, render_report
+    from aitasks.model_training.registry import download_model, get_version, registry_config
+    from aitasks.runtime.bundle import open_bundle
+
+    reg = registry_config(ctx.settings, model_name=params.model_name)
+    rule = BlessingRule(
+        min_lift_over_popularity=params.min_lift_over_popularity,
+        max_regression_vs_champion=params.max_regression_vs_champion,
+        metric=params.metric,
+    )
+    with (
+        open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
+        open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, _),
+    ):
+        holdout = rec.load_holdout(ts_dir, exclude_seen=params.exclude_seen)
+        model = rec.model_metrics(model_dir, ts_dir, holdout)
+        popularity = rec.popularity_metrics(holdout)
+        champion_version = get_version(reg, alias="champion")
+        champion = None
+        if champion_version is not None:
+            with tempfile.TemporaryDirectory(prefix="aitasks-champion-") as tmp:
+                _, champ_dir = download_model(reg, version=champion_version.version, dest=Path(tmp))
+                champion = rec.model_metrics(champ_dir, ts_dir, holdout)
+    blessing = decide_blessing(model, popularity, champion, rule)
+    facts = {
+        "model name": params.model_name,
+        "champion version": "none" if champion_version is None else str(champion_version.version),
+        "held out from": str(ts_manifest["meta"].get("split_at", "")),
+        "data snapshot": str(ts_manifest["meta"].get("snapshot_hash", ""))[:16],
+        "exclude already played": str(params.exclude_seen).lower(),
+        "trace id": ctx.trace_id,
+        "run id": ctx.runtime.run.run_id,
+    }
+    markdown, html = render_report(
+        model=model,
+        popularity=popularity,
+        champion=champion,
+        blessing=blessing,
+        title="Recommender evaluation",
+        facts=facts,
+    )
+    payload = {
+        "model": model.model_dump(mode="json"),
+        "popularity": popularity.model_dump(mode="json"),
+        "champion": None if champion is None else champion.model_dump(mode="json"),
+        "champion_version": None if champion_version is None else champion_version.version,
+        "blessing": blessing.model_dump(mode="json"),
+    }
+    metrics_uri = ctx.output_uri("metrics.json")
+    md_uri = ctx.output_uri("report.md")
+    html_uri = ctx.output_uri("report.html")
+    for uri, text in (
+        (metrics_uri, json.dumps(payload, indent=2, sort_keys=True)),
+        (md_uri, markdown),
+        (html_uri, html),
+    ):
+        with ctx.publish(uri) as p:
+            p.write_text(text, "utf-8")
+    ctx.log.info(
+        "model.evaluated",
+        recall_at_10=round(model.recall_at_10, 4),
+        popularity_recall_at_10=round(popularity.recall_at_10, 4),
+        blessed=blessing.blessed,
+    )
+    return EvaluateResult(
+        metrics_uri=metrics_uri,
+        report_markdown_uri=md_uri,
+        report_html_uri=html_uri,
+        blessed=blessing.blessed,
+        reasons=list(blessing.reasons),
+        model=payload["model"],
+        popularity=payload["popularity"],
+        champion=payload["champion"],
+        champion_version=payload["champion_version"],
+        lift_over_popularity=blessing.lift_over_popularity,
+    )
+
+
+# ----------------------------------------------------------------------------------- register
+
+
+class RegisterParams(TaskModel):
+    model_uri: InputArtifact = Field(description="Model bundle (its MANIFEST.json).")
+    metrics_uri: InputArtifact = Field(description="Evaluation metrics JSON (model.evaluate).")
+    model_name: str = Field(default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model name.")
+    feature_service: str = Field(default="reco_training", description="Feast feature service used (lineage).")
+
+
+class RegisterResult(TaskModel):
+    model_name: str
+    version: int
+    created: bool
+    mlflow_run_id: str
+    blessed: bool
+
+
+@ai_task(name="model.register", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterResult:
+    """Register the model in MLflow with lineage; the same model never becomes a second version.
+
+    EN: Logs parameters, evaluation metrics and the learning curve to an MLflow run, stores the model
+    bundle (safetensors + JSON, with checksums) as its artifacts and creates a model version tagged with
+    its lineage: data snapshot hash, feature service, code version, trace id and KFP run id. The version
+    is keyed by the model's content: re-running with the same model returns the existing version.
+    FR: Journalise paramètres, métriques d'évaluation et courbe d'apprentissage dans une exécution MLflow,
+    stocke le lot du modèle (safetensors + JSON, avec sommes de contrôle) comme artefacts et crée une
+    version de modèle étiquetée avec sa lignée : empreinte de l'instantané de données, service de
+    caractéristiques, version du code, identifiant de trace et identifiant d'exécution KFP. La version est
+    indexée par le contenu du modèle : relancer avec le même modèle renvoie la version existante.
+    DE: Protokolliert Parameter, Evaluationsmetriken und die Lernkurve in einem MLflow-Run, speichert das
+    Modellbündel (safetensors + JSON, mit Prüfsummen) als dessen Artefakte und legt eine Modellversion
+    mit ihrer Herkunft an: Hash des Datenstands, Feature-Service, Code-Version, Trace-Id und KFP-Run-Id.
+    Die Version ist nach dem Modellinhalt verschlüsselt: ein erneuter Lauf mit demselben Modell liefert
+    die bestehende Version.
+    """
+    from aitasks.model_training.registry import register_model, registry_config
+    from aitasks.runtime.bundle import open_bundle
+    from aitasks.runtime.hashing import sha256_json
+    from aitasks.runtime.storage import local_copy
+
+    reg = registry_config(ctx.settings, model_name=params.model_name)
+    with local_copy(params.metrics_uri, ctx.storage) as mpath:
+        evaluation = json.loads(mpath.read_text("utf-8"))
+    model_hash = ctx.storage.content_hash(params.model_uri)
+    with open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, manifest):
+        meta = manifest["meta"]
+        blessed = bool(evaluation["blessing"]["blessed"])
+        metrics = {
+            f"{k}": float(v) for k, v in evaluation["model"].items() if isinstance(v, int | float) and k != "users"
+        }
+        metrics |= {
+            f"popularity_{k}": float(v)
+            for k, v in evaluation["popularity"].items()
+            if isinstance(v, int | float) and k != "users"
+        }
+        run = ctx.runtime.run
+        version = register_model(
+            reg,
+            model_dir,
+            # The model's content, not this call's inputs: a re-evaluation never makes a second version.
+            idempotency_key=sha256_json({"model": model_hash, "name": params.model_name}),
+            tags={
+                "aitasks.data_snapshot": str(meta.get("data_snapshot", "")),
+                "aitasks.feature_service": params.feature_service,
+                "aitasks.code_version": str(meta.get("task", "")),
+                "aitasks.git_revision": run.git_revision,
+                "aitasks.trace_id": ctx.trace_id,
+                "aitasks.kfp_run_id": run.run_id,
+                "aitasks.pipeline": run.pipeline,
+                "aitasks.submitter": run.submitter,
+                "aitasks.blessed": str(blessed).lower(),
+                "aitasks.model_sha": model_hash,
+            },
+            params={k: v for k, v in meta.get("params", {}).items() if isinstance(v, str | int | float)},
+            metrics=metrics,
+            curves={"train_loss": [float(x) for x in meta.get("loss_curve", [])]},
+            run_name=f"train-{run.run_id}"[:250],
+        )
+    ctx.log.info("model.registered", model=params.model_name, version=version.version, created=version.created)
+    return RegisterResult(
+        model_name=params.model_name,
+        version=version.version,
+        created=version.created,
+        mlflow_run_id=version.run_id,
+        blessed=blessed,
+    )
+
+
+# ------------------------------------------------------------------------------------ promote
+
+
+class PromoteParams(TaskModel):
+    model_name: str = Field(default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model name.")
+    version: int = Field(ge=1, description="Model version to promote.")
+    blessed: bool = Field(description="Evaluation verdict; the alias moves only when true.")
+    alias: str = Field(default="champion", pattern=r"^[a-z][a-z0-9_-]{0,62}$", description="Alias to move.")
+
+
+class PromoteResult(TaskModel):
+    model_name: str
+    alias: str
+    version: int
+    moved: bool
+
+
+@ai_task(name="model.promote", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+def promote_model_task(params: PromoteParams, ctx: TaskContext) -> PromoteResult:
+    """Move the model's `champion` alias to a blessed version (never to an unblessed one).
+
+    EN: Points the alias at the version when the evaluation blessed it; records the previous champion on
+    the version so `aitasks model rollback` can restore it. Idempotent: a re-run with the same version is
+    a no-op, and a human rollback is not undone by re-running the same pipeline inputs.
+    FR: Fait pointer l'alias vers la version quand l'évaluation l'a validée ; note l'ancien champion sur
+    la version pour que `aitasks model rollback` puisse le rétablir. Idempotent : relancer avec la même
+    version ne fait rien, et relancer les mêmes entrées n'annule pas un retour arrière manuel.
+    DE: Setzt den Alias auf die Version, wenn die Evaluation sie freigegeben hat; vermerkt den bisherigen
+    Champion an der Version, damit `aitasks model rollback` ihn wiederherstellen kann. Idempotent: ein
+    erneuter Lauf mit derselben Version ändert nichts, und ein manuelles Zurücksetzen wird durch dieselben
+    Pipeline-Eingaben nicht rückgängig gemacht.
+    """
+    from aitasks.model_training.registry import promote_if_blessed, registry_config
+
+    reg = registry_config(ctx.settings, model_name=params.model_name)
+    moved = promote_if_blessed(reg, params.version, blessed=params.blessed, alias=params.alias)
+    ctx.log.info("model.promoted" if moved else "model.not_promoted", version=params.version, alias=params.alias)
+    return PromoteResult(model_name=params.model_name, alias=params.alias, version=params.version, moved=moved)

@@ -1,0 +1,151 @@
+"""Serving-side recommendations: online features -> user tower -> current index -> filter played.
+
+The index version named by ``CURRENT`` decides the model: its manifest records the model version
+whose item tower produced the indexed vectors, and only that model's user tower embeds into the
+same space. (The pipeline publishes an index only for a blessed model, so it is the champion; when
+someone moves the alias without republishing, the index's model still answers and the result says
+which version that was.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from aitasks.runtime.errors import FieldIssue, InvalidInputError
+from aitasks.runtime.settings import Settings
+
+_TASK: Final = "reco.recommend"
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Recommended(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    track_id: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    """The answer for one user, with where it came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: str
+    items: list[Recommended]
+    source: Literal["model", "popularity"]
+    reason: str = Field(description="Why this source: a known user, or why the fallback was used.")
+    index_name: str
+    index_version: int
+    model_name: str
+    model_version: int
+    champion_version: int | None
+    filtered_played: int
+
+
+def _model_dir(settings: Settings, model_name: str, version: int) -> Path:
+    """The model version's files, downloaded once into the storage root's cache (checksums verified)."""
+    from aitasks.model_training.registry import download_model, registry_config
+
+    cache = Path(settings.storage_root) / "cache" / "models" / model_name / f"v{version}"
+    reg = registry_config(settings, model_name=model_name)
+    _, path = download_model(reg, version=version, dest=cache)
+    return path
+
+
+def recommend(
+    settings: Settings,
+    user_id: str,
+    *,
+    k: int = 10,
+    index_name: str = "reco-tracks",
+    project: str = "aitasks",
+    online_store: Literal["sqlite", "redis"] | None = None,
+) -> Recommendations:
+    """Top-``k`` tracks for ``user_id`` that the user has not played yet.
+
+    A user known to the model (in its vocabulary, or with online features) is embedded by the user
+    tower from the Feast online features and matched in the current index. A user with neither gets
+    the model's popularity list, flagged ``source="popularity"`` with the reason.
+
+    Raises:
+        InvalidInputError: A malformed user id or ``k``.
+        DataFormatError: No published index, or a file that fails its checksum.
+        ServiceUnavailableError: The online store or the registry is unreachable.
+    """
+    import re
+
+    from aitasks.data_processing import feature_store as fs
+    from aitasks.model_training.dataset import tower_inputs
+    from aitasks.model_training.registry import get_version, registry_config
+    from aitasks.model_training.two_tower import load_model
+    from aitasks.recommendation_update.publish import load_current
+    from aitasks.recommendation_update.tasks import SEEN_FILE
+
+    issues = []
+    if not re.match(_ID, user_id):
+        issues.append(FieldIssue("user", "must be 1-64 characters of letters, digits, '_' or '-'"))
+    if not 1 <= k <= 1000:
+        issues.append(FieldIssue("k", "must be between 1 and 1000"))
+    if issues:
+        raise InvalidInputError(_TASK, issues)
+
+    root = settings.storage_root
+    index, manifest, index_dir = load_current(root, index_name)
+    model_name, model_version = manifest.model_name, manifest.model_version
+    champion = get_version(registry_config(settings, model_name=model_name), alias="champion")
+    model_dir = _model_dir(settings, model_name, model_version)
+    model, user_vocab, _ = load_model(model_dir)
+
+    seen_frame = pl.read_parquet(index_dir / SEEN_FILE).filter(pl.col("user_id") == user_id)
+    seen = set(seen_frame["track_id"].to_list())
+
+    cfg = fs.serving_config(settings, project=project, online_store=online_store)
+    spec = model.config.spec
+    online = fs.online_features(cfg, user_ids=[user_id])
+    has_features = any(online.get(c, [None])[0] is not None for c in spec.user_dense)
+    known = int(user_vocab.index([user_id])[0]) != 0
+    common: dict[str, Any] = {
+        "user_id": user_id,
+        "index_name": index_name,
+        "index_version": manifest.version,
+        "model_name": model_name,
+        "model_version": model_version,
+        "champion_version": None if champion is None else champion.version,
+    }
+    if not known and not has_features:
+        import json
+
+        popular = json.loads((model_dir / "popularity.json").read_text("utf-8"))["tracks"]
+        items = [Recommended(track_id=t, score=0.0) for t in popular if t not in seen][:k]
+        return Recommendations(
+            **common,
+            items=items,
+            source="popularity",
+            reason="unknown user: not in the model's vocabulary and no online features; most played tracks",
+            filtered_played=len(seen),
+        )
+    frame = pl.DataFrame({"user_id": [user_id], **{c: [online.get(c, [None])[0]] for c in spec.user_dense}})
+    frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in spec.user_dense)
+    vec = model.embed_users(
+        tower_inputs(
+            frame, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical
+        )
+    )
+    hits = index.query(np.asarray(vec, dtype=np.float32), k, exclude=[seen])[0]
+    reason = (
+        "known user"
+        if known and has_features
+        else ("user without online features: id embedding only" if known else "new user: online features only")
+    )
+    return Recommendations(
+        **common,
+        items=[Recommended(track_id=t, score=float(s)) for t, s in hits],
+        source="model",
+        reason=reason,
+        filtered_played=len(seen),
+    )
