@@ -5,6 +5,8 @@ kfp.local ignores all of these; tests read them back from the compiled YAML.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
@@ -40,4 +42,19 @@ def configure(
     ):
         kubernetes.add_pod_label(task, f"{LABEL_PREFIX}/{key}", value)
     kubernetes.add_pod_annotation(task, f"{LABEL_PREFIX}/task-name", task_name)
+    return task
+
+
+def request_gpu(
+    task: PipelineTask, *, accelerator: Any, count: Any, node_selector: Any, toleration: Any
+) -> PipelineTask:
+    """Schedule ``task`` on a GPU node: accelerator type and count, node selector and toleration.
+
+    Every argument may be a pipeline parameter, so one compiled pipeline serves clusters with
+    different GPU pools (``{"cloud.google.com/gke-accelerator": "nvidia-l4"}`` and the taint of
+    that pool, for instance).
+    """
+    task.set_accelerator_type(accelerator).set_accelerator_limit(count)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, toleration)
     return task

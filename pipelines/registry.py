@@ -9,5 +9,7 @@ from typing import Any
 def pipelines() -> dict[str, Callable[..., Any]]:
     from pipelines.data_pipeline import NAME as DATA
     from pipelines.data_pipeline import data_pipeline
+    from pipelines.reco_training import NAME as RECO
+    from pipelines.reco_training import reco_training
 
-    return {DATA: data_pipeline}
+    return {DATA: data_pipeline, RECO: reco_training}
