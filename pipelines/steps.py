@@ -45,6 +45,7 @@ def data_steps(
     events: Any,
     days: Any,
     start_date: Any,
+    dirty_rows: Any,
     as_of: Any,
     chunk_rows: Any,
     lookback_days: Any,
@@ -64,6 +65,7 @@ def data_steps(
         events=events,
         days=days,
         start_date=start_date,
+        dirty_rows=dirty_rows,
         **run,
     )
     # The source step reads URIs whose content may change under the same name: never served from cache

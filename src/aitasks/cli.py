@@ -155,6 +155,9 @@ def data_generate(
     days: Annotated[int, typer.Option(min=2)] = 30,
     start: Annotated[str, typer.Option(help="First day, UTC (YYYY-MM-DD).")] = "2026-10-01",
     fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    dirty_rows: Annotated[
+        int, typer.Option(min=0, help="Extra contract-breaking rows mixed in (for quarantine drills).")
+    ] = 0,
 ) -> None:
     """Write a deterministic synthetic catalog and listening events that follow the data contract."""
     from aitasks.data_processing.generator import generate_dataset
@@ -175,6 +178,7 @@ def data_generate(
             start=start_dt,
             days=days,
             fmt=fmt,  # type: ignore[arg-type]
+            dirty_rows=min(dirty_rows, events),
         )
     console.print(f"[green]wrote[/green] {ds}")
 

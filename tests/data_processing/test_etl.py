@@ -755,3 +755,26 @@ def test_property_garbage_never_crashes_and_reconciles(
     assert good["context"].is_in(list(GOOD_CONTEXTS)).all()
     assert good["ms_played"].is_between(0, MAX_MS_PLAYED).all()
     assert (good["ts"] <= NOW + timedelta(minutes=5)).all()
+
+
+def test_generated_dirty_rows_are_quarantined_and_no_good_row_is_lost(tmp_path: Path) -> None:
+    """The generator's dirty rows (one defect each) land in quarantine by reason; the good rows are
+    exactly those of the same seed without dirty rows."""
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    from aitasks.data_processing.generator import DIRTY_KINDS, generate_dataset
+
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    clean = generate_dataset(tmp_path / "clean", seed=5, users=80, tracks=200, events=3000, start=start, days=7)
+    dirty = generate_dataset(
+        tmp_path / "dirty", seed=5, users=80, tracks=200, events=3000, start=start, days=7, dirty_rows=120
+    )
+    assert dirty.events == 3120
+    now = datetime(2026, 10, 8, tzinfo=UTC)
+    rep = ingest_events(dirty.events_path, dirty.tracks_path, tmp_path / "g.parquet", tmp_path / "q.parquet", now=now)
+    assert rep.good_rows == 3000 and rep.quarantined_rows == 120
+    assert rep.reasons == {reason: 20 for _, reason in DIRTY_KINDS}
+    good = pl.read_parquet(tmp_path / "g.parquet").sort("event_id")
+    assert good.equals(pl.read_parquet(clean.events_path).sort("event_id"))

@@ -141,6 +141,7 @@ def generate_dataset(
     start: datetime,
     days: int,
     fmt: Format = "parquet",
+    dirty_rows: int = 0,
 ) -> GeneratedDataset:
     """Write a synthetic catalog ``tracks.<fmt>`` and events ``events.<fmt>`` into ``out_dir``.
 
@@ -155,6 +156,11 @@ def generate_dataset(
         days: Length of the window in days (>= 1); every event lies in ``[start, start + days)``.
         fmt: ``parquet`` (contract schemas exactly), ``csv`` (header in contract column order, ISO-8601
             ``Z`` timestamps) or ``jsonl`` (one object per line).
+        dirty_rows: Extra rows that break the contract, appended after the ``events`` good rows and
+            shuffled in: copies of good rows with one defect each, cycling through
+            :data:`DIRTY_KINDS` (a re-sent event id, an unknown track, a negative play time, a time
+            far in the future, a malformed user id, an unknown context). The ETL must quarantine
+            exactly these and keep every good row.
 
     Returns:
         Paths, counts and sha256 of both files.
@@ -163,6 +169,8 @@ def generate_dataset(
         InvalidInputError: A count is not positive, ``start`` is naive or ``fmt`` is unknown.
     """
     issues = [FieldIssue(name, "must be >= 1") for name, v in _counts(users, tracks, events, days) if v < 1]
+    if not 0 <= dirty_rows <= events:
+        issues.append(FieldIssue("dirty_rows", "must be between 0 and the number of events"))
     if start.tzinfo is None or start.utcoffset() is None:
         issues.append(FieldIssue("start", "must be timezone-aware"))
     if fmt not in ("parquet", "csv", "jsonl"):
@@ -180,6 +188,8 @@ def generate_dataset(
     track_ids = _prefixed_numbers("t_", tracks)
     tracks_table = _tracks_table(catalog, track_ids)
     events_table = _events_table(ev, track_ids, users=users, start_ms=start_ms, id_key=id_key)
+    if dirty_rows:
+        events_table = _with_dirty_rows(events_table, dirty_rows, seed=seed, end_ms=start_ms + days * 86_400_000)
     tracks_path = out_dir / f"tracks.{fmt}"
     events_path = out_dir / f"events.{fmt}"
     _write(tracks_table, tracks_path, fmt, TRACK_COLUMNS)
@@ -493,6 +503,42 @@ def _events_table(ev: _Events, track_ids: pa.StringArray, *, users: int, start_m
         ],
         schema=EVENTS_SCHEMA,
     )
+
+
+#: Defects of the dirty rows, in the order they cycle, with the quarantine reason each must get.
+DIRTY_KINDS: Final[tuple[tuple[str, str], ...]] = (
+    ("resent_event_id", "duplicate_event_id"),
+    ("unknown_track", "unknown_track_id"),
+    ("negative_ms_played", "out_of_range:ms_played"),
+    ("future_timestamp", "future_timestamp"),
+    ("malformed_user_id", "bad_id:user_id"),
+    ("unknown_context", "unknown_context"),
+)
+
+
+def _with_dirty_rows(good: pa.Table, n: int, *, seed: int, end_ms: int) -> pa.Table:
+    """``good`` plus ``n`` defective copies of its rows, shuffled in (the good rows keep their order)."""
+    rng = np.random.default_rng([seed, 0xD1127])
+    src = rng.choice(good.num_rows, size=n, replace=False)
+    bad = good.take(pa.array(src)).to_pydict()
+    for i in range(n):
+        kind = DIRTY_KINDS[i % len(DIRTY_KINDS)][0]
+        if kind != "resent_event_id":  # a re-sent event keeps its id; every other copy gets a fresh one
+            bad["event_id"][i] = f"dirty-{seed}-{i}"
+        if kind == "unknown_track":
+            bad["track_id"][i] = f"t_unknown_{i}"
+        elif kind == "negative_ms_played":
+            bad["ms_played"][i] = -1 - i
+        elif kind == "future_timestamp":
+            bad["ts"][i] = datetime.fromtimestamp(end_ms / 1000 + 30 * 86_400 + i, tz=UTC)
+        elif kind == "malformed_user_id":
+            bad["user_id"][i] = f"user {i}!"
+        elif kind == "unknown_context":
+            bad["context"][i] = "carplay"
+    dirty = pa.Table.from_pydict(bad, schema=EVENTS_SCHEMA)
+    # Bad rows land after the good row they copy, so a re-sent id always comes second.
+    order = np.argsort(np.concatenate([np.arange(good.num_rows) * 2, src * 2 + 1]), kind="stable")
+    return pa.concat_tables([good, dirty]).take(pa.array(order))
 
 
 def _iso_utc(column: pa.ChunkedArray) -> pa.Array:

@@ -32,6 +32,9 @@ class GenerateDataParams(TaskModel):
     days: int = Field(default=30, ge=2, le=366, description="Length of the event window in days.")
     start_date: date = Field(default=date(2026, 10, 1), description="First day of the window (UTC).")
     fmt: Literal["parquet", "csv", "jsonl"] = Field(default="parquet", description="Output file format.")
+    dirty_rows: int = Field(
+        default=0, ge=0, le=10_000_000, description="Extra contract-breaking rows (the ETL must quarantine them)."
+    )
 
 
 class GenerateDataResult(TaskModel):
@@ -77,6 +80,7 @@ def generate_data_task(params: GenerateDataParams, ctx: TaskContext) -> Generate
             start=datetime.combine(params.start_date, time(), tzinfo=UTC),
             days=params.days,
             fmt=params.fmt,
+            dirty_rows=min(params.dirty_rows, params.events),
         )
         for src, uri in ((ds.events_path, events_uri), (ds.tracks_path, tracks_uri)):
             ctx.storage.put_file(Path(src), uri)
