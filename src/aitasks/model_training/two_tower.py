@@ -1,0 +1,732 @@
+"""The two-tower retrieval model (PyTorch): towers, trainer, and safe save/load.
+
+Each tower maps one side (user or track) to an L2-normalised ``embedding_dim`` vector: an id
+embedding, one small embedding per categorical feature and the normalised dense features are
+concatenated and fed to a two-layer MLP. The score of a (user, track) pair is the dot product of
+the two vectors (a cosine), so an inner-product ANN index serves the model's outputs directly.
+
+Training uses in-batch sampled softmax: every other track of the batch is a negative. Two
+corrections keep that honest: popular tracks appear as negatives more often than they should, so
+each logit has the log of its track's sampling probability subtracted (logQ correction, Yi et al.
+2019), and a copy of the positive track in another row of the batch is masked rather than
+counted as a negative.
+
+Speed on CPU comes from the id tables: they are most of the parameters but a batch touches few
+rows, so they are ``sparse=True`` embeddings updated by SparseAdam while the small dense part uses
+Adam (``optimizer="dense"`` is the naive baseline: one Adam for everything, every row every step).
+All inputs become tensors once; a batch is an index slice of a seeded permutation.
+
+Dense features are transformed with ``sign(x) * log1p(|x|)`` (counts and durations span orders of
+magnitude), standardised with statistics fitted on the training rows and clipped to ``±8``;
+missing values become 0 (the mean) after standardising.
+
+Persistence: weights go to ``model.safetensors`` (never pickle), the configuration and vocabularies
+to JSON. :func:`load_model` checks every tensor name and shape against the configuration before it
+allocates the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional name
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from aitasks.model_training.dataset import FeatureSpec, IdVocab, Interactions, TowerInputs
+from aitasks.runtime.errors import DataFormatError, FatalError, FieldIssue, InvalidInputError
+from aitasks.runtime.hashing import sha256_file
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "TrainConfig",
+    "TrainReport",
+    "TwoTowerConfig",
+    "TwoTowerModel",
+    "default_num_threads",
+    "fit_config",
+    "in_batch_loss",
+    "load_model",
+    "save_model",
+    "train_two_tower",
+]
+
+_TASK: Final = "model.train"
+FORMAT: Final = "aitasks.two_tower"
+FORMAT_VERSION: Final = 1
+WEIGHTS_FILE: Final = "model.safetensors"
+CONFIG_FILE: Final = "model.json"
+USERS_FILE: Final = "users.json"
+ITEMS_FILE: Final = "items.json"
+#: Standardised dense features are clipped to this magnitude (guards the MLP against outliers at serving).
+_CLIP: Final = 8.0
+_MIN_STD: Final = 1e-6
+#: Keyword arguments :func:`fit_config` accepts (the rest of the configuration is derived from the data).
+_ARCH_FIELDS: Final = frozenset({"id_dim", "cat_dim", "hidden_dim", "embedding_dim", "temperature"})
+
+_F32 = npt.NDArray[np.float32]
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+class TwoTowerConfig(BaseModel):
+    """Architecture and input normalisation of a two-tower model (everything needed to rebuild it).
+
+    Attributes:
+        spec: Feature columns of each tower.
+        num_users: User vocabulary size, including the unknown index 0.
+        num_items: Item vocabulary size, including the unknown index 0.
+        id_dim: Size of the id embeddings.
+        cat_dim: Size of each categorical feature's embedding.
+        hidden_dim: Hidden layer size of each tower's MLP.
+        embedding_dim: Output vector size (the ANN index dimension).
+        temperature: Softmax temperature of the training loss (logits = cosine / temperature).
+        user_mean: Mean of each transformed user dense feature (``sign(x) log1p(|x|)``).
+        user_std: Standard deviation of each transformed user dense feature (> 0).
+        item_mean: Mean of each transformed item dense feature.
+        item_std: Standard deviation of each transformed item dense feature (> 0).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: FeatureSpec
+    num_users: int = Field(ge=1, le=2**31 - 1)
+    num_items: int = Field(ge=1, le=2**31 - 1)
+    id_dim: int = Field(default=32, ge=1, le=1024)
+    cat_dim: int = Field(default=8, ge=1, le=256)
+    hidden_dim: int = Field(default=128, ge=2, le=8192)
+    embedding_dim: int = Field(default=64, ge=2, le=1024)
+    temperature: float = Field(default=0.05, ge=1e-3, le=10.0)
+    user_mean: tuple[float, ...]
+    user_std: tuple[float, ...]
+    item_mean: tuple[float, ...]
+    item_std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _check_stats(self) -> TwoTowerConfig:
+        for side, n in (("user", len(self.spec.user_dense)), ("item", len(self.spec.item_dense))):
+            mean: tuple[float, ...] = getattr(self, f"{side}_mean")
+            std: tuple[float, ...] = getattr(self, f"{side}_std")
+            if len(mean) != n or len(std) != n:
+                raise ValueError(f"{side}_mean/{side}_std need {n} values (one per {side} dense feature)")
+            if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+                raise ValueError(f"{side}_mean must be finite and {side}_std finite and > 0")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """How to train.
+
+    Attributes:
+        epochs: Passes over the training rows.
+        batch_size: Rows per batch; the other rows of a batch are the negatives.
+        lr: Learning rate of the dense parameters (Adam).
+        sparse_lr: Learning rate of the id embeddings (SparseAdam); unused by ``optimizer="dense"``.
+        seed: Seed of the initialisation and the shuffling; the same seed gives the same weights.
+        num_threads: Torch CPU threads while training; None for :func:`default_num_threads`. Restored after.
+        optimizer: ``sparse`` (sparse id embeddings + SparseAdam, dense part Adam) or ``dense`` (the
+            naive baseline: dense embeddings and one Adam for everything, at ``lr``).
+        logq_correction: Subtract the log sampling probability of each in-batch track from its logit.
+        max_examples: Train on a seeded random subset of at most this many rows; None for all.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; None for CUDA when available, else CPU.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=4, ge=1, le=1000)
+    batch_size: int = Field(default=1024, ge=2, le=1 << 20)
+    lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False)
+    sparse_lr: float = Field(default=3e-2, gt=0, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    num_threads: int | None = Field(default=None, ge=1, le=1024)
+    optimizer: Literal["sparse", "dense"] = "sparse"
+    logq_correction: bool = True
+    max_examples: int | None = Field(default=None, ge=1)
+    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+
+
+class TrainReport(BaseModel):
+    """What training did.
+
+    Attributes:
+        history: One entry per epoch: ``epoch``, ``loss`` (mean over rows), ``examples_per_s``, ``seconds``.
+        examples: Examples processed over all epochs (rows x epochs).
+        examples_per_s: ``examples / seconds``.
+        seconds: Time spent in the training loop (tensor setup excluded).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    history: list[dict[str, float]]
+    examples: int
+    examples_per_s: float
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------- normalisation
+
+
+def _transform(dense: _F32) -> npt.NDArray[np.float64]:
+    x = dense.astype(np.float64)
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _fit_stats(dense: _F32) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-column mean and std of the transformed values, ignoring NaN; all-NaN or constant columns get std 1."""
+    x = _transform(dense)
+    seen = ~np.isnan(x)
+    count = seen.sum(axis=0)
+    safe = np.where(seen, x, 0.0)
+    mean = safe.sum(axis=0) / np.maximum(count, 1)
+    var = (np.where(seen, x - mean, 0.0) ** 2).sum(axis=0) / np.maximum(count, 1)
+    std = np.sqrt(var)
+    std = np.where((count == 0) | ~(std > _MIN_STD), 1.0, std)
+    mean = np.where(count == 0, 0.0, mean)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _normalise(dense: _F32, mean: tuple[float, ...], std: tuple[float, ...]) -> _F32:
+    z = (_transform(dense) - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
+    z = np.clip(np.nan_to_num(z, nan=0.0), -_CLIP, _CLIP)
+    return np.ascontiguousarray(z, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+class _Tower(nn.Module):
+    """Id embedding + categorical embeddings + normalised dense features -> MLP -> unit vector."""
+
+    def __init__(
+        self,
+        num_ids: int,
+        cards: tuple[int, ...],
+        dense_dim: int,
+        config: TwoTowerConfig,
+        *,
+        sparse: bool,
+    ) -> None:
+        super().__init__()
+        # Ids start at zero so untrained rows (and the unknown row 0) add nothing: such users and tracks
+        # are embedded from their features alone. (from_pretrained also skips a random init of the table.)
+        self.ids = nn.Embedding.from_pretrained(torch.zeros(num_ids, config.id_dim), freeze=False, sparse=sparse)
+        # Code c is stored at row c + 1; row 0 is "missing".
+        self.cats = nn.ModuleList(nn.Embedding(card + 1, config.cat_dim) for card in cards)
+        width = config.id_dim + len(cards) * config.cat_dim + dense_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(width, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, config.embedding_dim)
+        )
+
+    def forward(self, idx: torch.Tensor, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        parts = [self.ids(idx)]
+        parts += [emb(cat[:, k] + 1) for k, emb in enumerate(self.cats)]
+        parts.append(dense)
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
+
+
+class TwoTowerModel(nn.Module):
+    """User and item towers sharing one output space; score = dot product of unit vectors.
+
+    Attributes:
+        config: The architecture and normalisation statistics.
+        user: The user tower.
+        item: The item tower.
+    """
+
+    def __init__(self, config: TwoTowerConfig, *, sparse: bool = False) -> None:
+        """Build a freshly initialised model (uses torch's global RNG; seed it for reproducibility).
+
+        Args:
+            config: Architecture and normalisation statistics.
+            sparse: Sparse id-embedding gradients (for SparseAdam); irrelevant for inference.
+        """
+        super().__init__()
+        self.config = config
+        spec = config.spec
+        self.user = _Tower(
+            config.num_users,
+            tuple(c for _, c in spec.user_categorical),
+            len(spec.user_dense),
+            config,
+            sparse=sparse,
+        )
+        self.item = _Tower(
+            config.num_items,
+            tuple(c for _, c in spec.item_categorical),
+            len(spec.item_dense),
+            config,
+            sparse=sparse,
+        )
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _embed(self, tower: _Tower, inputs: TowerInputs, side: str, batch_size: int) -> _F32:
+        cfg = self.config
+        mean, std = (cfg.user_mean, cfg.user_std) if side == "user" else (cfg.item_mean, cfg.item_std)
+        num = cfg.num_users if side == "user" else cfg.num_items
+        cats = cfg.spec.user_categorical if side == "user" else cfg.spec.item_categorical
+        _check_inputs(f"{side}s", inputs, num, len(mean), cats)
+        if batch_size < 1:
+            raise InvalidInputError(_TASK, [FieldIssue("batch_size", "must be >= 1")])
+        device = self._device()
+        idx, dense, cat = _tensors(inputs, mean, std, torch.device("cpu"))
+        out = np.empty((len(inputs), cfg.embedding_dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                for s in range(0, len(inputs), batch_size):
+                    sl = slice(s, s + batch_size)
+                    vec = tower(idx[sl].to(device), dense[sl].to(device), cat[sl].to(device))
+                    out[sl] = vec.float().cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
+
+    def embed_users(self, inputs: TowerInputs, batch_size: int = 8192) -> _F32:
+        """Unit-norm user vectors, float32 ``[n, embedding_dim]`` (eval mode, no gradients).
+
+        Raises:
+            InvalidInputError: Inputs of the wrong width, or indices outside the vocabulary.
+        """
+        return self._embed(self.user, inputs, "user", batch_size)
+
+    def embed_items(self, inputs: TowerInputs, batch_size: int = 8192) -> _F32:
+        """Unit-norm item vectors, float32 ``[n, embedding_dim]`` (eval mode, no gradients).
+
+        Raises:
+            InvalidInputError: Inputs of the wrong width, or indices outside the vocabulary.
+        """
+        return self._embed(self.item, inputs, "item", batch_size)
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def _check_inputs(
+    name: str, inputs: TowerInputs, num_ids: int, dense_dim: int, cats: tuple[tuple[str, int], ...]
+) -> None:
+    """Shape, dtype and range checks of one tower's inputs; raises when anything is wrong."""
+    issues: list[FieldIssue] = []
+    n = inputs.idx.shape[0] if inputs.idx.ndim == 1 else -1
+    if inputs.idx.ndim != 1 or not np.issubdtype(inputs.idx.dtype, np.integer):
+        issues.append(
+            FieldIssue(f"{name}.idx", f"must be a 1-d integer array, got {inputs.idx.dtype}{inputs.idx.shape}")
+        )
+    elif n and (int(inputs.idx.min()) < 0 or int(inputs.idx.max()) >= num_ids):
+        issues.append(FieldIssue(f"{name}.idx", f"indices outside the vocabulary [0, {num_ids})"))
+    if inputs.dense.shape != (n, dense_dim) or not np.issubdtype(inputs.dense.dtype, np.floating):
+        issues.append(FieldIssue(f"{name}.dense", f"must be a float array of shape ({n}, {dense_dim})"))
+    elif np.isinf(inputs.dense).any():
+        issues.append(FieldIssue(f"{name}.dense", "infinite value(s)"))
+    if inputs.cat.shape != (n, len(cats)) or not np.issubdtype(inputs.cat.dtype, np.integer):
+        issues.append(FieldIssue(f"{name}.cat", f"must be an integer array of shape ({n}, {len(cats)})"))
+    elif n:
+        for k, (col, card) in enumerate(cats):
+            column = inputs.cat[:, k]
+            if int(column.min()) < -1 or int(column.max()) >= card:
+                issues.append(FieldIssue(f"{name}.cat[{col}]", f"codes outside [-1, {card})"))
+    if issues:
+        raise InvalidInputError(_TASK, issues)
+
+
+def _check_train(config: TwoTowerConfig, train: Interactions) -> None:
+    n_users, n_items = len(train.users.idx), len(train.items.idx)
+    if n_users == 0 and n_items == 0:
+        raise InvalidInputError(_TASK, [FieldIssue("train", "no training rows")])
+    if n_users != n_items:
+        raise InvalidInputError(_TASK, [FieldIssue("train", f"users and items differ in rows: {n_users} vs {n_items}")])
+    spec = config.spec
+    _check_inputs("users", train.users, config.num_users, len(spec.user_dense), spec.user_categorical)
+    _check_inputs("items", train.items, config.num_items, len(spec.item_dense), spec.item_categorical)
+
+
+def fit_config(train: Interactions, spec: FeatureSpec, num_users: int, num_items: int, **arch: Any) -> TwoTowerConfig:
+    """The model configuration for ``train``: architecture plus normalisation fitted on its rows.
+
+    Args:
+        train: Training rows.
+        spec: Feature columns (must match the widths of ``train``).
+        num_users: User vocabulary size (``len(user_vocab)``).
+        num_items: Item vocabulary size (``len(item_vocab)``).
+        **arch: Architecture fields of :class:`TwoTowerConfig` (``id_dim``, ``hidden_dim``, ...).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        InvalidInputError: ``train`` does not match ``spec`` or the sizes, or ``arch`` is invalid.
+    """
+    unknown = sorted(set(arch) - _ARCH_FIELDS)
+    if unknown:
+        raise InvalidInputError(_TASK, [FieldIssue(k, "not an architecture field") for k in unknown])
+    probe = {"user_mean": (0.0,) * len(spec.user_dense), "user_std": (1.0,) * len(spec.user_dense)}
+    probe |= {"item_mean": (0.0,) * len(spec.item_dense), "item_std": (1.0,) * len(spec.item_dense)}
+    try:
+        shape = TwoTowerConfig(spec=spec, num_users=num_users, num_items=num_items, **arch, **probe)
+    except ValidationError as exc:
+        raise InvalidInputError(
+            _TASK, [FieldIssue(".".join(map(str, e["loc"])) or "config", e["msg"]) for e in exc.errors()]
+        ) from None
+    _check_train(shape, train)
+    user_mean, user_std = _fit_stats(train.users.dense)
+    item_mean, item_std = _fit_stats(train.items.dense)
+    stats = {"user_mean": user_mean, "user_std": user_std, "item_mean": item_mean, "item_std": item_std}
+    return TwoTowerConfig.model_validate({**dict(shape), **stats})  # validated again (model_copy would not)
+
+
+def default_num_threads() -> int:
+    """Torch threads used when ``TrainConfig.num_threads`` is None: the usable CPUs, at most 4.
+
+    Beyond 4 threads the small per-batch matrices of this model gain little, and on a shared node
+    more threads mostly contend with the neighbours.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (cgroup/taskset aware)
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(_TASK, [FieldIssue("device", f"{name!r} requested but CUDA is not available")])
+    return torch.device(name)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _int_tensor(values: np.ndarray) -> torch.Tensor:
+    # torch.from_numpy shares memory and warns on read-only arrays (polars hands those out): copy then.
+    return torch.from_numpy(np.require(values, dtype=np.int64, requirements=["C", "W"]))
+
+
+def _tensors(
+    inputs: TowerInputs, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One tower's inputs as tensors on ``device``: indices, normalised dense features, categorical codes."""
+    dense = torch.from_numpy(_normalise(inputs.dense, mean, std))
+    return _int_tensor(inputs.idx).to(device), dense.to(device), _int_tensor(inputs.cat).to(device)
+
+
+def _optimizers(model: TwoTowerModel, tcfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    if tcfg.optimizer == "dense":
+        return [torch.optim.Adam(model.parameters(), lr=tcfg.lr)]
+    sparse = [model.user.ids.weight, model.item.ids.weight]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.SparseAdam(sparse, lr=tcfg.sparse_lr), torch.optim.Adam(dense, lr=tcfg.lr)]
+
+
+def train_two_tower(
+    config: TwoTowerConfig,
+    train: Interactions,
+    tcfg: TrainConfig,
+    *,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[TwoTowerModel, TrainReport]:
+    """Train a two-tower model with in-batch sampled softmax.
+
+    The loss of a batch of ``B`` rows is the cross-entropy of each row's positive track against the
+    ``B`` tracks of the batch, with logits ``u . v / temperature``, minus ``log q(track)`` (the
+    track's share of the training rows) when ``logq_correction`` is on, and with other copies of the
+    positive track masked out. The global torch RNG is left untouched (a forked RNG seeded with
+    ``tcfg.seed`` initialises the model), and the thread count is restored afterwards.
+
+    Args:
+        config: Architecture and normalisation (see :func:`fit_config`).
+        train: Training rows.
+        tcfg: Training settings.
+        on_epoch: Called after each epoch with that epoch's history entry (e.g. to log metrics).
+
+    Returns:
+        The trained model (on CPU, eval mode, dense embeddings semantics for inference) and the report.
+
+    Raises:
+        InvalidInputError: No rows, shapes that do not match ``config``, indices outside the
+            vocabularies, or an unavailable device.
+        FatalError: The loss became NaN or infinite (diverged).
+    """
+    _check_train(config, train)
+    device = _resolve_device(tcfg.device)
+    threads = tcfg.num_threads or default_num_threads()
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    n_all = len(train)
+    rows_np: npt.NDArray[np.int64] | None = None
+    if tcfg.max_examples is not None and tcfg.max_examples < n_all:
+        rows_np = np.sort(torch.randperm(n_all, generator=gen)[: tcfg.max_examples].numpy())
+    users = train.users if rows_np is None else train.users.take(rows_np)
+    items = train.items if rows_np is None else train.items.take(rows_np)
+    n = len(users)
+    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tcfg.seed)
+        model = TwoTowerModel(config, sparse=tcfg.optimizer == "sparse").to(device)
+        u_idx, u_dense, u_cat = _tensors(users, config.user_mean, config.user_std, device)
+        i_idx, i_dense, i_cat = _tensors(items, config.item_mean, config.item_std, device)
+        counts = np.bincount(items.idx, minlength=config.num_items).astype(np.float64)
+        log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / n).astype(np.float32)).to(device)
+        optimizers = _optimizers(model, tcfg)
+        history = _fit(model, optimizers, tcfg, gen, (u_idx, u_dense, u_cat), (i_idx, i_dense, i_cat), log_q, on_epoch)
+    model.eval()
+    model.cpu()
+    examples = n * tcfg.epochs
+    seconds = sum(h["seconds"] for h in history)
+    return model, TrainReport(
+        history=history, examples=examples, examples_per_s=examples / max(seconds, 1e-9), seconds=seconds
+    )
+
+
+def in_batch_loss(
+    u: torch.Tensor, v: torch.Tensor, item: torch.Tensor, log_q: torch.Tensor | None, inv_temperature: float
+) -> torch.Tensor:
+    """Mean in-batch sampled softmax loss; row ``i``'s positive is column ``i``.
+
+    Args:
+        u: User vectors ``[B, E]``.
+        v: Item vectors ``[B, E]`` (row ``i`` is the item row ``i`` played).
+        item: Item indices ``[B]`` (to find duplicates and look up ``log_q``).
+        log_q: Log sampling probability per item index, or None for no correction.
+        inv_temperature: ``1 / temperature``.
+
+    Returns:
+        The scalar loss.
+    """
+    logits = (u @ v.T) * inv_temperature
+    if log_q is not None:
+        logits = logits - log_q[item].unsqueeze(0)
+    # Another row with the same track is a second positive, not a negative.
+    dup = item.unsqueeze(0) == item.unsqueeze(1)
+    dup.fill_diagonal_(False)
+    logits = logits.masked_fill(dup, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(item.shape[0], device=item.device))
+
+
+def _fit(
+    model: TwoTowerModel,
+    optimizers: list[torch.optim.Optimizer],
+    tcfg: TrainConfig,
+    gen: torch.Generator,
+    user_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    item_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    log_q: torch.Tensor,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> list[dict[str, float]]:
+    device = log_q.device
+    n = user_t[0].shape[0]
+    inv_t = 1.0 / model.config.temperature
+    history: list[dict[str, float]] = []
+    model.train()
+    for epoch in range(1, tcfg.epochs + 1):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for b, start in enumerate(range(0, n, tcfg.batch_size), start=1):
+            rows = perm[start : start + tcfg.batch_size]
+            u = model.user(*(t[rows] for t in user_t))
+            v = model.item(*(t[rows] for t in item_t))
+            loss = in_batch_loss(u, v, item_t[0][rows], log_q if tcfg.logq_correction else None, inv_t)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                kind = "NaN" if math.isnan(value) else "infinite"
+                raise FatalError(f"loss became {kind} at epoch {epoch} batch {b}; lower lr/sparse_lr or check inputs")
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            total += loss.detach().double() * rows.shape[0]
+        seconds = time.perf_counter() - t0
+        entry = {
+            "epoch": float(epoch),
+            "loss": float(total) / n,
+            "examples_per_s": n / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        history.append(entry)
+        if on_epoch is not None:
+            on_epoch(dict(entry))
+    return history
+
+
+# ------------------------------------------------------------------------------------ persistence
+
+
+class _ModelFile(BaseModel):
+    """Schema of ``model.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["aitasks.two_tower"]
+    format_version: Literal[1]
+    config: TwoTowerConfig
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+def _canonical_safetensors(raw: bytes) -> bytes:
+    """``raw`` with its metadata keys sorted, so that equal weights give equal bytes (and hashes).
+
+    safetensors writes the metadata from a Rust ``HashMap``, whose order changes from process to
+    process; tensor entries are already in a fixed order. The header keeps its length (same
+    members, space padding), so the data offsets stay valid.
+    """
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > size:  # cannot happen for compact JSON of the same members; never write a broken file
+        raise FatalError(f"safetensors header grew from {size} to {len(text)} bytes when canonicalised")
+    return raw[:8] + text.ljust(size, b" ") + raw[8 + size :]
+
+
+def save_model(
+    model: TwoTowerModel,
+    out_dir: Path,
+    *,
+    user_vocab: IdVocab,
+    item_vocab: IdVocab,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Write the model into ``out_dir``: weights (safetensors), configuration and vocabularies (JSON).
+
+    Files are written in place (the caller publishes the directory atomically).
+
+    Args:
+        model: The model.
+        out_dir: Output directory (created).
+        user_vocab: User vocabulary (``len`` must equal ``config.num_users``).
+        item_vocab: Item vocabulary (``len`` must equal ``config.num_items``).
+        extra: Free-form string metadata stored in ``model.json``.
+
+    Returns:
+        ``{file name: sha256}`` of the four files.
+
+    Raises:
+        InvalidInputError: A vocabulary does not match the model's size.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    cfg = model.config
+    issues = []
+    if len(user_vocab) != cfg.num_users:
+        issues.append(FieldIssue("user_vocab", f"has {len(user_vocab)} entries, the model {cfg.num_users}"))
+    if len(item_vocab) != cfg.num_items:
+        issues.append(FieldIssue("item_vocab", f"has {len(item_vocab)} entries, the model {cfg.num_items}"))
+    if issues:
+        raise InvalidInputError("model.save", issues)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    raw = safetensors_bytes(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
+    (out_dir / WEIGHTS_FILE).write_bytes(_canonical_safetensors(raw))
+    doc = _ModelFile(format=FORMAT, format_version=FORMAT_VERSION, config=cfg, extra=dict(extra or {}))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(doc.model_dump(mode="json"), indent=1, sort_keys=True), "utf-8")
+    (out_dir / USERS_FILE).write_text(user_vocab.to_json(), "utf-8")
+    (out_dir / ITEMS_FILE).write_text(item_vocab.to_json(), "utf-8")
+    return {name: sha256_file(out_dir / name) for name in (WEIGHTS_FILE, CONFIG_FILE, USERS_FILE, ITEMS_FILE)}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        raise DataFormatError(str(path), "file is missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(str(path), f"unreadable: {exc}") from None
+
+
+def _read_vocab(path: Path, expected: int) -> IdVocab:
+    try:
+        vocab = IdVocab.from_json(_read_text(path))
+    except ValueError as exc:
+        raise DataFormatError(str(path), f"invalid vocabulary: {exc}") from None
+    if len(vocab) != expected:
+        raise DataFormatError(str(path), f"vocabulary has {len(vocab)} entries, model.json says {expected}")
+    return vocab
+
+
+def _read_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, checked against ``expected`` names and shapes before loading."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise DataFormatError(str(path), "file is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
+                raise DataFormatError(
+                    str(path),
+                    f"metadata format/version {meta.get('format')!r}/{meta.get('version')!r}, "
+                    f"expected {FORMAT!r}/{FORMAT_VERSION}",
+                )
+            names = set(fh.keys())
+            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or unexpected:
+                raise DataFormatError(str(path), f"tensor names differ: missing {missing}, unexpected {unexpected}")
+            for name, shape in expected.items():
+                sl = fh.get_slice(name)
+                got = tuple(sl.get_shape())
+                if got != shape or sl.get_dtype() != "F32":
+                    raise DataFormatError(
+                        str(path), f"tensor {name!r}: {sl.get_dtype()}{list(got)}, expected F32{list(shape)}"
+                    )
+            return {name: fh.get_tensor(name) for name in expected}
+    except DataFormatError:
+        raise
+    except Exception as exc:  # safetensors raises SafetensorError and OSError subclasses for bad files
+        raise DataFormatError(str(path), f"not a valid safetensors file: {exc}") from None
+
+
+def load_model(model_dir: Path) -> tuple[TwoTowerModel, IdVocab, IdVocab]:
+    """Load a model saved by :func:`save_model` (safetensors + JSON only; nothing is unpickled).
+
+    Args:
+        model_dir: The directory with ``model.safetensors``, ``model.json``, ``users.json``, ``items.json``.
+
+    Returns:
+        The model (CPU, eval mode), the user vocabulary and the item vocabulary.
+
+    Raises:
+        DataFormatError: A file is missing, corrupt, of an unknown format, or does not match the
+            configuration (tensor names, shapes, vocabulary sizes); the error names the file.
+    """
+    cfg_path = model_dir / CONFIG_FILE
+    try:
+        doc = _ModelFile.model_validate_json(_read_text(cfg_path))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
+        raise DataFormatError(str(cfg_path), f"invalid model.json: {problems}") from None
+    config = doc.config
+    user_vocab = _read_vocab(model_dir / USERS_FILE, config.num_users)
+    item_vocab = _read_vocab(model_dir / ITEMS_FILE, config.num_items)
+    # Build on the meta device first: the shapes the config implies, without allocating (a hostile
+    # model.json could claim a huge vocabulary).
+    with torch.device("meta"):
+        model = TwoTowerModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tensors = _read_weights(model_dir / WEIGHTS_FILE, expected)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model.eval()
+    return model, user_vocab, item_vocab
