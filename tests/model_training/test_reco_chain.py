@@ -1,0 +1,171 @@
+"""The recommender's tasks in pipeline order on the demo's data (seed 7, 200k events, Feast sqlite):
+train -> evaluate -> register -> promote -> build index -> publish -> recommend -> rollback.
+
+One module-scoped chain, because each step consumes the previous one's committed result; the
+registry (MLflow sqlite) and the index layout live under the session world's storage root.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from aitasks.runtime.bundle import open_bundle
+from aitasks.runtime.errors import InvalidInputError
+from tests.conftest import RecoWorld
+
+
+@dataclass
+class Chain:
+    world: RecoWorld
+    train: Any
+    evaluation: Any
+    registered: Any
+    promoted: Any
+    built: Any
+    published: Any
+
+
+@pytest.fixture(scope="module")
+def chain(reco_world: RecoWorld) -> Chain:
+    from aitasks.model_training.tasks import (
+        evaluate_model_task,
+        promote_model_task,
+        register_model_task,
+        train_model_task,
+    )
+    from aitasks.recommendation_update.tasks import build_index_task, publish_index_task
+
+    rt = reco_world.rt
+    ts_uri = reco_world.training_set.training_set_uri
+    train = train_model_task({"training_set_uri": ts_uri, "seed": 0}, runtime=rt)
+    evaluation = evaluate_model_task({"model_uri": train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
+    registered = register_model_task({"model_uri": train.model_uri, "metrics_uri": evaluation.metrics_uri}, runtime=rt)
+    promoted = promote_model_task(
+        {"version": registered.version, "blessed": evaluation.blessed}, runtime=rt
+    )
+    built = build_index_task({"model_uri": train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
+    published = publish_index_task(
+        {"index_uri": built.index_uri, "model_version": registered.version}, runtime=rt
+    )
+    return Chain(reco_world, train, evaluation, registered, promoted, built, published)
+
+
+def test_model_beats_popularity_by_half_again(chain: Chain) -> None:
+    """Done-when of the recommender: recall@10 >= 1.5x popularity on the generated data, fixed seeds."""
+    ev = chain.evaluation
+    assert ev.model["recall_at_10"] >= 1.5 * ev.popularity["recall_at_10"] > 0
+    assert ev.lift_over_popularity >= 1.5
+    assert ev.blessed is True and ev.champion is None and ev.champion_version is None
+    assert ev.model["users"] > 500
+    assert 0 < ev.model["coverage_at_10"] <= 1 and ev.model["coverage_at_10"] > ev.popularity["coverage_at_10"]
+    html = Path(ev.report_html_uri).read_text()
+    assert f"{ev.model['recall_at_10']:.4f}" in html and "<svg" in html
+    metrics = json.loads(Path(ev.metrics_uri).read_text())
+    assert metrics["blessing"]["blessed"] is True
+
+
+def test_training_is_logged_and_safe(chain: Chain) -> None:
+    tr = chain.train
+    assert tr.examples > 0 and tr.loss_curve[-1] < tr.loss_curve[0]
+    with open_bundle(tr.model_uri, kind="model") as (_, manifest):
+        names = set(manifest["files"])
+        assert {"model.safetensors", "model.json", "users.json", "items.json", "popularity.json"} <= names
+        assert not any(n.endswith((".pkl", ".pt", ".pth", ".pickle")) for n in names)
+        assert manifest["meta"]["data_snapshot"] == chain.world.training_set.snapshot_hash
+
+
+def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
+    from aitasks.model_training.registry import get_version, registry_config
+
+    reg = registry_config(chain.world.settings)
+    v = get_version(reg, version=chain.registered.version)
+    assert v is not None and chain.registered.created is True and v.version == 1
+    tags = v.tags
+    assert tags["aitasks.data_snapshot"] == chain.world.training_set.snapshot_hash
+    assert tags["aitasks.feature_service"] == "reco_training"
+    assert tags["aitasks.code_version"] == "model.train@1.0.0"
+    assert tags["aitasks.kfp_run_id"] == "run-test" and len(tags["aitasks.trace_id"]) == 32
+    assert tags["aitasks.blessed"] == "true"
+    assert chain.promoted.moved is True
+    champion = get_version(reg, alias="champion")
+    assert champion is not None and champion.version == 1
+
+
+def test_same_model_never_becomes_a_second_version(chain: Chain) -> None:
+    from aitasks.model_training.tasks import evaluate_model_task, register_model_task
+
+    rt = chain.world.rt
+    ts_uri = chain.world.training_set.training_set_uri
+    # The champion moved: the evaluation is new work (champion in its key) and compares the model with itself.
+    again = evaluate_model_task({"model_uri": chain.train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
+    assert again.champion_version == 1 and again.blessed is True
+    assert again.champion == again.model, "the champion re-evaluated on the same day is the same model"
+    reg = register_model_task({"model_uri": chain.train.model_uri, "metrics_uri": again.metrics_uri}, runtime=rt)
+    assert reg.version == chain.registered.version and reg.created is False
+
+
+def test_index_reaches_the_recall_floor_and_publishes_v1(chain: Chain) -> None:
+    assert chain.built.recall_at_k >= 0.95 and chain.built.count == chain.world.training_set.items
+    assert chain.published.version == 1 and chain.published.created is True
+    root = Path(chain.world.settings.storage_root) / "indexes" / "reco-tracks"
+    assert json.loads((root / "CURRENT").read_text())["version"] == 1
+
+
+def test_recommend_known_user_filters_played_tracks(chain: Chain) -> None:
+    from aitasks.recommendation_update.recommend import recommend
+
+    with open_bundle(chain.world.training_set.training_set_uri) as (d, _):
+        history = pl.read_parquet(d / "history.parquet")
+        user = str(pl.read_parquet(d / "users.parquet")["user_id"].sort()[0])
+    rec = recommend(chain.world.settings, user, k=10)
+    assert rec.source == "model" and rec.reason == "known user"
+    assert len(rec.items) == 10 and len({r.track_id for r in rec.items}) == 10
+    played = set(history.filter(pl.col("user_id") == user)["track_id"])
+    assert played and not played & {r.track_id for r in rec.items}
+    assert rec.filtered_played == len(played)
+    assert rec.index_version == 1 and rec.model_version == 1 and rec.champion_version == 1
+    scores = [r.score for r in rec.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_recommend_unknown_user_falls_back_to_popularity(chain: Chain) -> None:
+    from aitasks.recommendation_update.recommend import recommend
+
+    rec = recommend(chain.world.settings, "nobody_at_all", k=5)
+    assert rec.source == "popularity" and "unknown user" in rec.reason
+    assert len(rec.items) == 5
+    with open_bundle(chain.train.model_uri) as (d, _):
+        assert [r.track_id for r in rec.items] == json.loads((d / "popularity.json").read_text())["tracks"][:5]
+
+
+@pytest.mark.parametrize("user", ["", "../etc", "x" * 65, "a b"])
+def test_recommend_rejects_malformed_user_ids(chain: Chain, user: str) -> None:
+    from aitasks.recommendation_update.recommend import recommend
+
+    with pytest.raises(InvalidInputError, match="user"):
+        recommend(chain.world.settings, user)
+
+
+def test_republish_is_idempotent_then_rollback(chain: Chain) -> None:
+    from aitasks.recommendation_update.publish import list_versions, read_current, rollback
+    from aitasks.recommendation_update.tasks import build_index_task, publish_index_task
+
+    rt = chain.world.rt
+    root = chain.world.settings.storage_root
+    # A different index (other HNSW parameters) becomes v2; rolling back returns to v1.
+    other = build_index_task(
+        {"model_uri": chain.train.model_uri, "training_set_uri": chain.world.training_set.training_set_uri, "m": 8},
+        runtime=rt,
+    )
+    v2 = publish_index_task({"index_uri": other.index_uri, "model_version": 1}, runtime=rt)
+    assert v2.version == 2 and v2.created is True
+    assert read_current(root, "reco-tracks").version == 2
+    assert [m.version for m in list_versions(root, "reco-tracks")] == [1, 2]
+    assert rollback(root, "reco-tracks") == 1
+    assert read_current(root, "reco-tracks").version == 1
