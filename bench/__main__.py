@@ -30,6 +30,18 @@ def main() -> None:
         with console.status("Feast online reads (sqlite, Redis)…"), tempfile.TemporaryDirectory() as tmp:
             records += bench_online_reads(Path(tmp), redis_url=redis_url)
 
+    from bench.training import bench_training
+
+    with console.status("two-tower training: sparse vs dense Adam…"):
+        records += bench_training()
+    try:
+        from bench.ann import bench_ann
+    except ImportError:  # pragma: no cover - the ANN bench ships with the index module
+        bench_ann = None
+    if bench_ann is not None:
+        with console.status("ANN index: hnswlib vs exact numpy vs Voyager on 100k x 64…"):
+            records += bench_ann()
+
     table = Table(title="aitasks benchmarks (ratio = value / baseline, same run)")
     for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline value", "ratio"):
         table.add_column(col)

@@ -4,8 +4,6 @@ Each body: build the step runtime from the run context inputs, make one ``aitask
 copy result files to the typed outputs, log metrics. Nothing else.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -119,11 +117,6 @@ def train_model(
     finish_step(rt, "model-train")
 
 
-class EvaluateOutputs(NamedTuple):
-    blessed: bool
-    recall_at_10: float
-
-
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate_model(
     model: Input[Model],
@@ -143,8 +136,12 @@ def evaluate_model(
     report: Output[HTML],
     report_markdown: Output[Markdown],
     metrics: Output[Metrics],
-) -> EvaluateOutputs:
-    """Recall/NDCG/coverage vs popularity and the champion on the held-out day; the blessing verdict."""
+) -> bool:
+    """Recall/NDCG/coverage vs popularity and the champion on the held-out day. Returns the blessing verdict.
+
+    A single ``bool`` output (not a NamedTuple): kfp.local 2.17 cannot resolve a ``dsl.If`` on a
+    NamedTuple field.
+    """
     from aitasks.model_training.tasks import evaluate_model_task
     from aitasks.runtime.step import export_output, finish_step, input_uri, step_runtime
 
@@ -176,7 +173,7 @@ def evaluate_model(
         metrics.log_metric(f"popularity_{name}", res.popularity[name])
     metrics.log_metric("lift_over_popularity", res.lift_over_popularity)
     finish_step(rt, "model-evaluate")
-    return EvaluateOutputs(blessed=res.blessed, recall_at_10=res.model["recall_at_10"])
+    return res.blessed
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -1,9 +1,12 @@
 """`make demo`: the main job end to end on embedded defaults, then a human summary and summary.json.
 
-Until the recommendation pipeline exists, the main job is the data pipeline: synthetic events ->
-ingest/validate/quarantine -> point-in-time features -> Feast (sqlite online store) -> drift check.
-The summary is built from the audit trail of this run (records appended since it started) and the
-committed task results they point to, so it reports what the platform recorded, not what the demo hoped.
+The main job is the `reco-training` pipeline on kfp.local: synthetic events -> ingest/validate/
+quarantine -> point-in-time features -> Feast (sqlite online store) -> training set from Feast ->
+two-tower model -> evaluation against popularity and the champion -> MLflow registry (sqlite) ->
+champion alias -> HNSW index checked against exact search -> versioned publish. The summary is
+built from the audit trail of this run and the committed task results it points to (what the
+platform recorded, not what the demo hoped), plus one real recommendation read back the way
+`aitasks recommend` serves it.
 """
 
 from __future__ import annotations
@@ -19,24 +22,35 @@ from rich.table import Table
 
 START_DATE = date(2026, 10, 1)
 DAYS = 30
+PIPELINE = "reco-training"
+EXPECTED_TASKS = (
+    "data.source",
+    "data.ingest",
+    "data.features",
+    "feast.materialize",
+    "data.drift",
+    "reco.training_set",
+    "model.train",
+    "model.evaluate",
+    "model.register",
+)
 
 
-def _committed_results(store: str, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    from aitasks.runtime.idempotency import IdempotencyStore
-    from aitasks.runtime.storage import storage_for
+def run_demo(
+    workdir: Path,
+    *,
+    events: int = 200_000,
+    dirty_rows: int = 600,
+    console: Console | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run `reco-training` with kfp.local under ``workdir``; print and return the summary.
 
-    ids = IdempotencyStore(storage_for(store), store)
-    out: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        if rec.get("status") in ("succeeded", "idempotent_hit") and rec.get("idempotency_key"):
-            committed = ids.get(rec["task"], rec["idempotency_key"])
-            if committed:
-                out[rec["task"]] = {"status": rec["status"], **committed["result"]}
-    return out
-
-
-def run_demo(workdir: Path, *, events: int = 200_000, console: Console | None = None) -> dict[str, Any]:
+    ``dirty_rows`` contract-breaking rows are mixed into the synthetic events so the quarantine has
+    something to catch; ``overrides`` are further pipeline parameters (users, tracks, epochs, ...).
+    """
     from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.run_summary import summarize_run
     from pipelines.cli import run_local
 
     con = console or Console()
@@ -50,36 +64,66 @@ def run_demo(workdir: Path, *, events: int = 200_000, console: Console | None = 
         "days": DAYS,
         "start_date": START_DATE.isoformat(),
         "as_of": as_of,
+        "dirty_rows": dirty_rows,
         "submitter": "make-demo",
+        **overrides,
     }
-    con.rule("[bold]aitasks demo: data-pipeline on kfp.local[/bold]")
+    con.rule(f"[bold]aitasks demo: {PIPELINE} on kfp.local[/bold]")
     t0 = time.perf_counter()
-    run_local("data-pipeline", params, workdir)
+    run_local(PIPELINE, params, workdir)
     elapsed = time.perf_counter() - t0
 
     new_records = audit.records()[start_seq:]
-    results = _committed_results(str(store), new_records)
+    run = summarize_run(new_records, run_id=None, storage_root=str(store))
+    results = {t: {"status": e["status"], **e.get("result", {})} for t, e in run["tasks"].items()}
     verify = audit.verify()
-    online = _online_sample(results, store)
 
     ingest = results.get("data.ingest", {})
-    feats = results.get("data.features", {})
-    drift = results.get("data.drift", {})
-    mat = results.get("feast.materialize", {})
+    evaluation = results.get("model.evaluate", {})
+    registered = results.get("model.register", {})
+    promoted = results.get("model.promote", {})
+    built = results.get("index.build", {})
+    published = results.get("index.publish", {})
+    model = evaluation.get("model") or {}
+    pop = evaluation.get("popularity") or {}
+    lift = (model.get("recall_at_10", 0.0) / pop["recall_at_10"]) if pop.get("recall_at_10") else None
+    mlflow_db = store / "mlflow" / "mlflow.db"
+    sample = _sample_recommendation(store, results)
     summary = {
-        "pipeline": "data-pipeline",
+        "pipeline": PIPELINE,
         "elapsed_s": round(elapsed, 1),
         "storage_root": str(store),
         "tasks": {t: r["status"] for t, r in results.items()},
+        "failed": run["failed"],
         "ingest": {k: ingest.get(k) for k in ("input_rows", "good_rows", "quarantined_rows", "reasons")},
-        "features": {k: feats.get(k) for k in ("user_rows", "track_rows")}
-        | {"snapshots": len(feats.get("snapshots", []))},
-        "feast": {
-            "repo": mat.get("repo_uri"),
-            "feature_services": mat.get("feature_services"),
-            "online_sample": online,
+        "evaluation": {
+            "model": {k: model.get(k) for k in ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10")},
+            "popularity": {k: pop.get(k) for k in ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10")},
+            "lift_recall_at_10": None if lift is None else round(lift, 3),
+            "champion_version_compared": evaluation.get("champion_version"),
+            "blessed": evaluation.get("blessed"),
+            "reasons": evaluation.get("reasons"),
+            "report_html": evaluation.get("report_html_uri"),
+            "report_markdown": evaluation.get("report_markdown_uri"),
         },
-        "drift": {k: drift.get(k) for k in ("any_drift", "drifted_features", "max_psi", "report_markdown_uri")},
+        "model": {
+            "name": registered.get("model_name"),
+            "version": registered.get("version"),
+            "new_version": registered.get("created"),
+            "champion": promoted.get("version") if promoted else None,
+            "alias_moved": promoted.get("moved") if promoted else None,
+            "mlflow_tracking_uri": f"sqlite:///{mlflow_db}",
+            "mlflow_ui": f"mlflow ui --backend-store-uri sqlite:///{mlflow_db} --port 5000",
+        },
+        "index": {
+            "name": published.get("name"),
+            "version": published.get("version"),
+            "new_version": published.get("created"),
+            "recall_at_10_vs_exact": built.get("recall_at_k"),
+            "ef_search": built.get("ef_search"),
+            "items": built.get("count"),
+        },
+        "recommendation_sample": sample,
         "audit": {
             "verified": verify.ok,
             "records": verify.records,
@@ -88,58 +132,79 @@ def run_demo(workdir: Path, *, events: int = 200_000, console: Console | None = 
         },
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-
-    table = Table(title=f"aitasks demo summary ({elapsed:.0f} s)", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("tasks", ", ".join(f"{t}: {s}" for t, s in summary["tasks"].items()))
-    table.add_row(
-        "ingest",
-        f"{ingest.get('input_rows', 0):,} rows in = {ingest.get('good_rows', 0):,} good + "
-        f"{ingest.get('quarantined_rows', 0):,} quarantined",
-    )
-    table.add_row(
-        "features",
-        f"{feats.get('user_rows', 0):,} user rows, {feats.get('track_rows', 0):,} track rows, "
-        f"{summary['features']['snapshots']} daily snapshots",
-    )
-    table.add_row("feast", f"repo {mat.get('repo_uri')}; services {', '.join(mat.get('feature_services', []))}")
-    table.add_row("online read", json.dumps(online)[:200])
-    table.add_row(
-        "drift",
-        f"any drift: {drift.get('any_drift')}; max PSI {drift.get('max_psi', 0):.3f}; "
-        f"report {drift.get('report_markdown_uri')}",
-    )
-    table.add_row(
-        "audit", f"{'verified' if verify.ok else 'BROKEN'}: {verify.records} records ({len(new_records)} from this run)"
-    )
-    table.add_row("summary", str(workdir / "summary.json"))
-    con.print(table)
-    if not verify.ok or len(results) < 5:
-        raise SystemExit("demo incomplete: " + json.dumps(summary["audit"]) + f" tasks={list(results)}")
+    _print(con, summary, elapsed, workdir)
+    missing = [t for t in EXPECTED_TASKS if t not in results]
+    if not verify.ok or missing or run["failed"]:
+        raise SystemExit(f"demo incomplete: missing={missing} failed={run['failed']} audit_ok={verify.ok}")
     return summary
 
 
-def _online_sample(results: dict[str, dict[str, Any]], store: Path) -> dict[str, Any]:
-    """Read one user's serving features back from the Feast online store (what serving would see)."""
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _print(con: Console, s: dict[str, Any], elapsed: float, workdir: Path) -> None:
+    ev, m, ix = s["evaluation"], s["model"], s["index"]
+    table = Table(title=f"aitasks demo summary ({elapsed:.0f} s)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("tasks", ", ".join(f"{t}: {st}" for t, st in s["tasks"].items()))
+    ing = s["ingest"]
+    table.add_row(
+        "ingest",
+        f"{ing.get('input_rows') or 0:,} rows in = {ing.get('good_rows') or 0:,} good + "
+        f"{ing.get('quarantined_rows') or 0:,} quarantined {ing.get('reasons') or ''}",
+    )
+    table.add_row(
+        "recall@10",
+        f"model {_fmt(ev['model']['recall_at_10'])} vs popularity {_fmt(ev['popularity']['recall_at_10'])} "
+        f"(x{_fmt(ev['lift_recall_at_10'])}); NDCG@10 {_fmt(ev['model']['ndcg_at_10'])}; "
+        f"coverage@10 {_fmt(ev['model']['coverage_at_10'])}",
+    )
+    table.add_row("blessing", f"{ev['blessed']}: " + " ".join(ev.get("reasons") or []))
+    table.add_row(
+        "model",
+        f"{m['name']} v{m['version']} ({'new version' if m['new_version'] else 'existing version'}); "
+        f"champion -> v{m['champion']}" + ("" if m["alias_moved"] else " (alias unchanged)"),
+    )
+    table.add_row(
+        "index",
+        f"{ix['name']} v{ix['version']} ({'new' if ix['new_version'] else 'unchanged'}); recall@10 vs exact "
+        f"{_fmt(ix['recall_at_10_vs_exact'])} at ef={ix['ef_search']} over {ix['items']} tracks",
+    )
+    rec = s["recommendation_sample"]
+    if rec:
+        table.add_row("recommend", f"{rec['source']} ({rec['reason']}): {', '.join(rec['tracks'][:5])} ...")
+    table.add_row("reports", f"{ev['report_html']}\n{ev['report_markdown']}")
+    table.add_row("MLflow UI", m["mlflow_ui"])
+    a = s["audit"]
+    table.add_row(
+        "audit", f"{'verified' if a['verified'] else 'BROKEN'}: {a['records']} records ({a['this_run']} from this run)"
+    )
+    table.add_row("summary", str(workdir / "summary.json"))
+    con.print(table)
+
+
+def _sample_recommendation(store: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Serve one recommendation the way `aitasks recommend` does (online features, current index)."""
     import polars as pl
 
-    from aitasks.data_processing import feature_store as fs
+    from aitasks.recommendation_update.recommend import recommend
+    from aitasks.runtime.bundle import open_bundle
     from aitasks.runtime.settings import load_settings
 
-    feats = results.get("data.features")
-    if not feats:
+    ts = results.get("reco.training_set")
+    if not ts or "index.publish" not in results:
         return {}
-    users = pl.read_parquet(feats["user_features_uri"], columns=["user_id"])["user_id"]
-    user = str(users.sort()[0])
-    cfg = fs.config_for(
-        settings=load_settings(storage_root=str(store)),
-        project="aitasks",
-        user_features=Path(feats["user_features_uri"]),
-        track_features=Path(feats["track_features_uri"]),
-        online_store="sqlite",
-    )
-    values = fs.online_features(cfg, user_ids=[user])
-    # The entity id itself stays out of the summary (no raw user identifiers in outputs people read).
-    sample = {k: v for k, v in values.items() if k != "user_id"}
-    return {"entity": "user", "features": len(sample), "sample": dict(list(sample.items())[:4])}
+    with open_bundle(ts["training_set_uri"], kind="training_set") as (ts_dir, _):
+        user = str(pl.read_parquet(ts_dir / "users.parquet", columns=["user_id"])["user_id"].sort()[0])
+    rec = recommend(load_settings(storage_root=str(store)), user, k=10)
+    # The user id itself stays out of the summary (no raw user identifiers in outputs people read).
+    return {
+        "source": rec.source,
+        "reason": rec.reason,
+        "tracks": [r.track_id for r in rec.items],
+        "index_version": rec.index_version,
+        "model_version": rec.model_version,
+        "filtered_played": rec.filtered_played,
+    }

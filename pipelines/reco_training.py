@@ -11,6 +11,11 @@ from pipelines.steps import data_steps, run_context
 
 NAME = "reco-training"
 MODEL_NAME = "reco-two-tower"
+#: The training step's accelerator, fixed at compile time: kfp.local (2.17) cannot resolve a pipeline
+#: parameter used as an accelerator inside an ExitHandler/condition DAG. Node selector and toleration
+#: stay run-time parameters, so a run still picks its GPU pool.
+GPU_ACCELERATOR = "nvidia.com/gpu"
+GPU_COUNT = 1
 
 
 @dsl.pipeline(
@@ -55,8 +60,6 @@ def reco_training(
     hnsw_ef_construction: int = 200,
     recall_floor: float = 0.95,
     target_recall: float = 0.97,
-    gpu_accelerator: str = "nvidia.com/gpu",
-    gpu_count: int = 1,
     gpu_node_selector: dict = {"cloud.google.com/gke-accelerator": "nvidia-l4"},  # noqa: B006 - KFP default
     gpu_toleration: dict = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # noqa: B006
     submitter: str = "",
@@ -82,7 +85,7 @@ def reco_training(
             events=events,
             days=days,
             start_date=start_date,
-        dirty_rows=dirty_rows,
+            dirty_rows=dirty_rows,
             as_of=as_of,
             chunk_rows=chunk_rows,
             lookback_days=lookback_days,
@@ -140,8 +143,8 @@ def reco_training(
         )
         request_gpu(
             train,
-            accelerator=gpu_accelerator,
-            count=gpu_count,
+            accelerator=GPU_ACCELERATOR,
+            count=GPU_COUNT,
             node_selector=gpu_node_selector,
             toleration=gpu_toleration,
         )
@@ -186,11 +189,11 @@ def reco_training(
             cache=False,
         )
 
-        with dsl.If(evaluation.outputs["blessed"] == True, name="blessed"):  # noqa: E712 - a KFP condition
+        with dsl.If(evaluation.outputs["Output"] == True, name="blessed"):  # noqa: E712 - a KFP condition
             promoted = promote_model(
                 model_name=model_name,
                 version=registered.output,
-                blessed=evaluation.outputs["blessed"],
+                blessed=evaluation.outputs["Output"],
                 **run,
             )
             configure(

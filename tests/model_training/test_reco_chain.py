@@ -46,13 +46,9 @@ def chain(reco_world: RecoWorld) -> Chain:
     train = train_model_task({"training_set_uri": ts_uri, "seed": 0}, runtime=rt)
     evaluation = evaluate_model_task({"model_uri": train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
     registered = register_model_task({"model_uri": train.model_uri, "metrics_uri": evaluation.metrics_uri}, runtime=rt)
-    promoted = promote_model_task(
-        {"version": registered.version, "blessed": evaluation.blessed}, runtime=rt
-    )
+    promoted = promote_model_task({"version": registered.version, "blessed": evaluation.blessed}, runtime=rt)
     built = build_index_task({"model_uri": train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
-    published = publish_index_task(
-        {"index_uri": built.index_uri, "model_version": registered.version}, runtime=rt
-    )
+    published = publish_index_task({"index_uri": built.index_uri, "model_version": registered.version}, runtime=rt)
     return Chain(reco_world, train, evaluation, registered, promoted, built, published)
 
 

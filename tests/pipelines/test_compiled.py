@@ -84,10 +84,8 @@ def test_reco_training_gpu_step_and_kubernetes_settings(fresh: dict[str, str]) -
         assert "pip install" not in " ".join(body["container"].get("command", [])), "images are baked"
     train = executors["exec-train-model"]["container"]
     assert train["image"].startswith("europe-docker.pkg.dev/aitasks-prod/aitasks/aitasks-gpu:")
-    assert train["resources"]["accelerator"] == {
-        "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpu_count']}}",
-        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_accelerator']}}",
-    }
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
     gpu_steps = [n for n, b in executors.items() if "accelerator" in b["container"]["resources"]]
     assert gpu_steps == ["exec-train-model"], "only training asks for a GPU"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -119,7 +117,10 @@ def test_reco_training_control_flow_retries_and_caching(fresh: dict[str, str]) -
     # Promotion, index build and publish only run when the evaluation blessed the model.
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     cond = inner["condition-2"]
-    assert "blessed" in cond["triggerPolicy"]["condition"]
+    assert (
+        cond["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--evaluate-model-Output'] == true"
+    )
     assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {
         "promote-model",
         "build-index",

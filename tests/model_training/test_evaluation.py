@@ -1,0 +1,276 @@
+"""Retrieval metrics on hand-computed cases, top-k semantics, blessing rules and the report."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aitasks.model_training.evaluation import (
+    Blessing,
+    BlessingRule,
+    RetrievalMetrics,
+    decide_blessing,
+    render_report,
+    retrieval_metrics,
+    topk_from_embeddings,
+    topk_popularity,
+)
+from aitasks.runtime.errors import InvalidInputError
+
+KS = (1, 2, 5, 10, 20, 50, 100)
+
+
+def padded(rows: list[list[int]], width: int = 100) -> np.ndarray:
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def arr(*xs: int) -> np.ndarray:
+    return np.array(xs, dtype=np.int64)
+
+
+def metrics(recall10: float, ndcg10: float = 0.1, curve: list[tuple[int, float]] | None = None) -> RetrievalMetrics:
+    return RetrievalMetrics(
+        recall_at_10=recall10,
+        recall_at_50=min(1.0, recall10 * 2),
+        ndcg_at_10=ndcg10,
+        coverage_at_10=0.5,
+        users=100,
+        recall_curve=curve or [(1, recall10 / 4), (10, recall10), (100, min(1.0, recall10 * 3))],
+    )
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_hand_computed_recall_ndcg_coverage() -> None:
+    # user 0: hit at rank 2 of targets {1, 4}; user 1: hit at rank 1 of {4}; user 2: no targets (skipped).
+    top = padded([[0, 1, 2, 3], [4, 5], [7, 8]])
+    m = retrieval_metrics(top, [arr(1, 4), arr(4), arr()], n_items=10)
+    curve = dict(m.recall_curve)
+    assert list(curve) == list(KS)
+    assert curve[1] == pytest.approx((0 + 1) / 2)
+    assert curve[2] == pytest.approx((0.5 + 1) / 2)
+    assert m.recall_at_10 == pytest.approx(0.75) and m.recall_at_50 == pytest.approx(0.75)
+    ndcg_user0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert m.ndcg_at_10 == pytest.approx((ndcg_user0 + 1.0) / 2)
+    # The skipped user's list (items 7, 8) does not count: items 0-5 of 10.
+    assert m.coverage_at_10 == pytest.approx(0.6)
+    assert m.users == 2 and m.skipped_users == 1
+
+
+def test_duplicate_targets_count_once_and_perfect_ranking_scores_one() -> None:
+    m = retrieval_metrics(padded([[3, 2, 1]]), [arr(1, 2, 3, 3, 2)], n_items=5)
+    assert m.recall_at_10 == 1.0 and m.ndcg_at_10 == pytest.approx(1.0)
+    assert dict(m.recall_curve)[2] == pytest.approx(2 / 3)
+
+
+def test_ndcg_ideal_is_capped_at_ten_targets() -> None:
+    # 20 targets, all 10 slots hit: NDCG@10 is 1 (ideal DCG over min(|T|, 10)) while recall@10 is 0.5.
+    targets = np.arange(20, dtype=np.int64)
+    m = retrieval_metrics(padded([list(range(10))]), [targets], n_items=30)
+    assert m.ndcg_at_10 == pytest.approx(1.0) and m.recall_at_10 == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("top", "targets", "n_items", "field"),
+    [
+        (np.zeros(100, dtype=np.int64), [arr(1)], 5, "topk"),  # 1-D
+        (np.zeros((1, 100)), [arr(1)], 5, "topk"),  # floats
+        (padded([[0, 1]], width=20), [arr(1)], 5, "topk"),  # narrower than max(ks)
+        (padded([[0, 1]]), [arr(1), arr(2)], 5, "targets"),  # 1 row, 2 users
+        (padded([[0, 9]]), [arr(1)], 5, "topk"),  # index out of range
+        (padded([[0, 1, 0]]), [arr(1)], 5, "topk"),  # repeated item
+        (padded([[0, 1]]), [arr(7)], 5, "targets[0]"),  # target out of range
+        (padded([[0, 1]]), [arr()], 5, "targets"),  # nobody to evaluate
+        (padded([[0, 1]]), [arr(1)], 0, "n_items"),
+    ],
+)
+def test_invalid_inputs_name_the_field(top: np.ndarray, targets: list[np.ndarray], n_items: int, field: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        retrieval_metrics(top, targets, n_items)
+    assert err.value.task == "model.evaluate" and field in err.value.fields
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_recall_is_monotone_in_k_and_within_unit_interval(data: st.DataObject) -> None:
+    n_items = data.draw(st.integers(1, 40))
+    n_users = data.draw(st.integers(1, 6))
+    rows, targets = [], []
+    for _ in range(n_users):
+        ranked = data.draw(st.permutations(range(n_items)))
+        rows.append(list(ranked[: data.draw(st.integers(0, n_items))]))
+        targets.append(np.array(data.draw(st.lists(st.integers(0, n_items - 1), max_size=8)), dtype=np.int64))
+    targets[0] = np.append(targets[0], 0)  # at least one evaluable user
+    m = retrieval_metrics(padded(rows), targets, n_items)
+    values = [r for _, r in m.recall_curve]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert values == sorted(values)
+    assert dict(m.recall_curve)[10] == m.recall_at_10
+    assert 0.0 <= m.ndcg_at_10 <= 1.0 + 1e-12 and 0.0 <= m.coverage_at_10 <= 1.0
+
+
+# -------------------------------------------------------------------------------------- top-k
+
+
+def test_topk_from_embeddings_ranks_by_score_with_index_ties() -> None:
+    users = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    items = np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 1.0], [0.0, 2.0]], dtype=np.float32)
+    top = topk_from_embeddings(users, items, 6)
+    assert top.dtype == np.int64 and top.shape == (3, 6)
+    assert top[0].tolist() == [0, 1, 2, 3, -1, -1]  # items 2 and 3 tie at 0: lower index first
+    assert top[1].tolist() == [3, 2, 0, 1, -1, -1]
+    assert top[2].tolist() == [0, 1, 2, 3, -1, -1]  # all tied
+
+
+def test_topk_exclusion_drops_items_and_pads() -> None:
+    users = np.array([[1.0, 0.0], [0.0, 1.0]])
+    items = np.array([[1.0, 0.0], [0.5, 0.0], [0.0, 1.0], [0.0, 2.0]])
+    top = topk_from_embeddings(users, items, 4, exclude=[arr(0, 2), arr()])
+    assert top[0].tolist() == [1, 3, -1, -1]
+    assert top[1].tolist() == [3, 2, 0, 1]
+
+
+def test_topk_matches_a_stable_full_sort_with_many_ties_and_any_chunk() -> None:
+    rng = np.random.default_rng(7)
+    users = rng.integers(-2, 3, size=(37, 4)).astype(np.float64)  # small integers: many exact ties
+    items = rng.integers(-2, 3, size=(60, 4)).astype(np.float64)
+    exclude = [rng.choice(60, size=rng.integers(0, 10), replace=False) for _ in range(37)]
+    scores = users @ items.T
+    for u, x in enumerate(exclude):
+        scores[u, x] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :15]
+    for chunk in (1, 5, 1024):
+        got = topk_from_embeddings(users, items, 15, exclude=exclude, chunk=chunk)
+        assert np.array_equal(got, expected)
+
+
+def test_topk_popularity_matches_the_embedding_ranker() -> None:
+    counts = np.array([5.0, 9.0, 9.0, 1.0, 0.0])
+    top = topk_popularity(counts, 3, 6, exclude=[arr(2), arr(), arr(0, 1, 2, 3, 4)])
+    assert top[0].tolist() == [1, 0, 3, 4, -1, -1]
+    assert top[1].tolist() == [1, 2, 0, 3, 4, -1]
+    assert top[2].tolist() == [-1] * 6
+    same = topk_from_embeddings(np.ones((3, 1)), counts[:, None], 6, exclude=[arr(2), arr(), arr(0, 1, 2, 3, 4)])
+    assert np.array_equal(top, same)
+    assert topk_popularity(counts, 2, 2).tolist() == [[1, 2], [1, 2]]
+
+
+def test_topk_invalid_inputs() -> None:
+    with pytest.raises(InvalidInputError):
+        topk_from_embeddings(np.ones((2, 3)), np.ones((4, 2)), 2)
+    with pytest.raises(InvalidInputError):
+        topk_from_embeddings(np.ones((2, 3)), np.full((4, 3), np.nan), 2)
+    with pytest.raises(InvalidInputError) as err:
+        topk_from_embeddings(np.ones((2, 3)), np.ones((4, 3)), 2, exclude=[arr(1)])
+    assert "exclude" in err.value.fields
+    with pytest.raises(InvalidInputError):
+        topk_popularity(np.ones(4), 1, 2, exclude=[arr(4)])
+    with pytest.raises(InvalidInputError):
+        topk_popularity(np.ones(4), 1, 0)
+
+
+# ----------------------------------------------------------------------------------- blessing
+
+
+def test_blessed_without_champion() -> None:
+    b = decide_blessing(metrics(0.30), metrics(0.20), None, BlessingRule())
+    assert b.blessed and b.vs_champion is None
+    assert b.lift_over_popularity == pytest.approx(1.5)
+    assert len(b.reasons) == 2 and b.reasons[0].startswith("pass") and "1.50x" in b.reasons[0]
+    assert "no champion" in b.reasons[1]
+
+
+def test_lift_rule_fails_alone() -> None:
+    b = decide_blessing(metrics(0.22), metrics(0.20), metrics(0.22), BlessingRule())
+    assert not b.blessed
+    assert b.reasons[0].startswith("fail") and "1.10x" in b.reasons[0] and "0.2200" in b.reasons[0]
+    assert b.reasons[1].startswith("pass")
+
+
+def test_champion_rule_fails_alone_and_tolerates_small_regressions() -> None:
+    rule = BlessingRule(max_regression_vs_champion=0.02)
+    worse = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.32), rule)
+    assert not worse.blessed and worse.reasons[0].startswith("pass") and worse.reasons[1].startswith("fail")
+    assert worse.vs_champion == pytest.approx(0.30 / 0.32)
+    slightly = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.305), rule)
+    assert slightly.blessed and "-1.6%" in slightly.reasons[1]
+
+
+def test_rule_metric_and_zero_baselines() -> None:
+    rule = BlessingRule(metric="ndcg_at_10", min_lift_over_popularity=2.0)
+    b = decide_blessing(metrics(0.01, ndcg10=0.5), metrics(0.5, ndcg10=0.2), None, rule)
+    assert b.blessed and b.lift_over_popularity == pytest.approx(2.5) and "NDCG@10" in b.reasons[0]
+    nothing = decide_blessing(metrics(0.0), metrics(0.0), None, BlessingRule())
+    assert not nothing.blessed and nothing.lift_over_popularity == 0.0
+    anything = decide_blessing(metrics(0.1), metrics(0.0), None, BlessingRule())
+    assert anything.blessed and math.isfinite(anything.lift_over_popularity)
+    with pytest.raises(ValueError):
+        BlessingRule(max_regression_vs_champion=1.5)
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _svg(text: str) -> ET.Element:
+    match = re.search(r"<svg\b.*?</svg>", text, flags=re.S)
+    assert match is not None
+    return ET.fromstring(match.group(0))
+
+
+def test_report_holds_numbers_reasons_facts_and_a_valid_svg() -> None:
+    model, pop, champ = metrics(0.3123), metrics(0.2011), metrics(0.3001)
+    blessing = decide_blessing(model, pop, champ, BlessingRule())
+    md, page = render_report(
+        model=model,
+        popularity=pop,
+        champion=champ,
+        blessing=blessing,
+        title="Evaluation",
+        facts={"model version": "7", "holdout day": "2026-10-30"},
+    )
+    for text in (md, page):
+        assert "0.3123" in text and "0.2011" in text and "0.3001" in text
+        assert "1.55x" in text  # lift in the table
+        assert "model version" in text and "2026-10-30" in text
+        assert "BLESSED" in text
+    assert all(r.split(":")[0] in page for r in blessing.reasons)
+    root = _svg(page)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 3
+    encoded = re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", md)
+    assert encoded is not None
+    assert ET.fromstring(base64.b64decode(encoded.group(1))).tag.endswith("svg")
+    # Self-contained: no script, no external resource.
+    assert "<script" not in page.lower() and "src=" not in page and "href=" not in page
+
+
+def test_report_without_champion_and_hostile_text_is_escaped() -> None:
+    model, pop = metrics(0.3), metrics(0.2)
+    blessing = Blessing(
+        blessed=False, reasons=["fail: <img src=x onerror=alert(1)>"], lift_over_popularity=1.5, vs_champion=None
+    )
+    md, page = render_report(
+        model=model,
+        popularity=pop,
+        champion=None,
+        blessing=blessing,
+        title="<script>alert('x')</script> | report",
+        facts={"<b>key</b>": "a|b & <i>c</i>"},
+    )
+    for text in (md, page):
+        assert "<script" not in text and "<img" not in text and "<b>" not in text and "<i>" not in text
+        assert "&lt;script&gt;" in text and "NOT BLESSED" in text and "n/a" in text
+    assert "a\\|b &amp; &lt;i&gt;c&lt;/i&gt;" in md  # pipes cannot break the Markdown table
+    root = _svg(page)
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
