@@ -109,16 +109,17 @@ def run_demo(
         "model": {
             "name": registered.get("model_name"),
             "version": registered.get("version"),
-            "new_version": registered.get("created"),
+            # A committed result replayed by an idempotent hit did nothing in this run.
+            "new_version": bool(registered.get("created")) and registered.get("status") == "succeeded",
             "champion": promoted.get("version") if promoted else None,
-            "alias_moved": promoted.get("moved") if promoted else None,
+            "alias_moved": bool(promoted.get("moved")) and promoted.get("status") == "succeeded",
             "mlflow_tracking_uri": f"sqlite:///{mlflow_db}",
             "mlflow_ui": f"mlflow ui --backend-store-uri sqlite:///{mlflow_db} --port 5000",
         },
         "index": {
             "name": published.get("name"),
             "version": published.get("version"),
-            "new_version": published.get("created"),
+            "new_version": bool(published.get("created")) and published.get("status") == "succeeded",
             "recall_at_10_vs_exact": built.get("recall_at_k"),
             "ef_search": built.get("ef_search"),
             "items": built.get("count"),

@@ -165,3 +165,30 @@ def test_republish_is_idempotent_then_rollback(chain: Chain) -> None:
     assert [m.version for m in list_versions(root, "reco-tracks")] == [1, 2]
     assert rollback(root, "reco-tracks") == 1
     assert read_current(root, "reco-tracks").version == 1
+
+
+def test_cli_recommend_index_and_model_commands(chain: Chain) -> None:
+    """The operator's commands against the same registry and index (subprocesses, as people run them)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AITASKS_STORAGE_ROOT": chain.world.settings.storage_root, "AITASKS_LOG_LEVEL": "error"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aitasks.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    with open_bundle(chain.world.training_set.training_set_uri) as (d, _):
+        user = str(pl.read_parquet(d / "users.parquet")["user_id"].sort()[0])
+    got = cli("recommend", "--user", user, "--k", "5", "--json")
+    assert got.returncode == 0, got.stderr
+    rec = json.loads(got.stdout)
+    assert rec["source"] == "model" and len(rec["items"]) == 5
+    bad = cli("recommend", "--user", "../../etc/passwd")
+    assert bad.returncode == 1 and "user" in bad.stderr and "Traceback" not in bad.stderr
+    listed = cli("index", "list")
+    assert listed.returncode == 0 and "v1" in listed.stdout
+    shown = cli("model", "show")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["aliases"] == ["champion"]

@@ -71,6 +71,7 @@ def test_second_run_is_idempotent_and_makes_no_new_version(demo_run: tuple[Path,
     redone = {t for t, s in second["tasks"].items() if s != "idempotent_hit"}
     assert redone <= {"model.evaluate", "model.register", "run.summary"}, second["tasks"]
     assert second["model"]["version"] == 1 and second["model"]["new_version"] is False
-    assert second["index"]["version"] == 1
+    assert second["index"]["version"] == 1 and second["index"]["new_version"] is False
+    assert second["model"]["alias_moved"] is False
     assert second["evaluation"]["champion_version_compared"] == 1
     assert second["ingest"] == first["ingest"]
