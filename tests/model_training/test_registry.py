@@ -154,6 +154,7 @@ def test_retry_after_a_crash_reuses_the_finished_run_and_cleans_dead_ones(
 ) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
     # A dead attempt with the same key (FAILED half-way) and a crash after the run was complete.
     register(cfg, make_model_dir(model_dir.parent / "other"), key="warm-up")  # creates the experiment
@@ -163,7 +164,7 @@ def test_retry_after_a_crash_reuses_the_finished_run_and_cleans_dead_ones(
     c.set_terminated(dead, "FAILED")
 
     def crash(*_: Any, **__: Any) -> None:
-        raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
 
     with monkeypatch.context() as m:
         m.setattr(MlflowClient, "create_model_version", crash)
@@ -377,6 +378,40 @@ def test_unreachable_server_is_retryable_and_hides_credentials(
         message = str(err.value)
         assert err.value.retryable and "127.0.0.1:1" in message
         assert "secret" not in message and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_transient_error_classification() -> None:
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    def chained(outer: Exception, inner: Exception) -> Exception:
+        try:
+            raise inner
+        except Exception:
+            try:
+                raise outer  # implicit __context__, as MLflow's REST client does
+            except Exception as exc:
+                return exc
+        raise AssertionError("unreachable")
+
+    transient = [
+        RestException({"error_code": "INTERNAL_ERROR", "message": "server fell over"}),
+        MlflowException("API request to endpoint /x failed with error code 503 != 200. Response body: ''"),
+        MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE),
+        chained(MlflowException("API request to http://h failed with exception ..."), requests.ConnectionError()),
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        TimeoutError(),
+    ]
+    permanent = [
+        MlflowException("a client-side bug"),  # INTERNAL_ERROR by default, but no server said so
+        MlflowException("Registered Model with name=x not found", error_code=RESOURCE_DOES_NOT_EXIST),
+        RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}),
+        ValueError("x"),
+    ]
+    assert all(reg._is_transient(e) for e in transient)
+    assert not any(reg._is_transient(e) for e in permanent)
 
 
 # ------------------------------------------------------------------ integration: mlflow server
