@@ -74,6 +74,21 @@ def test_duplicate_targets_count_once_and_perfect_ranking_scores_one() -> None:
     assert dict(m.recall_curve)[2] == pytest.approx(2 / 3)
 
 
+def test_ndcg_with_fewer_than_ten_targets_uses_the_partial_ideal() -> None:
+    # |T| = 3, hits at ranks 1, 3 and 5 (item 9 is no target): DCG over IDCG of 3 hits at ranks 1-3.
+    top = padded([[4, 9, 6, 8, 5, 0, 1]])
+    m = retrieval_metrics(top, [arr(4, 5, 6)], n_items=10, ks=(1, 3, 5, 10))
+    dcg = 1 / math.log2(2) + 1 / math.log2(4) + 1 / math.log2(6)
+    ideal = 1 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    assert m.ndcg_at_10 == pytest.approx(dcg / ideal)
+    assert m.ndcg_at_10 == pytest.approx(0.8855, abs=1e-4)
+    assert m.recall_curve == [(1, pytest.approx(1 / 3)), (3, pytest.approx(2 / 3)), (5, 1.0), (10, 1.0)]
+    assert m.coverage_at_10 == pytest.approx(0.7)  # 7 distinct items of 10
+    # The same hits further down score less; no hit in the top 10 scores 0 while recall@50 still counts.
+    late = retrieval_metrics(padded([[*range(10, 20), 4, 5, 6]]), [arr(4, 5, 6)], n_items=30)
+    assert late.ndcg_at_10 == 0.0 and late.recall_at_10 == 0.0 and late.recall_at_50 == 1.0
+
+
 def test_ndcg_ideal_is_capped_at_ten_targets() -> None:
     # 20 targets, all 10 slots hit: NDCG@10 is 1 (ideal DCG over min(|T|, 10)) while recall@10 is 0.5.
     targets = np.arange(20, dtype=np.int64)
@@ -141,6 +156,32 @@ def test_topk_exclusion_drops_items_and_pads() -> None:
     assert top[1].tolist() == [3, 2, 0, 1]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_excluded_items_never_appear_and_short_lists_are_padded(data: st.DataObject) -> None:
+    n_items = data.draw(st.integers(1, 12))
+    n_users = data.draw(st.integers(1, 4))
+    k = data.draw(st.integers(1, 15))
+    small = st.integers(-2, 2)  # small integer scores: many exact ties
+    users = np.array(data.draw(st.lists(st.lists(small, min_size=2, max_size=2), min_size=n_users, max_size=n_users)))
+    items = np.array(data.draw(st.lists(st.lists(small, min_size=2, max_size=2), min_size=n_items, max_size=n_items)))
+    counts = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n_items, max_size=n_items)), dtype=np.float64)
+    exclude = [
+        np.array(data.draw(st.lists(st.integers(0, n_items - 1), max_size=n_items)), dtype=np.int64)
+        for _ in range(n_users)
+    ]
+    for top in (
+        topk_from_embeddings(users.astype(np.float64), items.astype(np.float64), k, exclude=exclude),
+        topk_popularity(counts, n_users, k, exclude=exclude),
+    ):
+        assert top.shape == (n_users, k) and top.dtype == np.int64
+        for row, x in zip(top, exclude, strict=True):
+            kept = row[row >= 0]
+            expected = min(k, n_items - np.unique(x).size)
+            assert kept.size == expected and (row[expected:] == -1).all()  # padding only at the tail
+            assert not np.isin(kept, x).any() and np.unique(kept).size == kept.size
+
+
 def test_topk_matches_a_stable_full_sort_with_many_ties_and_any_chunk() -> None:
     rng = np.random.default_rng(7)
     users = rng.integers(-2, 3, size=(37, 4)).astype(np.float64)  # small integers: many exact ties
@@ -203,6 +244,10 @@ def test_champion_rule_fails_alone_and_tolerates_small_regressions() -> None:
     worse = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.32), rule)
     assert not worse.blessed and worse.reasons[0].startswith("pass") and worse.reasons[1].startswith("fail")
     assert worse.vs_champion == pytest.approx(0.30 / 0.32)
+    # floor = 0.32 * 0.98 = 0.3136; change = (0.30 - 0.32) / 0.32 = -6.25 % (printed to one decimal)
+    for number in ("0.3000", "0.3200", "2.0%", "floor 0.3136"):
+        assert number in worse.reasons[1]
+    assert re.search(r"\(-6\.[23]%;", worse.reasons[1])
     slightly = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.305), rule)
     assert slightly.blessed and "-1.6%" in slightly.reasons[1]
 
@@ -245,6 +290,14 @@ def test_report_holds_numbers_reasons_facts_and_a_valid_svg() -> None:
         assert "model version" in text and "2026-10-30" in text
         assert "BLESSED" in text
     assert all(r.split(":")[0] in page for r in blessing.reasons)
+    lines = md.splitlines()
+    header = "| metric | model | popularity | champion | model / popularity | model / champion |"
+    at = lines.index(header)
+    assert lines[at + 1] == "|---|---|---|---|---|---|"
+    assert lines[at + 2] == "| recall@10 | 0.3123 | 0.2011 | 0.3001 | 1.55x | 1.04x |"
+    assert "| users evaluated | 100 | 100 | 100 |  |  |" in lines
+    assert "| model version | 7 |" in lines and "**Decision: BLESSED**" in lines
+    assert "<td>0.3123</td>" in page and "<td>1.55x</td>" in page
     root = _svg(page)
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 3
@@ -257,6 +310,7 @@ def test_report_holds_numbers_reasons_facts_and_a_valid_svg() -> None:
 
 def test_report_without_champion_and_hostile_text_is_escaped() -> None:
     model, pop = metrics(0.3), metrics(0.2)
+    attack = "<script>alert(1)</script>"
     blessing = Blessing(
         blessed=False, reasons=["fail: <img src=x onerror=alert(1)>"], lift_over_popularity=1.5, vs_champion=None
     )
@@ -265,12 +319,18 @@ def test_report_without_champion_and_hostile_text_is_escaped() -> None:
         popularity=pop,
         champion=None,
         blessing=blessing,
-        title="<script>alert('x')</script> | report",
-        facts={"<b>key</b>": "a|b & <i>c</i>"},
+        title=f"{attack} | report",
+        facts={"<b>key</b>": "a|b & <i>c</i>", "data snapshot": attack},
     )
     for text in (md, page):
-        assert "<script" not in text and "<img" not in text and "<b>" not in text and "<i>" not in text
-        assert "&lt;script&gt;" in text and "NOT BLESSED" in text and "n/a" in text
+        assert attack not in text and "<script" not in text.lower()
+        assert "<img" not in text and "<b>" not in text and "<i>" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "NOT BLESSED" in text and "n/a" in text
+    # In the page, the title (twice: <title> and <h1>) and the fact are all escaped.
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 3
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page
     assert "a\\|b &amp; &lt;i&gt;c&lt;/i&gt;" in md  # pipes cannot break the Markdown table
+    assert "| data snapshot | &lt;script&gt;alert(1)&lt;/script&gt; |" in md.splitlines()
     root = _svg(page)
     assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
+    assert "script" not in {el.tag.rsplit("}", 1)[-1] for el in root.iter()}

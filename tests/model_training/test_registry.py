@@ -1,18 +1,10 @@
-"""The MLflow registry on a throwaway sqlite store (and, marked integration, a real server on PostgreSQL)."""
+"""The MLflow registry on a throwaway sqlite store per test (the real server: test_registry_server.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +27,6 @@ from aitasks.model_training.registry import (
 )
 from aitasks.runtime.errors import DataFormatError, InvalidInputError, ServiceUnavailableError
 from aitasks.runtime.settings import Settings
-from tests.conftest import skip_or_fail
-from tests.data_processing.conftest import free_port
 
 MODEL_FILES = ("model.safetensors", "model.json", "users.json", "items.json")
 
@@ -163,18 +153,35 @@ def test_retry_after_a_crash_reuses_the_finished_run_and_cleans_dead_ones(
     dead = c.create_run(exp.experiment_id, tags={KEY_TAG: "key-1"}).info.run_id
     c.set_terminated(dead, "FAILED")
 
-    def crash(*_: Any, **__: Any) -> None:
-        raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+    real_create = MlflowClient.create_model_version
+    real_upload = MlflowClient.log_artifacts
+    creates: list[str] = []
+    uploads: list[str] = []
 
-    with monkeypatch.context() as m:
-        m.setattr(MlflowClient, "create_model_version", crash)
-        with pytest.raises(ServiceUnavailableError):
-            register(cfg, model_dir)
+    def crash_once(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        creates.append(args[0])
+        if len(creates) == 1:  # the process "dies" after the run, before the version
+            raise MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)
+        return real_create(self, *args, **kwargs)
+
+    def counting_upload(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        uploads.append(args[0])
+        return real_upload(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", crash_once)
+    monkeypatch.setattr(MlflowClient, "log_artifacts", counting_upload)
+    with pytest.raises(ServiceUnavailableError):
+        register(cfg, model_dir)
     [complete] = [r for r in runs_with_key(cfg, "key-1") if r.info.status == "FINISHED"]
+    assert not reg._find_by_key(c, cfg.model_name, "key-1")
     v = register(cfg, model_dir)
-    assert v.created and v.run_id == complete.info.run_id
+    assert v.created and v.version == 2 and v.run_id == complete.info.run_id
+    assert len(creates) == 2 and uploads == [complete.info.run_id]  # the retry uploaded nothing
     assert [r.info.run_id for r in runs_with_key(cfg, "key-1")] == [complete.info.run_id]
+    assert [int(mv.version) for mv in reg._find_by_key(c, cfg.model_name, "key-1")] == [2]
     assert c.get_run(dead).info.lifecycle_stage == "deleted"
+    assert register(cfg, model_dir) == v.model_copy(update={"created": False})
+    assert len(creates) == 2
 
 
 def test_racing_registrations_agree_on_the_lowest_version(
@@ -280,6 +287,7 @@ def test_lookup_errors(cfg: RegistryConfig, model_dir: Path) -> None:
     assert get_version(cfg, version=1) is None  # no model yet
     register(cfg, model_dir)
     assert get_version(cfg, version=7) is None
+    assert get_version(cfg, alias="champion") is None  # the model exists, the alias does not
     with pytest.raises(InvalidInputError):
         get_version(cfg)
     with pytest.raises(InvalidInputError):
@@ -351,6 +359,51 @@ def test_download_refuses_tampered_and_pickle_artifacts(cfg: RegistryConfig, mod
     assert err.value.uri.endswith("head.pkl")
 
 
+def test_download_refuses_a_copy_altered_in_transit(
+    cfg: RegistryConfig, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    register(cfg, model_dir)
+    real = MlflowClient.download_artifacts
+
+    def tampering(self: MlflowClient, run_id: str, path: str, dst_path: str | None = None) -> str:
+        out = real(self, run_id, path, dst_path)
+        (Path(out) / "items.json").write_text('["evil"]')
+        return out
+
+    monkeypatch.setattr(MlflowClient, "download_artifacts", tampering)
+    with pytest.raises(DataFormatError, match="sha256 does not match") as err:
+        download_model(cfg, version=1, dest=tmp_path / "dl")
+    assert err.value.uri == "reco-test v1/items.json"
+    assert os.listdir(tmp_path / "dl") == []  # the staging copy is gone, no model/ appeared
+
+
+def test_file_uri_artifact_location_round_trip(tmp_path: Path) -> None:
+    cfg = RegistryConfig(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        artifact_location=(tmp_path / "art").as_uri(),
+        model_name="reco-file-uri",
+    )
+    model_dir = make_model_dir(tmp_path / "m")
+    v = register(cfg, model_dir)
+    assert v.created and v.source.startswith((tmp_path / "art").as_uri())
+    assert (tmp_path / "art" / v.run_id / "artifacts" / "model" / "model.safetensors").is_file()
+    _, local = download_model(cfg, version=v.version, dest=tmp_path / "dl")
+    assert (local / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+def test_registry_turns_mlflow_pickle_loading_off(
+    cfg: RegistryConfig, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    assert get_version(cfg, version=1) is None
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+    assert MLFLOW_ALLOW_PICKLE_DESERIALIZATION.get() is False
+
+
 def test_download_refuses_versions_without_checksums_tag(cfg: RegistryConfig, model_dir: Path, tmp_path: Path) -> None:
     v = register(cfg, model_dir)
     c = reg.client(cfg)
@@ -412,84 +465,3 @@ def test_transient_error_classification() -> None:
     ]
     assert all(reg._is_transient(e) for e in transient)
     assert not any(reg._is_transient(e) for e in permanent)
-
-
-# ------------------------------------------------------------------ integration: mlflow server
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real ``mlflow server`` on PostgreSQL (a fresh database) with proxied artifacts; yields its URL."""
-    import psycopg
-
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    db = f"aitasks_mlflow_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{db}"')
-    except psycopg.OperationalError as exc:
-        skip_or_fail(f"PostgreSQL on 127.0.0.1:5432 unreachable: {exc}")
-    port = free_port()
-    log_path = tmp_path / "mlflow-server.log"
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    argv += ["--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"]
-    argv += ["--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts")]
-    with log_path.open("wb") as log:
-        # Own session: the server forks a uvicorn worker, and the whole group is stopped below.
-        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                skip_or_fail(f"mlflow server exited with {proc.returncode}: {log_path.read_text()[-800:]}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp,
-            ):
-                if resp.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                skip_or_fail(f"mlflow server on port {port} not healthy within 120 s: {log_path.read_text()[-800:]}")
-            time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # a worker that outlived its parent
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
-@pytest.mark.integration
-def test_registry_against_a_real_mlflow_server(mlflow_server: str, model_dir: Path, tmp_path: Path) -> None:
-    cfg = RegistryConfig(tracking_uri=mlflow_server, model_name="reco-it")
-    v1 = register(cfg, model_dir)
-    assert v1.created and v1.version == 1 and v1.source.startswith("mlflow-artifacts:")
-    assert register(cfg, model_dir).model_dump(exclude={"aliases"}) == v1.model_copy(
-        update={"created": False}
-    ).model_dump(exclude={"aliases"})
-    v2 = register(cfg, make_model_dir(tmp_path / "m2", seed=5), key="key-2")
-    assert v2.created and v2.version == 2
-    history = reg.client(cfg).get_metric_history(v1.run_id, "train_loss")
-    assert sorted((m.step, m.value) for m in history) == [(1, 3.0), (2, 2.5), (3, 2.25)]
-
-    assert promote_if_blessed(cfg, 1, blessed=True) and promote_if_blessed(cfg, 2, blessed=True)
-    assert not promote_if_blessed(cfg, 2, blessed=True)
-    assert rollback_alias(cfg) == 1
-    got, local = download_model(cfg, alias="champion", dest=tmp_path / "dl")
-    assert got.version == 1 and got.aliases == ["champion"]
-    for name in MODEL_FILES:
-        assert (local / name).read_bytes() == (model_dir / name).read_bytes()
-
-    # Tampering in the server's artifact store is caught on the client.
-    [stored] = list((tmp_path / "artifacts").rglob(f"{v2.run_id}/artifacts/model/model.json"))
-    stored.write_text("{}")
-    with pytest.raises(DataFormatError, match="sha256"):
-        download_model(cfg, version=2, dest=tmp_path / "dl2")
