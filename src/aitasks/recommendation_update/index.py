@@ -2,13 +2,16 @@
 
 Vectors are L2-normalised float32 embeddings; similarity is the inner product (cosine). hnswlib is
 the default backend: on this kind of machine it answers ~1.7x the queries per second of Voyager's
-PyPI wheel at the same recall (FIELD_NOTES; `make bench` measures it again). Voyager stays available
-(`backend="voyager"`). Both save to their own binary format; nothing is pickled.
+PyPI wheel at the same recall (FIELD_NOTES; ``python -m bench.ann`` measures it again). Voyager stays
+available (``backend="voyager"``). Both save to their own binary format; nothing is pickled.
+
+Both backends report ``distance = 1 - inner product``; this module turns it back into the score.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -23,15 +26,33 @@ from aitasks.runtime.hashing import sha256_file
 _TASK: Final = "index.build"
 INDEX_FILE: Final = "index.bin"
 IDS_FILE: Final = "ids.json"
+Backend = Literal["hnswlib", "voyager"]
+_BACKENDS: Final = ("hnswlib", "voyager")
+# Cap on one chunk of the exact score matrix (float32 elements): 2**24 is 64 MiB, whatever the item count.
+_MAX_CHUNK_ELEMENTS: Final = 1 << 24
 _F32 = npt.NDArray[np.float32]
+_I64 = npt.NDArray[np.int64]
 
 
 class IndexConfig(BaseModel):
-    """How to build and check an index."""
+    """How to build and check an index.
+
+    Attributes:
+        backend: HNSW implementation (hnswlib is faster here; Voyager is the alternative).
+        m: Graph degree.
+        ef_construction: Beam width while building.
+        ef_search_ladder: The ef_search values tried, smallest first, when tuning.
+        k: The k of recall@k.
+        recall_floor: Below this recall@k the index is refused.
+        target_recall: Tuning stops at the first ef reaching this (>= ``recall_floor``, for margin).
+        sample_queries: At most this many queries are checked against exact search.
+        seed: Seeds the graph construction and the query sample.
+        num_threads: Threads used to build (queries always use one per call).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Literal["hnswlib", "voyager"] = "hnswlib"
+    backend: Backend = "hnswlib"
     m: int = Field(default=16, ge=2, le=128)
     ef_construction: int = Field(default=200, ge=8, le=4096)
     ef_search_ladder: tuple[int, ...] = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -39,19 +60,22 @@ class IndexConfig(BaseModel):
     recall_floor: float = Field(default=0.95, gt=0, le=1)
     target_recall: float = Field(default=0.97, gt=0, le=1)
     sample_queries: int = Field(default=1000, ge=1, le=1_000_000)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     num_threads: int = Field(default=1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _check(self) -> IndexConfig:
         if self.target_recall < self.recall_floor:
             raise ValueError("target_recall must be >= recall_floor")
-        if not self.ef_search_ladder or list(self.ef_search_ladder) != sorted(set(self.ef_search_ladder)):
-            raise ValueError("ef_search_ladder must be strictly increasing and not empty")
+        ladder = self.ef_search_ladder
+        if not ladder or list(ladder) != sorted(set(ladder)) or ladder[0] < 1:
+            raise ValueError("ef_search_ladder must be positive, strictly increasing and not empty")
         return self
 
 
 class RecallReport(BaseModel):
+    """Outcome of :func:`tune_and_check`: the chosen ef_search, its recall and every rung tried."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     recall_at_k: float
@@ -69,152 +93,309 @@ class IndexQualityError(FatalError):
     kind = "index_quality"
 
 
-def _check_vectors(vectors: Any, name: str) -> _F32:
-    arr = np.asarray(vectors)
+def _as_matrix(value: Any, name: str) -> _F32:
+    """A C-contiguous float32 copy/view of a finite, non-empty 2-D float array, else InvalidInputError."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidInputError(_TASK, [FieldIssue(name, f"not an array: {exc}")]) from None
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InvalidInputError(_TASK, [FieldIssue(name, f"must be a non-empty 2-D array, got shape {arr.shape}")])
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype.kind != "f":
         raise InvalidInputError(_TASK, [FieldIssue(name, f"must be floating point, got {arr.dtype}")])
-    bad = int((~np.isfinite(arr)).any(axis=1).sum())
-    if bad:
+    # Cheap whole-array check first: this runs on every serving request.
+    if not np.isfinite(arr).all():
+        bad = int(arr.shape[0] - np.isfinite(arr).all(axis=1).sum())
         raise InvalidInputError(_TASK, [FieldIssue(name, f"{bad} row(s) hold NaN or infinite values")])
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def exact_topk(queries: npt.ArrayLike, items: npt.ArrayLike, k: int, *, chunk: int = 1024) -> npt.NDArray[np.int64]:
-    """Exact top-``k`` item rows per query by inner product, best first; ties go to the lower row."""
-    q = _check_vectors(queries, "queries")
-    x = _check_vectors(items, "items")
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise InvalidInputError(_TASK, [FieldIssue("k", f"must be a positive integer, got {k!r}")])
+
+
+def exact_topk(queries: npt.ArrayLike, items: npt.ArrayLike, k: int, *, chunk: int = 1024) -> _I64:
+    """Exact top-``k`` item rows per query by inner product (brute force).
+
+    Args:
+        queries: ``[q, d]`` float vectors.
+        items: ``[n, d]`` float vectors.
+        k: Neighbours per query (capped at ``n``).
+        chunk: Queries per matrix product; lowered so one score block stays under 64 MiB.
+
+    Returns:
+        ``int64 [q, min(k, n)]`` item rows, best score first; ties go to the lower row.
+    """
+    q = _as_matrix(queries, "queries")
+    x = _as_matrix(items, "items")
+    _check_k(k)
     if q.shape[1] != x.shape[1]:
         raise InvalidInputError(_TASK, [FieldIssue("queries", f"dim {q.shape[1]} != items dim {x.shape[1]}")])
-    k = min(k, x.shape[0])
+    n = x.shape[0]
+    k = min(int(k), n)
+    step = max(1, min(int(chunk), _MAX_CHUNK_ELEMENTS // n))
     out = np.empty((q.shape[0], k), dtype=np.int64)
-    rows = np.arange(x.shape[0])
-    for s in range(0, q.shape[0], chunk):
-        scores = q[s : s + chunk] @ x.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < x.shape[0] else np.tile(rows, (len(scores), 1))
-        for r in range(scores.shape[0]):
-            # Items tied with the k-th score join the candidates, so ties resolve by row, not by chance.
-            kth = scores[r, part[r]].min()
-            cand = np.flatnonzero(scores[r] >= kth)
-            order = np.lexsort((cand, -scores[r, cand]))
-            out[s + r] = cand[order[:k]]
+    for s in range(0, q.shape[0], step):
+        scores = q[s : s + step] @ x.T
+        if k < n:
+            top = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+        else:
+            top = np.broadcast_to(np.arange(n), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)  # score desc, then row asc
+        top = np.take_along_axis(top, order, axis=1)
+        if k < n:
+            # argpartition picks arbitrarily among items tied with the k-th score; redo those rows so
+            # the lower row wins (rare with real embeddings, common with duplicated vectors).
+            kth = np.take_along_axis(scores, top[:, -1:], axis=1)
+            for r in np.flatnonzero((scores >= kth).sum(axis=1) > k):
+                cand = np.flatnonzero(scores[r] >= kth[r, 0])
+                top[r] = cand[np.lexsort((cand, -scores[r, cand]))[:k]]
+        out[s : s + scores.shape[0]] = top
     return out
 
 
-class AnnIndex:
-    """An HNSW index over item vectors with their string ids."""
+def recall_at_k(approx: npt.NDArray[np.integer], exact: npt.NDArray[np.integer]) -> float:
+    """Mean share of each query's exact top-k rows found in its approximate top-k."""
+    k = exact.shape[1]
+    found = (approx[:, :k, None] == exact[:, None, :]).any(axis=2).sum(axis=1)
+    return float(found.mean() / k)
 
-    def __init__(self, backend: Literal["hnswlib", "voyager"], native: Any, ids: Sequence[str], dim: int) -> None:
-        self.backend = backend
+
+def read_id_map(directory: Path) -> tuple[Backend, int, list[str]]:
+    """Backend, dimension and row ids recorded by :meth:`AnnIndex.save` (DataFormatError when malformed)."""
+    path = directory / IDS_FILE
+    try:
+        meta = json.loads(path.read_text("utf-8"))
+        backend, dim, ids = meta["backend"], int(meta["dim"]), meta["ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise TypeError("ids must be a list of non-empty strings")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataFormatError(str(path), f"unreadable id map: {exc}") from None
+    if backend not in _BACKENDS:
+        raise DataFormatError(str(path), f"unknown backend {backend!r}")
+    if dim < 1 or not ids or len(set(ids)) != len(ids):
+        raise DataFormatError(str(path), "id map needs dim >= 1 and at least one id, all unique")
+    return backend, dim, ids
+
+
+class AnnIndex:
+    """An HNSW inner-product index over item vectors, with the string id of every row.
+
+    Not safe for concurrent queries that change ``ef`` from several threads; serve one index per
+    worker (or never call :meth:`set_ef` after loading).
+    """
+
+    def __init__(self, backend: Backend, native: Any, ids: Sequence[str], dim: int) -> None:
+        self.backend: Backend = backend
         self._native = native
         self.ids: tuple[str, ...] = tuple(ids)
         self.dim = dim
         self._ef = 10
+        self._native_ef = -1  # what hnswlib currently holds: set_ef only when it must change
 
     @property
     def size(self) -> int:
+        """Number of indexed vectors."""
         return len(self.ids)
 
     @property
     def ef(self) -> int:
+        """The ef_search used by queries (raised to k when k is larger)."""
         return self._ef
 
     def set_ef(self, ef: int) -> None:
-        ef = max(int(ef), 1)
-        if self.backend == "hnswlib":
-            self._native.set_ef(ef)
-        self._ef = ef
+        """Set ef_search (>= 1) for the following queries."""
+        if isinstance(ef, bool) or not isinstance(ef, int | np.integer) or ef < 1:
+            raise InvalidInputError(_TASK, [FieldIssue("ef", f"must be a positive integer, got {ef!r}")])
+        self._ef = int(ef)
 
-    def search(self, queries: npt.ArrayLike, k: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Row indices and inner-product scores of the approximate top-``k`` per query."""
-        q = _check_vectors(queries, "queries")
-        k = min(k, self.size)
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[_I64, _F32]:
+        """Rows and inner-product scores of the approximate top-``k`` per query, best first.
+
+        Args:
+            queries: ``[q, dim]`` float vectors.
+            k: Neighbours per query (capped at :attr:`size`).
+
+        Returns:
+            ``int64 [q, k']`` rows and ``float32 [q, k']`` scores, ``k' = min(k, size)``.
+        """
+        q = self._queries(queries, "queries")
+        _check_k(k)
+        return self._search(q, min(int(k), self.size))
+
+    def _queries(self, value: Any, name: str) -> _F32:
+        q = _as_matrix(value, name)
+        if q.shape[1] != self.dim:
+            raise InvalidInputError(_TASK, [FieldIssue(name, f"dim {q.shape[1]} != index dim {self.dim}")])
+        return q
+
+    def _search(self, q: _F32, k: int) -> tuple[_I64, _F32]:
+        """:meth:`search` on validated queries, ``1 <= k <= size``."""
+        ef = max(self._ef, k)  # both libraries need ef >= k to return k results
         if self.backend == "hnswlib":
-            self._native.set_ef(max(self._ef, k))
+            if ef != self._native_ef:
+                self._native.set_ef(ef)
+                self._native_ef = ef
             labels, dist = self._native.knn_query(q, k=k, num_threads=1)
-            return labels.astype(np.int64), (1.0 - dist).astype(np.float32)
-        labels, dist = self._native.query(q, k=k, num_threads=1, query_ef=max(self._ef, k))
-        return np.asarray(labels, dtype=np.int64), (1.0 - np.asarray(dist)).astype(np.float32)
+        else:
+            labels, dist = self._native.query(q, k=k, num_threads=1, query_ef=ef)
+        labels = np.asarray(labels).reshape(q.shape[0], -1).astype(np.int64)
+        scores = 1.0 - np.asarray(dist, dtype=np.float32).reshape(q.shape[0], -1)
+        return labels, scores
 
     def query(
         self, vectors: npt.ArrayLike, k: int, *, exclude: Sequence[Collection[str]] | None = None
     ) -> list[list[tuple[str, float]]]:
-        """Per query the top-``k`` (id, score), skipping that query's excluded ids."""
-        q = _check_vectors(vectors, "vectors")
+        """Per query the top-``k`` ``(id, score)`` pairs, best first, without that query's excluded ids.
+
+        Each query asks the index for ``k + len(exclude[i])`` neighbours and drops the excluded ones;
+        a query still short of ``k`` (the approximate search returned fewer than asked) asks again for
+        twice as many, up to the whole index.
+
+        Args:
+            vectors: ``[q, dim]`` query vectors.
+            k: Results per query (fewer only when the index has fewer non-excluded ids).
+            exclude: One collection of ids per query (e.g. the tracks the user already played).
+        """
+        q = self._queries(vectors, "vectors")
+        _check_k(k)
         if exclude is not None and len(exclude) != q.shape[0]:
-            raise InvalidInputError(_TASK, [FieldIssue("exclude", "needs one collection per query")])
-        out: list[list[tuple[str, float]]] = []
-        for i in range(q.shape[0]):
-            banned = set(exclude[i]) if exclude is not None else set()
-            want = min(self.size, k + len(banned))
-            while True:
-                rows, scores = self.search(q[i : i + 1], want)
-                hits = [(self.ids[r], float(s)) for r, s in zip(rows[0], scores[0], strict=True)]
-                hits = [h for h in hits if h[0] not in banned]
-                if len(hits) >= k or want >= self.size:
-                    break
-                want = min(self.size, want * 2)
-            out.append(hits[:k])
-        return out
+            raise InvalidInputError(
+                _TASK, [FieldIssue("exclude", f"{len(exclude)} collections for {q.shape[0]} queries")]
+            )
+        banned = [set(e) for e in exclude] if exclude is not None else [set() for _ in range(q.shape[0])]
+        want = [min(self.size, k + len(b)) for b in banned]
+        out: list[list[tuple[str, float]] | None] = [None] * q.shape[0]
+        todo = list(range(q.shape[0]))
+        while todo:
+            # One batched call per round for all pending queries, sized by the largest need.
+            rows, scores = self._search(q[todo] if len(todo) < q.shape[0] else q, max(want[i] for i in todo))
+            pending = []
+            ids = self.ids
+            for j, i in enumerate(todo):
+                # tolist() first: iterating numpy scalars costs more than the HNSW search itself.
+                hits = [(ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist(), strict=True) if r >= 0]
+                kept = [h for h in hits if h[0] not in banned[i]]
+                if len(kept) >= k or want[i] >= self.size:
+                    out[i] = kept[:k]
+                else:
+                    want[i] = min(self.size, max(want[i], len(hits)) * 2)
+                    pending.append(i)
+            todo = pending
+        return [r if r is not None else [] for r in out]
 
     def save(self, directory: Path) -> dict[str, str]:
-        """Write ``index.bin`` (the backend's native format) and ``ids.json``; returns their sha256."""
+        """Write ``index.bin`` (the backend's native format) and ``ids.json``.
+
+        Returns:
+            ``{file name: sha256}`` of both files.
+        """
         directory.mkdir(parents=True, exist_ok=True)
         if self.backend == "hnswlib":
             self._native.save_index(str(directory / INDEX_FILE))
         else:
             self._native.save(str(directory / INDEX_FILE))
-        (directory / IDS_FILE).write_text(
-            json.dumps({"backend": self.backend, "dim": self.dim, "ids": list(self.ids)}), "utf-8"
-        )
+        meta = {"backend": self.backend, "dim": self.dim, "ids": list(self.ids)}
+        (directory / IDS_FILE).write_text(json.dumps(meta), "utf-8")
         return {n: sha256_file(directory / n) for n in (INDEX_FILE, IDS_FILE)}
 
     @classmethod
-    def load(cls, directory: Path, *, ef: int | None = None) -> AnnIndex:
-        """Load what :meth:`save` wrote (a malformed ids file or index raises :class:`DataFormatError`)."""
-        try:
-            meta = json.loads((directory / IDS_FILE).read_text("utf-8"))
-            backend, dim, ids = meta["backend"], int(meta["dim"]), [str(i) for i in meta["ids"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataFormatError(str(directory / IDS_FILE), f"unreadable id map: {exc}") from None
-        if backend not in ("hnswlib", "voyager"):
-            raise DataFormatError(str(directory / IDS_FILE), f"unknown backend {backend!r}")
+    def load(
+        cls,
+        directory: Path,
+        *,
+        ef: int | None = None,
+        backend: str | None = None,
+        dim: int | None = None,
+        count: int | None = None,
+    ) -> AnnIndex:
+        """Load what :meth:`save` wrote; the id map says which backend and dimension.
+
+        Args:
+            directory: Holds ``index.bin`` and ``ids.json``.
+            ef: ef_search to use (default: the backend's 10).
+            backend: Expected backend, checked when given (e.g. from a manifest).
+            dim: Expected dimension, checked when given.
+            count: Expected number of vectors, checked when given.
+
+        Raises:
+            DataFormatError: A malformed id map or index, or one that disagrees with the expectations.
+        """
+        found_backend, found_dim, ids = read_id_map(directory)
         path = directory / INDEX_FILE
+        expected = {"backend": backend, "dim": dim, "count": count}
+        found: dict[str, object] = {"backend": found_backend, "dim": found_dim, "count": len(ids)}
+        wrong = [
+            f"{key} {found[key]!r} != expected {want!r}"
+            for key, want in expected.items()
+            if want is not None and found[key] != want
+        ]
+        if wrong:
+            raise DataFormatError(str(directory / IDS_FILE), "; ".join(wrong))
         try:
-            if backend == "hnswlib":
+            if found_backend == "hnswlib":
                 import hnswlib
 
-                native = hnswlib.Index(space="ip", dim=dim)
+                # hnswlib takes the dimension from the caller, not the file: a wrong one would make it
+                # read past each stored vector. The header's label and data offsets give the real one.
+                with path.open("rb") as fh:
+                    header = fh.read(48)
+                if len(header) < 48:
+                    raise ValueError("shorter than the hnswlib header")
+                label_offset, data_offset = struct.unpack("<2Q", header[32:48])
+                if label_offset - data_offset != 4 * found_dim:
+                    raise ValueError(
+                        f"it stores {(label_offset - data_offset) / 4:g}-dim vectors, id map says {found_dim}"
+                    )
+                native = hnswlib.Index(space="ip", dim=found_dim)
                 native.load_index(str(path), max_elements=len(ids))
-                count = native.get_current_count()
+                n, native_dim = native.get_current_count(), native.dim
             else:
                 import voyager
 
                 native = voyager.Index.load(str(path))
-                count = len(native)
+                n, native_dim = len(native), native.num_dimensions
+                if native.space != voyager.Space.InnerProduct:
+                    raise ValueError(f"space {native.space}, not InnerProduct")
         except Exception as exc:  # the native loaders raise RuntimeError and friends on bad files
-            raise DataFormatError(str(path), f"unreadable {backend} index: {exc}") from None
-        if count != len(ids):
-            raise DataFormatError(str(path), f"index holds {count} vectors, id map {len(ids)}")
-        index = cls(backend, native, ids, dim)
+            raise DataFormatError(str(path), f"unreadable {found_backend} index: {exc}") from None
+        if n != len(ids) or native_dim != found_dim:
+            raise DataFormatError(str(path), f"index holds {n} x {native_dim}, id map {len(ids)} x {found_dim}")
+        index = cls(found_backend, native, ids, found_dim)
         if ef is not None:
             index.set_ef(ef)
         return index
 
 
-def build_index(vectors: npt.ArrayLike, ids: Sequence[str], config: IndexConfig) -> AnnIndex:
-    """An HNSW index of ``vectors`` (row i is ``ids[i]``)."""
-    x = _check_vectors(vectors, "vectors")
+def _check_ids(ids: Sequence[str], rows: int) -> None:
     issues = []
-    if len(ids) != x.shape[0]:
-        issues.append(FieldIssue("ids", f"{len(ids)} ids for {x.shape[0]} vectors"))
-    if any(not isinstance(i, str) or not i for i in ids):
-        issues.append(FieldIssue("ids", "must be non-empty strings"))
+    if len(ids) != rows:
+        issues.append(FieldIssue("ids", f"{len(ids)} ids for {rows} vectors"))
+    empty = sum(1 for i in ids if not isinstance(i, str) or not i)
+    if empty:
+        issues.append(FieldIssue("ids", f"{empty} id(s) are not non-empty strings"))
     elif len(set(ids)) != len(ids):
         issues.append(FieldIssue("ids", f"{len(ids) - len(set(ids))} duplicate id(s)"))
     if issues:
         raise InvalidInputError(_TASK, issues)
+
+
+def build_index(vectors: npt.ArrayLike, ids: Sequence[str], config: IndexConfig) -> AnnIndex:
+    """An HNSW inner-product index of ``vectors``; row ``i`` is ``ids[i]``.
+
+    Args:
+        vectors: ``[n, dim]`` L2-normalised float embeddings (finite).
+        ids: ``n`` unique non-empty strings.
+        config: Backend and graph parameters; ef_search starts at the ladder's first rung.
+
+    Raises:
+        InvalidInputError: Bad shape, non-finite rows, or ids that are missing, empty or duplicated.
+    """
+    x = _as_matrix(vectors, "vectors")
+    ids = list(ids)
+    _check_ids(ids, x.shape[0])
     n, dim = x.shape
     if config.backend == "hnswlib":
         import hnswlib
@@ -239,26 +420,30 @@ def build_index(vectors: npt.ArrayLike, ids: Sequence[str], config: IndexConfig)
     return index
 
 
-def recall_at_k(approx: npt.NDArray[np.int64], exact: npt.NDArray[np.int64]) -> float:
-    """Mean share of each query's exact top-k found in its approximate top-k."""
-    k = exact.shape[1]
-    return float(np.mean([len(set(a[:k]) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
-
-
 def tune_and_check(
     index: AnnIndex, vectors: npt.ArrayLike, queries: npt.ArrayLike, config: IndexConfig
 ) -> RecallReport:
-    """Walk the ef ladder on sampled real queries until ``target_recall``; set that ef; report recall.
+    """Tune ef_search on real queries against exact search, set it on ``index`` and report recall@k.
 
-    Recall is measured against exact brute force over ``vectors``; ``passed`` means
-    recall@k >= ``recall_floor``.
+    Samples up to ``config.sample_queries`` of ``queries`` (seeded), computes their exact top-k by
+    brute force over ``vectors`` (the indexed vectors, same row order), then walks
+    ``config.ef_search_ladder`` and stops at the first ef reaching ``config.target_recall``. When no
+    rung reaches it, the best rung is kept. ``passed`` means recall@k >= ``config.recall_floor``.
+
+    Raises:
+        InvalidInputError: ``vectors`` is not the indexed matrix's shape, or bad queries.
     """
-    q = _check_vectors(queries, "queries")
-    rng = np.random.default_rng(config.seed)
+    x = _as_matrix(vectors, "vectors")
+    if x.shape != (index.size, index.dim):
+        raise InvalidInputError(
+            _TASK, [FieldIssue("vectors", f"shape {x.shape} is not the index's ({index.size}, {index.dim})")]
+        )
+    q = _as_matrix(queries, "queries")
     if q.shape[0] > config.sample_queries:
+        rng = np.random.default_rng(config.seed)
         q = q[np.sort(rng.choice(q.shape[0], size=config.sample_queries, replace=False))]
     k = min(config.k, index.size)
-    exact = exact_topk(q, vectors, k)
+    exact = exact_topk(q, x, k)
     ladder: list[tuple[int, float]] = []
     best_ef, best = config.ef_search_ladder[0], -1.0
     for ef in config.ef_search_ladder:

@@ -3,82 +3,139 @@
 Layout under a root (local directory or ``gs://bucket/prefix``)::
 
     <root>/indexes/<name>/v<N>/index.bin, ids.json, seen.parquet, ..., manifest.json
-    <root>/indexes/<name>/CURRENT      {"version": N, "history": [...], "updated_at": ...}
+    <root>/indexes/<name>/CURRENT   {"version": N, "history": [...], "rolled_back": [...], "updated_at": ...}
 
-Why a reader never sees a half-written version:
+Why a reader never sees a half-written version, even when the publisher is SIGKILLed at any point:
 
-- Local: the version is assembled in a temp directory beside the target (same filesystem), every
-  file and the directory fsynced, then renamed to ``v<N>`` in one ``rename(2)``; ``rename`` of a
-  directory onto an existing non-empty one fails, so two publishers can never share an N (the loser
-  takes N+1). A killed publisher leaves only a ``.v<N>.tmp-*`` directory, which readers ignore.
-- GCS: files are uploaded create-only (``if_generation_match=0``) with ``manifest.json`` last; a
-  version without a manifest does not exist for readers, and a manifest can only be created once.
-- Everywhere: readers go through ``CURRENT``, which is switched by compare-and-swap only after the
-  version is complete, and they verify every file's sha256 against the manifest before use.
+- Local: the version is assembled in a hidden ``.v-tmp-*`` directory beside the target (same
+  filesystem), every file, the manifest and the directory are fsynced, then the directory is renamed
+  to ``v<N>`` in one ``rename(2)`` and the parent fsynced. Before the rename there is no ``v<N>``;
+  after it, a complete one. ``rename`` of a directory onto an existing non-empty one fails, so two
+  publishers can never share an N: the loser takes N+1. A killed publisher leaves only the hidden
+  temp directory, which readers and version listings ignore.
+- GCS: an object appears whole when its upload completes, or not at all. A publisher first claims
+  ``v<N>/CLAIM`` create-only (``if_generation_match=0``): one winner per N, and the client library's
+  retries stay safe. It then uploads the files create-only and ``manifest.json`` last. A version
+  without a manifest does not exist for readers; a killed publisher leaves a claimed, manifest-less
+  prefix that nobody reuses (the next publisher skips every claimed N).
+- Everywhere: readers go through ``CURRENT``, which is switched by compare-and-swap (local: content
+  hash under an flock, atomic rename; GCS: generation precondition) only after the version is
+  complete, and they verify every file's sha256 against the manifest before use. A kill between the
+  version write and the switch leaves a complete version that is not current; re-running the same
+  publish finds it by content hash and switches to it instead of writing another.
+
+``CURRENT`` also remembers the versions a rollback moved away from (``rolled_back``): re-publishing
+such a version's content does not silently undo the operator's rollback (``rollback(to=N)`` does).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aitasks.recommendation_update.index import AnnIndex
-from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputError, PreconditionFailedError
-from aitasks.runtime.hashing import sha256_file, sha256_json
-from aitasks.runtime.storage import Storage, Version, is_gcs, join_uri, storage_for
+from aitasks.recommendation_update.index import IDS_FILE, INDEX_FILE, AnnIndex, Backend, read_id_map
+from aitasks.runtime.errors import (
+    DataFormatError,
+    FieldIssue,
+    InvalidInputError,
+    PreconditionFailedError,
+    UnsafePathError,
+)
+from aitasks.runtime.hashing import sha256_file, sha256_json, sha256_text
+from aitasks.runtime.storage import Storage, Version, check_relative_key, is_gcs, join_uri, storage_for
 
 _TASK: Final = "index.publish"
 MANIFEST: Final = "manifest.json"
 CURRENT: Final = "CURRENT"
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+CLAIM: Final = "CLAIM"
+NAME_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
+_TMP_PREFIX: Final = ".v-tmp-"
 _MAX_RACES: Final = 50
+_KEEP_HISTORY: Final = 100
+_CHUNK: Final = 1 << 20
 
 
 class IndexManifest(BaseModel):
-    """What a published version holds, where it came from, and the checksum of every file."""
+    """What a published version holds, how it was built, where it came from, and every file's sha256."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
+    name: str = Field(pattern=NAME_PATTERN)
     version: int = Field(ge=1)
-    backend: str
+    backend: Backend
     dim: int = Field(ge=1)
     count: int = Field(ge=1)
-    space: str = "ip"
+    space: Literal["ip"] = "ip"
     ef_search: int = Field(ge=1)
-    m: int
-    ef_construction: int
-    recall_at_k: float
-    k: int
+    m: int = Field(ge=2)
+    ef_construction: int = Field(ge=1)
+    recall_at_k: float = Field(ge=0, le=1)
+    k: int = Field(ge=1)
     files: dict[str, str]
     content_hash: str
     model_name: str
-    model_version: int
+    model_version: int = Field(ge=0)
     created_at: str
     extra: dict[str, str] = Field(default_factory=dict)
 
 
 class PublishResult(BaseModel):
+    """Outcome of :func:`publish_index`.
+
+    Attributes:
+        version: The version holding the content (new, or the existing one with the same content).
+        uri: Its directory URI.
+        manifest: Its manifest.
+        created: False when a version with the same content already existed.
+        current: Whether CURRENT points at it now (False only when a rollback had moved away from it).
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int
     uri: str
     manifest: IndexManifest
     created: bool
+    current: bool
 
 
+class CurrentPointer(BaseModel):
+    """The content of ``CURRENT``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = Field(ge=1)
+    history: list[int] = Field(default_factory=list)  # earlier current versions, most recent last
+    rolled_back: list[int] = Field(default_factory=list)  # versions a rollback moved away from
+    updated_at: str = ""
+
+
+class NoPublishedIndexError(DataFormatError):
+    """No ``CURRENT`` pointer exists for the index (nothing was ever published)."""
+
+    def __init__(self, root: str, name: str) -> None:
+        super().__init__(join_uri(root, "indexes", name, CURRENT), f"no published index {name} under {root}")
+
+
+# ---------------------------------------------------------------------------------------- helpers
 def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise InvalidInputError(_TASK, [FieldIssue("name", "must match ^[a-z][a-z0-9_-]{0,62}$")])
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(_TASK, [FieldIssue("name", f"{name!r} must match {NAME_PATTERN}")])
     return name
 
 
@@ -90,70 +147,8 @@ def _st(root: str, storage: Storage | None) -> Storage:
     return storage or storage_for(root)
 
 
-def _versions(root: str, name: str, st: Storage) -> list[int]:
-    """Numbers of the versions that exist for readers (a manifest is present)."""
-    base = _base(root, name)
-    found: set[int] = set()
-    if is_gcs(root):
-        for uri in st.list(base + "/"):
-            parts = uri[len(base) + 1 :].split("/")
-            if len(parts) == 2 and parts[1] == MANIFEST and (m := _VERSION_DIR.match(parts[0])):
-                found.add(int(m.group(1)))
-    else:
-        p = Path(base)
-        if p.is_dir():
-            for child in p.iterdir():
-                if (m := _VERSION_DIR.match(child.name)) and (child / MANIFEST).is_file():
-                    found.add(int(m.group(1)))
-    return sorted(found)
-
-
-def _read_manifest(root: str, name: str, version: int, st: Storage) -> IndexManifest:
-    uri = join_uri(_base(root, name), f"v{version}", MANIFEST)
-    try:
-        return IndexManifest.model_validate_json(st.read_bytes(uri))
-    except FileNotFoundError:
-        raise DataFormatError(uri, f"index {name} has no version {version}") from None
-    except ValueError as exc:
-        raise DataFormatError(uri, f"malformed manifest: {exc}") from None
-
-
-def _read_pointer(root: str, name: str, st: Storage) -> tuple[dict[str, Any] | None, Version]:
-    """CURRENT's content (None when absent) and the version token a compare-and-swap needs."""
-    uri = join_uri(_base(root, name), CURRENT)
-    version = st.version(uri)
-    try:
-        raw = st.read_bytes(uri)
-    except FileNotFoundError:
-        return None, Version(None)
-    try:
-        data = json.loads(raw)
-        int(data["version"])
-    except (ValueError, KeyError, TypeError):
-        raise DataFormatError(uri, "malformed CURRENT pointer") from None
-    return data, version
-
-
-def _switch(root: str, name: str, version: int, st: Storage, *, history_of: int | None = None) -> None:
-    """Point CURRENT at ``version`` by compare-and-swap (create-only when absent), retrying lost races."""
-    uri = join_uri(_base(root, name), CURRENT)
-    for _ in range(_MAX_RACES):
-        data, token = _read_pointer(root, name, st)
-        history = [int(v) for v in (data or {}).get("history", [])]
-        if data is not None:
-            current = int(data["version"])
-            if current == version:
-                return
-            history = [*history, current][-100:] if history_of is None else history[:history_of]
-        payload = json.dumps(
-            {"version": version, "history": history, "updated_at": datetime.now(UTC).isoformat()}, sort_keys=True
-        ).encode("utf-8")
-        try:
-            st.compare_and_swap(uri, payload, token)  # create-only when the token says "absent"
-            return
-        except (PreconditionFailedError, FileExistsError):
-            continue
-    raise PreconditionFailedError(f"could not switch {uri}: {_MAX_RACES} lost races in a row")
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def _fsync(path: Path) -> None:
@@ -164,52 +159,214 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_local_version(base: Path, source: Path, manifest_for: dict[str, object], files: dict[str, str]) -> int:
-    """Assemble in a temp dir beside the target, fsync, then rename to the first free ``v<N>``."""
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".v-tmp-", dir=base))
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy ``src`` to a new file ``dst``, fsync it, and return the sha256 of the bytes written."""
+    h = hashlib.sha256()
+    with src.open("rb") as fin, dst.open("xb") as fout:
+        while chunk := fin.read(_CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest()
+
+
+def _version_numbers(root: str, name: str, st: Storage, *, complete: bool = True) -> list[int]:
+    """Version numbers under the index: with ``complete``, those readers see (a manifest is present);
+    without, every number in use (GCS: also claimed prefixes a killed publisher left behind)."""
+    base = _base(root, name)
+    found: set[int] = set()
+    if is_gcs(root):
+        for uri in st.list(base + "/"):
+            parts = uri[len(base) + 1 :].split("/")
+            if len(parts) >= 2 and (m := _VERSION_DIR.match(parts[0])) and (parts[1] == MANIFEST or not complete):
+                found.add(int(m.group(1)))
+    else:
+        found.update(_local_numbers(Path(base), complete=complete))
+    return sorted(found)
+
+
+def _local_numbers(base: Path, *, complete: bool) -> list[int]:
+    if not base.is_dir():
+        return []
+    return [
+        int(m.group(1))
+        for child in base.iterdir()
+        if (m := _VERSION_DIR.match(child.name)) and (not complete or (child / MANIFEST).is_file())
+    ]
+
+
+def _read_manifest(root: str, name: str, version: int, st: Storage) -> IndexManifest:
+    uri = join_uri(_base(root, name), f"v{int(version)}", MANIFEST)
     try:
-        for rel in files:
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, target)
-            _fsync(target)
+        manifest = IndexManifest.model_validate_json(st.read_bytes(uri))
+    except FileNotFoundError:
+        raise DataFormatError(uri, f"index {name} has no version {version}") from None
+    except ValueError as exc:
+        raise DataFormatError(uri, f"malformed manifest: {exc}") from None
+    if manifest.name != name or manifest.version != version:
+        raise DataFormatError(uri, f"manifest names {manifest.name} v{manifest.version}, not {name} v{version}")
+    try:
+        for rel in manifest.files:
+            check_relative_key(rel)
+    except UnsafePathError as exc:
+        raise DataFormatError(uri, f"manifest lists an unsafe file name: {exc}") from None
+    missing = {INDEX_FILE, IDS_FILE} - set(manifest.files)
+    if missing:
+        raise DataFormatError(uri, f"manifest lacks {sorted(missing)}")
+    return manifest
+
+
+def _read_pointer(root: str, name: str, st: Storage) -> tuple[CurrentPointer | None, Version]:
+    """CURRENT's content (None when absent) and the version token a compare-and-swap needs."""
+    uri = join_uri(_base(root, name), CURRENT)
+    token = st.version(uri)  # read before the content: a change in between makes the CAS fail, not lie
+    try:
+        raw = st.read_bytes(uri)
+    except FileNotFoundError:
+        return None, Version(None)
+    try:
+        return CurrentPointer.model_validate_json(raw), token
+    except ValueError:
+        raise DataFormatError(uri, "malformed CURRENT pointer") from None
+
+
+def _update_pointer(
+    root: str, name: str, st: Storage, decide: Callable[[CurrentPointer | None], CurrentPointer | None]
+) -> CurrentPointer | None:
+    """Apply ``decide`` to CURRENT by compare-and-swap (create-only when absent), re-deciding on a lost race.
+
+    ``decide`` returns the new pointer, or None to leave CURRENT as it is. Returns CURRENT afterwards.
+    """
+    uri = join_uri(_base(root, name), CURRENT)
+    for _ in range(_MAX_RACES):
+        pointer, token = _read_pointer(root, name, st)
+        new = decide(pointer)
+        if new is None:
+            return pointer
+        try:
+            st.compare_and_swap(uri, new.model_dump_json().encode("utf-8"), token)
+        except (PreconditionFailedError, FileExistsError):
+            continue
+        return new
+    raise PreconditionFailedError(f"could not switch {uri}: {_MAX_RACES} lost races in a row")
+
+
+def _moved(pointer: CurrentPointer | None, version: int, *, history: list[int] | None = None) -> CurrentPointer:
+    """``pointer`` moved to ``version``; by default the version it leaves joins the history."""
+    if history is None:
+        history = [] if pointer is None else [*pointer.history, pointer.version]
+    rolled_back = [] if pointer is None else list(pointer.rolled_back)
+    return CurrentPointer(version=version, history=history[-_KEEP_HISTORY:], rolled_back=rolled_back, updated_at=_now())
+
+
+def _source_files(source_dir: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of the files to publish (hidden files and manifests left out)."""
+    if not source_dir.is_dir():
+        raise InvalidInputError(_TASK, [FieldIssue("source_dir", f"{source_dir} is not a directory")])
+    files: dict[str, str] = {}
+    for p in sorted(source_dir.rglob("*")):
+        rel = p.relative_to(source_dir).as_posix()
+        # A bundle's MANIFEST.json would differ between local and GCS sources and collide with
+        # manifest.json on case-insensitive filesystems; hidden files are editor or OS debris.
+        if p.is_symlink():  # its content could come from anywhere: publish real files only
+            raise InvalidInputError(_TASK, [FieldIssue("source_dir", f"{rel} is a symbolic link")])
+        if not p.is_file() or any(part.startswith(".") for part in rel.split("/")) or rel.lower() == MANIFEST:
+            continue
+        try:
+            files[check_relative_key(rel)] = sha256_file(p)
+        except UnsafePathError as exc:
+            raise InvalidInputError(_TASK, [FieldIssue("source_dir", str(exc))]) from None
+    missing = {INDEX_FILE, IDS_FILE} - set(files)
+    if missing:
+        raise InvalidInputError(_TASK, [FieldIssue("source_dir", f"{source_dir} lacks {sorted(missing)}")])
+    if CLAIM in files:
+        raise InvalidInputError(_TASK, [FieldIssue("source_dir", f"{CLAIM} is reserved for the publisher")])
+    return files
+
+
+def _stage(source_dir: Path, staging: Path, files: dict[str, str]) -> None:
+    """Copy the files into ``staging`` (fsynced), checking each copy against the hash taken before."""
+    dirs = {staging}
+    for rel, digest in files.items():
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dirs.add(target.parent)
+        if _copy_hashing(source_dir / rel, target) != digest:
+            raise DataFormatError(str(source_dir / rel), "changed while it was being published")
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        _fsync(d)
+
+
+def _write_local_version(
+    base: Path, source_dir: Path, files: dict[str, str], manifest_for: Callable[[int], IndexManifest]
+) -> int:
+    """Assemble the version in a hidden temp dir beside the target, then rename it to the first free ``v<N>``."""
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()  # honours the umask, unlike mkdtemp's 0700: serving processes must read the version
+    try:
+        _stage(source_dir, tmp, files)
         for _ in range(_MAX_RACES):
-            existing = [int(m.group(1)) for c in base.iterdir() if (m := _VERSION_DIR.match(c.name))]
-            n = max(existing, default=0) + 1
-            manifest = IndexManifest.model_validate({**manifest_for, "version": n})
-            (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2), "utf-8")
-            _fsync(tmp / MANIFEST)
+            n = max(_local_numbers(base, complete=False), default=0) + 1
+            manifest = tmp / MANIFEST
+            manifest.unlink(missing_ok=True)
+            with manifest.open("x", encoding="utf-8") as fh:
+                fh.write(manifest_for(n).model_dump_json(indent=2))
+                fh.flush()
+                os.fsync(fh.fileno())
             _fsync(tmp)
             try:
                 tmp.rename(base / f"v{n}")  # fails when v<N> exists: a racing publisher took N
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise
             _fsync(base)
             return n
         raise PreconditionFailedError(f"could not claim a version under {base}: {_MAX_RACES} lost races")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
 
 
 def _write_gcs_version(
-    st: Storage, base: str, source: Path, manifest_for: dict[str, object], files: dict[str, str], start: int
+    st: Storage,
+    root: str,
+    name: str,
+    source_dir: Path,
+    files: dict[str, str],
+    manifest_for: Callable[[int], IndexManifest],
 ) -> int:
-    for n in range(start, start + _MAX_RACES):
-        prefix = join_uri(base, f"v{n}")
-        if st.exists(join_uri(prefix, MANIFEST)):
-            continue
-        try:
+    """Claim ``v<N>/CLAIM`` create-only, upload the files create-only, then the manifest (last)."""
+    base = _base(root, name)
+    with tempfile.TemporaryDirectory(prefix="aitasks-publish-") as d:
+        staging = Path(d)
+        _stage(source_dir, staging, files)  # upload a snapshot whose bytes match the manifest
+        start = max(_version_numbers(root, name, st, complete=False), default=0) + 1
+        claim = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "at": _now(),
+                "content_hash": manifest_for(1).content_hash,
+            }
+        ).encode("utf-8")
+        for n in range(start, start + _MAX_RACES):
+            prefix = join_uri(base, f"v{n}")
+            try:
+                st.write_bytes(join_uri(prefix, CLAIM), claim, if_absent=True)
+            except (PreconditionFailedError, FileExistsError):
+                continue  # another publisher owns v<N> (or a killed one abandoned it)
             for rel in files:
-                st.put_file(source / rel, join_uri(prefix, rel), if_absent=True)
-            manifest = IndexManifest.model_validate({**manifest_for, "version": n})
-            st.write_bytes(join_uri(prefix, MANIFEST), manifest.model_dump_json(indent=2).encode(), if_absent=True)
-        except (PreconditionFailedError, FileExistsError):
-            continue  # another publisher is writing v<N>: take the next number
-        return n
+                st.put_file(staging / rel, join_uri(prefix, rel), if_absent=True)
+            st.write_bytes(
+                join_uri(prefix, MANIFEST), manifest_for(n).model_dump_json(indent=2).encode(), if_absent=True
+            )
+            return n
     raise PreconditionFailedError(f"could not claim a version under {base}: {_MAX_RACES} lost races")
 
 
+# ---------------------------------------------------------------------------------------- public API
 def publish_index(
     root: str,
     name: str,
@@ -227,127 +384,251 @@ def publish_index(
     extra: dict[str, str] | None = None,
     storage: Storage | None = None,
 ) -> PublishResult:
-    """Publish every file of ``source_dir`` as the next version of ``name`` and switch CURRENT to it.
+    """Publish the files of ``source_dir`` as the next version of ``name`` and switch CURRENT to it.
 
-    When a version with the same content (files and build parameters) exists, no version is
-    created: CURRENT is pointed at it and ``created`` is False.
+    ``source_dir`` holds what :meth:`AnnIndex.save` wrote (``index.bin``, ``ids.json``) plus any
+    companion files (e.g. ``seen.parquet``); hidden files and a bundle's ``MANIFEST.json`` are left
+    out. When a version with the same content hash (files, build parameters, model) exists, nothing
+    is written: CURRENT is pointed at it (after verifying its files), unless a rollback moved away
+    from it, and ``created`` is False.
+
+    Args:
+        root: Local directory or ``gs://bucket/prefix``.
+        name: Index name, ``^[a-z][a-z0-9_-]{0,62}$``.
+        source_dir: Local directory with the files.
+        backend, dim, m, ef_construction, ef_search, recall_at_k, k: Build facts for the manifest.
+        model_name, model_version: The model whose embeddings were indexed.
+        extra: Lineage (data snapshot hash, trace id, run id, ...): recorded, not part of the content hash.
+        storage: Storage serving ``root`` (default: :func:`storage_for`).
 
     Raises:
-        InvalidInputError: A bad name or an empty source directory.
+        InvalidInputError: A bad name, source directory or build fact, or an id map that disagrees
+            with ``backend``/``dim``.
         PreconditionFailedError: Lost too many races in a row (retryable).
     """
     st = _st(root, storage)
     base = _base(root, name)
-    files = {
-        p.relative_to(source_dir).as_posix(): sha256_file(p)
-        for p in sorted(source_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    if not files:
-        raise InvalidInputError(_TASK, [FieldIssue("source_dir", f"{source_dir} holds no files")])
-    count = len(json.loads((source_dir / "ids.json").read_text("utf-8"))["ids"]) if "ids.json" in files else 0
+    files = _source_files(source_dir)
+    try:
+        id_backend, id_dim, ids = read_id_map(source_dir)
+    except DataFormatError as exc:
+        raise InvalidInputError(_TASK, [FieldIssue("source_dir", str(exc))]) from None
+    if (id_backend, id_dim) != (backend, dim):
+        raise InvalidInputError(
+            _TASK, [FieldIssue("backend", f"id map says {id_backend}/{id_dim}, caller says {backend}/{dim}")]
+        )
     params = {"backend": backend, "dim": dim, "m": m, "ef_construction": ef_construction, "ef_search": ef_search}
     content_hash = sha256_json({"files": files, "params": params, "model": [model_name, model_version]})
-    for v in _versions(root, name, st):
-        existing = _read_manifest(root, name, v, st)
-        if existing.content_hash == content_hash:
-            _switch(root, name, v, st)
-            return PublishResult(version=v, uri=join_uri(base, f"v{v}"), manifest=existing, created=False)
-    manifest_for: dict[str, object] = {
+    fields: dict[str, object] = {
         "name": name,
         **params,
-        "count": max(count, 1),
+        "count": len(ids),
         "recall_at_k": recall_at_k,
         "k": k,
         "files": files,
         "content_hash": content_hash,
         "model_name": model_name,
         "model_version": model_version,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": _now(),
         "extra": dict(extra or {}),
     }
+
+    def manifest_for(n: int) -> IndexManifest:
+        return IndexManifest.model_validate({**fields, "version": n})
+
+    try:
+        manifest_for(1)
+    except ValidationError as exc:
+        issues = [FieldIssue(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        raise InvalidInputError(_TASK, issues) from None
+
+    for v in _version_numbers(root, name, st):
+        existing = _read_manifest(root, name, v, st)
+        if existing.content_hash == content_hash:
+            pointer = _update_pointer(root, name, st, _switch_to_existing(root, name, existing, st))
+            return PublishResult(
+                version=v,
+                uri=join_uri(base, f"v{v}"),
+                manifest=existing,
+                created=False,
+                current=pointer is not None and pointer.version == v,
+            )
     if is_gcs(root):
-        n = _write_gcs_version(st, base, source_dir, manifest_for, files, max(_versions(root, name, st), default=0) + 1)
+        n = _write_gcs_version(st, root, name, source_dir, files, manifest_for)
     else:
-        n = _write_local_version(Path(base), source_dir, manifest_for, files)
-    _switch(root, name, n, st)
-    return PublishResult(
-        version=n, uri=join_uri(base, f"v{n}"), manifest=_read_manifest(root, name, n, st), created=True
-    )
+        n = _write_local_version(Path(base), source_dir, files, manifest_for)
+    _update_pointer(root, name, st, lambda p: None if p is not None and p.version == n else _moved(p, n))
+    return PublishResult(version=n, uri=join_uri(base, f"v{n}"), manifest=manifest_for(n), created=True, current=True)
+
+
+def _switch_to_existing(
+    root: str, name: str, manifest: IndexManifest, st: Storage
+) -> Callable[[CurrentPointer | None], CurrentPointer | None]:
+    verified = False
+
+    def decide(pointer: CurrentPointer | None) -> CurrentPointer | None:
+        nonlocal verified
+        v = manifest.version
+        if pointer is not None and (pointer.version == v or v in pointer.rolled_back):
+            return None
+        if not verified:  # never point CURRENT at files that do not verify
+            _verify(root, name, manifest, st)
+            verified = True
+        return _moved(pointer, v)
+
+    return decide
+
+
+def read_pointer(root: str, name: str, *, storage: Storage | None = None) -> CurrentPointer | None:
+    """The content of ``CURRENT`` (None when nothing was published)."""
+    return _read_pointer(root, name, _st(root, storage))[0]
 
 
 def read_current(root: str, name: str, *, storage: Storage | None = None) -> IndexManifest:
-    """The manifest of the version CURRENT points at."""
+    """The manifest of the version CURRENT points at.
+
+    Raises:
+        NoPublishedIndexError: Nothing was published under that name (a :class:`DataFormatError`).
+        DataFormatError: A malformed pointer or manifest.
+    """
     st = _st(root, storage)
-    data, _ = _read_pointer(root, name, st)
-    if data is None:
-        raise DataFormatError(_base(root, name), f"no published index {name} under {root}")
-    return _read_manifest(root, name, int(data["version"]), st)
+    pointer, _ = _read_pointer(root, name, st)
+    if pointer is None:
+        raise NoPublishedIndexError(root, name)
+    return _read_manifest(root, name, pointer.version, st)
 
 
 def list_versions(root: str, name: str, *, storage: Storage | None = None) -> list[IndexManifest]:
+    """Manifests of every complete version, oldest first."""
     st = _st(root, storage)
-    return [_read_manifest(root, name, v, st) for v in _versions(root, name, st)]
+    return [_read_manifest(root, name, v, st) for v in _version_numbers(root, name, st)]
+
+
+def _default_cache(root: str) -> Path:
+    return Path(tempfile.gettempdir()) / "aitasks-index-cache" / sha256_text(root)[:16]
 
 
 def _verified_dir(root: str, name: str, manifest: IndexManifest, st: Storage, cache_dir: Path | None) -> Path:
-    """A local directory with the version's files, each checked against the manifest."""
+    """A local directory with the version's files, each checked against the manifest's sha256."""
     prefix = join_uri(_base(root, name), f"v{manifest.version}")
-    if is_gcs(root):
-        local = (cache_dir or Path(tempfile.mkdtemp(prefix="aitasks-index-"))) / name / f"v{manifest.version}"
-        local.mkdir(parents=True, exist_ok=True)
-        for rel, digest in manifest.files.items():
-            target = local / rel
-            if not (target.is_file() and sha256_file(target) == digest):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                st.get_file(join_uri(prefix, rel), target)
-    else:
+    if not is_gcs(root):
         local = Path(prefix)
+        for rel, digest in manifest.files.items():
+            p = local / rel
+            if not p.is_file():
+                raise DataFormatError(str(p), f"file {rel} of {name} v{manifest.version} is missing")
+            if sha256_file(p) != digest:
+                raise DataFormatError(str(p), f"file {rel} of {name} v{manifest.version} does not match its sha256")
+        return local
+    local = (cache_dir or _default_cache(root)) / name / f"v{manifest.version}"
+    local.mkdir(parents=True, exist_ok=True, mode=0o700)
     for rel, digest in manifest.files.items():
-        p = local / rel
-        if not p.is_file():
-            raise DataFormatError(str(p), f"file of {name} v{manifest.version} is missing")
-        if sha256_file(p) != digest:
-            raise DataFormatError(str(p), f"file of {name} v{manifest.version} does not match its sha256")
+        target = local / rel
+        if target.is_file() and sha256_file(target) == digest:
+            continue  # cached by an earlier load
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.parent / f".dl-{uuid.uuid4().hex}"
+        try:
+            st.get_file(join_uri(prefix, rel), part)
+            if sha256_file(part) != digest:
+                raise DataFormatError(
+                    join_uri(prefix, rel), f"file {rel} of {name} v{manifest.version} does not match its sha256"
+                )
+            os.replace(part, target)  # concurrent loaders sharing the cache never see a partial file
+        except FileNotFoundError:
+            raise DataFormatError(
+                join_uri(prefix, rel), f"file {rel} of {name} v{manifest.version} is missing"
+            ) from None
+        finally:
+            part.unlink(missing_ok=True)
     return local
+
+
+def _verify(root: str, name: str, manifest: IndexManifest, st: Storage) -> None:
+    """Check a version's files before pointing CURRENT at it (GCS: downloaded to a throwaway dir)."""
+    if not is_gcs(root):
+        _verified_dir(root, name, manifest, st, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="aitasks-verify-") as d:
+        _verified_dir(root, name, manifest, st, Path(d))
 
 
 def load_version(
     root: str, name: str, version: int, *, storage: Storage | None = None, cache_dir: Path | None = None
 ) -> tuple[AnnIndex, IndexManifest, Path]:
-    """A verified version: the loaded index, its manifest and the local directory of its files."""
+    """A verified version: the loaded index (ef_search from the manifest), its manifest and its local directory.
+
+    GCS versions are downloaded into ``cache_dir`` (default: a per-root directory under the system temp
+    dir), reusing files already there whose sha256 matches.
+
+    Raises:
+        DataFormatError: A missing version or file, or a file that does not match its sha256.
+    """
     st = _st(root, storage)
     manifest = _read_manifest(root, name, version, st)
     local = _verified_dir(root, name, manifest, st, cache_dir)
-    return AnnIndex.load(local, ef=manifest.ef_search), manifest, local
+    index = AnnIndex.load(
+        local, ef=manifest.ef_search, backend=manifest.backend, dim=manifest.dim, count=manifest.count
+    )
+    return index, manifest, local
 
 
 def load_current(
     root: str, name: str, *, storage: Storage | None = None, cache_dir: Path | None = None
 ) -> tuple[AnnIndex, IndexManifest, Path]:
-    """The version CURRENT points at, verified and loaded (see :func:`load_version`)."""
+    """The version CURRENT points at, verified and loaded (see :func:`load_version`).
+
+    Raises:
+        NoPublishedIndexError: Nothing was published under that name.
+        DataFormatError: A file that fails its checksum, or a malformed manifest.
+    """
     manifest = read_current(root, name, storage=storage)
     return load_version(root, name, manifest.version, storage=storage, cache_dir=cache_dir)
 
 
 def rollback(root: str, name: str, *, to: int | None = None, storage: Storage | None = None) -> int:
-    """Point CURRENT at ``to`` (default: the previous version in its history); returns the version.
+    """Point CURRENT at ``to`` (default: the previous version in its history); returns the new current version.
 
-    The target is verified (manifest and checksums) before the switch.
+    ``to=None`` undoes the last switch (pops the history); an explicit ``to`` is itself undoable (the
+    version left joins the history). Either way the version left is remembered in ``rolled_back``
+    so a re-run of the pipeline that published it does not bring it back; ``rollback(to=N)`` can.
+    The target's manifest and files are verified before the switch.
+
+    Raises:
+        NoPublishedIndexError: Nothing was published under that name.
+        InvalidInputError: No earlier version to go back to, or a bad ``to``.
+        DataFormatError: The target does not exist or does not verify.
     """
     st = _st(root, storage)
-    data, _ = _read_pointer(root, name, st)
-    if data is None:
-        raise DataFormatError(_base(root, name), f"no published index {name} under {root}")
-    history = [int(v) for v in data.get("history", [])]
-    keep: int | None
-    if to is None:
-        if not history:
-            raise InvalidInputError(_TASK, [FieldIssue("to", f"{name} has no earlier version to roll back to")])
-        target, keep = history[-1], len(history) - 1  # undo the last switch: pop it from the history
-    else:
-        target, keep = to, None  # an explicit jump is itself undoable: the current version joins the history
-    manifest = _read_manifest(root, name, target, st)
-    _verified_dir(root, name, manifest, st, None)
-    _switch(root, name, target, st, history_of=keep)
-    return target
+    if to is not None and (isinstance(to, bool) or not isinstance(to, int) or to < 1):
+        raise InvalidInputError(_TASK, [FieldIssue("to", f"must be a version number >= 1, got {to!r}")])
+    verified: set[int] = set()
+
+    def decide(pointer: CurrentPointer | None) -> CurrentPointer | None:
+        if pointer is None:
+            raise NoPublishedIndexError(root, name)
+        if to is None:
+            if not pointer.history:
+                raise InvalidInputError(
+                    _TASK,
+                    [
+                        FieldIssue(
+                            "to", f"{name} has no earlier version to roll back to (CURRENT is v{pointer.version})"
+                        )
+                    ],
+                )
+            target, history = pointer.history[-1], pointer.history[:-1]
+        else:
+            if to == pointer.version:
+                return None
+            target, history = to, [*pointer.history, pointer.version]
+        if target not in verified:
+            _verify(root, name, _read_manifest(root, name, target, st), st)
+            verified.add(target)
+        new = _moved(pointer, target, history=history)
+        rolled_back = [v for v in pointer.rolled_back if v not in (target, pointer.version)] + [pointer.version]
+        return new.model_copy(update={"rolled_back": rolled_back[-_KEEP_HISTORY:]})
+
+    pointer = _update_pointer(root, name, st, decide)
+    assert pointer is not None  # decide raises when CURRENT is absent
+    return pointer.version
