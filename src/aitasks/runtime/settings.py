@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     #: MLflow tracking URI. Empty: a sqlite database under the storage root.
     mlflow_tracking_uri: str = ""
 
+    #: Audio decoding limits (defaults of the audio tasks; a task input overrides them).
+    audio_max_bytes: int = Field(default=256 * 1024**2, ge=1)
+    audio_max_duration_s: float = Field(default=1800.0, gt=0)
+    #: Hard wall-clock limit per audio file; the worker process is killed past it.
+    audio_file_timeout_s: float = Field(default=120.0, gt=0)
+    #: Worker processes of audio analysis (0: one per available core).
+    audio_workers: int = Field(default=0, ge=0, le=256)
+
     #: Turn "service unreachable" into a failure instead of a skip or a fallback (set in CI).
     require_services: bool = False
 

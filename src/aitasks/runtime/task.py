@@ -301,9 +301,12 @@ class Task(Generic[P, R]):
         return self(params, runtime=runtime)
 
 
-def _storage_of(uri: str, rt: Runtime) -> Storage:
+def storage_of(uri: str, rt: Runtime) -> Storage:
     """The runtime's storage when ``uri`` is of its kind, else the storage serving ``uri``."""
     return rt.storage if is_gcs(uri) == is_gcs(rt.settings.storage_root) else storage_for(uri)
+
+
+_storage_of = storage_of
 
 
 def _outputs_exist(task: Task[Any, Any], result: Mapping[str, Any], rt: Runtime) -> bool:
