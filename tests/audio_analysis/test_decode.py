@@ -48,7 +48,8 @@ def test_lossless_decode_and_resample_preserve_the_signal(tmp_path: Path) -> Non
     np.testing.assert_allclose(audio.samples, y, atol=2e-7)  # 24-bit quantisation only
     # Resampling with soxr keeps a 1 kHz tone's energy and frequency.
     t = np.arange(44100 * 2) / 44100
-    tone = crafted.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), subtype="FLOAT")
+    sine = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    tone = crafted.write(tmp_path / "tone.wav", sine, subtype="FLOAT")
     out = decode_file(tone).samples
     spec = np.abs(np.fft.rfft(out[2048:-2048]))
     freq = np.fft.rfftfreq(len(out) - 4096, 1 / 22050)[np.argmax(spec)]
@@ -150,7 +151,7 @@ def test_random_files_under_audio_names_never_crash(tmp_path: Path) -> None:
 
 
 def test_catalog_lists_audio_refuses_escapes_and_skips_other_files(catalog) -> None:
-    cat, good, bad = catalog
+    cat, good, _ = catalog
     (cat / "cover.jpg").write_bytes(b"\xff\xd8\xff")
     listing = list_catalog(str(cat))
     ids = {e.track_id for e in listing.entries}

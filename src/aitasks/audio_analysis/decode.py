@@ -22,7 +22,6 @@ about 1,000x realtime per core; audioread/ffmpeg is not used. Resampling is done
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,7 @@ def check_file(path: Path, cfg: DecodeConfig) -> str:
     """Run the checks that need no decoding; returns the sniffed container or raises AudioDecodeError."""
     uri = str(path)
     try:
-        st = os.stat(path)
+        st = path.stat()
     except FileNotFoundError:
         raise AudioDecodeError(uri, "not_found", "no such file") from None
     except OSError as exc:
