@@ -1,0 +1,747 @@
+"""One-STFT audio feature extraction: frame-level features, their summaries, tempo and loudness.
+
+Every spectral feature of a track is derived from a single short-time Fourier transform: the magnitude
+``S = |STFT(y)|`` (centred frames, periodic Hann window, zero padding as librosa's default
+``pad_mode="constant"``) and the power ``P = S**2``. The values match the corresponding librosa functions
+applied to that spectrogram (``librosa.feature.melspectrogram``, ``mfcc``, ``chroma_stft`` with
+``tuning=0.0``, ``spectral_centroid``, ``spectral_bandwidth``, ``spectral_rolloff``, ``spectral_flatness``,
+``spectral_contrast``, ``rms(S=S)`` and ``librosa.onset.onset_strength``), but each is computed without a
+Python loop over frames and without recomputing the STFT. Only the zero-crossing rate and the loudness
+are computed in the time domain.
+
+Conventions:
+
+* the log-mel spectrogram is ``power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)``, librosa's default
+  and the input that ``librosa.feature.mfcc`` and ``librosa.onset.onset_strength`` use;
+* chroma uses a fixed tuning of 0 (no per-track tuning estimation), so its filter bank can be cached;
+* tempo follows ``librosa.feature.tempo`` (mean autocorrelation tempogram of the onset envelope, 8 s
+  window, log-normal prior around 120 BPM) and refines the winning lag by parabolic interpolation, so it
+  is not quantised to ``60 * sr / (hop_length * lag)``;
+* loudness is ITU-R BS.1770-4 integrated loudness, floored at -70 LUFS (silence).
+
+The summary vector holds, for every frame feature (each MFCC coefficient, chroma bin and contrast band,
+then centroid, bandwidth, rolloff, flatness, zcr, rms, onset strength), the mean, the population standard
+deviation and the configured percentiles (linear interpolation) over frames; then the mean log-mel energy
+(dB) of ``mel_summary_bands`` contiguous groups of mel bands; then ``tempo_bpm``, ``loudness_lufs`` and
+``duration_s``. :func:`feature_names` gives the names in the same order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft
+import scipy.signal
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from aitasks.runtime.errors import DataFormatError
+
+__all__ = [
+    "LOUDNESS_FLOOR_LUFS",
+    "FeatureConfig",
+    "TrackFeatures",
+    "extract_features",
+    "feature_names",
+    "integrated_loudness",
+]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+SIGNAL_URI: Final = "<signal>"
+#: Integrated loudness reported for silence (and anything that no gating block survives).
+LOUDNESS_FLOOR_LUFS: Final = -70.0
+#: Largest accepted absolute sample value; decoded audio is expected in [-1, 1].
+MAX_ABS_AMPLITUDE: Final = 1e6
+
+_AMIN: Final = 1e-10  # librosa's amin for power_to_db and spectral_flatness
+_TOP_DB: Final = 80.0  # librosa's default dynamic range of power_to_db
+_ZCR_THRESHOLD: Final = np.float32(1e-10)  # librosa.feature.zero_crossing_rate: |y| <= threshold counts as 0
+_TINY32: Final = float(np.finfo(np.float32).tiny)  # librosa.util.normalize threshold for float32 input
+_STFT_BLOCK: Final = 128  # frames per FFT call of the STFT (cache-sized blocks)
+_MEL_BLOCK: Final = 16  # mel filters per dense block of the banded mel product
+_PRODUCT_LOG_MAX_POWER: Final = 1e18  # spectral flatness sums logs of products of bins up to this power
+
+# librosa.feature.tempo defaults
+_TEMPO_START_BPM: Final = 120.0
+_TEMPO_STD_BPM: Final = 1.0
+_TEMPO_AC_SIZE_S: Final = 8.0
+_TEMPO_MAX_BPM: Final = 320.0
+_TEMPO_FRAME_STRIDE: Final = 4  # tempogram frames averaged: every 4th (8 s windows, so 99 % overlap)
+
+# ITU-R BS.1770-4
+_BLOCK_S: Final = 0.4
+_ABSOLUTE_GATE_LUFS: Final = -70.0
+_RELATIVE_GATE_LU: Final = -10.0
+_LOUDNESS_OFFSET: Final = -0.691
+
+
+class FeatureConfig(BaseModel):
+    """Parameters of :func:`extract_features` (immutable; hashable, so usable as a cache key).
+
+    Attributes:
+        n_fft: FFT size and frame length, in samples (any size; powers of two are fastest).
+        hop_length: Samples between successive frames; at most ``n_fft``.
+        n_mels: Number of mel bands (Slaney mel scale and normalisation, as librosa's default).
+        n_mfcc: Number of MFCC coefficients; at most ``n_mels``.
+        fmin: Lowest mel band edge, in Hz.
+        fmax: Highest mel band edge, in Hz; ``None`` means Nyquist.
+        n_chroma: Number of chroma bins.
+        contrast_bands: Number of octave bands of the spectral contrast (it yields ``contrast_bands + 1`` rows).
+        contrast_fmin: Upper edge of the lowest contrast band, in Hz.
+        contrast_quantile: Fraction of each band's bins averaged for its peak and valley.
+        rolloff_percent: Fraction of spectral magnitude below the rolloff frequency.
+        percentiles: Percentiles (0-100, distinct) summarised for every frame feature.
+        mel_summary_bands: Contiguous groups of mel bands whose mean log-mel energy enters the vector.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_fft: int = Field(2048, ge=16, le=65536)
+    hop_length: int = Field(512, ge=1)
+    n_mels: int = Field(128, ge=1, le=1024)
+    n_mfcc: int = Field(20, ge=1)
+    fmin: float = Field(0.0, ge=0.0)
+    fmax: float | None = Field(None, gt=0.0)
+    n_chroma: int = Field(12, ge=1, le=120)
+    contrast_bands: int = Field(6, ge=1, le=12)
+    contrast_fmin: float = Field(200.0, gt=0.0)
+    contrast_quantile: float = Field(0.02, gt=0.0, lt=1.0)
+    rolloff_percent: float = Field(0.85, gt=0.0, lt=1.0)
+    percentiles: tuple[Annotated[int, Field(ge=0, le=100)], ...] = (10, 50, 90)
+    mel_summary_bands: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeatureConfig:
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft})")
+        if self.n_mfcc > self.n_mels:
+            raise ValueError(f"n_mfcc ({self.n_mfcc}) must not exceed n_mels ({self.n_mels})")
+        if self.mel_summary_bands > self.n_mels:
+            raise ValueError(f"mel_summary_bands ({self.mel_summary_bands}) must not exceed n_mels ({self.n_mels})")
+        if self.fmax is not None and self.fmax <= self.fmin:
+            raise ValueError(f"fmax ({self.fmax}) must be greater than fmin ({self.fmin})")
+        if len(set(self.percentiles)) != len(self.percentiles):
+            raise ValueError(f"percentiles must be distinct, got {self.percentiles}")
+        return self
+
+
+DEFAULT_CONFIG: Final = FeatureConfig()
+
+
+@dataclass(frozen=True)
+class TrackFeatures:
+    """Features of one track.
+
+    Attributes:
+        names: Feature names, equal to ``feature_names(cfg)``.
+        values: Feature values in the order of ``names``; float32, all finite.
+        tempo_bpm: Estimated global tempo, in beats per minute.
+        loudness_lufs: ITU-R BS.1770-4 integrated loudness; -70.0 for silence.
+        duration_s: Signal duration in seconds.
+        log_mel: ``(n_mels, frames)`` float32 log-mel spectrogram in dB (``power_to_db``, ref 1.0, amin 1e-10,
+            top_db 80); only with ``frames=True``.
+        frames: Frame-level features by name, float32, librosa's layout (``(rows, frames)`` for mfcc, chroma and
+            contrast, ``(frames,)`` otherwise); only with ``frames=True``.
+    """
+
+    names: tuple[str, ...]
+    values: F32
+    tempo_bpm: float
+    loudness_lufs: float
+    duration_s: float
+    log_mel: F32 | None = None
+    frames: dict[str, F32] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Names
+
+
+_SCALAR_FRAME_FEATURES: Final = ("centroid", "bandwidth", "rolloff", "flatness", "zcr", "rms", "onset_strength")
+
+
+def _indexed(prefix: str, count: int) -> list[str]:
+    width = max(2, len(str(count - 1)))
+    return [f"{prefix}_{i:0{width}d}" for i in range(count)]
+
+
+def _frame_rows(cfg: FeatureConfig) -> list[str]:
+    return [
+        *_indexed("mfcc", cfg.n_mfcc),
+        *_indexed("chroma", cfg.n_chroma),
+        *_indexed("contrast", cfg.contrast_bands + 1),
+        *_SCALAR_FRAME_FEATURES,
+    ]
+
+
+@functools.lru_cache(maxsize=64)
+def feature_names(cfg: FeatureConfig = DEFAULT_CONFIG) -> tuple[str, ...]:
+    """Names of the summary vector for ``cfg``, in order (stable, unique).
+
+    Args:
+        cfg: Feature configuration.
+
+    Returns:
+        For each frame feature row ``<row>_mean``, ``<row>_std`` and ``<row>_pNN`` per percentile; then
+        ``logmel_NN_mean`` per mel group; then ``tempo_bpm``, ``loudness_lufs`` and ``duration_s``.
+    """
+    stats = ["mean", "std", *(f"p{p:02d}" for p in cfg.percentiles)]
+    names = [f"{row}_{stat}" for row in _frame_rows(cfg) for stat in stats]
+    names += [f"{group}_mean" for group in _indexed("logmel", cfg.mel_summary_bands)]
+    names += ["tempo_bpm", "loudness_lufs", "duration_s"]
+    return tuple(names)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cached filter banks and constants (keyed on plain hashables)
+
+
+@functools.lru_cache(maxsize=16)
+def _window(n_fft: int) -> F32:
+    return np.asarray(scipy.signal.get_window("hann", n_fft, fftbins=True), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _fft_frequencies(sr: int, n_fft: int) -> F64:
+    import librosa
+
+    return np.asarray(librosa.fft_frequencies(sr=sr, n_fft=n_fft), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _MelBank:
+    """Mel filter bank stored as dense blocks of consecutive filters over the bins they touch."""
+
+    n_mels: int
+    blocks: tuple[tuple[int, int, int, int, F32], ...]  # (mel_lo, mel_hi, bin_lo, bin_hi, weights[bin, mel])
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> _MelBank:
+    import librosa
+
+    basis = np.asarray(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax), np.float32)
+    blocks = []
+    for lo in range(0, n_mels, _MEL_BLOCK):
+        hi = min(lo + _MEL_BLOCK, n_mels)
+        touched = np.flatnonzero(np.any(basis[lo:hi] != 0, axis=0))
+        if touched.size == 0:  # filters narrower than a bin are all-zero; their output stays 0
+            continue
+        b_lo, b_hi = int(touched[0]), int(touched[-1]) + 1
+        blocks.append((lo, hi, b_lo, b_hi, np.ascontiguousarray(basis[lo:hi, b_lo:b_hi].T)))
+    return _MelBank(n_mels=n_mels, blocks=tuple(blocks))
+
+
+@functools.lru_cache(maxsize=16)
+def _chroma_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
+    import librosa
+
+    basis = librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)
+    return np.ascontiguousarray(np.asarray(basis, dtype=np.float32).T)  # (bins, n_chroma)
+
+
+@functools.lru_cache(maxsize=16)
+def _dct_matrix(n_mels: int, n_mfcc: int) -> F32:
+    """DCT-II (orthonormal) as a ``(n_mels, n_mfcc)`` matrix: ``log_mel @ D`` equals librosa's MFCC."""
+    basis = scipy.fft.dct(np.eye(n_mels), type=2, norm="ortho", axis=0)[:n_mfcc]
+    return np.ascontiguousarray(np.asarray(basis, dtype=np.float32).T)
+
+
+@functools.lru_cache(maxsize=16)
+def _moment_weights(sr: int, n_fft: int) -> F64:
+    """Columns: 1, f, f**2 (for centroid and bandwidth on S)."""
+    freq = _fft_frequencies(sr, n_fft)
+    return np.ascontiguousarray(np.stack([np.ones_like(freq), freq, freq * freq], axis=1))
+
+
+@functools.lru_cache(maxsize=16)
+def _rms_weights(n_fft: int) -> F32:
+    """librosa.feature.rms(S=...): DC (and Nyquist for even n_fft) count half, power = 2 * sum / n_fft**2."""
+    weights = np.ones(n_fft // 2 + 1)
+    weights[0] = 0.5
+    if n_fft % 2 == 0:
+        weights[-1] = 0.5
+    return np.asarray(weights * (2.0 / float(n_fft) ** 2), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _contrast_bands(
+    sr: int, n_fft: int, fmin: float, n_bands: int, quantile: float
+) -> tuple[tuple[int, int, int], ...]:
+    """Bin ranges ``[start, stop)`` and quantile counts of librosa.feature.spectral_contrast's bands."""
+    freq = _fft_frequencies(sr, n_fft)
+    octa = np.zeros(n_bands + 2)
+    octa[1:] = fmin * (2.0 ** np.arange(0, n_bands + 1))
+    if np.any(octa[:-1] >= 0.5 * sr):
+        raise DataFormatError(
+            uri=SIGNAL_URI,
+            problem=(
+                f"sample rate {sr} Hz is too low for the spectral contrast bands: the top band starts at "
+                f"{octa[-2]:g} Hz, at or above Nyquist ({sr / 2:g} Hz); lower contrast_fmin or contrast_bands"
+            ),
+        )
+    bands = []
+    for k in range(n_bands + 1):
+        band = np.logical_and(freq >= octa[k], freq <= octa[k + 1])
+        idx = np.flatnonzero(band)
+        if idx.size == 0:
+            raise DataFormatError(
+                uri=SIGNAL_URI,
+                problem=(
+                    f"spectral contrast band {k} ({octa[k]:g}-{octa[k + 1]:g} Hz) holds no FFT bin at "
+                    f"sr={sr} Hz, n_fft={n_fft}; raise n_fft or contrast_fmin"
+                ),
+            )
+        start, stop = int(idx[0]), int(idx[-1]) + 1
+        if k > 0:
+            start -= 1
+        if k == n_bands:
+            stop = freq.size
+        count = max(int(np.rint(quantile * (stop - start))), 1)
+        if k < n_bands:
+            stop -= 1
+        if stop - start < count:
+            raise DataFormatError(
+                uri=SIGNAL_URI,
+                problem=f"spectral contrast band {k} is too narrow at sr={sr} Hz, n_fft={n_fft}; raise n_fft",
+            )
+        bands.append((start, stop, count))
+    return tuple(bands)
+
+
+@functools.lru_cache(maxsize=16)
+def _tempo_setup(sr: int, hop_length: int) -> tuple[int, int, F32, F64]:
+    """Autocorrelation window length, FFT size, Hann window and log-prior per lag (librosa.feature.tempo)."""
+    win_length = max(int(_TEMPO_AC_SIZE_S * sr) // hop_length, 1)
+    n_pad = scipy.fft.next_fast_len(2 * win_length - 1, real=True)
+    window = np.asarray(scipy.signal.get_window("hann", win_length, fftbins=True), dtype=np.float32)
+    lags = np.arange(win_length, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        bpms = 60.0 * sr / (hop_length * lags)  # bpms[0] = inf
+        logprior = -0.5 * ((np.log2(bpms) - np.log2(_TEMPO_START_BPM)) / _TEMPO_STD_BPM) ** 2
+    logprior[: int(np.argmax(bpms < _TEMPO_MAX_BPM))] = -np.inf
+    return win_length, n_pad, window, logprior
+
+
+@functools.lru_cache(maxsize=16)
+def _k_weighting(sr: int) -> F64:
+    """BS.1770-4 K-weighting as second-order sections designed for ``sr`` (RBJ biquads).
+
+    Stage 1 is an RBJ high shelf (+4 dB, Q = 1/sqrt(2), 1500 Hz); stage 2 an RBJ high pass (Q = 0.5, 38 Hz)
+    whose numerator is the standard's unnormalised ``[1, -2, 1]``. At 48 kHz both reproduce the coefficients
+    tabulated in BS.1770-4 to about 1e-4, and a full-scale 997 Hz sine measures -3.01 LUFS.
+    """
+    gain_db, q_shelf, f_shelf = 4.0, 1.0 / math.sqrt(2.0), 1500.0
+    a_lin = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * f_shelf / sr
+    alpha = math.sin(w0) / (2.0 * q_shelf)
+    cos_w0, sq = math.cos(w0), 2.0 * math.sqrt(a_lin) * alpha
+    shelf_b = [
+        a_lin * ((a_lin + 1) + (a_lin - 1) * cos_w0 + sq),
+        -2.0 * a_lin * ((a_lin - 1) + (a_lin + 1) * cos_w0),
+        a_lin * ((a_lin + 1) + (a_lin - 1) * cos_w0 - sq),
+    ]
+    shelf_a = [
+        (a_lin + 1) - (a_lin - 1) * cos_w0 + sq,
+        2.0 * ((a_lin - 1) - (a_lin + 1) * cos_w0),
+        (a_lin + 1) - (a_lin - 1) * cos_w0 - sq,
+    ]
+    q_hp, f_hp = 0.5, 38.0
+    w0 = 2.0 * math.pi * f_hp / sr
+    alpha = math.sin(w0) / (2.0 * q_hp)
+    hp_a = [1.0 + alpha, -2.0 * math.cos(w0), 1.0 - alpha]
+    return np.array(
+        [
+            [*(b / shelf_a[0] for b in shelf_b), *(a / shelf_a[0] for a in shelf_a)],
+            [1.0, -2.0, 1.0, *(a / hp_a[0] for a in hp_a)],
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input validation
+
+
+def _as_signal(y: npt.ArrayLike) -> F32:
+    arr = np.asarray(y)
+    if arr.dtype.kind != "f":
+        raise DataFormatError(uri=SIGNAL_URI, problem=f"expected a real floating-point signal, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise DataFormatError(uri=SIGNAL_URI, problem=f"expected a 1-D mono signal, got an array of shape {arr.shape}")
+    if arr.size == 0:
+        raise DataFormatError(uri=SIGNAL_URI, problem="signal is empty (0 samples)")
+    low, high = float(arr.min()), float(arr.max())  # NaN and inf propagate to one of them
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        raise DataFormatError(
+            uri=SIGNAL_URI,
+            problem=f"signal contains {bad.size} non-finite sample(s) (NaN or inf), first at index {int(bad[0])}",
+        )
+    peak = max(-low, high)
+    if peak > MAX_ABS_AMPLITUDE:
+        raise DataFormatError(
+            uri=SIGNAL_URI,
+            problem=f"signal peak amplitude {peak:g} exceeds {MAX_ABS_AMPLITUDE:g}; expected float audio in [-1, 1]",
+        )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _check_sr(sr: int) -> int:
+    if isinstance(sr, bool) or not isinstance(sr, int | np.integer) or sr <= 0:
+        raise DataFormatError(uri=SIGNAL_URI, problem=f"sample rate must be a positive integer, got {sr!r}")
+    return int(sr)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Feature computation
+
+
+def _stft(y: F32, n_fft: int, hop_length: int) -> tuple[F32, F32]:
+    """The one STFT: magnitude and power of ``rfft(hann * frame)`` over centred, zero-padded frames.
+
+    Returns ``(S, P)``, both ``(frames, bins)`` float32. Every frame is transformed exactly once; the frames
+    go through the FFT in blocks of ``_STFT_BLOCK`` so that the windowed frames and their complex spectra
+    stay in cache (a third faster than one transform over a track's whole frame matrix).
+    """
+    half = n_fft // 2
+    padded = np.pad(y, (half, half))
+    if padded.size < n_fft:  # odd n_fft and a 1-sample signal
+        padded = np.pad(padded, (0, n_fft - padded.size))
+    frames = sliding_window_view(padded, n_fft)[::hop_length]
+    n_frames, n_bins = frames.shape[0], n_fft // 2 + 1
+    window = _window(n_fft)
+    mag = np.empty((n_frames, n_bins), dtype=np.float32)
+    block = min(_STFT_BLOCK, n_frames)
+    windowed = np.empty((block, n_fft), dtype=np.float32)
+    for start in range(0, n_frames, block):
+        stop = min(start + block, n_frames)
+        buf = windowed[: stop - start]
+        np.multiply(frames[start:stop], window, out=buf)
+        np.abs(scipy.fft.rfft(buf, axis=-1, overwrite_x=True), out=mag[start:stop])
+    return mag, mag * mag
+
+
+def _log_mel(power: F32, bank: _MelBank) -> F32:
+    mel = np.zeros((power.shape[0], bank.n_mels), dtype=np.float32)
+    for m_lo, m_hi, b_lo, b_hi, weights in bank.blocks:
+        np.matmul(power[:, b_lo:b_hi], weights, out=mel[:, m_lo:m_hi])
+    # power_to_db(mel, ref=1.0, amin=1e-10, top_db=80): ln is ~3x faster than log10 and equal to float rounding.
+    db = np.log(np.maximum(mel, np.float32(_AMIN)))
+    db *= np.float32(10.0 / math.log(10.0))
+    np.maximum(db, db.max() - np.float32(_TOP_DB), out=db)
+    return db
+
+
+def _chroma(power: F32, bank: F32) -> F32:
+    raw = power @ bank
+    length = np.max(np.abs(raw), axis=1, keepdims=True).astype(np.float64)
+    length[length < _TINY32] = 1.0  # librosa.util.normalize leaves near-zero frames unnormalised
+    return np.asarray(raw / length, dtype=np.float32)
+
+
+def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
+    """librosa's spectral_centroid and spectral_bandwidth (p=2) from float64 moments of S.
+
+    The moments are accumulated in float64 (chunks of frames keep the cast small): the bandwidth is a
+    difference of moments that float32 accumulation would spoil for narrow-band frames.
+    """
+    weights = _moment_weights(sr, n_fft)
+    n_frames = mag.shape[0]
+    moments = np.empty((n_frames, 3))
+    chunk = 256
+    for start in range(0, n_frames, chunk):
+        np.matmul(mag[start : start + chunk].astype(np.float64), weights, out=moments[start : start + chunk])
+    total = moments[:, 0].copy()
+    total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
+    centroid = moments[:, 1] / total
+    spread = (moments[:, 2] - 2.0 * centroid * moments[:, 1] + centroid * centroid * moments[:, 0]) / total
+    return centroid, np.sqrt(np.maximum(spread, 0.0))
+
+
+def _rolloff(mag: F32, freq: F64, roll_percent: float) -> F64:
+    """librosa.feature.spectral_rolloff(S=S): lowest bin frequency whose cumulative magnitude reaches
+    ``roll_percent`` of the frame's total.
+
+    Blocked search instead of a full cumulative sum: block totals locate the crossing block, then only that
+    block is accumulated.
+    """
+    n_frames, n_bins = mag.shape
+    block = 32
+    starts = np.arange(0, n_bins, block)
+    cum = np.cumsum(np.add.reduceat(mag, starts, axis=1), axis=1, dtype=np.float64)
+    threshold = roll_percent * cum[:, -1]
+    blk = np.argmax(cum >= threshold[:, None], axis=1)
+    rows = np.arange(n_frames)
+    before = np.where(blk > 0, cum[rows, np.maximum(blk - 1, 0)], 0.0)
+    cols = blk[:, None] * block + np.arange(block)[None, :]
+    inside = np.where(cols < n_bins, mag[rows[:, None], np.minimum(cols, n_bins - 1)], np.float32(0.0))
+    reached = before[:, None] + np.cumsum(inside, axis=1, dtype=np.float64) >= threshold[:, None]
+    # Rounding can leave the block's own cumulative sum a hair below the threshold: take its last bin then.
+    offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), block - 1)
+    index = np.minimum(blk * block + offset, n_bins - 1)
+    return np.asarray(freq[index], dtype=np.float64)
+
+
+def _flatness(power: F32, scratch: F32) -> F64:
+    """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
+
+    Overwrites ``power`` (with max(P, amin)) and ``scratch`` (same shape), which must no longer be needed.
+    """
+    clipped = np.maximum(power, np.float32(_AMIN), out=power)
+    n_bins = clipped.shape[1]
+    amean = clipped.mean(axis=1, dtype=np.float64)
+    if float(clipped.max()) > _PRODUCT_LOG_MAX_POWER:
+        log_sum = np.log(clipped, out=scratch).sum(axis=1, dtype=np.float64)
+        return np.asarray(np.exp(log_sum / n_bins) / amean)
+    # Fewer logarithms: the log of a product of 16 values is the sum of their logs. With amin <= P <= 1e18,
+    # products of two stay normal in float32 ([1e-20, 1e36]) and products of 16 in float64 ([1e-160, 1e288]).
+    log_sum = np.zeros(clipped.shape[0])
+    half = n_bins // 2
+    level: F32 | F64 = np.multiply(clipped[:, 0 : 2 * half : 2], clipped[:, 1 : 2 * half : 2], out=scratch[:, :half])
+    if n_bins % 2:
+        log_sum += np.log(clipped[:, -1], dtype=np.float64)
+    for _ in range(3):
+        width = level.shape[1]
+        if width < 2:
+            break
+        if width % 2:
+            log_sum += np.log(level[:, -1], dtype=np.float64)
+        half = width // 2
+        level = np.multiply(level[:, 0 : 2 * half : 2], level[:, 1 : 2 * half : 2], dtype=np.float64)
+    log_sum += np.log(level, dtype=np.float64).sum(axis=1)
+    return np.asarray(np.exp(log_sum / n_bins) / amean)
+
+
+def _extreme_means(rows: F32, count: int) -> tuple[F64, F64]:
+    """Means of the ``count`` smallest and of the ``count`` largest values of each row of non-negative values.
+
+    Partial selection (introselect) along the contiguous axis instead of a full sort; non-negative float32
+    values order like their int32 bit patterns, whose selection is faster.
+    """
+    width = rows.shape[1]
+    if count == 1:
+        return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
+    bits = np.partition(rows.view(np.int32), count - 1, axis=1)
+    low = bits[:, :count].view(np.float32).mean(axis=1, dtype=np.float64)
+    if width - count >= count:  # the largest `count` are in the part above the first selection
+        upper = bits[:, count:]
+        bits = np.partition(upper, upper.shape[1] - count, axis=1)
+    else:
+        bits = np.partition(bits, width - count, axis=1)
+    high = bits[:, -count:].view(np.float32).mean(axis=1, dtype=np.float64)
+    return np.asarray(low), np.asarray(high)
+
+
+def _power_to_db(x: F64) -> F64:
+    db = 10.0 * np.log10(np.maximum(x, _AMIN))
+    return np.asarray(np.maximum(db, db.max() - _TOP_DB))
+
+
+def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
+    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile)."""
+    extremes = [_extreme_means(mag[:, start:stop], count) for start, stop, count in bands]
+    valley = np.stack([low for low, _ in extremes])
+    peak = np.stack([high for _, high in extremes])
+    return _power_to_db(peak) - _power_to_db(valley)
+
+
+def _onset_strength(log_mel: F32, n_fft: int, hop_length: int) -> F32:
+    """librosa.onset.onset_strength(S=log_mel_db, lag=1, max_size=1, center=True, aggregate=np.mean)."""
+    n_frames = log_mel.shape[0]
+    flux = np.maximum(log_mel[1:] - log_mel[:-1], np.float32(0.0)).mean(axis=1)
+    shift = 1 + n_fft // (2 * hop_length)
+    env = np.zeros(n_frames, dtype=np.float32)
+    keep = max(min(n_frames - shift, flux.size), 0)
+    env[shift : shift + keep] = flux[:keep]
+    return env
+
+
+def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
+    """Global tempo as librosa.feature.tempo(onset_envelope=..., aggregate=np.mean), refined between lags.
+
+    The tempogram's per-frame autocorrelations are normalised by their lag-0 value (their maximum) and
+    averaged; by linearity the average is one inverse FFT of the weighted sum of the frames' power spectra.
+    """
+    win_length, n_pad, window, logprior = _tempo_setup(sr, hop_length)
+    n_frames = onset_env.size
+    half = win_length // 2
+    padded = np.pad(onset_env, (half, half), mode="linear_ramp", end_values=(0.0, 0.0))
+    frames = np.multiply(sliding_window_view(padded, win_length)[:n_frames:_TEMPO_FRAME_STRIDE], window)
+    energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
+    weights = np.divide(1.0, energy, out=np.zeros_like(energy), where=energy >= _TINY32)
+    spectrum = scipy.fft.rfft(frames, n=n_pad, axis=1)
+    power = np.abs(spectrum)
+    np.multiply(power, power, out=power)
+    mean_ac = scipy.fft.irfft(weights @ power.astype(np.float64), n=n_pad)[:win_length] / frames.shape[0]
+    score = np.log1p(1e6 * np.maximum(mean_ac, 0.0)) + logprior  # >= 0 up to rounding
+    best = int(np.argmax(score))
+    lag = float(best)
+    if 1 <= best < win_length - 1 and np.isfinite(score[best - 1]) and np.isfinite(score[best + 1]):
+        left, mid, right = float(score[best - 1]), float(score[best]), float(score[best + 1])
+        curvature = left - 2.0 * mid + right
+        if curvature < 0.0:
+            lag += float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5))
+    return 60.0 * sr / (hop_length * lag)
+
+
+def _zero_crossing_rate(y: F32, n_frames: int, n_fft: int, hop_length: int) -> F64:
+    """librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length, center=True): edge-padded frames."""
+    negative = y < -_ZCR_THRESHOLD  # signbit after zeroing |y| <= threshold
+    # A crossing at padded position p compares samples p-1 and p; edge padding adds none.
+    positions = np.flatnonzero(negative[1:] != negative[:-1]) + (n_fft // 2 + 1)
+    starts = np.arange(n_frames, dtype=np.int64) * hop_length
+    counts = np.searchsorted(positions, starts + n_fft) - np.searchsorted(positions, starts + 1)
+    return counts.astype(np.float64) / n_fft
+
+
+def _summaries(rows: F64, percentiles: tuple[int, ...]) -> F64:
+    """Per row: mean, population std, then percentiles with linear interpolation (numpy's default)."""
+    n_rows, n_frames = rows.shape
+    out = np.empty((n_rows, 2 + len(percentiles)))
+    out[:, 0] = rows.mean(axis=1)
+    out[:, 1] = rows.std(axis=1)
+    if percentiles:
+        ordered = np.sort(rows, axis=1)
+        pos = np.asarray(percentiles, dtype=np.float64) / 100.0 * (n_frames - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_frames - 1)
+        frac = pos - lo
+        out[:, 2:] = ordered[:, lo] + (ordered[:, hi] - ordered[:, lo]) * frac
+    return out
+
+
+def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
+    """ITU-R BS.1770-4 integrated loudness of a mono signal, in LUFS.
+
+    K-weighting (see :func:`_k_weighting`), mean square over 400 ms blocks with 75 % overlap, absolute gate
+    at -70 LUFS, relative gate 10 LU below the absolutely gated loudness. A signal shorter than one block is
+    measured as a single block. Silence (no block above the absolute gate) gives the -70.0 floor.
+
+    Args:
+        y: Mono float signal.
+        sr: Sample rate in Hz.
+
+    Returns:
+        Integrated loudness in LUFS, at least -70.0.
+
+    Raises:
+        DataFormatError: Empty, non-finite, non-float or multi-dimensional signal, or a bad sample rate.
+    """
+    return _integrated_loudness(_as_signal(y), _check_sr(sr))
+
+
+def _integrated_loudness(y: F32, sr: int) -> float:
+    squared = scipy.signal.sosfilt(_k_weighting(sr), y.astype(np.float64))
+    np.multiply(squared, squared, out=squared)
+    block = round(_BLOCK_S * sr)
+    if squared.size < block or block < 4:
+        mean_squares = np.array([squared.mean()])
+    else:
+        # Blocks start every quarter block; block j is the sum of quarter-block steps j..j+3.
+        n_blocks = (squared.size - block) * 4 // block + 1
+        edges = (np.arange(n_blocks + 4, dtype=np.int64) * block) // 4
+        steps = np.add.reduceat(squared[: int(edges[-1])], edges[:-1])
+        mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
+    with np.errstate(divide="ignore"):
+        block_loudness = _LOUDNESS_OFFSET + 10.0 * np.log10(mean_squares)
+    gated = mean_squares[block_loudness > _ABSOLUTE_GATE_LUFS]
+    if gated.size == 0:
+        return LOUDNESS_FLOOR_LUFS
+    relative_gate = _LOUDNESS_OFFSET + 10.0 * math.log10(float(gated.mean())) + _RELATIVE_GATE_LU
+    kept = mean_squares[(block_loudness > _ABSOLUTE_GATE_LUFS) & (block_loudness > relative_gate)]
+    loudness = _LOUDNESS_OFFSET + 10.0 * math.log10(float(kept.mean()))
+    return max(loudness, LOUDNESS_FLOOR_LUFS)
+
+
+def extract_features(
+    y: npt.ArrayLike, sr: int, cfg: FeatureConfig = DEFAULT_CONFIG, *, frames: bool = False
+) -> TrackFeatures:
+    """Extract the summary feature vector (and optionally frame-level features) of a mono signal.
+
+    Exactly one STFT is computed; every spectral feature derives from its magnitude and power.
+
+    Args:
+        y: Mono float signal (float32 preferred), already resampled to ``sr``. Signals shorter than ``n_fft``
+            are zero padded by the centred framing.
+        sr: Sample rate in Hz.
+        cfg: Feature configuration.
+        frames: Keep the log-mel spectrogram and the frame-level features in the result.
+
+    Returns:
+        The track's features; ``values`` is float32, finite and ordered as ``feature_names(cfg)``.
+
+    Raises:
+        DataFormatError: Empty, non-finite, non-float or multi-dimensional signal; bad sample rate; or a sample
+            rate incompatible with the configuration (``fmax`` or contrast bands above Nyquist).
+    """
+    signal = _as_signal(y)
+    sr = _check_sr(sr)
+    nyquist = sr / 2.0
+    if cfg.fmax is not None and cfg.fmax > nyquist:
+        raise DataFormatError(uri=SIGNAL_URI, problem=f"fmax {cfg.fmax:g} Hz is above Nyquist ({nyquist:g} Hz)")
+    if cfg.fmin >= (cfg.fmax if cfg.fmax is not None else nyquist):
+        raise DataFormatError(uri=SIGNAL_URI, problem=f"fmin {cfg.fmin:g} Hz is not below the mel fmax / Nyquist")
+    n_fft, hop = cfg.n_fft, cfg.hop_length
+    bands = _contrast_bands(sr, n_fft, cfg.contrast_fmin, cfg.contrast_bands, cfg.contrast_quantile)
+    freq = _fft_frequencies(sr, n_fft)
+
+    mag, power = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
+    n_frames = mag.shape[0]
+
+    log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
+    mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
+    chroma = _chroma(power, _chroma_bank(sr, n_fft, cfg.n_chroma))
+    rms = np.sqrt(power @ _rms_weights(n_fft))
+    centroid, bandwidth = _centroid_bandwidth(mag, sr, n_fft)
+    rolloff = _rolloff(mag, freq, cfg.rolloff_percent)
+    contrast = _contrast(mag, bands)  # (bands + 1, frames)
+    flatness = _flatness(power, scratch=mag)  # last use of S and P: overwrites both
+    onset = _onset_strength(log_mel, n_fft, hop)
+    zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
+    tempo = _tempo(onset, sr, hop)
+    loudness = _integrated_loudness(signal, sr)
+    duration = signal.size / sr
+
+    n_vec, n_chr, n_con = cfg.n_mfcc, cfg.n_chroma, cfg.contrast_bands + 1
+    rows = np.empty((n_vec + n_chr + n_con + len(_SCALAR_FRAME_FEATURES), n_frames))
+    rows[:n_vec] = mfcc.T
+    rows[n_vec : n_vec + n_chr] = chroma.T
+    rows[n_vec + n_chr : n_vec + n_chr + n_con] = contrast
+    scalars = (centroid, bandwidth, rolloff, flatness, zcr, rms, onset)
+    rows[n_vec + n_chr + n_con :] = np.stack(scalars)
+    band_means = log_mel.mean(axis=0, dtype=np.float64)
+    edges = [g * cfg.n_mels // cfg.mel_summary_bands for g in range(cfg.mel_summary_bands + 1)]
+    group_means = [band_means[lo:hi].mean() for lo, hi in itertools.pairwise(edges)]
+
+    values = np.concatenate(
+        [_summaries(rows, cfg.percentiles).ravel(), np.asarray(group_means), [tempo, loudness, duration]]
+    ).astype(np.float32)
+    names = feature_names(cfg)
+    if values.shape != (len(names),) or not np.isfinite(values).all():  # invariant, not an input problem
+        raise AssertionError(f"feature vector of shape {values.shape} is not {len(names)} finite values")
+
+    frame_features: dict[str, F32] | None = None
+    if frames:
+        frame_features = {
+            "mfcc": np.ascontiguousarray(mfcc.T),
+            "chroma": np.ascontiguousarray(chroma.T),
+            "contrast": contrast.astype(np.float32),
+            **{name: arr.astype(np.float32) for name, arr in zip(_SCALAR_FRAME_FEATURES, scalars, strict=True)},
+        }
+    return TrackFeatures(
+        names=names,
+        values=values,
+        tempo_bpm=float(tempo),
+        loudness_lufs=float(loudness),
+        duration_s=float(duration),
+        log_mel=np.ascontiguousarray(log_mel.T) if frames else None,
+        frames=frame_features,
+    )
