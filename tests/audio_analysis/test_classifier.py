@@ -1,5 +1,4 @@
-"""The mel-CNN audio classifier: it learns the synthetic classes, round-trips through safetensors, and
-reads labelled folders safely."""
+"""The mel-CNN classifier: learns the synthetic classes, round-trips safely, reads labelled folders safely."""
 
 from __future__ import annotations
 

@@ -146,7 +146,12 @@ def analyze_entries(
     """
     jobs = [(e, cfg) for e in entries]
     if workers == 0:
-        return [analyze_one(j) for j in jobs]
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread, as in the pool's workers: the summation order (and so every float) is
+        # the same whatever the worker count.
+        with threadpool_limits(limits=1):
+            return [analyze_one(j) for j in jobs]
     from aitasks.audio_analysis.parallel import run_pool
 
     return run_pool(

@@ -1,5 +1,4 @@
-"""Audio classification with a small mel-spectrogram CNN (PyTorch): data loading, training, evaluation,
-batch prediction and safe save/load.
+"""Audio classification with a small mel-spectrogram CNN (PyTorch): load, train, evaluate, predict, save.
 
 Model (:class:`MelCnn`): the log-mel front end runs inside torch (``torch.stft`` and a
 ``librosa.filters.mel`` filterbank registered as a buffer), so the same module runs on CPU or GPU and
@@ -468,7 +467,10 @@ def _check_model(model: MelCnn, cfg: ClassifierConfig) -> None:
 
 
 def _report(
-    y_true: npt.NDArray[np.int64], y_pred: npt.NDArray[np.int64], labels: tuple[str, ...], split: str
+    y_true: npt.NDArray[np.int64],
+    y_pred: npt.NDArray[np.int64],
+    labels: tuple[str, ...],
+    split: Literal["eval", "validation", "train"],
 ) -> ClassifierReport:
     k = len(labels)
     cm = np.zeros((k, k), dtype=np.int64)
@@ -484,7 +486,7 @@ def _report(
     n = int(y_true.size)
     return ClassifierReport(
         labels=labels,
-        split=split,  # type: ignore[arg-type]
+        split=split,
         n=n,
         accuracy=float(tp.sum() / n) if n else 0.0,
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
@@ -537,7 +539,7 @@ def evaluate(
 
 
 def predict(
-    model: MelCnn, clips: Sequence[np.ndarray], cfg: ClassifierConfig, *, batch_size: int = 32
+    model: MelCnn, clips: Sequence[np.ndarray], cfg: ClassifierConfig, batch_size: int = 32
 ) -> list[Prediction]:
     """Classify clips in batches; a clip longer than ``clip_seconds`` is judged on up to ``max_windows`` crops.
 
@@ -789,7 +791,11 @@ def _read_layout(root: Path, cfg: ClassifierConfig) -> list[tuple[str, Path, int
     index = {lab: i for i, lab in enumerate(cfg.labels)}
     rows: list[tuple[str, Path, int]] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES and not f.name.startswith("."))
+        files = sorted(
+            f
+            for f in folder.iterdir()
+            if f.suffix.lower() in AUDIO_SUFFIXES and not f.name.startswith(".") and not f.is_dir()
+        )
         if not files:
             continue
         if folder.name not in index:
