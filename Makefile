@@ -29,6 +29,10 @@ install: $(STAMP) ## Create the virtual environment and install the locked depen
 demo: $(STAMP) ## Run the main job end to end on embedded defaults (kfp.local, sqlite, local storage)
 	$(PY) -m pipelines demo
 
+.PHONY: demo-audio
+demo-audio: $(STAMP) ## Run the audio-analysis pipeline on a generated catalog (kfp.local), with a summary
+	$(PY) -m pipelines demo-audio
+
 .PHONY: test
 test: $(STAMP) ## Run the default test suite (offline + local services; no slow or bench tests)
 	$(PY) -m pytest -m "not slow and not bench" $(PYTEST_ARGS)

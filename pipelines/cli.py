@@ -128,6 +128,17 @@ def demo_cmd(
     run_demo(workdir.resolve(), events=events, console=console)
 
 
+@app.command("demo-audio")
+def demo_audio_cmd(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes everything.")] = Path(".demo"),
+    tracks: Annotated[int, typer.Option(help="Generated catalog tracks.")] = 48,
+) -> None:
+    """The audio-analysis pipeline on kfp.local over a generated catalog; ends with a summary."""
+    from pipelines.audio_demo import run_audio_demo
+
+    run_audio_demo(workdir.resolve(), console=console, demo_tracks=tracks)
+
+
 def main() -> None:
     try:
         rc = app(standalone_mode=False)
