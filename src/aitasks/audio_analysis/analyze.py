@@ -294,7 +294,10 @@ def merge_shards(folders: list[Path], out: Path) -> dict[str, int]:
         ("flags", FLAGS_FILE),
         ("quarantine", QUARANTINE_FILE),
     ):
-        t = pa.concat_tables([getattr(s, attr) for s in shards])
+        # Sorted by track (then file): the merged analysis does not depend on the order shards arrive in.
+        t = pa.concat_tables([getattr(s, attr) for s in shards]).sort_by(
+            [("track_id", "ascending"), ("uri", "ascending")]
+        )
         tables[attr] = t
         pq.write_table(t, out / fname)
     ids = tables["features"].column("track_id").to_pylist()
