@@ -27,6 +27,8 @@ model_app = typer.Typer(help="Registered models: show the champion, roll the ali
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(model_app, name="model")
+audio_app = typer.Typer(help="Audio files: check/analyse them, write a synthetic catalog.", no_args_is_help=True)
+app.add_typer(audio_app, name="audio")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -283,6 +285,62 @@ def model_rollback(
 
     version = rollback_alias(registry_config(_settings(storage_root), model_name=name), alias=alias)
     console.print(f"[green]{name}: {alias} -> v{version}[/green]")
+
+
+@audio_app.command("check")
+def audio_check(
+    files: Annotated[list[Path], typer.Argument(help="Audio files to check and analyse.")],
+    max_channels: Annotated[int, typer.Option(help="More channels are refused.")] = 2,
+    sample_rate: Annotated[int, typer.Option(help="Analysis sample rate.")] = 22050,
+) -> None:
+    """Decode, check and analyse files as the pipeline does: the quarantine reason or the flags of each.
+
+    Exits 1 when any file would be quarantined.
+    """
+    from aitasks.audio_analysis.analyze import AnalysisConfig, analyze_file
+    from aitasks.audio_analysis.catalog import CatalogEntry
+    from aitasks.audio_analysis.decode import DecodeConfig
+
+    settings = _settings(None)
+    cfg = AnalysisConfig(
+        decode=DecodeConfig(
+            sample_rate=sample_rate,
+            max_channels=max_channels,
+            max_bytes=settings.audio_max_bytes,
+            max_duration_s=settings.audio_max_duration_s,
+        ),
+        spectrogram_frames=0,
+    )
+    table = Table("file", "verdict", "format", "rate", "ch", "seconds", "flags / reason")
+    refused = 0
+    for f in files:
+        r = analyze_file(f, CatalogEntry(track_id=f.stem or "x", key=f.name, uri=str(f), size=0), cfg)
+        if not r.ok:
+            refused += 1
+            table.add_row(str(f), f"[red]{r.reason}[/red]", "", "", "", "", r.detail)
+            continue
+        flags = "; ".join(f"{fl.code}: {fl.reason}" for fl in r.flags) or "[green]clean[/green]"
+        table.add_row(str(f), "ok", r.format, str(r.source_rate), str(r.channels), f"{r.duration_s:.1f}", flags)
+    console.print(table)
+    if refused:
+        raise typer.Exit(1)
+
+
+@audio_app.command("synth")
+def audio_synth(
+    out: Annotated[Path, typer.Argument(help="Directory of the catalog (created).")],
+    tracks: Annotated[int, typer.Option(help="Good tracks.")] = 48,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    planted: Annotated[bool, typer.Option(help="Add the planted problems.")] = True,
+) -> None:
+    """Write the documented synthetic catalog (and its labelled folder beside it) with truth.json."""
+    from aitasks.audio_analysis.demo_catalog import write_demo_catalog
+
+    with console.status(f"writing {tracks} tracks..."):
+        truth = write_demo_catalog(out, tracks=tracks, seed=seed, planted=planted)
+    console.print(
+        f"wrote {out} ({tracks} tracks, planted: {truth['planted']}) and {out.parent / (out.name + '-labelled')}"
+    )
 
 
 @app.command("docs")

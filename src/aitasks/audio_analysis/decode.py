@@ -199,7 +199,10 @@ def _wav_data_gap(path: Path) -> tuple[int, int] | None:
 def _mono(data: np.ndarray) -> np.ndarray:
     if data.shape[1] == 1:
         return np.ascontiguousarray(data[:, 0])
-    return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32))
+    # A mat-vec, not ``mean(axis=1)``: numpy reduces a (frames, 2) array row by row, ~20x slower.
+    weights = np.full(data.shape[1], 1.0 / data.shape[1], dtype=np.float32)
+    mono: np.ndarray = data @ weights
+    return mono
 
 
 def decode_file(path: str | Path, cfg: DecodeConfig | None = None) -> DecodedAudio:
