@@ -42,6 +42,11 @@ def main() -> None:
         with console.status("ANN index: hnswlib vs exact numpy vs Voyager on 100k x 64…"):
             records += bench_ann()
 
+    from bench.audio import bench_audio
+
+    with console.status("audio analysis: one-STFT pipeline vs naive librosa, x realtime per core…"):
+        records += bench_audio()
+
     table = Table(title="aitasks benchmarks (ratio = value / baseline, same run)")
     for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline value", "ratio"):
         table.add_column(col)
