@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import librosa
@@ -156,11 +157,22 @@ def test_frame_feature_matches_librosa(
 def test_vectorised_contrast_equals_librosa_on_the_same_spectrogram(
     signal: np.ndarray, sr: int, n_fft: int, n_bands: int, fmin: float
 ) -> None:
-    mag, _ = feat._stft(signal, n_fft, n_fft // 4)
+    mag, _, scratch = feat._stft(signal, n_fft, n_fft // 4)
     bands = feat._contrast_bands(sr, n_fft, fmin, n_bands, 0.02)
-    ours = feat._contrast(mag.copy(), bands)
+    ours = feat._contrast(mag, bands, scratch)
     ref = librosa.feature.spectral_contrast(S=mag.T, sr=sr, n_fft=n_fft, n_bands=n_bands, fmin=fmin)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
+
+
+def test_bandwidth_of_a_pure_tone_does_not_cancel() -> None:
+    """A narrow 5 kHz line: E[f^2] - centroid^2 would lose the bandwidth to float32 cancellation."""
+    mag, _, _ = feat._stft(sine(5000.0, 1.0, SR, amp=0.5), N_FFT, HOP)
+    centroid, bandwidth = feat._centroid_bandwidth(mag, feat._fft_frequencies(SR, N_FFT))
+    ref_centroid = librosa.feature.spectral_centroid(S=mag.T, sr=SR)[0]
+    ref_bandwidth = librosa.feature.spectral_bandwidth(S=mag.T, sr=SR)[0]
+    assert np.median(ref_bandwidth) < 100.0  # narrow indeed, at a centroid of 5 kHz
+    np.testing.assert_allclose(centroid, ref_centroid, rtol=1e-5)
+    np.testing.assert_allclose(bandwidth, ref_bandwidth, rtol=1e-4)
 
 
 def test_zero_crossing_rate_is_exact(result: TrackFeatures, reference: dict[str, np.ndarray]) -> None:
@@ -285,6 +297,28 @@ def test_deterministic_and_frames_flag(signal: np.ndarray, result: TrackFeatures
     assert first.log_mel is None and first.frames is None
 
 
+def test_results_do_not_alias_the_reused_workspace(signal: np.ndarray) -> None:
+    kept = extract_features(signal, SR, frames=True)
+    assert kept.frames is not None and kept.log_mel is not None
+    snapshot = {name: arr.copy() for name, arr in kept.frames.items()}
+    log_mel, values = kept.log_mel.copy(), kept.values.copy()
+    extract_features(synthetic_signal(seconds=12.0, seed=9), SR, frames=True)  # a longer track reuses the buffers
+    integrated_loudness(synthetic_signal(seconds=3.0, seed=8), SR)
+    np.testing.assert_array_equal(kept.values, values)
+    np.testing.assert_array_equal(kept.log_mel, log_mel)
+    for name, arr in snapshot.items():
+        np.testing.assert_array_equal(kept.frames[name], arr)
+
+
+def test_threads_get_their_own_workspace() -> None:
+    signals = [synthetic_signal(seconds=3.0, seed=s) for s in range(4)]
+    sequential = [extract_features(y, SR).values for y in signals]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parallel = list(pool.map(lambda y: extract_features(y, SR).values, signals * 2))
+    for got, want in zip(parallel, sequential * 2, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_names_follow_config() -> None:
     cfg = FeatureConfig(n_mfcc=13, n_chroma=24, percentiles=(5, 95), mel_summary_bands=4)
     names = feature_names(cfg)
@@ -371,6 +405,8 @@ def test_sample_rate_too_low_for_contrast_bands() -> None:
         extract_features(np.zeros(8000, np.float32), 8000)
     ok = extract_features(np.zeros(8000, np.float32), 8000, FeatureConfig(contrast_bands=4))
     assert np.isfinite(ok.values).all()
+    with pytest.raises(DataFormatError, match="Nyquist"):
+        extract_features(np.zeros(8000, np.float32), SR, FeatureConfig(fmax=12000.0))
 
 
 @pytest.mark.parametrize("seconds", [0.1, 0.05, 1 / SR])

@@ -6,24 +6,31 @@ Every spectral feature of a track is derived from a single short-time Fourier tr
 applied to that spectrogram (``librosa.feature.melspectrogram``, ``mfcc``, ``chroma_stft`` with
 ``tuning=0.0``, ``spectral_centroid``, ``spectral_bandwidth``, ``spectral_rolloff``, ``spectral_flatness``,
 ``spectral_contrast``, ``rms(S=S)`` and ``librosa.onset.onset_strength``), but each is computed without a
-Python loop over frames and without recomputing the STFT. Only the zero-crossing rate and the loudness
-are computed in the time domain.
+Python loop over frames and without recomputing the STFT. Only the zero-crossing rate (librosa's framing,
+``center=True``) and the loudness are computed in the time domain.
 
 Conventions:
 
+* the STFT runs in float32 (librosa windows in float64 and stores complex64): bins differ from librosa's
+  by ~1e-7 of the frame's largest bin, which only shows in very quiet bins;
 * the log-mel spectrogram is ``power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0)``, librosa's default
   and the input that ``librosa.feature.mfcc`` and ``librosa.onset.onset_strength`` use;
 * chroma uses a fixed tuning of 0 (no per-track tuning estimation), so its filter bank can be cached;
+* silence follows librosa's ``amin`` and normalisation rules (flatness 1, centroid 0, contrast 0, chroma 0),
+  so every value stays finite without any NaN replacement;
 * tempo follows ``librosa.feature.tempo`` (mean autocorrelation tempogram of the onset envelope, 8 s
-  window, log-normal prior around 120 BPM) and refines the winning lag by parabolic interpolation, so it
-  is not quantised to ``60 * sr / (hop_length * lag)``;
-* loudness is ITU-R BS.1770-4 integrated loudness, floored at -70 LUFS (silence).
+  window, log-normal prior around 120 BPM), averaging every 4th tempogram frame (the windows overlap by
+  99 %), and refines the winning lag by parabolic interpolation, so it is not quantised to
+  ``60 * sr / (hop_length * lag)`` (117.45 or 123.05 BPM around 120 at the defaults);
+* loudness is ITU-R BS.1770-4 integrated loudness, floored at -70 LUFS (silence);
+* the large temporaries (windowed frames, K-weighted squares) live in a per-thread workspace kept between
+  calls (at most 64 MiB), because faulting fresh memory in on every track costs as much as the FFT.
 
 The summary vector holds, for every frame feature (each MFCC coefficient, chroma bin and contrast band,
 then centroid, bandwidth, rolloff, flatness, zcr, rms, onset strength), the mean, the population standard
 deviation and the configured percentiles (linear interpolation) over frames; then the mean log-mel energy
 (dB) of ``mel_summary_bands`` contiguous groups of mel bands; then ``tempo_bpm``, ``loudness_lufs`` and
-``duration_s``. :func:`feature_names` gives the names in the same order.
+``duration_s`` (241 values at the defaults). :func:`feature_names` gives the names in the same order.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Final
 
@@ -65,9 +73,11 @@ _AMIN: Final = 1e-10  # librosa's amin for power_to_db and spectral_flatness
 _TOP_DB: Final = 80.0  # librosa's default dynamic range of power_to_db
 _ZCR_THRESHOLD: Final = np.float32(1e-10)  # librosa.feature.zero_crossing_rate: |y| <= threshold counts as 0
 _TINY32: Final = float(np.finfo(np.float32).tiny)  # librosa.util.normalize threshold for float32 input
-_STFT_BLOCK: Final = 128  # frames per FFT call of the STFT (cache-sized blocks)
 _MEL_BLOCK: Final = 16  # mel filters per dense block of the banded mel product
 _PRODUCT_LOG_MAX_POWER: Final = 1e18  # spectral flatness sums logs of products of bins up to this power
+
+_WORKSPACE_MAX_BYTES: Final = 64 * 2**20  # per-thread scratch kept between calls (~3 min of audio at the defaults)
+_LOUDNESS_CHUNK: Final = 1 << 16  # samples per K-weighting filter call
 
 # librosa.feature.tempo defaults
 _TEMPO_START_BPM: Final = 120.0
@@ -256,13 +266,6 @@ def _dct_matrix(n_mels: int, n_mfcc: int) -> F32:
 
 
 @functools.lru_cache(maxsize=16)
-def _moment_weights(sr: int, n_fft: int) -> F64:
-    """Columns: 1, f, f**2 (for centroid and bandwidth on S)."""
-    freq = _fft_frequencies(sr, n_fft)
-    return np.ascontiguousarray(np.stack([np.ones_like(freq), freq, freq * freq], axis=1))
-
-
-@functools.lru_cache(maxsize=16)
 def _rms_weights(n_fft: int) -> F32:
     """librosa.feature.rms(S=...): DC (and Nyquist for even n_fft) count half, power = 2 * sum / n_fft**2."""
     weights = np.ones(n_fft // 2 + 1)
@@ -366,6 +369,30 @@ def _k_weighting(sr: int) -> F64:
     )
 
 
+class _Workspace(threading.local):
+    """Per-thread scratch memory reused from call to call.
+
+    A 30 s track needs ~10 MB of windowed frames; faulting that much fresh memory in on every call costs as much
+    as the FFT itself on some VMs (~3 us per 4 KiB page measured), so the buffer is kept, up to
+    ``_WORKSPACE_MAX_BYTES``. Nothing returned to callers ever aliases it.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: F32 = np.empty(0, dtype=np.float32)
+
+    def floats(self, count: int) -> F32:
+        """A float32 scratch array of ``count`` elements (contents undefined), starting at the buffer start."""
+        if count <= self.buffer.size:
+            return self.buffer[:count]
+        fresh = np.empty(count, dtype=np.float32)
+        if fresh.nbytes <= _WORKSPACE_MAX_BYTES:
+            self.buffer = fresh
+        return fresh
+
+
+_workspace = _Workspace()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Input validation
 
@@ -404,29 +431,49 @@ def _check_sr(sr: int) -> int:
 # Feature computation
 
 
-def _stft(y: F32, n_fft: int, hop_length: int) -> tuple[F32, F32]:
+def _zero_extended(y: F32, lo: int, hi: int) -> F32:
+    """``y[lo:hi]`` where indices outside ``[0, len(y))`` read as zeros."""
+    out = np.zeros(hi - lo, dtype=np.float32)
+    a, b = max(lo, 0), min(hi, y.size)
+    if b > a:
+        out[a - lo : b - lo] = y[a:b]
+    return out
+
+
+def _stft(y: F32, n_fft: int, hop_length: int) -> tuple[F32, F32, F32]:
     """The one STFT: magnitude and power of ``rfft(hann * frame)`` over centred, zero-padded frames.
 
-    Returns ``(S, P)``, both ``(frames, bins)`` float32. Every frame is transformed exactly once; the frames
-    go through the FFT in blocks of ``_STFT_BLOCK`` so that the windowed frames and their complex spectra
-    stay in cache (a third faster than one transform over a track's whole frame matrix).
+    Frame ``t`` covers ``y[t * hop - n_fft // 2 : t * hop - n_fft // 2 + n_fft]`` (zeros outside the signal),
+    as librosa's ``center=True, pad_mode="constant"``. Returns ``(S, P, scratch)``: ``S`` and ``P`` are
+    ``(frames, bins)`` float32; to keep the memory touched per call small, the windowed frames live in the
+    thread's workspace, ``S`` is written over them and ``P`` over the complex spectrum, and ``scratch`` is
+    the rest of the workspace (``frames * (n_fft - bins)`` floats), free for temporaries. All three alias
+    the workspace: valid until the thread's next call.
     """
     half = n_fft // 2
-    padded = np.pad(y, (half, half))
-    if padded.size < n_fft:  # odd n_fft and a 1-sample signal
-        padded = np.pad(padded, (0, n_fft - padded.size))
-    frames = sliding_window_view(padded, n_fft)[::hop_length]
-    n_frames, n_bins = frames.shape[0], n_fft // 2 + 1
+    n_frames = 1 + max(y.size + 2 * half - n_fft, 0) // hop_length
+    n_bins = n_fft // 2 + 1
     window = _window(n_fft)
-    mag = np.empty((n_frames, n_bins), dtype=np.float32)
-    block = min(_STFT_BLOCK, n_frames)
-    windowed = np.empty((block, n_fft), dtype=np.float32)
-    for start in range(0, n_frames, block):
-        stop = min(start + block, n_frames)
-        buf = windowed[: stop - start]
-        np.multiply(frames[start:stop], window, out=buf)
-        np.abs(scipy.fft.rfft(buf, axis=-1, overwrite_x=True), out=mag[start:stop])
-    return mag, mag * mag
+    windowed = _workspace.floats(n_frames * n_fft).reshape(n_frames, n_fft)
+    # Frames wholly inside the signal are windowed straight from it; only the edge frames need zero padding.
+    first = min(-(-half // hop_length), n_frames)
+    last = min(max((y.size - n_fft + half) // hop_length + 1, first), n_frames)
+    if last > first:
+        inner = sliding_window_view(y, n_fft)[first * hop_length - half :: hop_length][: last - first]
+        np.multiply(inner, window, out=windowed[first:last])
+    for lo_frame, hi_frame in ((0, first), (last, n_frames)):
+        if hi_frame > lo_frame:
+            start = lo_frame * hop_length - half
+            segment = _zero_extended(y, start, (hi_frame - 1) * hop_length - half + n_fft)
+            edge = sliding_window_view(segment, n_fft)[::hop_length]
+            np.multiply(edge, window, out=windowed[lo_frame:hi_frame])
+    spectrum = scipy.fft.rfft(windowed, axis=-1, overwrite_x=True)
+    flat = windowed.reshape(-1)
+    mag = flat[: n_frames * n_bins].reshape(n_frames, n_bins)
+    np.abs(spectrum, out=mag)
+    power = spectrum.view(np.float32).reshape(-1)[: n_frames * n_bins].reshape(n_frames, n_bins)
+    np.multiply(mag, mag, out=power)
+    return mag, power, flat[n_frames * n_bins :]
 
 
 def _log_mel(power: F32, bank: _MelBank) -> F32:
@@ -434,7 +481,7 @@ def _log_mel(power: F32, bank: _MelBank) -> F32:
     for m_lo, m_hi, b_lo, b_hi, weights in bank.blocks:
         np.matmul(power[:, b_lo:b_hi], weights, out=mel[:, m_lo:m_hi])
     # power_to_db(mel, ref=1.0, amin=1e-10, top_db=80): ln is ~3x faster than log10 and equal to float rounding.
-    db = np.log(np.maximum(mel, np.float32(_AMIN)))
+    db = np.log(np.maximum(mel, np.float32(_AMIN), out=mel), out=mel)
     db *= np.float32(10.0 / math.log(10.0))
     np.maximum(db, db.max() - np.float32(_TOP_DB), out=db)
     return db
@@ -447,23 +494,28 @@ def _chroma(power: F32, bank: F32) -> F32:
     return np.asarray(raw / length, dtype=np.float32)
 
 
-def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
-    """librosa's spectral_centroid and spectral_bandwidth (p=2) from float64 moments of S.
+def _centroid_bandwidth(mag: F32, freq: F64) -> tuple[F64, F64]:
+    """librosa's spectral_centroid and spectral_bandwidth (p=2), from S.
 
-    The moments are accumulated in float64 (chunks of frames keep the cast small): the bandwidth is a
-    difference of moments that float32 accumulation would spoil for narrow-band frames.
+    The bandwidth sums ``S * (f - centroid)**2`` directly (in blocks of frames): the shortcut
+    ``E[f**2] - centroid**2`` would cancel catastrophically in float32 for narrow-band frames.
     """
-    weights = _moment_weights(sr, n_fft)
-    n_frames = mag.shape[0]
-    moments = np.empty((n_frames, 3))
-    chunk = 256
-    for start in range(0, n_frames, chunk):
-        np.matmul(mag[start : start + chunk].astype(np.float64), weights, out=moments[start : start + chunk])
-    total = moments[:, 0].copy()
+    n_frames, n_bins = mag.shape
+    freq32 = freq.astype(np.float32)
+    sums = (mag @ np.stack([np.ones_like(freq32), freq32], axis=1)).astype(np.float64)  # (frames, [S, f S])
+    total = sums[:, 0].copy()
     total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
-    centroid = moments[:, 1] / total
-    spread = (moments[:, 2] - 2.0 * centroid * moments[:, 1] + centroid * centroid * moments[:, 0]) / total
-    return centroid, np.sqrt(np.maximum(spread, 0.0))
+    centroid = sums[:, 1] / total
+    spread = np.empty(n_frames)
+    block = 64
+    deviation = np.empty((min(block, n_frames), n_bins), dtype=np.float32)
+    for start in range(0, n_frames, block):
+        stop = min(start + block, n_frames)
+        dev = deviation[: stop - start]
+        np.subtract(freq32[None, :], centroid[start:stop, None].astype(np.float32), out=dev)
+        np.multiply(dev, dev, out=dev)
+        spread[start:stop] = np.einsum("ij,ij->i", dev, mag[start:stop])  # positive terms: float32 is fine
+    return centroid, np.sqrt(spread / total)
 
 
 def _rolloff(mag: F32, freq: F64, roll_percent: float) -> F64:
@@ -493,50 +545,46 @@ def _rolloff(mag: F32, freq: F64, roll_percent: float) -> F64:
 def _flatness(power: F32, scratch: F32) -> F64:
     """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
 
-    Overwrites ``power`` (with max(P, amin)) and ``scratch`` (same shape), which must no longer be needed.
+    May overwrite ``power`` (with max(P, amin)) and overwrites ``scratch`` (same shape): both must be dead.
     """
-    clipped = np.maximum(power, np.float32(_AMIN), out=power)
-    n_bins = clipped.shape[1]
-    amean = clipped.mean(axis=1, dtype=np.float64)
-    if float(clipped.max()) > _PRODUCT_LOG_MAX_POWER:
-        log_sum = np.log(clipped, out=scratch).sum(axis=1, dtype=np.float64)
-        return np.asarray(np.exp(log_sum / n_bins) / amean)
-    # Fewer logarithms: the log of a product of 16 values is the sum of their logs. With amin <= P <= 1e18,
-    # products of two stay normal in float32 ([1e-20, 1e36]) and products of 16 in float64 ([1e-160, 1e288]).
-    log_sum = np.zeros(clipped.shape[0])
-    half = n_bins // 2
-    level: F32 | F64 = np.multiply(clipped[:, 0 : 2 * half : 2], clipped[:, 1 : 2 * half : 2], out=scratch[:, :half])
-    if n_bins % 2:
-        log_sum += np.log(clipped[:, -1], dtype=np.float64)
-    for _ in range(3):
-        width = level.shape[1]
-        if width < 2:
-            break
-        if width % 2:
-            log_sum += np.log(level[:, -1], dtype=np.float64)
-        half = width // 2
-        level = np.multiply(level[:, 0 : 2 * half : 2], level[:, 1 : 2 * half : 2], dtype=np.float64)
-    log_sum += np.log(level, dtype=np.float64).sum(axis=1)
+    n_bins = power.shape[1]
+    if float(power.min()) < _AMIN:  # only digital silence and deep notches reach librosa's floor
+        np.maximum(power, np.float32(_AMIN), out=power)
+    amean = (power @ np.ones(n_bins, dtype=np.float32)).astype(np.float64) / n_bins
+    if float(power.max()) > _PRODUCT_LOG_MAX_POWER:
+        log_sum = np.log(power, out=scratch).sum(axis=1, dtype=np.float64)
+    else:
+        # Half the logarithms: ln(a) + ln(b) = ln(a * b); with amin <= P <= 1e18 the float32 products stay
+        # normal and finite ([1e-20, 1e36]).
+        half = n_bins // 2
+        pairs = np.multiply(power[:, 0 : 2 * half : 2], power[:, 1 : 2 * half : 2], out=scratch[:, :half])
+        log_sum = np.log(pairs, out=pairs).sum(axis=1, dtype=np.float64)
+        if n_bins % 2:
+            log_sum += np.log(power[:, -1], dtype=np.float64)
     return np.asarray(np.exp(log_sum / n_bins) / amean)
 
 
-def _extreme_means(rows: F32, count: int) -> tuple[F64, F64]:
+def _extreme_means(rows: F32, count: int, scratch: F32) -> tuple[F64, F64]:
     """Means of the ``count`` smallest and of the ``count`` largest values of each row of non-negative values.
 
-    Partial selection (introselect) along the contiguous axis instead of a full sort; non-negative float32
-    values order like their int32 bit patterns, whose selection is faster.
+    In-place partial selection (introselect) on a copy in ``scratch`` (when large enough) instead of a full
+    sort; non-negative float32 values order like their int32 bit patterns, whose selection is faster.
     """
-    width = rows.shape[1]
+    n_rows, width = rows.shape
     if count == 1:
         return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-    bits = np.partition(rows.view(np.int32), count - 1, axis=1)
-    low = bits[:, :count].view(np.float32).mean(axis=1, dtype=np.float64)
-    if width - count >= count:  # the largest `count` are in the part above the first selection
-        upper = bits[:, count:]
-        bits = np.partition(upper, upper.shape[1] - count, axis=1)
+    if scratch.size >= n_rows * width:
+        work = scratch[: n_rows * width].reshape(n_rows, width)
+        np.copyto(work, rows)
     else:
-        bits = np.partition(bits, width - count, axis=1)
-    high = bits[:, -count:].view(np.float32).mean(axis=1, dtype=np.float64)
+        work = rows.copy()
+    bits = work.view(np.int32)
+    bits.partition(count - 1, axis=1)
+    low = bits[:, :count].view(np.float32).mean(axis=1, dtype=np.float64)
+    # The `count` largest lie in the part above the first selection when it is wide enough.
+    upper = bits[:, count:] if width - count >= count else bits
+    upper.partition(upper.shape[1] - count, axis=1)
+    high = upper[:, -count:].view(np.float32).mean(axis=1, dtype=np.float64)
     return np.asarray(low), np.asarray(high)
 
 
@@ -545,9 +593,9 @@ def _power_to_db(x: F64) -> F64:
     return np.asarray(np.maximum(db, db.max() - _TOP_DB))
 
 
-def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
+def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...], scratch: F32) -> F64:
     """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile)."""
-    extremes = [_extreme_means(mag[:, start:stop], count) for start, stop, count in bands]
+    extremes = [_extreme_means(mag[:, start:stop], count, scratch) for start, stop, count in bands]
     valley = np.stack([low for low, _ in extremes])
     peak = np.stack([high for _, high in extremes])
     return _power_to_db(peak) - _power_to_db(valley)
@@ -580,7 +628,7 @@ def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
     spectrum = scipy.fft.rfft(frames, n=n_pad, axis=1)
     power = np.abs(spectrum)
     np.multiply(power, power, out=power)
-    mean_ac = scipy.fft.irfft(weights @ power.astype(np.float64), n=n_pad)[:win_length] / frames.shape[0]
+    mean_ac = scipy.fft.irfft(weights.astype(np.float32) @ power, n=n_pad)[:win_length] / frames.shape[0]
     score = np.log1p(1e6 * np.maximum(mean_ac, 0.0)) + logprior  # >= 0 up to rounding
     best = int(np.argmax(score))
     lag = float(best)
@@ -639,8 +687,14 @@ def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
 
 
 def _integrated_loudness(y: F32, sr: int) -> float:
-    squared = scipy.signal.sosfilt(_k_weighting(sr), y.astype(np.float64))
-    np.multiply(squared, squared, out=squared)
+    # K-weight in chunks (carrying the filter state) into float64 squares kept in the thread's workspace.
+    squared = _workspace.floats(2 * y.size).view(np.float64)
+    sos = _k_weighting(sr)
+    state = np.zeros((sos.shape[0], 2))
+    for start in range(0, y.size, _LOUDNESS_CHUNK):
+        stop = min(start + _LOUDNESS_CHUNK, y.size)
+        weighted, state = scipy.signal.sosfilt(sos, y[start:stop], zi=state)
+        np.multiply(weighted, weighted, out=squared[start:stop])
     block = round(_BLOCK_S * sr)
     if squared.size < block or block < 4:
         mean_squares = np.array([squared.mean()])
@@ -693,16 +747,16 @@ def extract_features(
     bands = _contrast_bands(sr, n_fft, cfg.contrast_fmin, cfg.contrast_bands, cfg.contrast_quantile)
     freq = _fft_frequencies(sr, n_fft)
 
-    mag, power = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
+    mag, power, scratch = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
     n_frames = mag.shape[0]
 
     log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
     mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
     chroma = _chroma(power, _chroma_bank(sr, n_fft, cfg.n_chroma))
     rms = np.sqrt(power @ _rms_weights(n_fft))
-    centroid, bandwidth = _centroid_bandwidth(mag, sr, n_fft)
+    centroid, bandwidth = _centroid_bandwidth(mag, freq)
     rolloff = _rolloff(mag, freq, cfg.rolloff_percent)
-    contrast = _contrast(mag, bands)  # (bands + 1, frames)
+    contrast = _contrast(mag, bands, scratch)  # (bands + 1, frames)
     flatness = _flatness(power, scratch=mag)  # last use of S and P: overwrites both
     onset = _onset_strength(log_mel, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
