@@ -40,7 +40,7 @@ SR = 44100
 REPEATS = 3
 TARGET_X_REALTIME = 600.0
 TARGET_RATIO = 3.0
-POOL_PASSES = 4
+POOL_PASSES = 8
 
 
 def write_tracks(root: Path, n: int = N_TRACKS) -> list[Path]:
@@ -155,7 +155,7 @@ def bench_audio(n_tracks: int = N_TRACKS) -> list[dict[str, Any]]:
             )
         )
         workers = max(1, len(os.sched_getaffinity(0)))
-        # Each file 4 times: enough work that the one-off worker start-up is a fair share, not all of it.
+        # Each file 8 times: enough work that the one-off worker start-up is a fair share, not all of it.
         entries = list_catalog(tmp).entries * POOL_PASSES
         t0 = time.perf_counter()
         results = analyze_entries(entries, AnalysisConfig(), workers=workers, timeout_s=120)

@@ -66,6 +66,7 @@ def audio_source(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def list_catalog(
     catalog_root: str,
+    manifest_uri: str,
     shards: int,
     limit: int,
     storage_root: str,
@@ -91,7 +92,9 @@ def list_catalog(
         git_revision=git_revision,
         traceparent=traceparent,
     )
-    res = list_catalog_task({"catalog_root": catalog_root, "shards": shards, "limit": limit}, runtime=rt)
+    res = list_catalog_task(
+        {"catalog_root": catalog_root, "manifest_uri": manifest_uri, "shards": shards, "limit": limit}, runtime=rt
+    )
     export_output(res.listing_uri, listing, tracks=res.tracks)
     metrics.log_metric("tracks", res.tracks)
     metrics.log_metric("refused", res.refused)

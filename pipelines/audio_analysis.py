@@ -37,6 +37,7 @@ def audio_analysis(
     storage_root: str = "",
     catalog_root: str = "",
     labelled_root: str = "",
+    catalog_manifest: str = "",
     demo_tracks: int = 48,
     demo_seed: int = 0,
     demo_min_seconds: float = 20.0,
@@ -83,7 +84,13 @@ def audio_analysis(
         )
         configure(source, pipeline=NAME, step="source", task_name="audio.source", task_version="1.0.0", retries=1)
 
-        listed = list_catalog(catalog_root=source.outputs["catalog_root"], shards=shards, limit=limit, **run)
+        listed = list_catalog(
+            catalog_root=source.outputs["catalog_root"],
+            manifest_uri=catalog_manifest,
+            shards=shards,
+            limit=limit,
+            **run,
+        )
         # The listing reflects the catalog's current files: never served from the KFP cache.
         configure(
             listed,

@@ -244,3 +244,46 @@ def test_decode_of_good_file_after_bad_is_unaffected(catalog) -> None:
     ref, _ = sf.read(str(good["good_flac"]), dtype="float32")
     audio = decode_file(good["good_flac"], DecodeConfig(sample_rate=44100))
     np.testing.assert_array_equal(audio.samples, ref)
+
+
+def test_manifest_lists_only_its_keys_and_refuses_escapes(catalog) -> None:
+    from aitasks.audio_analysis.catalog import list_manifest
+
+    cat, _, _ = catalog
+    manifest = "\n".join(
+        [
+            "# tonight's uploads",
+            "good/good_wav.wav",
+            "good/good_mp3.mp3",
+            "good/good_wav.wav",  # repeated: counted once
+            "../outside/secret.wav",
+            "/etc/passwd.wav",
+            "bad/escape_link.wav",
+            "good/missing.flac",
+            "good/cover.jpg",
+            "",
+        ]
+    )
+    listing = list_manifest(str(cat), manifest)
+    assert [e.track_id for e in listing.entries] == ["good_wav", "good_mp3"]
+    reasons = sorted((r.reason, Path(r.uri).name) for r in listing.refused)
+    assert reasons == [
+        ("not_found", "missing.flac"),
+        ("unsafe_path", "escape_link.wav"),
+        ("unsafe_path", "passwd.wav"),
+        ("unsafe_path", "secret.wav"),
+    ]
+    assert listing.skipped_non_audio == 1
+
+
+def test_list_task_reads_a_manifest_and_its_content_joins_the_key(catalog, captured) -> None:
+    from aitasks.audio_analysis.tasks import list_catalog_task
+
+    cat, _, _ = catalog
+    manifest = captured.root / "tonight.txt"
+    manifest.write_text("good/good_flac.flac\n")
+    one = list_catalog_task({"catalog_root": str(cat), "manifest_uri": str(manifest)}, runtime=captured.rt)
+    assert one.tracks == 1
+    manifest.write_text("good/good_flac.flac\ngood/good_ogg.ogg\n")
+    two = list_catalog_task({"catalog_root": str(cat), "manifest_uri": str(manifest)}, runtime=captured.rt)
+    assert two.tracks == 2 and two.listing_uri != one.listing_uri

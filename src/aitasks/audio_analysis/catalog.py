@@ -153,6 +153,12 @@ def list_catalog(root: str, storage: Storage | None = None, *, limit: int = 0) -
             raise UnsafePathError(f"catalog root {root!r} is not a directory")
         found, refused, skipped = _walk_local(base)
 
+    return _entries(root, found, refused, skipped, limit)
+
+
+def _entries(
+    root: str, found: list[tuple[str, str, int]], refused: list[Refusal], skipped: int, limit: int
+) -> CatalogListing:
     stems = Counter(PurePosixPath(key).stem for key, _, _ in found)
     entries: list[CatalogEntry] = []
     for key, uri, size in found:
@@ -168,6 +174,58 @@ def list_catalog(root: str, storage: Storage | None = None, *, limit: int = 0) -
     if limit:
         entries = entries[:limit]
     return CatalogListing(root=root, entries=entries, refused=refused, skipped_non_audio=skipped)
+
+
+def list_manifest(root: str, manifest: str, storage: Storage | None = None, *, limit: int = 0) -> CatalogListing:
+    """The catalog entries named by a manifest: one key (path relative to ``root``) per line.
+
+    Blank lines and ``#`` comments are ignored. A key that escapes the root (``..``, absolute, a
+    symlink out of a local root) is refused as ``unsafe_path``; a key with no file behind it as
+    ``not_found``; a key without an audio extension is skipped. Entries keep the manifest's order
+    of first appearance (repeated keys count once).
+
+    Args:
+        root: The catalog root (local directory or ``gs://`` prefix).
+        manifest: The manifest's text.
+        storage: Storage of a ``gs://`` root.
+        limit: Keep only the first ``limit`` entries (0: all).
+    """
+    found: list[tuple[str, str, int]] = []
+    refused: list[Refusal] = []
+    skipped = 0
+    seen: set[str] = set()
+    gcs = is_gcs(root)
+    if gcs and storage is None:
+        from aitasks.runtime.storage import storage_for
+
+        storage = storage_for(root)
+    for raw in manifest.splitlines():
+        key = raw.strip()
+        if not key or key.startswith("#") or key in seen:
+            continue
+        seen.add(key)
+        shown = key if gcs else str(Path(root) / key)
+        if not _is_audio(key):
+            skipped += 1
+            continue
+        try:
+            if gcs:
+                check_relative_key(key)
+                uri = join_uri(root, key)
+                assert storage is not None
+                if not storage.exists(uri):
+                    refused.append(Refusal(uri=uri, reason="not_found", detail="no object behind the key"))
+                    continue
+                found.append((key, uri, -1))
+            else:
+                path = resolve_in_root(Path(root), key)
+                if not path.is_file():
+                    refused.append(Refusal(uri=shown, reason="not_found", detail="no file behind the key"))
+                    continue
+                found.append((key, str(path), path.stat().st_size))
+        except UnsafePathError as exc:
+            refused.append(Refusal(uri=shown, reason="unsafe_path", detail=str(exc)))
+    return _entries(root, found, refused, skipped, limit)
 
 
 def shard(entries: list[CatalogEntry], shards: int) -> list[list[CatalogEntry]]:

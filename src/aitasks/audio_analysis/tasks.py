@@ -45,8 +45,11 @@ class ListCatalogParams(TaskModel):
     catalog_root: str = Field(min_length=1, description="Catalog root: a local directory or a gs:// prefix.")
     shards: int = Field(default=4, ge=1, le=256, description="Split the catalog into at most this many shards.")
     limit: int = Field(default=0, ge=0, description="Analyse only the first N files by key (0: all).")
+    manifest_uri: str = Field(
+        default="", description="Optional file listing the keys (paths under the root) to analyse, one per line."
+    )
 
-    _nul = field_validator("catalog_root")(_no_nul)
+    _nul = field_validator("catalog_root", "manifest_uri")(_no_nul)
 
 
 class ListCatalogResult(TaskModel):
@@ -63,9 +66,14 @@ def _catalog_state(params: Any, rt: Runtime) -> dict[str, Any]:
     from aitasks.runtime.storage import is_gcs
 
     root = params.catalog_root
+    manifest = (
+        {"manifest": storage_of(params.manifest_uri, rt).content_hash(params.manifest_uri)}
+        if getattr(params, "manifest_uri", "")
+        else {}
+    )
     if is_gcs(root):
         keys = sorted(storage_of(root, rt).list(root.rstrip("/") + "/"))
-        return {"catalog": sha256_json(keys)}
+        return {"catalog": sha256_json(keys), **manifest}
     rows = []
     base = Path(root)
     for dirpath, _dirs, files in os.walk(base, followlinks=False):
@@ -76,7 +84,7 @@ def _catalog_state(params: Any, rt: Runtime) -> dict[str, Any]:
             except OSError:
                 continue
             rows.append((p.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns))
-    return {"catalog": sha256_json(sorted(rows))}
+    return {"catalog": sha256_json(sorted(rows)), **manifest}
 
 
 @ai_task(name="audio.list_catalog", version="1.0.0", retry=RetryPolicy(max_attempts=3), state=_catalog_state)
@@ -86,20 +94,28 @@ def list_catalog_task(params: ListCatalogParams, ctx: TaskContext) -> ListCatalo
     EN: Walks the catalog root (a directory or a gs:// prefix) without following links out of it,
     maps each audio file to its track id (the file stem), refuses links that escape the root, invalid
     or duplicate track ids (with a reason each), skips non-audio files and splits the rest into
-    balanced shards for parallel analysis.
+    balanced shards for parallel analysis. With a manifest (one key under the root per line) only
+    its files are listed; keys with ``..``, absolute paths and links out of the root are refused.
     FR: Parcourt la racine du catalogue (un répertoire ou un préfixe gs://) sans suivre les liens qui en
     sortent, associe chaque fichier audio à son identifiant de titre (le nom sans extension), refuse les
     liens qui s'échappent de la racine et les identifiants invalides ou en double (avec un motif
     chacun), ignore les fichiers non audio et répartit le reste en lots équilibrés pour l'analyse en
-    parallèle.
+    parallèle. Avec un manifeste (une clé sous la racine par ligne), seuls ses fichiers sont listés ;
+    les clés avec ``..``, les chemins absolus et les liens hors de la racine sont refusés.
     DE: Durchläuft die Katalogwurzel (ein Verzeichnis oder ein gs://-Präfix), ohne Links nach außen zu
     folgen, ordnet jeder Audiodatei ihre Titel-Id (den Dateinamen ohne Endung) zu, weist Links, die die
     Wurzel verlassen, sowie ungültige oder doppelte Titel-Ids ab (jeweils mit Grund), überspringt
     Nicht-Audio-Dateien und teilt den Rest in ausgewogene Shards für die parallele Analyse.
+    Mit einem Manifest (ein Schlüssel unter der Wurzel pro Zeile) werden nur dessen Dateien gelistet;
+    Schlüssel mit ``..``, absolute Pfade und Links nach außen werden abgewiesen.
     """
-    from aitasks.audio_analysis.catalog import list_catalog, shard
+    from aitasks.audio_analysis.catalog import list_catalog, list_manifest, shard
 
-    listing = list_catalog(params.catalog_root, ctx.storage, limit=params.limit)
+    if params.manifest_uri:
+        text = storage_of(params.manifest_uri, ctx.runtime).read_bytes(params.manifest_uri).decode("utf-8")
+        listing = list_manifest(params.catalog_root, text, ctx.storage, limit=params.limit)
+    else:
+        listing = list_catalog(params.catalog_root, ctx.storage, limit=params.limit)
     shards = shard(listing.entries, params.shards)
     uri = ctx.output_uri(LISTING_FILE)
     payload = {"listing": listing.model_dump(mode="json"), "shards": [[e.key for e in s] for s in shards]}
