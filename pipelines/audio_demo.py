@@ -9,7 +9,6 @@ ones, the planted duplicate found, classification vs the true class).
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,29 +35,18 @@ def run_audio_demo(workdir: Path, *, console: Console | None = None, **overrides
     """Run `audio-analysis` with kfp.local under ``workdir``; print and return the summary."""
     import pyarrow.parquet as pq
 
-    from aitasks.runtime.audit import AuditLog
-    from aitasks.runtime.run_summary import summarize_run
-    from pipelines.cli import run_local
+    from pipelines.demo import run_and_collect
 
     con = console or Console()
     store = workdir / "store"
-    audit = AuditLog(store / "audit")
-    start_seq = len(audit.records())
     params = {
         "storage_root": str(store),
         "as_of": "2026-11-25T00:00:00+00:00",
         "submitter": "make-demo",
         **overrides,
     }
-    con.rule(f"[bold]aitasks demo: {PIPELINE} on kfp.local[/bold]")
-    t0 = time.perf_counter()
-    run_local(PIPELINE, params, workdir)
-    elapsed = time.perf_counter() - t0
-
-    new_records = audit.records()[start_seq:]
-    run = summarize_run(new_records, run_id=None, storage_root=str(store))
-    results = {t: {"status": e["status"], **e.get("result", {})} for t, e in run["tasks"].items()}
-    verify = audit.verify()
+    outcome = run_and_collect(PIPELINE, params, workdir, con)
+    results, run, verify, new_records = outcome.results, outcome.run, outcome.verify, outcome.records
     source = results.get("audio.source", {})
     anomalies = results.get("audio.anomalies", {})
     trained = results.get("audio.train_classifier", {})
@@ -95,7 +83,7 @@ def run_audio_demo(workdir: Path, *, console: Console | None = None, **overrides
         duplicates = [[r["a"], r["b"]] for r in pq.read_table(folder / "duplicates.parquet").to_pylist()]
     summary = {
         "pipeline": PIPELINE,
-        "elapsed_s": round(elapsed, 1),
+        "elapsed_s": round(outcome.elapsed, 1),
         "storage_root": str(store),
         "tasks": {t: r["status"] for t, r in results.items()},
         "failed": run["failed"],

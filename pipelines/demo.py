@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,36 @@ EXPECTED_TASKS = (
 )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """A local pipeline run as the platform recorded it: per-task results from the audit trail."""
+
+    results: dict[str, dict[str, Any]]
+    run: dict[str, Any]
+    verify: Any
+    records: list[dict[str, Any]]
+    elapsed: float
+
+
+def run_and_collect(pipeline: str, params: dict[str, Any], workdir: Path, con: Console) -> Outcome:
+    """Run ``pipeline`` with kfp.local, then read this run's audit records and committed results back."""
+    from aitasks.runtime.audit import AuditLog
+    from aitasks.runtime.run_summary import summarize_run
+    from pipelines.cli import run_local
+
+    store = Path(params["storage_root"])
+    audit = AuditLog(store / "audit")
+    start_seq = len(audit.records())
+    con.rule(f"[bold]aitasks demo: {pipeline} on kfp.local[/bold]")
+    t0 = time.perf_counter()
+    run_local(pipeline, params, workdir)
+    elapsed = time.perf_counter() - t0
+    new_records = audit.records()[start_seq:]
+    run = summarize_run(new_records, run_id=None, storage_root=str(store))
+    results = {t: {"status": e["status"], **e.get("result", {})} for t, e in run["tasks"].items()}
+    return Outcome(results=results, run=run, verify=audit.verify(), records=new_records, elapsed=elapsed)
+
+
 def run_demo(
     workdir: Path,
     *,
@@ -49,14 +80,8 @@ def run_demo(
     ``dirty_rows`` contract-breaking rows are mixed into the synthetic events so the quarantine has
     something to catch; ``overrides`` are further pipeline parameters (users, tracks, epochs, ...).
     """
-    from aitasks.runtime.audit import AuditLog
-    from aitasks.runtime.run_summary import summarize_run
-    from pipelines.cli import run_local
-
     con = console or Console()
     store = workdir / "store"
-    audit = AuditLog(store / "audit")
-    start_seq = len(audit.records())
     as_of = (START_DATE + timedelta(days=DAYS)).isoformat() + "T00:00:00+00:00"
     params = {
         "storage_root": str(store),
@@ -68,15 +93,14 @@ def run_demo(
         "submitter": "make-demo",
         **overrides,
     }
-    con.rule(f"[bold]aitasks demo: {PIPELINE} on kfp.local[/bold]")
-    t0 = time.perf_counter()
-    run_local(PIPELINE, params, workdir)
-    elapsed = time.perf_counter() - t0
-
-    new_records = audit.records()[start_seq:]
-    run = summarize_run(new_records, run_id=None, storage_root=str(store))
-    results = {t: {"status": e["status"], **e.get("result", {})} for t, e in run["tasks"].items()}
-    verify = audit.verify()
+    outcome = run_and_collect(PIPELINE, params, workdir, con)
+    results, run, verify, new_records, elapsed = (
+        outcome.results,
+        outcome.run,
+        outcome.verify,
+        outcome.records,
+        outcome.elapsed,
+    )
 
     ingest = results.get("data.ingest", {})
     evaluation = results.get("model.evaluate", {})
