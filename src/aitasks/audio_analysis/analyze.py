@@ -165,6 +165,37 @@ def analyze_entries(
     )
 
 
+def decode_one(job: tuple[str, DecodeConfig]) -> np.ndarray | str:
+    """Pool entry point of :func:`decode_many`: the samples, or the refusal as text."""
+    from aitasks.runtime.storage import local_copy
+
+    uri, cfg = job
+    try:
+        with local_copy(uri) as path:
+            return decode_file(path, cfg).samples
+    except AudioDecodeError as exc:
+        return f"{exc.reason}: {exc.detail}"
+    except OSError as exc:
+        return f"decode_error: cannot read: {exc.strerror or exc}"
+
+
+def decode_many(uris: list[str], cfg: DecodeConfig, *, workers: int, timeout_s: float) -> list[np.ndarray | str]:
+    """Decode ``uris`` in worker processes with the per-file timeout (``workers=0``: in this process)."""
+    jobs = [(u, cfg) for u in uris]
+    if workers == 0:
+        return [decode_one(j) for j in jobs]
+    from aitasks.audio_analysis.parallel import run_pool
+
+    return run_pool(
+        decode_one,
+        jobs,
+        workers=workers,
+        timeout_s=timeout_s,
+        on_timeout=lambda j: f"timeout: no result within {timeout_s:g} s",
+        on_crash=lambda j, why: f"decode_error: {why}",
+    )
+
+
 # ------------------------------------------------------------------------------ shard files
 
 

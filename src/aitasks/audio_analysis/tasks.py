@@ -705,11 +705,10 @@ def classify_task(params: ClassifyParams, ctx: TaskContext) -> ClassifyResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from aitasks.audio_analysis.analyze import FEATURES_FILE
+    from aitasks.audio_analysis.analyze import FEATURES_FILE, decode_many
     from aitasks.audio_analysis.classifier import load_classifier, predict
-    from aitasks.audio_analysis.decode import AudioDecodeError, DecodeConfig, decode_file
+    from aitasks.audio_analysis.decode import DecodeConfig
     from aitasks.runtime.bundle import open_bundle
-    from aitasks.runtime.storage import local_copy
 
     with (
         open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, _),
@@ -717,17 +716,28 @@ def classify_task(params: ClassifyParams, ctx: TaskContext) -> ClassifyResult:
     ):
         model, cfg = load_classifier(model_dir)
         table = pq.read_table(folder / FEATURES_FILE, columns=["track_id", "uri"])
-    dcfg = DecodeConfig(sample_rate=cfg.sample_rate)
+    s = ctx.settings
+    dcfg = DecodeConfig(
+        sample_rate=cfg.sample_rate,
+        max_bytes=s.audio_max_bytes,
+        max_duration_s=s.audio_max_duration_s,
+        max_channels=64,  # analysis already applied the channel limit
+        min_source_rate=1,
+        max_source_rate=1_000_000,
+    )
+    track_ids = table.column("track_id").to_pylist()
+    decoded = decode_many(
+        table.column("uri").to_pylist(), dcfg, workers=_workers(s.audio_workers), timeout_s=s.audio_file_timeout_s
+    )
     ids, clips, failed = [], [], 0
-    for tid, uri in zip(table.column("track_id").to_pylist(), table.column("uri").to_pylist(), strict=True):
-        try:
-            with local_copy(uri) as path:
-                clips.append(decode_file(path, dcfg).samples)
-            ids.append(tid)
-        except (AudioDecodeError, OSError) as exc:
+    for tid, out in zip(track_ids, decoded, strict=True):
+        if isinstance(out, str):
             # Analysed a moment ago, unreadable now: the file changed; report it, classify the rest.
             failed += 1
-            ctx.log.warning("audio.classify_skipped", track=tid, error=str(exc)[:200])
+            ctx.log.warning("audio.classify_skipped", track=tid, error=out[:200])
+        else:
+            ids.append(tid)
+            clips.append(out)
     preds = predict(model, clips, cfg, batch_size=params.batch_size) if clips else []
     uri = ctx.output_uri("predictions.parquet")
     with ctx.publish(uri) as tmp:
