@@ -269,3 +269,17 @@ def test_report_is_self_contained_html(world: World) -> None:
     assert "data:image/png;base64," in html and "<svg" in html
     assert "too_many_channels" in html and "unsafe_path" in html
     assert res.quarantined == world.collected.quarantined
+
+
+def test_rule_thresholds_are_task_inputs(world: World) -> None:
+    rt = world.cap.rt
+    strict = T.analyze_audio_task(
+        {"listing_uri": world.listing.listing_uri, "shard_index": 0, "rules": {"min_duration_s": 60.0}}, runtime=rt
+    )
+    assert strict.shard_uri != world.shards[0].shard_uri, "new thresholds, new key"
+    tables = _bundle_tables(world, strict.shard_uri, "audio_shard")
+    analysed = {r["track_id"] for r in tables["features"]}
+    short = {r["track_id"] for r in tables["flags"] if r["code"] == "too_short"}
+    assert short == analysed, "every 12 s track is under a 60 s minimum"
+    with pytest.raises(InvalidInputError, match="rules"):
+        T.analyze_audio_task({"listing_uri": world.listing.listing_uri, "rules": {"min_duration_s": -1}}, runtime=rt)

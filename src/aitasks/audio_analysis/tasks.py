@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from aitasks.audio_analysis.anomaly import RuleConfig
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
@@ -143,6 +144,7 @@ class AnalyzeAudioParams(TaskModel):
     max_bytes: int | None = Field(default=None, ge=1, description="Size limit; None: settings.audio_max_bytes.")
     max_duration_s: float | None = Field(default=None, gt=0, description="None: settings.audio_max_duration_s.")
     file_timeout_s: float | None = Field(default=None, gt=0, description="None: settings.audio_file_timeout_s.")
+    rules: RuleConfig = Field(default_factory=RuleConfig, description="Thresholds of the signal rules.")
 
 
 class AnalyzeAudioResult(TaskModel):
@@ -227,6 +229,7 @@ def analyze_audio_task(params: AnalyzeAudioParams, ctx: TaskContext) -> AnalyzeA
     keys = set(shards[params.shard_index]) if shards else set()
     entries = [e for e in listing.entries if e.key in keys]
     cfg = AnalysisConfig(
+        rules=params.rules,
         decode=DecodeConfig(
             sample_rate=params.sample_rate,
             min_source_rate=params.min_source_rate,
