@@ -43,3 +43,20 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "psi_threshold" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_audit_tail_filters_answer_who_ran_what(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit")
+    log.append(
+        {"task": "audio.analyze", "run_id": "r1", "step": "analyze-shard", "status": "failed", "submitter": "ci"}
+    )
+    log.append(
+        {"task": "audio.analyze", "run_id": "r2", "step": "analyze-shard", "status": "succeeded", "submitter": "ana"}
+    )
+    log.append({"task": "audio.collect", "run_id": "r2", "step": "collect", "status": "succeeded", "submitter": "ana"})
+    out = run("audit", "tail", "--root", str(tmp_path / "audit"), "--run", "r2", "--task", "audio.analyze")
+    assert out.returncode == 0, out.stderr
+    [rec] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rec["submitter"] == "ana" and rec["status"] == "succeeded"
+    failed = run("audit", "tail", "--root", str(tmp_path / "audit"), "--status", "failed")
+    assert [json.loads(x)["run_id"] for x in failed.stdout.splitlines()] == ["r1"]

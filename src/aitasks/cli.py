@@ -138,12 +138,23 @@ def audit_verify(
 def audit_tail(
     n: Annotated[int, typer.Option("-n", help="How many records.")] = 20,
     root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this KFP run id.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only this task (e.g. audio.analyze).")] = None,
+    step: Annotated[str | None, typer.Option("--step", help="Only this pipeline step (KFP task name).")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="Only this status (failed, succeeded, ...).")] = None,
+    submitter: Annotated[str | None, typer.Option("--submitter", help="Only runs started by this submitter.")] = None,
 ) -> None:
-    """Print the last records as JSON lines."""
+    """Print the last records (after the filters) as JSON lines: who ran what, when, with which outcome."""
     from aitasks.runtime.audit import open_audit
     from aitasks.runtime.settings import load_settings
 
-    for rec in open_audit(root or load_settings().resolved_audit_root()).records()[-n:]:
+    wanted = {"run_id": run, "task": task, "step": step, "status": status, "submitter": submitter}
+    records = [
+        rec
+        for rec in open_audit(root or load_settings().resolved_audit_root()).records()
+        if all(v is None or rec.get(k) == v for k, v in wanted.items())
+    ]
+    for rec in records[-n:] if n > 0 else []:
         typer.echo(json.dumps(rec, sort_keys=True))
 
 
