@@ -59,10 +59,11 @@ docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry
 	$(PY) -m aitasks.cli docs
 
 .PHONY: lint
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+lint: $(STAMP) ## ruff (lint + format check), mypy and hadolint on every Dockerfile
 	$(VENV)/bin/ruff check src components pipelines tests bench
 	$(VENV)/bin/ruff format --check src components pipelines tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's formatting and safe fixes
