@@ -237,7 +237,7 @@ def analyze_audio_task(params: AnalyzeAudioParams, ctx: TaskContext) -> AnalyzeA
             max_channels=params.max_channels,
             max_bytes=limits["max_bytes"],
             max_duration_s=limits["max_duration_s"],
-        )
+        ),
     )
     workers = _workers(ctx.settings.audio_workers)
     start = time.perf_counter()
