@@ -59,11 +59,14 @@ docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry
 	$(PY) -m aitasks.cli docs
 
 .PHONY: lint
-lint: $(STAMP) ## ruff (lint + format check), mypy and hadolint on every Dockerfile
+lint: $(STAMP) ## ruff, mypy, hadolint on every Dockerfile, manifests rendered and checked (kubernetes-validate)
 	$(VENV)/bin/ruff check src components pipelines tests bench
 	$(VENV)/bin/ruff format --check src components pipelines tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
+	kubectl kustomize manifests/overlays/dev >/dev/null
+	kubectl kustomize manifests/overlays/prod >/dev/null
+	$(PY) -m pytest -q -p no:cacheprovider tests/manifests tests/images
 
 .PHONY: format
 format: $(STAMP) ## Apply ruff's formatting and safe fixes

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
+from typing import Any
 
-import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = sorted(p.name for p in (ROOT / "manifests" / "overlays").iterdir() if p.is_dir())
+from tests.manifests._k8s import OVERLAYS, render
 
 
-def render(overlay: str) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "manifests" / "overlays" / overlay)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+def test_both_overlays_exist() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_with_restricted_namespace(overlay: str) -> None:
-    docs = render(overlay)
+def test_overlay_renders_with_restricted_namespace(overlay: str, docs: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert ("Namespace", "aitasks") in kinds
     ns = next(d for d in docs if d["kind"] == "Namespace")
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    for d in docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"].get("namespace") == "aitasks", f"{d['kind']}/{d['metadata']['name']}"
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "aitasks-pipeline-runner")
     assert sa["automountServiceAccountToken"] is False
     settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aitasks-settings")
     assert settings["data"]["AITASKS_STORAGE_ROOT"].startswith("gs://")
@@ -42,3 +28,30 @@ def test_overlay_renders_with_restricted_namespace(overlay: str) -> None:
             f"secret-like key {key} in a ConfigMap"
         )
         assert "@" not in value, f"{key} looks like it carries credentials"
+
+
+def test_expected_components_render(overlay: str, docs: list[dict[str, Any]]) -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for expected in [
+        ("Deployment", "mlflow"),
+        ("Service", "mlflow"),
+        ("Deployment", "feast-redis"),
+        ("Service", "feast-redis"),
+        ("Job", "feast-apply"),
+        ("NetworkPolicy", "default-deny-all"),
+        ("PrometheusRule", "aitasks"),
+        ("ConfigMap", "aitasks-grafana-dashboard"),
+    ]:
+        assert expected in kinds, f"{expected} missing in {overlay}"
+    assert {k for k, _ in kinds} & {"ServiceMonitor", "PodMonitor"}
+    # Postgres runs in the cluster only in dev; prod points the MLflow DSN Secret at a managed instance.
+    assert (("StatefulSet", "mlflow-postgres") in kinds) == (overlay == "dev")
+
+
+def test_prod_differs_from_dev_where_it_must() -> None:
+    def cm(overlay: str, name: str) -> Any:
+        return next(d for d in render(overlay) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name)["data"]
+
+    assert "prod" in cm("prod", "aitasks-mlflow")["artifacts-destination"]
+    assert "dev" in cm("dev", "aitasks-mlflow")["artifacts-destination"]
+    assert "prod" in cm("prod", "aitasks-feast-apply")["FEAST_USER_FEATURES_URI"]

@@ -1,0 +1,190 @@
+"""PrometheusRule and dashboard expressions parse and use only what src/aitasks exports.
+
+promtool is used when it is on PATH; otherwise the expressions are checked by a small tokenizer:
+balanced brackets, valid label matchers, and every metric name is one that
+src/aitasks/runtime/telemetry.py registers (or a recording rule of the same PrometheusRule).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.manifests._k8s import ROOT
+
+TELEMETRY = ROOT / "src" / "aitasks" / "runtime" / "telemetry.py"
+KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
+#: Labels Prometheus or the Pushgateway add: grouping key of aitasks.runtime.step.finish_step, job, le.
+EXTRA_LABELS = {"job", "instance", "run_id", "step", "le", "__name__"}
+STATUSES = {"succeeded", "failed", "idempotent_hit"}
+MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
+IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """Metric names as Prometheus sees them, with their label names, from the registering calls."""
+    suffixes = {
+        "Counter": ("_total", "_created"),
+        "Histogram": ("_bucket", "_sum", "_count", "_created"),
+        "Summary": ("_sum", "_count", "_created", ""),
+        "Gauge": ("",),
+    }
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(TELEMETRY.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in suffixes:
+            name = ast.literal_eval(node.args[0])
+            labels = set(ast.literal_eval(node.args[2])) if len(node.args) > 2 else set()
+            base = name.removesuffix("_total") if node.func.id == "Counter" else name
+            for suffix in suffixes[node.func.id]:
+                out[base + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return out
+
+
+def registered_tasks() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "src" / "aitasks").rglob("*.py"):
+        names |= set(re.findall(r'@ai_task\(\s*name="([^"]+)"', path.read_text()))
+    return names
+
+
+def parse_expr(expr: str) -> tuple[set[str], list[tuple[str, str, str]], set[str]]:
+    """Metric names, label matchers and grouping labels of a PromQL expression, or AssertionError."""
+    text = re.sub(r"#.*", "", expr)
+    stack: list[str] = []
+    for ch in re.sub(r'"(?:[^"\\]|\\.)*"', '""', text):
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in ")]}":
+            assert stack and stack.pop() + ch in {"()", "[]", "{}"}, f"unbalanced {ch!r} in {expr!r}"
+    assert not stack, f"unclosed {stack} in {expr!r}"
+    matchers: list[tuple[str, str, str]] = []
+
+    def take(m: re.Match[str]) -> str:
+        body = m.group(1).strip().rstrip(",")
+        for part in filter(None, re.split(r',(?=(?:[^"]*"[^"]*")*[^"]*$)', body)):
+            mm = MATCHER.fullmatch(part)
+            assert mm, f"bad label matcher {part!r} in {expr!r}"
+            matchers.append((mm.group(1), mm.group(2), mm.group(3)))
+        return " "
+
+    text = re.sub(r"\{([^{}]*)\}", take, text)
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery selectors
+    grouping: set[str] = set()
+
+    def group(m: re.Match[str]) -> str:
+        grouping.update(x.strip() for x in m.group(2).split(",") if x.strip())
+        return " "
+
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)", group, text)
+    text = re.sub(r"\boffset\s+\d+[smhdwy]", " ", text)
+    names = set()
+    for m in IDENT.finditer(text):
+        rest = text[m.end() :].lstrip()
+        word = m.group(0)
+        if word in KEYWORDS or rest.startswith("("):
+            continue
+        if re.fullmatch(r"\d", text[m.start() - 1 : m.start()] or " "):  # the e in 1e3, unit of 5m
+            continue
+        names.add(word)
+    return names, matchers, grouping
+
+
+def rule_specs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"] for d in docs if d["kind"] == "PrometheusRule"]
+
+
+def check_expr(expr: str, recorded: set[str]) -> None:
+    metrics = exported_metrics()
+    tasks = registered_tasks()
+    names, matchers, grouping = parse_expr(expr)
+    assert names, f"no metric in {expr!r}"
+    for name in names:
+        assert name in metrics or name in recorded, f"{name!r} is neither exported by telemetry.py nor recorded"
+    known_labels = set().union(*metrics.values()) | EXTRA_LABELS
+    for label, op, value in matchers:
+        assert label in known_labels, f"unknown label {label!r} in {expr!r}"
+        if label == "task" and op == "=":
+            assert value in tasks, f"task {value!r} is not a registered task"
+        if label == "status" and op in {"=", "=~"}:
+            assert set(value.split("|")) <= STATUSES, f"status {value!r} is never emitted"
+    assert grouping <= known_labels, f"unknown grouping labels {grouping - known_labels}"
+
+
+def test_the_telemetry_parser_sees_the_task_metrics() -> None:
+    metrics = exported_metrics()
+    for name in (
+        "aitasks_task_runs_total",
+        "aitasks_task_retries_total",
+        "aitasks_task_idempotent_hits_total",
+        "aitasks_task_duration_seconds_bucket",
+    ):
+        assert name in metrics
+    assert metrics["aitasks_task_runs_total"] == {"task", "version", "status"}
+    assert all(s in TELEMETRY.read_text() for s in STATUSES)
+
+
+def test_alerts_exist_and_expressions_use_exported_metrics(docs: list[dict[str, Any]]) -> None:
+    (spec,) = rule_specs(docs)
+    rules = [r for g in spec["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    alerts = {r["alert"] for r in rules if "alert" in r}
+    assert {
+        "AitasksTaskFailureRateHigh",
+        "AitasksTaskRetriesSpike",
+        "AitasksRecoTrainingNotSucceeded",
+        "AitasksIndexStale",
+        "AitasksDriftCheckFailing",
+    } <= alerts
+    for r in rules:
+        assert set(r) <= {"alert", "record", "expr", "for", "labels", "annotations", "keep_firing_for"}
+        check_expr(r["expr"], recorded)
+        if "alert" in r:
+            assert r["labels"]["severity"] in {"info", "warning", "critical"}
+            assert r["annotations"]["summary"]
+            assert re.fullmatch(r"\d+[smh]", r.get("for", "0s"))
+
+
+def test_dashboard_is_valid_and_uses_exported_metrics(docs: list[dict[str, Any]]) -> None:
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aitasks-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (text,) = cm["data"].values()
+    dashboard = json.loads(text)
+    assert dashboard["uid"] and dashboard["panels"]
+    recorded = {r["record"] for s in rule_specs(docs) for g in s["groups"] for r in g["rules"] if "record" in r}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            check_expr(target["expr"], recorded)
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("sum(rate(aitasks_unknown_total[5m]))", "neither exported"),
+        ('aitasks_task_runs_total{task="no.such"}', "not a registered task"),
+        ('aitasks_task_runs_total{status="ok"}', "never emitted"),
+        ("sum(aitasks_task_runs_total", "unclosed"),
+        ("aitasks_task_runs_total{task=x}", "bad label matcher"),
+        ("sum by (pipeline) (aitasks_task_runs_total)", "unknown grouping"),
+    ],
+)
+def test_checker_rejects_bad_expressions(expr: str, message: str) -> None:
+    with pytest.raises(AssertionError, match=message):
+        check_expr(expr, set())
+
+
+def test_promtool_checks_the_rules(docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed; expressions are checked by the tokenizer above")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule_specs(docs)[0]))
+    subprocess.run([promtool, "check", "rules", str(path)], check=True, capture_output=True, timeout=60)
