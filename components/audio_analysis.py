@@ -30,6 +30,7 @@ def audio_source(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> NamedTuple("SourceOutputs", [("catalog_root", str), ("labelled_root", str)]):
     """The catalog root to analyse (and the labelled folder): given, or a generated demo catalog."""
@@ -45,6 +46,7 @@ def audio_source(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = source_task(
@@ -75,6 +77,7 @@ def list_catalog(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     listing: Output[Dataset],
     metrics: Output[Metrics],
@@ -90,6 +93,7 @@ def list_catalog(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = list_catalog_task(
@@ -115,6 +119,7 @@ def analyze_shard(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> str:
     """Decode, check and analyse one shard (worker processes, per-file timeout). Returns the shard URI."""
@@ -128,6 +133,7 @@ def analyze_shard(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = analyze_audio_task(
@@ -152,6 +158,7 @@ def collect_analysis(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     analysis: Output[Dataset],
     metrics: Output[Metrics],
@@ -167,6 +174,7 @@ def collect_analysis(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = collect_task({"shard_uris": [str(u) for u in shard_uris]}, runtime=rt)
@@ -189,6 +197,7 @@ def detect_anomalies(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     anomalies: Output[Dataset],
     metrics: Output[Metrics],
@@ -204,6 +213,7 @@ def detect_anomalies(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = anomalies_task(
@@ -236,6 +246,7 @@ def train_classifier(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     model: Output[Model],
     metrics: Output[Metrics],
@@ -252,6 +263,7 @@ def train_classifier(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = train_classifier_task(
@@ -279,6 +291,7 @@ def register_classifier(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> int:
     """Register the classifier in MLflow; champion when accurate enough. Returns the version."""
@@ -292,6 +305,7 @@ def register_classifier(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = register_classifier_task(
@@ -313,6 +327,7 @@ def classify_tracks(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     predictions: Output[Dataset],
     metrics: Output[Metrics],
@@ -328,6 +343,7 @@ def classify_tracks(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = classify_task(
@@ -361,6 +377,7 @@ def write_audio_features(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> int:
     """Write the track_audio feature view to Feast (offline rows + online). Returns rows written."""
@@ -374,6 +391,7 @@ def write_audio_features(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = feast_write_task(
@@ -403,6 +421,7 @@ def audio_report(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     report: Output[HTML],
 ) -> int:
@@ -417,6 +436,7 @@ def audio_report(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = report_task(

@@ -31,6 +31,7 @@ def source_data(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     events_out: Output[Dataset],
     tracks_out: Output[Dataset],
@@ -46,6 +47,7 @@ def source_data(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = source_data_task(
@@ -83,6 +85,7 @@ def ingest_events(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     good_events: Output[Dataset],
     quarantine: Output[Dataset],
@@ -101,6 +104,7 @@ def ingest_events(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = ingest_events_task(
@@ -137,6 +141,7 @@ def compute_features(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     user_features: Output[Dataset],
     track_features: Output[Dataset],
@@ -153,6 +158,7 @@ def compute_features(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = compute_features_task(
@@ -188,6 +194,7 @@ def materialize_features(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     metrics: Output[Metrics],
 ) -> str:
@@ -202,6 +209,7 @@ def materialize_features(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = materialize_features_task(
@@ -233,6 +241,7 @@ def check_drift(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     report: Output[Markdown],
     metrics: Output[Metrics],
@@ -248,6 +257,7 @@ def check_drift(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = drift_check_task(

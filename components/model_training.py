@@ -28,6 +28,7 @@ def build_training_set(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     training_set: Output[Dataset],
     metrics: Output[Metrics],
@@ -43,6 +44,7 @@ def build_training_set(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = training_set_task(
@@ -80,6 +82,7 @@ def train_model(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     model: Output[Model],
     metrics: Output[Metrics],
@@ -95,6 +98,7 @@ def train_model(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = train_model_task(
@@ -131,6 +135,7 @@ def evaluate_model(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     evaluation: Output[Artifact],
     report: Output[HTML],
@@ -152,6 +157,7 @@ def evaluate_model(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = evaluate_model_task(
@@ -188,6 +194,7 @@ def register_model(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> int:
     """Register the model version in MLflow with lineage tags (idempotent by model content)."""
@@ -201,6 +208,7 @@ def register_model(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = register_model_task(
@@ -227,6 +235,7 @@ def promote_model(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> bool:
     """Move the `champion` alias to the blessed version. Returns whether it moved."""
@@ -240,6 +249,7 @@ def promote_model(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = promote_model_task({"model_name": model_name, "version": version, "blessed": blessed}, runtime=rt)

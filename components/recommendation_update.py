@@ -29,6 +29,7 @@ def build_index(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
     index: Output[Artifact],
     metrics: Output[Metrics],
@@ -44,6 +45,7 @@ def build_index(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = build_index_task(
@@ -80,6 +82,7 @@ def publish_index(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> int:
     """Publish the index as a new version and switch CURRENT atomically. Returns the version."""
@@ -93,6 +96,7 @@ def publish_index(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = publish_index_task(

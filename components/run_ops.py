@@ -17,6 +17,7 @@ def summarize_run(
     step: str,
     submitter: str,
     git_revision: str,
+    pipeline_version: str,
     traceparent: str,
 ) -> str:
     """Exit handler: the run's tasks and outcomes from the audit trail, audit chain verified."""
@@ -32,6 +33,7 @@ def summarize_run(
         step=step,
         submitter=submitter,
         git_revision=git_revision,
+        pipeline_version=pipeline_version,
         traceparent=traceparent,
     )
     res = run_summary_task(

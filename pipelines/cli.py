@@ -1,6 +1,8 @@
-"""`python -m pipelines`: compile, check, run (local) and demo.
+"""`python -m pipelines`: compile, check, upload, schedule apply, run (local or on a KFP backend), demos.
 
 Compiled YAML is deterministic and committed under pipelines/compiled/; `check` fails when it is stale.
+`upload`, `schedule apply` and `run --host` talk to a Kubeflow Pipelines backend (pipelines/kfp_api.py):
+host from `--host` or `AITASKS_KFP_HOST`, token from `KFP_TOKEN` or the in-cluster service account.
 """
 
 from __future__ import annotations
@@ -105,16 +107,119 @@ def run_cmd(
     local: Annotated[bool, typer.Option("--local", help="Run with kfp.local on this machine.")] = False,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed).")] = None,
     workdir: Annotated[Path, typer.Option(help="Local outputs directory.")] = Path(".aitasks"),
+    host: Annotated[str | None, typer.Option(help="KFP API host (default: $AITASKS_KFP_HOST).")] = None,
+    version: Annotated[str, typer.Option(help="Pipeline version: latest, pinned:<name> or a name.")] = "latest",
+    experiment: Annotated[str, typer.Option(help="KFP experiment of the run.")] = "adhoc",
+    submitter: Annotated[str | None, typer.Option(help="Who runs it (default: CI actor or login).")] = None,
+    git_revision: Annotated[
+        str | None, typer.Option(help="Recorded git revision (default: the version's upload revision).")
+    ] = None,
 ) -> None:
-    """Run a pipeline. `--local` runs it here; submitting to a KFP backend comes with the delivery issue."""
+    """Run a pipeline: submit it to a KFP backend and print the UI link, or `--local` with kfp.local."""
     if name not in pipelines():
         raise typer.BadParameter(f"unknown pipeline {name!r}; known: {', '.join(pipelines())}")
     if not local:
-        err.print("[red]only --local runs are available in this version[/red]")
-        raise typer.Exit(2)
+        from rich.markup import escape
+
+        from pipelines import kfp_api
+
+        try:
+            client = kfp_api.client_for(host)
+            sub = kfp_api.submit_run(
+                client,
+                name,
+                version,
+                _parse_params(param or []),
+                experiment,
+                submitter=submitter or kfp_api.default_submitter(),
+                git_revision=git_revision,
+            )
+        except (kfp_api.KfpApiError, kfp_api.SpecError) as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print(f"submitted {name} ({sub.pipeline_version}) run {sub.run_id}")
+        console.print(sub.url, soft_wrap=True)
+        return
     params = _parse_params(param or [])
     params.setdefault("storage_root", str(workdir.resolve()))
     run_local(name, params, workdir.resolve())
+
+
+@app.command("upload")
+def upload_cmd(
+    name: Annotated[str | None, typer.Argument(help="Pipeline to upload (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Upload every pipeline.")] = False,
+    host: Annotated[str | None, typer.Option(help="KFP API host (default: $AITASKS_KFP_HOST).")] = None,
+    git_revision: Annotated[str | None, typer.Option(help="Git revision (default: $GITHUB_SHA or HEAD).")] = None,
+    package_dir: Annotated[Path, typer.Option(help="Directory of compiled pipelines.")] = COMPILED,
+) -> None:
+    """Upload compiled pipelines: create if missing, else a version named <content-hash>-<git-revision>."""
+    from rich.markup import escape
+
+    from pipelines import kfp_api
+
+    if all_ == (name is not None):
+        err.print("[red]error:[/red] give one pipeline NAME or --all")
+        raise typer.Exit(2)
+    names = list(pipelines()) if all_ else [str(name)]
+    unknown = [n for n in names if n not in pipelines()]
+    if unknown:
+        err.print(f"[red]error:[/red] unknown pipeline {unknown[0]!r}; known: {', '.join(pipelines())}", soft_wrap=True)
+        raise typer.Exit(2)
+    missing = [n for n in names if not (package_dir / f"{n}.yaml").is_file()]
+    if missing:
+        err.print(
+            f"[red]error:[/red] no compiled package for {', '.join(missing)} in {package_dir} (run `make compile`)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    revision = git_revision or kfp_api.default_git_revision()
+    try:
+        client = kfp_api.client_for(host)
+        for pipeline in names:
+            result = kfp_api.upload(client, pipeline, package_dir / f"{pipeline}.yaml", git_revision=revision)
+            what = "uploaded" if result.created else "unchanged"
+            console.print(f"{pipeline}: {what} (pipeline {result.pipeline_id}, version {result.version_id})")
+    except (kfp_api.KfpApiError, kfp_api.SpecError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+schedule_app = typer.Typer(help="Recurring runs on the KFP backend, from a declarative file.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("apply")
+def schedule_apply_cmd(
+    file: Annotated[Path, typer.Option(help="Schedules file.")] = COMPILED.parent / "schedules.yaml",
+    host: Annotated[str | None, typer.Option(help="KFP API host (default: $AITASKS_KFP_HOST).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan, change nothing.")] = False,
+) -> None:
+    """Apply a schedules file idempotently: create, recreate (changed), keep (unchanged), delete (removed)."""
+    from rich.markup import escape
+
+    from pipelines import kfp_api
+
+    try:
+        spec = kfp_api.load_schedules(file)
+        report = kfp_api.apply_schedules(kfp_api.client_for(host), spec, dry_run=dry_run)
+    except (kfp_api.KfpApiError, kfp_api.SpecError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    verb = "would " if dry_run else ""
+    for label, names in (
+        ("create", report.created),
+        ("recreate", report.recreated),
+        ("delete", report.deleted),
+        ("keep", report.unchanged),
+    ):
+        for sched in names:
+            why = f" ({', '.join(report.changes[sched])} changed)" if sched in report.changes else ""
+            console.print(f"{verb}{label} {sched}{why}")
+    console.print(
+        f"{'dry run: ' if dry_run else ''}{len(report.created)} created, {len(report.recreated)} recreated, "
+        f"{len(report.unchanged)} unchanged, {len(report.deleted)} deleted"
+    )
 
 
 @app.command("demo")

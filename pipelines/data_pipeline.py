@@ -32,11 +32,17 @@ def data_pipeline(
     ks_pvalue_threshold: float = 0.01,
     submitter: str = "",
     git_revision: str = "",
+    pipeline_version: str = "",
     traceparent: str = "",
 ) -> None:
     """The data pipeline. Empty ``events_uri``/``catalog_uri``: synthetic data from the generator settings."""
     run = run_context(
-        NAME, storage_root=storage_root, submitter=submitter, git_revision=git_revision, traceparent=traceparent
+        NAME,
+        storage_root=storage_root,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+        pipeline_version=pipeline_version,
     )
     data_steps(
         NAME,

@@ -64,11 +64,17 @@ def reco_training(
     gpu_toleration: dict = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # noqa: B006
     submitter: str = "",
     git_revision: str = "",
+    pipeline_version: str = "",
     traceparent: str = "",
 ) -> None:
     """The recommender's training pipeline (daily recurring run; `make demo` runs it with kfp.local)."""
     run = run_context(
-        NAME, storage_root=storage_root, submitter=submitter, git_revision=git_revision, traceparent=traceparent
+        NAME,
+        storage_root=storage_root,
+        submitter=submitter,
+        git_revision=git_revision,
+        traceparent=traceparent,
+        pipeline_version=pipeline_version,
     )
     summary = summarize_run(**run)
     configure(summary, pipeline=NAME, step="summary", task_name="run.summary", task_version="1.0.0", cache=False)

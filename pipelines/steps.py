@@ -12,7 +12,15 @@ from components.data_processing import check_drift, compute_features, ingest_eve
 from pipelines.k8s import configure
 
 
-def run_context(pipeline: str, *, storage_root: Any, submitter: Any, git_revision: Any, traceparent: Any) -> dict:
+def run_context(
+    pipeline: str,
+    *,
+    storage_root: Any,
+    submitter: Any,
+    git_revision: Any,
+    traceparent: Any,
+    pipeline_version: Any = "",
+) -> dict:
     """The run context every component receives as inputs (KFP placeholders resolve per run and step)."""
     return {
         "storage_root": storage_root,
@@ -21,6 +29,9 @@ def run_context(pipeline: str, *, storage_root: Any, submitter: Any, git_revisio
         "step": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
         "submitter": submitter,
         "git_revision": git_revision,
+        # The uploaded pipeline version (content hash + git revision); with submitter and git revision it
+        # lands in every task's audit record: the audit answers "who ran what" (the KFP backend does not).
+        "pipeline_version": pipeline_version,
         "traceparent": traceparent,
     }
 

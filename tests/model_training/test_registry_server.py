@@ -40,7 +40,8 @@ from tests.model_training.test_registry import MODEL_FILES, make_model_dir, regi
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: The PostgreSQL the test creates its own database in (a setting, not a constant: CI may point elsewhere).
+PG_ADMIN = os.environ.get("AITASKS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 HEALTH_TIMEOUT_S = 90.0
 
 
@@ -100,7 +101,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         port = _free_port()
         log = root / "mlflow-server.log"
         argv = [*_mlflow_argv(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        argv += ["--backend-store-uri", f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"]
+        backend = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0] + f"/{db}"
+        argv += ["--backend-store-uri", backend]
         argv += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
         # The security middleware's default already allows 127.0.0.1 on any port; naming it keeps the
         # test independent of that default.

@@ -62,7 +62,7 @@ def test_run_context_reaches_every_step(fresh: dict[str, str]) -> None:
         params = task["inputs"]["parameters"]
         assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
         assert params["step"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}", name
-        for key in ("submitter", "git_revision", "traceparent", "storage_root"):
+        for key in ("submitter", "git_revision", "pipeline_version", "traceparent", "storage_root"):
             assert params[key]["componentInputParameter"] == key, (name, key)
 
 

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     #: MLflow tracking URI. Empty: a sqlite database under the storage root.
     mlflow_tracking_uri: str = ""
 
+    #: Kubeflow Pipelines API host of `python -m pipelines upload|schedule|run` (the token comes from
+    #: KFP_TOKEN or the in-cluster service-account token, never from a setting that could be logged).
+    kfp_host: str = ""
+
     #: Audio decoding limits (defaults of the audio tasks; a task input overrides them).
     audio_max_bytes: int = Field(default=256 * 1024**2, ge=1)
     audio_max_duration_s: float = Field(default=1800.0, gt=0)
