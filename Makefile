@@ -7,6 +7,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# checkov pins dependencies that conflict with the project lock: it lives in its own tools venv.
+TOOLS   ?= .venv-tools
+CHECKOV := $(TOOLS)/bin/checkov
 # Arguments passed through to pytest, e.g. `make test PYTEST_ARGS="-k audit -x"`.
 PYTEST_ARGS ?=
 
@@ -17,6 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -c requirements.lock -e ".[dev]"
 	@touch $(STAMP)
+
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade "pip>=24"
+	$(TOOLS)/bin/pip install -q "checkov==3.3.30"
 
 .PHONY: help
 help: ## Show this help
@@ -59,13 +67,15 @@ docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry
 	$(PY) -m aitasks.cli docs
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy, hadolint on every Dockerfile, manifests rendered and checked (kubernetes-validate)
+lint: $(STAMP) $(CHECKOV) ## ruff, mypy, hadolint, manifests rendered and checked (kubernetes-validate, checkov)
 	$(VENV)/bin/ruff check src components pipelines tests bench
 	$(VENV)/bin/ruff format --check src components pipelines tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
-	kubectl kustomize manifests/overlays/dev >/dev/null
-	kubectl kustomize manifests/overlays/prod >/dev/null
+	@mkdir -p build/manifests
+	kubectl kustomize manifests/overlays/dev > build/manifests/dev.yaml
+	kubectl kustomize manifests/overlays/prod > build/manifests/prod.yaml
+	$(CHECKOV) --config-file manifests/.checkov.yaml -d build/manifests
 	$(PY) -m pytest -q -p no:cacheprovider tests/manifests tests/images
 
 .PHONY: format
@@ -82,4 +92,4 @@ lock: ## Re-resolve requirements.lock in a clean throwaway venv (torch pinned to
 
 .PHONY: clean
 clean: ## Remove the venv, caches and demo outputs
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo local_outputs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .demo local_outputs build *.egg-info src/*.egg-info
