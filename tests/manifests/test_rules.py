@@ -173,7 +173,7 @@ def test_dashboard_is_valid_and_uses_exported_metrics(docs: list[dict[str, Any]]
         ('aitasks_task_runs_total{status="ok"}', "never emitted"),
         ("sum(aitasks_task_runs_total", "unclosed"),
         ("aitasks_task_runs_total{task=x}", "bad label matcher"),
-        ("sum by (pipeline) (aitasks_task_runs_total)", "unknown grouping"),
+        ("sum by (region) (aitasks_task_runs_total)", "unknown grouping"),
     ],
 )
 def test_checker_rejects_bad_expressions(expr: str, message: str) -> None:

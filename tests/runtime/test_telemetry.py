@@ -63,3 +63,17 @@ def test_derived_traceparent_is_valid_and_stable() -> None:
     assert valid_traceparent(a) and a == derived_traceparent("run-1") != derived_traceparent("run-2")
     assert not valid_traceparent("00-" + "0" * 32 + "-" + "1" * 16 + "-01")
     assert not valid_traceparent("garbage")
+
+
+def test_run_summary_marks_a_pipeline_success_only_when_it_succeeded(captured) -> None:
+    from aitasks.runtime.run_summary import run_summary_task
+
+    gauge = "aitasks_pipeline_last_success_timestamp_seconds"
+    run_summary_task(
+        {"run_id": "r-failed", "pipeline": "audio-analysis", "final_status": "FAILED"}, runtime=captured.rt
+    )
+    assert captured.metric(gauge, pipeline="audio-analysis") == 0.0
+    run_summary_task({"run_id": "r-ok", "pipeline": "audio-analysis", "final_status": "SUCCEEDED"}, runtime=captured.rt)
+    import time
+
+    assert abs(captured.metric(gauge, pipeline="audio-analysis") - time.time()) < 60

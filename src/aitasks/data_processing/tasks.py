@@ -434,6 +434,9 @@ def drift_check_task(params: DriftParams, ctx: TaskContext) -> DriftResult:
     with ctx.publish(md_uri) as p:
         p.write_text(report.to_markdown(), "utf-8")
     psis = [f.psi for f in report.features if f.psi is not None]
+    pipeline = ctx.runtime.run.pipeline or "unknown"
+    ctx.runtime.telemetry.outcome.drift_max_psi.labels(pipeline).set(max(psis) if psis else 0.0)
+    ctx.runtime.telemetry.outcome.drift_features.labels(pipeline).set(len(report.drifted_features))
     return DriftResult(
         report_json_uri=json_uri,
         report_markdown_uri=md_uri,

@@ -187,6 +187,9 @@ def publish_index_task(params: PublishIndexParams, ctx: TaskContext) -> PublishI
             extra={"trace_id": ctx.trace_id, "run_id": run.run_id, "git_revision": run.git_revision},
         )
     ctx.log.info("index.published", name=params.name, version=result.version, created=result.created)
+    if result.created:
+        # Index staleness alerts read this; re-publishing identical content is not a refresh.
+        ctx.runtime.telemetry.outcome.index_published.labels(params.name).set_to_current_time()
     return PublishIndexResult(
         name=params.name,
         version=result.version,

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _propagator = TraceContextTextMapPropagator()
@@ -72,6 +72,16 @@ class TaskMetrics:
     idempotent_hits: Counter
 
 
+@dataclass
+class OutcomeMetrics:
+    """What the platform produced, for alerts on staleness rather than on errors."""
+
+    pipeline_success: Gauge
+    index_published: Gauge
+    drift_max_psi: Gauge
+    drift_features: Gauge
+
+
 class Telemetry:
     """A tracer provider and a metrics registry, owned together."""
 
@@ -113,6 +123,33 @@ class Telemetry:
                 "aitasks_task_idempotent_hits",
                 "Calls answered from a committed result.",
                 ["task"],
+                registry=self.registry,
+            ),
+        )
+
+        self.outcome = OutcomeMetrics(
+            pipeline_success=Gauge(
+                "aitasks_pipeline_last_success_timestamp_seconds",
+                "Unix time at which a run of the pipeline last ended SUCCEEDED with its audit chain verified.",
+                ["pipeline"],
+                registry=self.registry,
+            ),
+            index_published=Gauge(
+                "aitasks_index_published_timestamp_seconds",
+                "Unix time at which a new version of the ANN index was last published (CURRENT switched).",
+                ["index"],
+                registry=self.registry,
+            ),
+            drift_max_psi=Gauge(
+                "aitasks_drift_max_psi",
+                "Largest population stability index of the last drift check.",
+                ["pipeline"],
+                registry=self.registry,
+            ),
+            drift_features=Gauge(
+                "aitasks_drift_features",
+                "Number of features over the drift thresholds in the last drift check.",
+                ["pipeline"],
                 registry=self.registry,
             ),
         )
