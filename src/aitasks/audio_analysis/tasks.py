@@ -12,14 +12,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
 from aitasks.audio_analysis.anomaly import RuleConfig
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
+    AsOfTime,
     InputArtifact,
+    Metric,
     OutputArtifact,
     Runtime,
     TaskContext,
@@ -55,10 +57,13 @@ class ListCatalogParams(TaskModel):
 
 class ListCatalogResult(TaskModel):
     listing_uri: OutputArtifact
-    tracks: int
-    refused: int
-    skipped_non_audio: int
+    tracks: Annotated[int, Metric()]
+    refused: Annotated[int, Metric()]
+    skipped_non_audio: Annotated[int, Metric()]
     shard_indices: list[int]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"tracks": self.tracks}
 
 
 def _catalog_state(params: Any, rt: Runtime) -> dict[str, Any]:
@@ -295,9 +300,12 @@ class CollectParams(TaskModel):
 
 class CollectResult(TaskModel):
     analysis_uri: OutputArtifact
-    tracks: int
-    quarantined: int
-    flags: int
+    tracks: Annotated[int, Metric()]
+    quarantined: Annotated[int, Metric()]
+    flags: Annotated[int, Metric()]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"tracks": self.tracks}
 
 
 def _shards_state(params: Any, rt: Runtime) -> dict[str, Any]:
@@ -344,10 +352,10 @@ class AnomaliesParams(TaskModel):
 class AnomaliesResult(TaskModel):
     anomalies_uri: OutputArtifact
     tracks: int
-    flagged_tracks: int
-    flags_by_code: dict[str, int]
-    outliers: int
-    duplicate_pairs: int
+    flagged_tracks: Annotated[int, Metric()]
+    flags_by_code: Annotated[dict[str, int], Metric(prefix="flags_")]
+    outliers: Annotated[int, Metric()]
+    duplicate_pairs: Annotated[int, Metric()]
 
 
 @ai_task(name="audio.anomalies", version="1.0.0", retry=RetryPolicy(max_attempts=2))
@@ -472,15 +480,22 @@ class TrainClassifierParams(TaskModel):
 class TrainClassifierResult(TaskModel):
     model_uri: OutputArtifact
     labels: list[str]
-    accuracy: float
-    macro_f1: float
-    chance: float
-    per_class_f1: dict[str, float]
+    accuracy: Annotated[float, Metric()]
+    macro_f1: Annotated[float, Metric()]
+    chance: Annotated[float, Metric()]
+    per_class_f1: Annotated[dict[str, float], Metric(prefix="f1_")]
     confusion: list[list[int]]
     n_train: int
     n_test: int
     skipped_files: int
     seconds: float
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"accuracy": self.accuracy}
+
+    def confusion_matrix(self) -> tuple[list[str], list[list[int]]]:
+        """(labels, rows) for the KFP UI's confusion matrix."""
+        return self.labels, self.confusion
 
 
 def _labelled_state(params: Any, rt: Runtime) -> dict[str, Any]:
@@ -682,9 +697,12 @@ class ClassifyParams(TaskModel):
 
 class ClassifyResult(TaskModel):
     predictions_uri: OutputArtifact
-    tracks: int
-    failed: int
-    class_counts: dict[str, int]
+    tracks: Annotated[int, Metric()]
+    failed: Annotated[int, Metric()]
+    class_counts: Annotated[dict[str, int], Metric(prefix="class_")]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"tracks": self.tracks}
 
 
 @ai_task(name="audio.classify", version="1.0.0", retry=RetryPolicy(max_attempts=2))
@@ -770,7 +788,10 @@ class FeastWriteParams(TaskModel):
     predictions_uri: InputArtifact = Field(description="Classifier predictions (Parquet).")
     project: str = Field(default="aitasks", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$", description="Feast project.")
     online_store: str = Field(default="", pattern=r"^(|sqlite|redis)$", description="Empty: from settings.")
-    as_of: str = Field(min_length=1, description="Analysis time (ISO 8601 with timezone): the rows' event time.")
+    as_of: AsOfTime = Field(
+        default=None,
+        description="Analysis time (ISO 8601 with timezone): the rows' event time. Empty: the current hour (UTC).",
+    )
 
 
 class FeastWriteResult(TaskModel):
@@ -800,22 +821,15 @@ def feast_write_task(params: FeastWriteParams, ctx: TaskContext) -> FeastWriteRe
     Audiomerkmale je Titel lesen kann.
     """
     from collections import Counter
-    from datetime import datetime
 
     import pyarrow.parquet as pq
 
     from aitasks.audio_analysis.analyze import FEATURES_FILE, FLAGS_FILE
     from aitasks.audio_analysis.feature_store import AUDIO_FEATURES, track_audio_config, write_track_audio
     from aitasks.runtime.bundle import open_bundle
-    from aitasks.runtime.errors import FieldIssue, InvalidInputError
     from aitasks.runtime.storage import local_copy
 
-    try:
-        event_time = datetime.fromisoformat(params.as_of.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInputError(ctx.task, [FieldIssue("as_of", "not an ISO 8601 time")]) from None
-    if event_time.tzinfo is None:
-        raise InvalidInputError(ctx.task, [FieldIssue("as_of", "needs a timezone, e.g. 2026-11-25T00:00:00Z")])
+    event_time = params.as_of
     with (
         open_bundle(params.analysis_uri, ctx.storage, kind="audio_analysis") as (folder, _),
         open_bundle(params.anomalies_uri, ctx.storage, kind="audio_anomalies") as (anomalies, _),

@@ -11,13 +11,22 @@ import re
 import shutil
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator
 
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.storage import local_copy
-from aitasks.runtime.task import InputArtifact, OutputArtifact, TaskContext, TaskModel, ai_task
+from aitasks.runtime.task import (
+    AsOfTime,
+    EmptyIsNone,
+    InputArtifact,
+    Metric,
+    OutputArtifact,
+    TaskContext,
+    TaskModel,
+    ai_task,
+)
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -97,10 +106,12 @@ def generate_data_task(params: GenerateDataParams, ctx: TaskContext) -> Generate
 
 
 class SourceDataParams(TaskModel):
-    events_uri: InputArtifact | None = Field(
-        default=None, description="Events to process (local path or gs://). None: generate synthetic data."
+    events_uri: Annotated[InputArtifact | None, EmptyIsNone] = Field(
+        default=None, description="Events to process (local path or gs://). None or empty: generate synthetic data."
     )
-    catalog_uri: InputArtifact | None = Field(default=None, description="Track catalog; required with events_uri.")
+    catalog_uri: Annotated[InputArtifact | None, EmptyIsNone] = Field(
+        default=None, description="Track catalog; required with events_uri."
+    )
     synthetic: GenerateDataParams = Field(
         default_factory=lambda: GenerateDataParams(seed=7), description="Generator settings when no URIs are given."
     )
@@ -119,6 +130,10 @@ class SourceDataResult(TaskModel):
     synthetic: bool
     events_sha256: str
     tracks_sha256: str
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        sha = self.events_sha256 if field == "events_uri" else self.tracks_sha256
+        return {"sha256": sha, "synthetic": self.synthetic}
 
 
 @ai_task(name="data.source", version="1.0.0", retry=RetryPolicy(max_attempts=3))
@@ -163,7 +178,11 @@ def source_data_task(params: SourceDataParams, ctx: TaskContext) -> SourceDataRe
 class IngestParams(TaskModel):
     events_uri: InputArtifact = Field(description="Listening events: Parquet, CSV or JSONL (local path or gs://).")
     catalog_uri: InputArtifact = Field(description="Track catalog (same formats).")
-    as_of: AwareDatetime = Field(description="Reference time: events later than this (+5 min skew) are quarantined.")
+    as_of: AsOfTime = Field(
+        default=None,
+        description="Reference time: events later than this (+5 min skew) are quarantined. Empty: the current "
+        "hour (UTC), so retries within the hour share one idempotency key.",
+    )
     chunk_rows: int = Field(default=65_536, ge=1_000, le=4_000_000, description="Rows per chunk (memory bound).")
     fmt: Literal["auto", "parquet", "csv", "jsonl"] = Field(default="auto", description="Input format.")
 
@@ -171,11 +190,16 @@ class IngestParams(TaskModel):
 class IngestResult(TaskModel):
     good_uri: OutputArtifact
     quarantine_uri: OutputArtifact
-    input_rows: int
-    good_rows: int
-    quarantined_rows: int
-    reasons: dict[str, int]
+    input_rows: Annotated[int, Metric()]
+    good_rows: Annotated[int, Metric()]
+    quarantined_rows: Annotated[int, Metric()]
+    reasons: Annotated[dict[str, int], Metric(prefix="quarantined.")]
     duplicate_event_ids: int
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        if field == "quarantine_uri":
+            return {"rows": self.quarantined_rows, "reasons": self.reasons}
+        return {"rows": self.good_rows}
 
 
 @ai_task(name="data.ingest", version="1.0.0", retry=RetryPolicy(max_attempts=3))
@@ -248,9 +272,17 @@ class FeaturesParams(TaskModel):
 class FeaturesResult(TaskModel):
     user_features_uri: OutputArtifact
     track_features_uri: OutputArtifact
-    user_rows: int
-    track_rows: int
-    snapshots: list[str]
+    user_rows: Annotated[int, Metric(name="user_feature_rows")]
+    track_rows: Annotated[int, Metric(name="track_feature_rows")]
+    snapshots: Annotated[list[str], Metric()]
+
+    @property
+    def last_snapshot(self) -> str:
+        """The newest snapshot time (ISO): where materialization ends."""
+        return self.snapshots[-1]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"rows": self.user_rows if field == "user_features_uri" else self.track_rows}
 
 
 @ai_task(name="data.features", version="1.0.0")
@@ -319,9 +351,9 @@ class MaterializeParams(TaskModel):
 
 class MaterializeResult(TaskModel):
     repo_uri: str
-    feature_views: list[str]
+    feature_views: Annotated[list[str], Metric()]
     feature_services: list[str]
-    materialized_until_epoch_s: float
+    materialized_until_epoch_s: Annotated[float, Metric()]
 
 
 @ai_task(name="feast.materialize", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
@@ -366,7 +398,7 @@ def materialize_features_task(params: MaterializeParams, ctx: TaskContext) -> Ma
 
 class DriftParams(TaskModel):
     features_uri: InputArtifact = Field(description="Feature snapshots (Parquet with event_timestamp).")
-    split_at: AwareDatetime | None = Field(
+    split_at: Annotated[AwareDatetime | None, EmptyIsNone] = Field(
         default=None,
         description="Rows before this time are the training reference, rows at or after it the new batch. "
         "None: the newest snapshot is the new batch.",
@@ -385,9 +417,9 @@ class DriftParams(TaskModel):
 class DriftResult(TaskModel):
     report_json_uri: OutputArtifact
     report_markdown_uri: OutputArtifact
-    drifted_features: list[str]
+    drifted_features: Annotated[list[str], Metric()]
     any_drift: bool
-    max_psi: float
+    max_psi: Annotated[float, Metric()]
     reference_rows: int
     current_rows: int
 

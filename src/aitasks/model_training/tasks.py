@@ -11,12 +11,20 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, field_validator
 
 from aitasks.runtime.retry import RetryPolicy
-from aitasks.runtime.task import InputArtifact, OutputArtifact, Runtime, TaskContext, TaskModel, ai_task
+from aitasks.runtime.task import (
+    InputArtifact,
+    Metric,
+    OutputArtifact,
+    Runtime,
+    TaskContext,
+    TaskModel,
+    ai_task,
+)
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: Registered model names: 1-128 letters, digits, '.', '_' or '-'.
@@ -45,12 +53,19 @@ class TrainingSetParams(TaskModel):
 class TrainingSetResult(TaskModel):
     training_set_uri: OutputArtifact
     split_at: AwareDatetime
-    train_rows: int
-    train_users: int
-    holdout_users: int
-    holdout_targets: int
-    items: int
+    train_rows: Annotated[int, Metric()]
+    train_users: Annotated[int, Metric()]
+    holdout_users: Annotated[int, Metric()]
+    holdout_targets: Annotated[int, Metric()]
+    items: Annotated[int, Metric()]
     snapshot_hash: str
+
+    @property
+    def split_at_iso(self) -> str:
+        return self.split_at.isoformat()
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"snapshot_hash": self.snapshot_hash}
 
 
 @ai_task(name="reco.training_set", version="1.0.0", retry=RetryPolicy(max_attempts=3))
@@ -136,13 +151,16 @@ class TrainParams(TaskModel):
 
 class TrainResult(TaskModel):
     model_uri: OutputArtifact
-    examples: int
-    examples_per_s: float
+    examples: Annotated[int, Metric()]
+    examples_per_s: Annotated[float, Metric()]
     seconds: float
-    final_loss: float
+    final_loss: Annotated[float, Metric()]
     loss_curve: list[float]
     seed: int
     data_snapshot: str
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
 
 
 @ai_task(name="model.train", version="1.0.0", retry=RetryPolicy(max_attempts=2))
@@ -240,11 +258,14 @@ class EvaluateResult(TaskModel):
     report_html_uri: OutputArtifact
     blessed: bool
     reasons: list[str]
-    model: dict[str, Any]
-    popularity: dict[str, Any]
+    model: Annotated[dict[str, Any], Metric()]
+    popularity: Annotated[dict[str, Any], Metric(prefix="popularity_")]
     champion: dict[str, Any] | None
     champion_version: int | None
-    lift_over_popularity: float
+    lift_over_popularity: Annotated[float, Metric()]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"blessed": self.blessed} if field == "metrics_uri" else {}
 
 
 def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:

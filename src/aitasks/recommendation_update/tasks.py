@@ -11,13 +11,13 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from aitasks.model_training.tasks import MODEL_NAME_PATTERN
 from aitasks.runtime.retry import RetryPolicy
-from aitasks.runtime.task import InputArtifact, OutputArtifact, TaskContext, TaskModel, ai_task
+from aitasks.runtime.task import InputArtifact, Metric, OutputArtifact, TaskContext, TaskModel, ai_task
 
 #: Index names: the directory under ``<root>/indexes/``.
 INDEX_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -41,13 +41,16 @@ class BuildIndexParams(TaskModel):
 class BuildIndexResult(TaskModel):
     index_uri: OutputArtifact
     backend: str
-    count: int
+    count: Annotated[int, Metric(name="items")]
     dim: int
-    ef_search: int
-    recall_at_k: float
+    ef_search: Annotated[int, Metric()]
+    recall_at_k: Annotated[float, Metric()]
     k: int
     queries: int
     recall_ladder: list[tuple[int, float]]
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"backend": self.backend, "ef_search": self.ef_search}
 
 
 @ai_task(name="index.build", version="1.0.0", retry=RetryPolicy(max_attempts=2))

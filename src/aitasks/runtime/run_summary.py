@@ -7,6 +7,7 @@ each task's last status in the run and the committed result it points to, and ve
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import Field
@@ -63,7 +64,11 @@ class RunSummaryParams(TaskModel):
     run_id: str = Field(min_length=1, max_length=256, description="The KFP run whose records to summarise.")
     pipeline: str = Field(default="", max_length=256, description="Pipeline name (for the summary).")
     final_status: str = Field(default="", max_length=64, description="The run's status from KFP, when known.")
-    started_at: str = Field(default="", max_length=64, description="Unique per attempt: a summary is never reused.")
+    started_at: str = Field(
+        default_factory=lambda: repr(time.time()),
+        max_length=64,
+        description="Unique per attempt (default: now): a summary is never reused.",
+    )
 
 
 class RunSummaryResult(TaskModel):

@@ -1,53 +1,116 @@
-"""Helpers for pipeline steps (the thin KFP components call these; no kfp import here).
+"""The step adapter: one call runs a registered task as a pipeline step (no kfp import here).
 
-A component receives the run context as task inputs (KFP placeholders: job id and name, task name)
-plus submitter, git revision and trace parent passed down from the pipeline parameters, builds a
-:class:`~aitasks.runtime.task.Runtime` from them, makes one task call, and copies result files into
-its KFP output artifact paths.
+A KFP component body is a few lines::
+
+    from aitasks.runtime.step import run_step
+
+    res = run_step(
+        "data.ingest",
+        {"events_uri": events, "catalog_uri": catalog, "as_of": as_of, "chunk_rows": chunk_rows},
+        run_context=run_context, pipeline=pipeline, run_id=run_id, step=step,
+        outputs={"good_uri": good_events, "quarantine_uri": quarantine},
+        metrics=metrics,
+    )
+    return res.good_rows
+
+:func:`run_step` builds the step's runtime from the run context (one ``run_context`` dict pipeline
+parameter, the compile-time pipeline name, and the two KFP placeholders that must be whole string
+inputs: job id and task name), turns KFP input artifacts into storage URIs, calls the task, exports
+the result's output files into the KFP output artifacts, logs the result fields the result model
+marks as :class:`~aitasks.runtime.task.Metric`, pushes the step's Prometheus metrics under a job
+named after the task, and flushes the spans.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aitasks.runtime.errors import FieldIssue, InvalidInputError
 from aitasks.runtime.settings import load_settings
 from aitasks.runtime.storage import is_gcs, storage_for
-from aitasks.runtime.task import RunContext, Runtime
+from aitasks.runtime.task import RunContext, Runtime, TaskModel, get_task, metric_values
 
 
-def step_runtime(
-    *,
-    storage_root: str,
-    run_id: str,
-    pipeline: str = "",
-    pipeline_version: str = "",
-    step: str = "",
-    submitter: str = "",
-    git_revision: str = "",
-    traceparent: str = "",
-) -> Runtime:
+class RunContextParams(BaseModel):
+    """The ``run_context`` pipeline parameter: who runs which pipeline version, where, in which trace.
+
+    Filled by ``python -m pipelines run/upload/schedule``, the demos and the recurring runs; a person
+    submitting from the KFP UI may leave every field empty.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    storage_root: str = Field(default="", description="Run storage root (gs://... or a path); empty: settings.")
+    submitter: str = Field(default="", description="Who submitted the run (CI actor, schedule:<name>, login).")
+    git_revision: str = Field(default="", description="Git revision the pipeline was built from.")
+    pipeline_version: str = Field(default="", description="Uploaded pipeline version name.")
+    traceparent: str = Field(default="", description="W3C trace parent; empty: a trace derived from the run id.")
+
+
+#: The keys of the ``run_context`` parameter.
+RUN_CONTEXT_KEYS: tuple[str, ...] = tuple(RunContextParams.model_fields)
+
+
+def run_context_params(run_context: Mapping[str, Any] | None) -> RunContextParams:
+    """Validate a ``run_context`` dict; an unknown key or a non-string value is named in the error."""
+    try:
+        return RunContextParams.model_validate(dict(run_context or {}))
+    except ValidationError as exc:
+        issues = [FieldIssue("run_context." + ".".join(map(str, e["loc"])), str(e["msg"])) for e in exc.errors()]
+        raise InvalidInputError("step", issues) from None
+
+
+def step_runtime(run_context: Mapping[str, Any] | None, *, run_id: str, step: str, pipeline: str = "") -> Runtime:
     """A runtime for one pipeline step; service addresses still come from the environment's settings.
 
     An empty ``storage_root`` means the environment's ``AITASKS_STORAGE_ROOT`` (set per deployment by
     the manifests' ConfigMap; dev and prod are separate KFP deployments with separate caches).
     """
-    overrides: dict[str, Any] = {"storage_root": storage_root} if storage_root else {}
-    if submitter:
-        overrides["actor"] = submitter
+    ctx = run_context_params(run_context)
+    overrides: dict[str, Any] = {"storage_root": ctx.storage_root} if ctx.storage_root else {}
+    if ctx.submitter:
+        overrides["actor"] = ctx.submitter
     settings = load_settings(**overrides)
     run = RunContext(
         run_id=run_id or "local",
         pipeline=pipeline,
-        pipeline_version=pipeline_version,
+        pipeline_version=ctx.pipeline_version,
         step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        traceparent=traceparent,
+        submitter=ctx.submitter,
+        git_revision=ctx.git_revision,
+        traceparent=ctx.traceparent,
     )
     return Runtime.create(settings, run=run)
+
+
+def metrics_job(task_name: str) -> str:
+    """The Pushgateway job of a task's step: ``data.ingest`` -> ``data-ingest``."""
+    return task_name.replace(".", "-").replace("_", "-")
+
+
+def _is_artifact(value: Any) -> bool:
+    return hasattr(value, "path") and hasattr(value, "metadata") and not isinstance(value, str | bytes)
+
+
+def input_uri(artifact: Any) -> str:
+    """The URI to hand a task for a KFP input artifact.
+
+    The producer records the artifact's storage URI as ``stable_uri`` metadata (the same in every pod);
+    without it, the local artifact path (for a bundle directory, the ``MANIFEST.json`` inside it).
+    """
+    from aitasks.runtime.bundle import MANIFEST
+
+    stable = (artifact.metadata or {}).get("stable_uri")
+    if stable:
+        return str(stable)
+    path = Path(artifact.path)
+    return str(path / MANIFEST) if path.is_dir() else str(path)
 
 
 def copy_to_output(uri: str, path: str) -> None:
@@ -58,6 +121,17 @@ def copy_to_output(uri: str, path: str) -> None:
         storage_for(uri).get_file(uri, dest)
     else:
         shutil.copyfile(uri, dest)
+
+
+def export_output(uri: str, artifact: Any, **metadata: Any) -> None:
+    """Copy a task output into a KFP output artifact: a file, or a bundle when ``uri`` is its manifest."""
+    from aitasks.runtime.bundle import MANIFEST, export_bundle
+
+    if uri.rsplit("/", 1)[-1] == MANIFEST:
+        export_bundle(uri, Path(artifact.path))
+    else:
+        copy_to_output(uri, artifact.path)
+    artifact.metadata.update({"stable_uri": uri, **metadata})
 
 
 def write_json(path: str, payload: Any) -> None:
@@ -77,41 +151,49 @@ def finish_step(rt: Runtime, job: str) -> None:
     rt.telemetry.provider.force_flush()
 
 
-def resolve_as_of(as_of: str) -> str:
-    """A run's reference time: the given ISO time, or now (UTC) floored to the hour when empty.
+def run_step(
+    task: str,
+    params: Mapping[str, Any],
+    *,
+    run_context: Mapping[str, Any] | None,
+    run_id: str,
+    step: str,
+    pipeline: str = "",
+    outputs: Mapping[str, Any] | None = None,
+    metrics: Any = None,
+    classification: Any = None,
+) -> Any:
+    """Run registered task ``task`` as a pipeline step and return its result.
 
-    Flooring keeps retries and re-runs within the hour on one idempotency key.
+    Args:
+        task: Registered task name (``data.ingest``); its module is imported on demand.
+        params: The task's inputs; a KFP input artifact stands for its storage URI.
+        run_context: The ``run_context`` pipeline parameter (see :class:`RunContextParams`).
+        run_id: ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``.
+        step: ``dsl.PIPELINE_TASK_NAME_PLACEHOLDER``.
+        pipeline: The pipeline's name (a compile-time constant).
+        outputs: ``{result field: KFP output artifact}``: each field's file or bundle is exported into
+            the artifact, with the storage URI and the result's ``artifact_metadata(field)``.
+        metrics: A KFP ``Metrics`` output: receives the result's :class:`Metric` fields.
+        classification: A KFP ``ClassificationMetrics`` output: receives the result's
+            ``confusion_matrix()`` (labels, rows).
     """
-    from datetime import UTC, datetime
-
-    if as_of:
-        parsed = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            raise ValueError(f"as_of {as_of!r} has no timezone; give UTC, e.g. 2026-10-31T00:00:00Z")
-        return parsed.isoformat()
-    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
-
-
-def input_uri(artifact: Any, *, bundle: bool = False) -> str:
-    """The URI to hand a task for a KFP input artifact.
-
-    The producer records the artifact's storage URI as ``stable_uri`` metadata (same for every pod);
-    without it, the local artifact path (for a bundle, the ``MANIFEST.json`` inside it).
-    """
-    from aitasks.runtime.bundle import MANIFEST
-
-    stable = artifact.metadata.get("stable_uri")
-    if stable:
-        return str(stable)
-    return str(Path(artifact.path) / MANIFEST) if bundle else str(artifact.path)
-
-
-def export_output(uri: str, artifact: Any, *, bundle: bool = False, **metadata: Any) -> None:
-    """Copy a task output (a file, or a bundle whose manifest is ``uri``) into a KFP output artifact."""
-    if bundle:
-        from aitasks.runtime.bundle import export_bundle
-
-        export_bundle(uri, Path(artifact.path))
-    else:
-        copy_to_output(uri, artifact.path)
-    artifact.metadata.update({"stable_uri": uri, **metadata})
+    t = get_task(task)
+    rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
+    try:
+        inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
+        res: TaskModel = t(inputs, runtime=rt)
+        for field, artifact in (outputs or {}).items():
+            uri = getattr(res, field)
+            if not isinstance(uri, str) or not uri:
+                raise TypeError(f"{task}: result field {field!r} is not an output URI")
+            export_output(uri, artifact, **res.artifact_metadata(field))
+        if metrics is not None:
+            for name, value in metric_values(res).items():
+                metrics.log_metric(name, value)
+        if classification is not None:
+            labels, rows = res.confusion_matrix()  # type: ignore[attr-defined]
+            classification.log_confusion_matrix(list(labels), [list(r) for r in rows])
+    finally:
+        finish_step(rt, metrics_job(task))
+    return res

@@ -10,10 +10,11 @@ Calling ``ingest_events_task(params)`` then:
 
 1. validates the input against the strict input model (unknown fields, wrong types, NaN and out of
    range values are refused with :class:`InvalidInputError` naming every field; never retried);
-2. computes the idempotency key from task name, version, canonical inputs (secrets left out) and
-   the content hashes of the input artifacts (fields typed :data:`InputArtifact`);
+2. computes the idempotency key from task name, version, code fingerprint (the source of the task's
+   module and the first-party modules it imports), canonical inputs (secrets left out) and the content
+   hashes of the input artifacts (fields typed :data:`InputArtifact`);
 3. returns the committed result if the key was committed before (and its output artifacts still
-   exist), logging and auditing an ``idempotent_hit``;
+   exist), logging and auditing an ``idempotent_hit`` that says why the result was reused;
 4. otherwise runs the function inside a span, retrying only retryable errors with bounded
    exponential backoff and jitter;
 5. validates the output, commits it create-only (a lost race returns the winner's result), writes
@@ -29,10 +30,11 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
 from aitasks.runtime import logging as rlog
 from aitasks.runtime.audit import AuditLog, StorageAuditLog, open_audit
@@ -41,6 +43,7 @@ from aitasks.runtime.errors import (
     InvalidInputError,
     InvalidOutputError,
 )
+from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
 from aitasks.runtime.idempotency import IdempotencyStore
 from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
@@ -60,6 +63,75 @@ class TaskModel(BaseModel):
     """Base of every task input and output model: strict, frozen, finite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        """Facts to attach to the exported artifact of output field ``field`` (KFP UI metadata).
+
+        Results override this; the step adapter always adds the artifact's stable storage URI.
+        """
+        return {}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Marks a result field as a step metric (logged to the KFP ``Metrics`` artifact by the adapter).
+
+    A number or bool is logged under ``name`` (default: the field name); a list or tuple as its length;
+    a mapping of numbers as one metric per key, named ``prefix + key``.
+    """
+
+    name: str = ""
+    prefix: str = ""
+
+
+def metric_fields(model: type[BaseModel]) -> dict[str, Metric]:
+    """The fields of ``model`` marked with :class:`Metric`, in declaration order."""
+    out: dict[str, Metric] = {}
+    for name, info in model.model_fields.items():
+        for m in info.metadata:
+            if isinstance(m, Metric):
+                out[name] = m
+    return out
+
+
+def metric_values(result: BaseModel) -> dict[str, float]:
+    """The step metrics of a result: ``{metric name: value}`` from its :class:`Metric` fields."""
+    out: dict[str, float] = {}
+    for name, marker in metric_fields(type(result)).items():
+        value = getattr(result, name)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            for key, v in sorted(value.items()):
+                if isinstance(v, bool | int | float):
+                    out[f"{marker.prefix}{key}"] = float(v)
+        elif isinstance(value, list | tuple):
+            out[marker.name or name] = float(len(value))
+        elif isinstance(value, bool | int | float):
+            out[marker.name or name] = float(value)
+        else:
+            raise TypeError(f"metric field {name!r} holds {type(value).__name__}: not a number, list or mapping")
+    return out
+
+
+def _as_of(value: Any) -> Any:
+    """Empty or missing: the current hour (UTC), floored so retries within the hour share one key."""
+    if value is None or value == "":
+        return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    return value
+
+
+#: A run's reference time: an ISO 8601 time with timezone, or empty for the current hour (UTC). It is
+#: resolved when the input is validated, so the resolved time joins the idempotency key.
+AsOfTime = Annotated[AwareDatetime, BeforeValidator(_as_of)]
+
+
+def _empty_to_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+#: Marks an optional input where an empty string (a KFP parameter left blank) means "not given".
+EmptyIsNone = BeforeValidator(_empty_to_none)
 
 
 @dataclass(frozen=True)
@@ -264,10 +336,15 @@ class Task(Generic[P, R]):
         """The inputs that define the work: everything but secrets, JSON-normalised."""
         return params.model_dump(mode="json", exclude=set(_secret_fields(self.params_model)))
 
-    def idempotency_key(
+    @property
+    def code_fingerprint(self) -> str:
+        """sha256 of the task's module source and the first-party modules it imports (computed once)."""
+        return code_fingerprint(self.fn)
+
+    def key_parts(
         self, params: P, rt: Runtime, *, state: Mapping[str, Any] | None = None
-    ) -> tuple[str, dict[str, str]]:
-        """Key = hash of task name, version, canonical inputs and input artifacts' content hashes."""
+    ) -> dict[str, Any]:
+        """What the idempotency key hashes: task, version, code, inputs, input artifacts' content, state."""
         hashes: dict[str, str] = {}
         for f in _artifact_fields(self.params_model, "input"):
             uri = getattr(params, f)
@@ -280,11 +357,24 @@ class Task(Generic[P, R]):
         # Artifacts count by content, not by where they lie: the same bytes at another path (a new KFP
         # output directory on every run) are the same work.
         inputs = {k: v for k, v in self.canonical_inputs(params).items() if k not in hashes}
-        payload: dict[str, Any] = {"task": self.name, "version": self.version, "inputs": inputs, "artifacts": hashes}
+        payload: dict[str, Any] = {
+            "task": self.name,
+            "version": self.version,
+            "code": self.code_fingerprint,
+            "inputs": inputs,
+            "artifacts": hashes,
+        }
         state = self.external_state(params, rt) if state is None else state
         if state:
             payload["state"] = dict(state)
-        return sha256_json(payload), hashes
+        return payload
+
+    def idempotency_key(
+        self, params: P, rt: Runtime, *, state: Mapping[str, Any] | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """Key = hash of task name, version, code fingerprint, canonical inputs and input artifacts' hashes."""
+        parts = self.key_parts(params, rt, state=state)
+        return sha256_json(parts), parts["artifacts"]
 
     def external_state(self, params: P, rt: Runtime) -> dict[str, Any]:
         """Outside state the result depends on (e.g. the current champion model): part of the key."""
@@ -383,7 +473,8 @@ def _run_keyed(
     secrets: tuple[str, ...],
 ) -> R:
     state = task.external_state(params, rt)
-    key, artifact_hashes = task.idempotency_key(params, rt, state=state)
+    parts = task.key_parts(params, rt, state=state)
+    key, artifact_hashes = sha256_json(parts), parts["artifacts"]
     input_hash = key  # the key *is* the hash of everything that defines the inputs
     span.set_attribute("aitasks.idempotency_key", key)
     log = log.bind(key=key[:16])
@@ -393,6 +484,7 @@ def _run_keyed(
         "idempotency_key": key,
         "input_hash": input_hash,
         "input_artifacts": artifact_hashes,
+        "key_parts": _key_summary(parts),
     }
     if state:
         audit["state"] = state
@@ -401,9 +493,16 @@ def _run_keyed(
     if committed is not None and _outputs_exist(task, committed["result"], rt):
         result = task.result_model.model_validate(committed["result"])
         rt.telemetry.task.idempotent_hits.labels(task.name).inc()
-        log.info("task.idempotent_hit", committed_at=committed.get("committed_at"))
+        reused = _reuse_reason(committed, audit["key_parts"])
+        log.info("task.idempotent_hit", committed_at=committed.get("committed_at"), reason=reused["reason"])
         _finish(
-            task, rt, span, log, t0, "idempotent_hit", {**audit, "attempt": 0, "output_hash": committed["output_hash"]}
+            task,
+            rt,
+            span,
+            log,
+            t0,
+            "idempotent_hit",
+            {**audit, "attempt": 0, "output_hash": committed["output_hash"], "reused": reused},
         )
         return result
     if committed is not None:
@@ -470,6 +569,7 @@ def _run_keyed(
         "trace_id": trace_id,
         "run_id": rt.run.run_id,
         "committed_at": time.time(),
+        "key_parts": audit["key_parts"],
     }
     committed_rec, won = rt.idempotency.commit(task.name, key, record)
     if not won:
@@ -479,6 +579,38 @@ def _run_keyed(
     log.info("task.succeeded", attempt=attempt, output_hash=output_hash[:16])
     _finish(task, rt, span, log, t0, "succeeded", {**audit, "attempt": attempt, "output_hash": output_hash})
     return result
+
+
+def _short(value: Any) -> str:
+    return sha256_json(value)[:16]
+
+
+def _key_summary(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The key's parts as an audit record carries them: names and short hashes, no raw inputs."""
+    out: dict[str, Any] = {
+        "task": parts["task"],
+        "version": parts["version"],
+        "code": str(parts["code"])[:16],
+        "inputs": _short(parts["inputs"]),
+        "artifacts": {k: str(v)[:16] for k, v in sorted(parts["artifacts"].items())},
+    }
+    if parts.get("state"):
+        out["state"] = _short(parts["state"])
+    return out
+
+
+def _reuse_reason(committed: Mapping[str, Any], parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Why a committed result is returned instead of running: the same key, part by part."""
+    same = ["task", "version", "code", "inputs", "artifacts"] + (["state"] if "state" in parts else [])
+    when = committed.get("committed_at")
+    return {
+        "reason": "same idempotency key: " + ", ".join(same) + " match the committed result",
+        "same": same,
+        "key_parts": dict(parts),
+        "committed_by_run": committed.get("run_id", ""),
+        "committed_trace_id": committed.get("trace_id", ""),
+        "committed_at": datetime.fromtimestamp(float(when), UTC).isoformat() if when else "",
+    }
 
 
 def _finish(
@@ -552,6 +684,21 @@ def load_builtin_tasks() -> dict[str, Task[Any, Any]]:
     for m in TASK_MODULES:
         importlib.import_module(m)
     return {n: t for n, t in sorted(_REGISTRY.items()) if t.__module__ in TASK_MODULES}
+
+
+def get_task(name: str) -> Task[Any, Any]:
+    """The registered task ``name``, importing the built-in task modules only as far as needed."""
+    import importlib
+
+    if name not in _REGISTRY:
+        for m in TASK_MODULES:
+            importlib.import_module(m)
+            if name in _REGISTRY:
+                break
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no task {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def registry() -> dict[str, Task[Any, Any]]:
