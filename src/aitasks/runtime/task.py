@@ -683,7 +683,12 @@ def load_builtin_tasks() -> dict[str, Task[Any, Any]]:
 
     for m in TASK_MODULES:
         importlib.import_module(m)
-    return {n: t for n, t in sorted(_REGISTRY.items()) if t.__module__ in TASK_MODULES}
+    return {n: t for n, t in sorted(_REGISTRY.items()) if _builtin(t.__module__)}
+
+
+def _builtin(module: str) -> bool:
+    """A module of the built-in tasks: one of TASK_MODULES or a submodule of one (a task package)."""
+    return any(module == m or module.startswith(m + ".") for m in TASK_MODULES)
 
 
 def get_task(name: str) -> Task[Any, Any]:
