@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aitasks.data_processing import etl
 from aitasks.data_processing.contract import (
     CONTEXTS as GOOD_CONTEXTS,
 )
@@ -34,6 +33,7 @@ from aitasks.data_processing.contract import (
     TRACK_COLUMNS,
 )
 from aitasks.data_processing.etl import QUARANTINE_SCHEMA, IngestReport, detect_format, ingest_events, read_catalog
+from aitasks.data_processing.etl import ingest as etl_ingest
 from aitasks.data_processing.generator import generate_dataset
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
 
@@ -322,7 +322,7 @@ def test_parquet_types_are_checked_and_converted(tmp_path: Path, catalog: Path) 
 def test_duplicates_across_chunks_keep_the_first_occurrence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buckets: int
 ) -> None:
-    monkeypatch.setattr(etl, "_bucket_count", lambda *_: buckets)
+    monkeypatch.setattr(etl_ingest, "_bucket_count", lambda *_: buckets)
     ds = generate_dataset(
         tmp_path / "d", seed=4, users=300, tracks=500, events=6_000, start=NOW - timedelta(days=10), days=7
     )
@@ -558,7 +558,7 @@ def test_a_crash_midway_keeps_the_previous_outputs(
     (out / "good.parquet").write_bytes(b"old good")
     (out / "q.parquet").write_bytes(b"old quarantine")
     calls = []
-    real = etl._validate_chunk
+    real = etl_ingest._validate_chunk
 
     def failing(*args: Any) -> Any:
         calls.append(1)
@@ -566,7 +566,7 @@ def test_a_crash_midway_keeps_the_previous_outputs(
             raise RuntimeError("killed")
         return real(*args)
 
-    monkeypatch.setattr(etl, "_validate_chunk", failing)
+    monkeypatch.setattr(etl_ingest, "_validate_chunk", failing)
     with pytest.raises(RuntimeError, match="killed"):
         ingest_events(src, catalog, out / "good.parquet", out / "q.parquet", now=NOW, chunk_rows=10)
     assert (out / "good.parquet").read_bytes() == b"old good"
