@@ -1,7 +1,8 @@
 """KFP components of the model-training family: training set, train, evaluate, register, promote.
 
-Each body: build the step runtime from the run context inputs, make one ``aitasks`` task call,
-copy result files to the typed outputs, log metrics. Nothing else.
+Each body makes one :func:`aitasks.runtime.step.run_step` call: the adapter builds the step's runtime
+from the run context inputs, runs the task, exports its files into the typed outputs and logs its
+metrics. Nothing else.
 """
 
 from kfp import dsl
@@ -22,48 +23,35 @@ def build_training_set(
     project: str,
     online_store: str,
     holdout_days: int,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
     training_set: Output[Dataset],
     metrics: Output[Metrics],
 ) -> str:
     """Training rows with point-in-time Feast features, held-out day, catalog snapshot. Returns split time."""
-    from aitasks.model_training.tasks import training_set_task
-    from aitasks.runtime.step import export_output, finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
-        pipeline=pipeline,
-        step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
-    )
-    res = training_set_task(
+    res = run_step(
+        "reco.training_set",
         {
-            "events_uri": input_uri(events),
-            "catalog_uri": input_uri(catalog),
-            "user_features_uri": input_uri(user_features),
-            "track_features_uri": input_uri(track_features),
+            "events_uri": events,
+            "catalog_uri": catalog,
+            "user_features_uri": user_features,
+            "track_features_uri": track_features,
             "project": project,
             "online_store": online_store,
             "holdout_days": holdout_days,
         },
-        runtime=rt,
+        run_context=run_context,
+        pipeline=pipeline,
+        run_id=run_id,
+        step=step,
+        outputs={"training_set_uri": training_set},
+        metrics=metrics,
     )
-    export_output(res.training_set_uri, training_set, bundle=True, snapshot_hash=res.snapshot_hash)
-    for name in ("train_rows", "train_users", "holdout_users", "holdout_targets", "items"):
-        metrics.log_metric(name, getattr(res, name))
-    finish_step(rt, "reco-training-set")
-    return res.split_at.isoformat()
+    return res.split_at_iso
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
@@ -76,34 +64,20 @@ def train_model(
     seed: int,
     embedding_dim: int,
     temperature: float,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Train the two-tower model (GPU when the pod has one); weights as safetensors."""
-    from aitasks.model_training.tasks import train_model_task
-    from aitasks.runtime.step import export_output, finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
-        pipeline=pipeline,
-        step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
-    )
-    res = train_model_task(
+    run_step(
+        "model.train",
         {
-            "training_set_uri": input_uri(training_set, bundle=True),
+            "training_set_uri": training_set,
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": lr,
@@ -112,13 +86,13 @@ def train_model(
             "embedding_dim": embedding_dim,
             "temperature": temperature,
         },
-        runtime=rt,
+        run_context=run_context,
+        pipeline=pipeline,
+        run_id=run_id,
+        step=step,
+        outputs={"model_uri": model},
+        metrics=metrics,
     )
-    export_output(res.model_uri, model, bundle=True, framework="pytorch", format="safetensors", seed=res.seed)
-    metrics.log_metric("examples", res.examples)
-    metrics.log_metric("examples_per_s", res.examples_per_s)
-    metrics.log_metric("final_loss", res.final_loss)
-    finish_step(rt, "model-train")
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -129,14 +103,10 @@ def evaluate_model(
     exclude_seen: bool,
     min_lift_over_popularity: float,
     max_regression_vs_champion: float,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
     evaluation: Output[Artifact],
     report: Output[HTML],
     report_markdown: Output[Markdown],
@@ -147,38 +117,25 @@ def evaluate_model(
     A single ``bool`` output (not a NamedTuple): kfp.local 2.17 cannot resolve a ``dsl.If`` on a
     NamedTuple field.
     """
-    from aitasks.model_training.tasks import evaluate_model_task
-    from aitasks.runtime.step import export_output, finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
-        pipeline=pipeline,
-        step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
-    )
-    res = evaluate_model_task(
+    res = run_step(
+        "model.evaluate",
         {
-            "model_uri": input_uri(model, bundle=True),
-            "training_set_uri": input_uri(training_set, bundle=True),
+            "model_uri": model,
+            "training_set_uri": training_set,
             "model_name": model_name,
             "exclude_seen": exclude_seen,
             "min_lift_over_popularity": min_lift_over_popularity,
             "max_regression_vs_champion": max_regression_vs_champion,
         },
-        runtime=rt,
+        run_context=run_context,
+        pipeline=pipeline,
+        run_id=run_id,
+        step=step,
+        outputs={"metrics_uri": evaluation, "report_html_uri": report, "report_markdown_uri": report_markdown},
+        metrics=metrics,
     )
-    export_output(res.metrics_uri, evaluation, blessed=res.blessed)
-    export_output(res.report_html_uri, report)
-    export_output(res.report_markdown_uri, report_markdown)
-    for name in ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10"):
-        metrics.log_metric(name, res.model[name])
-        metrics.log_metric(f"popularity_{name}", res.popularity[name])
-    metrics.log_metric("lift_over_popularity", res.lift_over_popularity)
-    finish_step(rt, "model-evaluate")
     return res.blessed
 
 
@@ -188,39 +145,22 @@ def register_model(
     evaluation: Input[Artifact],
     model_name: str,
     feature_service: str,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
 ) -> int:
     """Register the model version in MLflow with lineage tags (idempotent by model content)."""
-    from aitasks.model_training.tasks import register_model_task
-    from aitasks.runtime.step import finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
+    res = run_step(
+        "model.register",
+        {"model_uri": model, "metrics_uri": evaluation, "model_name": model_name, "feature_service": feature_service},
+        run_context=run_context,
         pipeline=pipeline,
+        run_id=run_id,
         step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
     )
-    res = register_model_task(
-        {
-            "model_uri": input_uri(model, bundle=True),
-            "metrics_uri": input_uri(evaluation),
-            "model_name": model_name,
-            "feature_service": feature_service,
-        },
-        runtime=rt,
-    )
-    finish_step(rt, "model-register")
     return res.version
 
 
@@ -229,29 +169,20 @@ def promote_model(
     model_name: str,
     version: int,
     blessed: bool,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
 ) -> bool:
     """Move the `champion` alias to the blessed version. Returns whether it moved."""
-    from aitasks.model_training.tasks import promote_model_task
-    from aitasks.runtime.step import finish_step, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
+    res = run_step(
+        "model.promote",
+        {"model_name": model_name, "version": version, "blessed": blessed},
+        run_context=run_context,
         pipeline=pipeline,
+        run_id=run_id,
         step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
     )
-    res = promote_model_task({"model_name": model_name, "version": version, "blessed": blessed}, runtime=rt)
-    finish_step(rt, "model-promote")
     return res.moved

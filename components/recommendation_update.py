@@ -1,7 +1,8 @@
 """KFP components of the recommendation-update family: build the ANN index, publish it.
 
-Each body: build the step runtime from the run context inputs, make one ``aitasks`` task call,
-copy result files to the typed outputs, log metrics. Nothing else.
+Each body makes one :func:`aitasks.runtime.step.run_step` call: the adapter builds the step's runtime
+from the run context inputs, runs the task, exports its files into the typed outputs and logs its
+metrics. Nothing else.
 """
 
 from kfp import dsl
@@ -23,35 +24,21 @@ def build_index(
     recall_floor: float,
     target_recall: float,
     sample_queries: int,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
     index: Output[Artifact],
     metrics: Output[Metrics],
 ) -> float:
     """HNSW index of the catalog's item embeddings; fails below the recall floor. Returns recall@k."""
-    from aitasks.recommendation_update.tasks import build_index_task
-    from aitasks.runtime.step import export_output, finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
-        pipeline=pipeline,
-        step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
-    )
-    res = build_index_task(
+    res = run_step(
+        "index.build",
         {
-            "model_uri": input_uri(model, bundle=True),
-            "training_set_uri": input_uri(training_set, bundle=True),
+            "model_uri": model,
+            "training_set_uri": training_set,
             "backend": backend,
             "m": m,
             "ef_construction": ef_construction,
@@ -60,13 +47,13 @@ def build_index(
             "target_recall": target_recall,
             "sample_queries": sample_queries,
         },
-        runtime=rt,
+        run_context=run_context,
+        pipeline=pipeline,
+        run_id=run_id,
+        step=step,
+        outputs={"index_uri": index},
+        metrics=metrics,
     )
-    export_output(res.index_uri, index, bundle=True, backend=res.backend, ef_search=res.ef_search)
-    metrics.log_metric("recall_at_k", res.recall_at_k)
-    metrics.log_metric("ef_search", res.ef_search)
-    metrics.log_metric("items", res.count)
-    finish_step(rt, "index-build")
     return res.recall_at_k
 
 
@@ -76,37 +63,20 @@ def publish_index(
     name: str,
     model_name: str,
     model_version: int,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
 ) -> int:
     """Publish the index as a new version and switch CURRENT atomically. Returns the version."""
-    from aitasks.recommendation_update.tasks import publish_index_task
-    from aitasks.runtime.step import finish_step, input_uri, step_runtime
+    from aitasks.runtime.step import run_step
 
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
+    res = run_step(
+        "index.publish",
+        {"index_uri": index, "name": name, "model_name": model_name, "model_version": model_version},
+        run_context=run_context,
         pipeline=pipeline,
+        run_id=run_id,
         step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
     )
-    res = publish_index_task(
-        {
-            "index_uri": input_uri(index, bundle=True),
-            "name": name,
-            "model_name": model_name,
-            "model_version": model_version,
-        },
-        runtime=rt,
-    )
-    finish_step(rt, "index-publish")
     return res.version

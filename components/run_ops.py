@@ -11,39 +11,20 @@ IMAGE = image_for("run_ops")
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def summarize_run(
     status: PipelineTaskFinalStatus,
-    storage_root: str,
-    run_id: str,
+    run_context: dict,
     pipeline: str,
+    run_id: str,
     step: str,
-    submitter: str,
-    git_revision: str,
-    pipeline_version: str,
-    traceparent: str,
 ) -> str:
     """Exit handler: the run's tasks and outcomes from the audit trail, audit chain verified."""
-    import time
+    from aitasks.runtime.step import run_step
 
-    from aitasks.runtime.run_summary import run_summary_task
-    from aitasks.runtime.step import finish_step, step_runtime
-
-    rt = step_runtime(
-        storage_root=storage_root,
-        run_id=run_id,
+    res = run_step(
+        "run.summary",
+        {"run_id": run_id, "pipeline": pipeline, "final_status": status.state},
+        run_context=run_context,
         pipeline=pipeline,
+        run_id=run_id,
         step=step,
-        submitter=submitter,
-        git_revision=git_revision,
-        pipeline_version=pipeline_version,
-        traceparent=traceparent,
     )
-    res = run_summary_task(
-        {
-            "run_id": run_id,
-            "pipeline": pipeline,
-            "final_status": str(status.state or ""),
-            "started_at": repr(time.time()),
-        },
-        runtime=rt,
-    )
-    finish_step(rt, "run-summary")
     return res.summary_uri

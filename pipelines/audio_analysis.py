@@ -4,28 +4,20 @@
 
 from kfp import dsl
 
-from components.audio_analysis import (
-    analyze_shard,
-    audio_report,
-    audio_source,
-    classify_tracks,
-    collect_analysis,
-    detect_anomalies,
-    list_catalog,
-    register_classifier,
-    train_classifier,
-    write_audio_features,
-)
-from components.run_ops import summarize_run
-from pipelines.k8s import configure, request_gpu
-from pipelines.steps import run_context
+from pipelines import steps
+from pipelines.k8s import GPU_NODE_SELECTOR, GPU_TOLERATION, RUN_CONTEXT_DEFAULT, PipelineRun
 
 NAME = "audio-analysis"
 #: At most this many shards are analysed at once (a compile-time constant in KFP v2).
 MAX_PARALLEL_SHARDS = 8
-#: The classification steps' accelerator, fixed at compile time (see pipelines.reco_training).
-GPU_ACCELERATOR = "nvidia.com/gpu"
-GPU_COUNT = 1
+#: Defaults of the ``demo`` parameter: the generated catalog used when no catalog root is given.
+DEMO_DEFAULT = {
+    "tracks": 48,
+    "seed": 0,
+    "min_seconds": 20.0,
+    "max_seconds": 40.0,
+    "labelled_per_class": 24,
+}
 
 
 @dsl.pipeline(
@@ -34,15 +26,11 @@ GPU_COUNT = 1
     "classify tracks with a mel-CNN, publish track_audio features to Feast and an HTML report.",
 )
 def audio_analysis(
-    storage_root: str = "",
+    run_context: dict = RUN_CONTEXT_DEFAULT,
     catalog_root: str = "",
     labelled_root: str = "",
     catalog_manifest: str = "",
-    demo_tracks: int = 48,
-    demo_seed: int = 0,
-    demo_min_seconds: float = 20.0,
-    demo_max_seconds: float = 40.0,
-    demo_labelled_per_class: int = 24,
+    demo: dict = DEMO_DEFAULT,
     shards: int = 4,
     limit: int = 0,
     sample_rate: int = 22050,
@@ -58,199 +46,63 @@ def audio_analysis(
     online_store: str = "sqlite",
     as_of: str = "",
     report_title: str = "Audio analysis",
-    gpu_node_selector: dict = {"cloud.google.com/gke-accelerator": "nvidia-l4"},  # noqa: B006 - KFP default
-    gpu_toleration: dict = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},  # noqa: B006
-    submitter: str = "",
-    git_revision: str = "",
-    pipeline_version: str = "",
-    traceparent: str = "",
+    gpu_node_selector: dict = GPU_NODE_SELECTOR,
+    gpu_toleration: dict = GPU_TOLERATION,
 ) -> None:
     """The catalog's audio analysis (on new uploads or on a schedule; kfp.local runs it in tests)."""
-    run = run_context(
-        NAME,
-        storage_root=storage_root,
-        submitter=submitter,
-        git_revision=git_revision,
-        traceparent=traceparent,
-        pipeline_version=pipeline_version,
-    )
-    summary = summarize_run(**run)
-    configure(summary, pipeline=NAME, step="summary", task_name="run.summary", task_version="1.0.0", cache=False)
+    run = PipelineRun(NAME, run_context, gpu_node_selector=gpu_node_selector, gpu_toleration=gpu_toleration)
+    summary = steps.SUMMARY(run)
 
     with dsl.ExitHandler(summary, name="audio-analysis-run"):
-        source = audio_source(
-            catalog_root=catalog_root,
-            labelled_root=labelled_root,
-            tracks=demo_tracks,
-            seed=demo_seed,
-            min_seconds=demo_min_seconds,
-            max_seconds=demo_max_seconds,
-            labelled_per_class=demo_labelled_per_class,
-            **run,
-        )
-        configure(source, pipeline=NAME, step="source", task_name="audio.source", task_version="1.0.0", retries=1)
-
-        listed = list_catalog(
+        source = steps.AUDIO_SOURCE(run, catalog_root=catalog_root, labelled_root=labelled_root, demo=demo)
+        listed = steps.LIST_CATALOG(
+            run,
             catalog_root=source.outputs["catalog_root"],
             manifest_uri=catalog_manifest,
             shards=shards,
             limit=limit,
-            **run,
         )
-        # The listing reflects the catalog's current files: never served from the KFP cache.
-        configure(
-            listed,
-            pipeline=NAME,
-            step="list-catalog",
-            task_name="audio.list_catalog",
-            task_version="1.0.0",
-            retries=2,
-            cache=False,
-        )
-
         with dsl.ParallelFor(listed.outputs["Output"], parallelism=MAX_PARALLEL_SHARDS, name="shards") as shard:
-            analyzed = analyze_shard(
+            analyzed = steps.ANALYZE_SHARD(
+                run,
                 listing=listed.outputs["listing"],
                 shard_index=shard,
                 sample_rate=sample_rate,
                 max_channels=max_channels,
-                **run,
             )
-            configure(
-                analyzed,
-                pipeline=NAME,
-                step="analyze-shard",
-                task_name="audio.analyze",
-                task_version="1.0.0",
-                cpu="2",
-                memory="4Gi",
-                cpu_limit="4",
-                memory_limit="8Gi",
-                retries=1,
-            )
-
-        collected = collect_analysis(shard_uris=dsl.Collected(analyzed.output), **run)
-        configure(
-            collected,
-            pipeline=NAME,
-            step="collect",
-            task_name="audio.collect",
-            task_version="1.0.0",
-            memory="2Gi",
-            retries=2,
-        )
-
-        anomalies = detect_anomalies(
+        collected = steps.COLLECT(run, shard_uris=dsl.Collected(analyzed.output))
+        anomalies = steps.ANOMALIES(
+            run,
             analysis=collected.outputs["analysis"],
             contamination=contamination,
             duplicate_threshold=duplicate_threshold,
-            **run,
         )
-        configure(
-            anomalies,
-            pipeline=NAME,
-            step="anomalies",
-            task_name="audio.anomalies",
-            task_version="1.0.0",
-            cpu="1",
-            memory="2Gi",
-        )
-
-        trained = train_classifier(
+        trained = steps.TRAIN_CLASSIFIER(
+            run,
             labelled_root=source.outputs["labelled_root"],
             epochs=classifier_epochs,
             clip_seconds=classifier_clip_seconds,
             seed=classifier_seed,
-            **run,
         )
-        configure(
-            trained,
-            pipeline=NAME,
-            step="train-classifier",
-            task_name="audio.train_classifier",
-            task_version="1.0.0",
-            cpu="4",
-            memory="8Gi",
-            cpu_limit="8",
-            memory_limit="16Gi",
-            retries=1,
+        steps.REGISTER_CLASSIFIER(
+            run, model=trained.outputs["model"], model_name=classifier_name, min_accuracy=min_classifier_accuracy
         )
-        request_gpu(
-            trained,
-            accelerator=GPU_ACCELERATOR,
-            count=GPU_COUNT,
-            node_selector=gpu_node_selector,
-            toleration=gpu_toleration,
+        classified = steps.CLASSIFY(
+            run, model=trained.outputs["model"], analysis=collected.outputs["analysis"], batch_size=32
         )
-
-        registered = register_classifier(
-            model=trained.outputs["model"], model_name=classifier_name, min_accuracy=min_classifier_accuracy, **run
-        )
-        configure(
-            registered,
-            pipeline=NAME,
-            step="register-classifier",
-            task_name="audio.register_classifier",
-            task_version="1.0.0",
-            retries=3,
-            cache=False,
-        )
-
-        classified = classify_tracks(
-            model=trained.outputs["model"], analysis=collected.outputs["analysis"], batch_size=32, **run
-        )
-        configure(
-            classified,
-            pipeline=NAME,
-            step="classify",
-            task_name="audio.classify",
-            task_version="1.0.0",
-            cpu="2",
-            memory="4Gi",
-            memory_limit="8Gi",
-            retries=1,
-        )
-        request_gpu(
-            classified,
-            accelerator=GPU_ACCELERATOR,
-            count=GPU_COUNT,
-            node_selector=gpu_node_selector,
-            toleration=gpu_toleration,
-        )
-
-        written = write_audio_features(
+        steps.FEAST_WRITE(
+            run,
             analysis=collected.outputs["analysis"],
             anomalies=anomalies.outputs["anomalies"],
             predictions=classified.outputs["predictions"],
             project=feast_project,
             online_store=online_store,
             as_of=as_of,
-            **run,
         )
-        # Writes outside state (the Feast registry and online store): never served from the cache.
-        configure(
-            written,
-            pipeline=NAME,
-            step="feast-write",
-            task_name="audio.feast_write",
-            task_version="1.0.0",
-            memory="2Gi",
-            retries=3,
-            cache=False,
-        )
-
-        reported = audio_report(
+        steps.AUDIO_REPORT(
+            run,
             analysis=collected.outputs["analysis"],
             anomalies=anomalies.outputs["anomalies"],
             predictions=classified.outputs["predictions"],
             title=report_title,
-            **run,
-        )
-        configure(
-            reported,
-            pipeline=NAME,
-            step="report",
-            task_name="audio.report",
-            task_version="1.0.0",
-            memory="2Gi",
         )

@@ -31,8 +31,18 @@ EXPECTED_TASKS = (
 )
 
 
-def run_audio_demo(workdir: Path, *, console: Console | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run `audio-analysis` with kfp.local under ``workdir``; print and return the summary."""
+def run_audio_demo(
+    workdir: Path,
+    *,
+    run_context: dict[str, Any] | None = None,
+    console: Console | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run `audio-analysis` with kfp.local under ``workdir``; print and return the summary.
+
+    ``run_context`` holds further run context keys, ``overrides`` further pipeline parameters (``demo``
+    given in part is merged over the default generated catalog).
+    """
     import pyarrow.parquet as pq
 
     from pipelines.demo import run_and_collect
@@ -40,9 +50,8 @@ def run_audio_demo(workdir: Path, *, console: Console | None = None, **overrides
     con = console or Console()
     store = workdir / "store"
     params = {
-        "storage_root": str(store),
+        "run_context": {"storage_root": str(store), "submitter": "make-demo", **(run_context or {})},
         "as_of": "2026-11-25T00:00:00+00:00",
-        "submitter": "make-demo",
         **overrides,
     }
     outcome = run_and_collect(PIPELINE, params, workdir, con)

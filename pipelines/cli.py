@@ -89,6 +89,23 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def with_dict_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with each dict parameter given in part merged over the pipeline's default.
+
+    KFP replaces a dict parameter whole; ``-p synthetic='{"users": 300}'`` means "300 users, the rest as
+    by default", and a run context given in part keeps every other key.
+    """
+    inputs = pipelines()[name].component_spec.inputs or {}
+    out = dict(params)
+    for key, value in params.items():
+        spec = inputs.get(key)
+        if spec is None:
+            raise typer.BadParameter(f"{name} has no parameter {key!r}; known: {', '.join(sorted(inputs))}")
+        if isinstance(value, dict) and isinstance(spec.default, dict):
+            out[key] = {**spec.default, **value}
+    return out
+
+
 def run_local(name: str, params: dict[str, Any], workdir: Path) -> Any:
     """Run a pipeline with kfp.local, listing the settings kfp.local cannot honour."""
     from kfp import local
@@ -98,7 +115,7 @@ def run_local(name: str, params: dict[str, Any], workdir: Path) -> Any:
     for line in unsupported_locally(name):
         console.print(f"[yellow]not honoured locally:[/yellow] {line}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
-    return pipelines()[name](**params)
+    return pipelines()[name](**with_dict_defaults(name, params))
 
 
 @app.command("run")
@@ -141,8 +158,12 @@ def run_cmd(
         console.print(sub.url, soft_wrap=True)
         return
     params = _parse_params(param or [])
-    params.setdefault("storage_root", str(workdir.resolve()))
-    run_local(name, params, workdir.resolve())
+    context = dict(params.get("run_context") or {})
+    context.setdefault("storage_root", str(workdir.resolve()))
+    context.setdefault("submitter", submitter or "local")
+    if git_revision:
+        context.setdefault("git_revision", git_revision)
+    run_local(name, {**params, "run_context": context}, workdir.resolve())
 
 
 @app.command("upload")
@@ -241,7 +262,7 @@ def demo_audio_cmd(
     """The audio-analysis pipeline on kfp.local over a generated catalog; ends with a summary."""
     from pipelines.audio_demo import run_audio_demo
 
-    run_audio_demo(workdir.resolve(), console=console, demo_tracks=tracks)
+    run_audio_demo(workdir.resolve(), console=console, demo={"tracks": tracks})
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 from kfp import dsl
 
-from pipelines.steps import data_steps, run_context
+from pipelines.k8s import RUN_CONTEXT_DEFAULT, PipelineRun
+from pipelines.steps import SYNTHETIC_DEFAULT, data_steps
 
 NAME = "data-pipeline"
 
@@ -12,16 +13,10 @@ NAME = "data-pipeline"
     description="Listening events to validated data, point-in-time features, Feast online store and a drift report.",
 )
 def data_pipeline(
-    storage_root: str = "",
+    run_context: dict = RUN_CONTEXT_DEFAULT,
     events_uri: str = "",
     catalog_uri: str = "",
-    seed: int = 7,
-    users: int = 2_000,
-    tracks: int = 5_000,
-    events: int = 200_000,
-    days: int = 30,
-    start_date: str = "2026-10-01",
-    dirty_rows: int = 0,
+    synthetic: dict = SYNTHETIC_DEFAULT,
     as_of: str = "",
     chunk_rows: int = 65_536,
     lookback_days: int = 28,
@@ -30,32 +25,13 @@ def data_pipeline(
     online_store: str = "sqlite",
     psi_threshold: float = 0.2,
     ks_pvalue_threshold: float = 0.01,
-    submitter: str = "",
-    git_revision: str = "",
-    pipeline_version: str = "",
-    traceparent: str = "",
 ) -> None:
-    """The data pipeline. Empty ``events_uri``/``catalog_uri``: synthetic data from the generator settings."""
-    run = run_context(
-        NAME,
-        storage_root=storage_root,
-        submitter=submitter,
-        git_revision=git_revision,
-        traceparent=traceparent,
-        pipeline_version=pipeline_version,
-    )
+    """The data pipeline. Empty ``events_uri``/``catalog_uri``: synthetic data from the ``synthetic`` settings."""
     data_steps(
-        NAME,
-        run,
+        PipelineRun(NAME, run_context),
         events_uri=events_uri,
         catalog_uri=catalog_uri,
-        seed=seed,
-        users=users,
-        tracks=tracks,
-        events=events,
-        days=days,
-        start_date=start_date,
-        dirty_rows=dirty_rows,
+        synthetic=synthetic,
         as_of=as_of,
         chunk_rows=chunk_rows,
         lookback_days=lookback_days,

@@ -54,7 +54,7 @@ def run_and_collect(pipeline: str, params: dict[str, Any], workdir: Path, con: C
     from aitasks.runtime.run_summary import summarize_run
     from pipelines.cli import run_local
 
-    store = Path(params["storage_root"])
+    store = Path(params["run_context"]["storage_root"])
     audit = AuditLog(store / "audit")
     start_seq = len(audit.records())
     con.rule(f"[bold]aitasks demo: {pipeline} on kfp.local[/bold]")
@@ -72,25 +72,30 @@ def run_demo(
     *,
     events: int = 200_000,
     dirty_rows: int = 600,
+    synthetic: dict[str, Any] | None = None,
+    run_context: dict[str, Any] | None = None,
     console: Console | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run `reco-training` with kfp.local under ``workdir``; print and return the summary.
 
     ``dirty_rows`` contract-breaking rows are mixed into the synthetic events so the quarantine has
-    something to catch; ``overrides`` are further pipeline parameters (users, tracks, epochs, ...).
+    something to catch; ``synthetic`` holds further generator settings (users, tracks, ...),
+    ``run_context`` further run context keys, ``overrides`` further pipeline parameters (epochs, ...).
     """
     con = console or Console()
     store = workdir / "store"
     as_of = (START_DATE + timedelta(days=DAYS)).isoformat() + "T00:00:00+00:00"
     params = {
-        "storage_root": str(store),
-        "events": events,
-        "days": DAYS,
-        "start_date": START_DATE.isoformat(),
+        "run_context": {"storage_root": str(store), "submitter": "make-demo", **(run_context or {})},
+        "synthetic": {
+            "events": events,
+            "days": DAYS,
+            "start_date": START_DATE.isoformat(),
+            "dirty_rows": dirty_rows,
+            **(synthetic or {}),
+        },
         "as_of": as_of,
-        "dirty_rows": dirty_rows,
-        "submitter": "make-demo",
         **overrides,
     }
     outcome = run_and_collect(PIPELINE, params, workdir, con)

@@ -1,60 +1,123 @@
-"""Kubernetes settings applied to pipeline tasks: resources, labels, retries, caching.
+"""Steps declared once: task, display name, resources, retries, caching and GPU, applied at compile time.
 
-kfp.local ignores all of these; tests read them back from the compiled YAML.
+A :class:`StepSpec` names a component and the registered task it runs; calling it inside a pipeline
+body adds the step with the run context inputs (the ``run_context`` pipeline parameter, the pipeline
+name and the two KFP placeholders) and applies every Kubernetes setting. The task version on the pod
+labels is read from the task registry, never typed twice. kfp.local ignores all of these settings;
+tests read them back from the compiled YAML.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from kfp import kubernetes
+from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
+from aitasks.runtime.step import RUN_CONTEXT_KEYS
+
 LABEL_PREFIX = "aitasks.io"
+#: The accelerator of GPU steps, fixed at compile time: kfp.local (2.17) cannot resolve a pipeline
+#: parameter used as an accelerator inside an ExitHandler/condition DAG. Node selector and toleration
+#: stay run-time parameters, so a run still picks its GPU pool.
+GPU_ACCELERATOR = "nvidia.com/gpu"
+GPU_COUNT = 1
+#: Defaults of the GPU pool parameters every pipeline with GPU steps exposes.
+GPU_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def configure(
-    task: PipelineTask,
-    *,
-    pipeline: str,
-    step: str,
-    task_name: str,
-    task_version: str,
-    cpu: str = "500m",
-    memory: str = "1Gi",
-    cpu_limit: str = "2",
-    memory_limit: str = "4Gi",
-    retries: int = 0,
-    cache: bool = True,
-) -> PipelineTask:
-    """Requests/limits on every step, pod labels and annotations for kubectl, retries, caching."""
-    task.set_display_name(step)
-    task.set_cpu_request(cpu).set_cpu_limit(cpu_limit)
-    task.set_memory_request(memory).set_memory_limit(memory_limit)
-    if retries:
-        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
-    task.set_caching_options(cache)
+#: The ``run_context`` pipeline parameter's default: every key, empty (the KFP UI form shows them all).
+RUN_CONTEXT_DEFAULT: dict[str, str] = dict.fromkeys(RUN_CONTEXT_KEYS, "")
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """What every step of one pipeline shares at compile time: its name, the run context, the GPU pool."""
+
+    pipeline: str
+    run_context: Any
+    gpu_node_selector: Any = None
+    gpu_toleration: Any = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One pipeline step, declared once.
+
+    Attributes:
+        component: The ``@dsl.component`` that runs the step.
+        task: The registered task the component calls (its version labels the pod).
+        name: Display name in the KFP UI and the ``aitasks.io/step`` pod label.
+        cache: False for steps whose result depends on state the KFP cache cannot see (an external
+            store, a registry alias, a URI whose content may change under the same name).
+        gpu: Schedule on the GPU pool (accelerator, node selector, toleration).
+    """
+
+    component: Any
+    task: str
+    name: str
+    cpu: str = "500m"
+    memory: str = "1Gi"
+    cpu_limit: str = "2"
+    memory_limit: str = "4Gi"
+    retries: int = 0
+    cache: bool = True
+    gpu: bool = False
+
+    def __call__(self, run: PipelineRun, **inputs: Any) -> PipelineTask:
+        """Add this step to the pipeline being defined, with ``inputs`` plus the run context."""
+        task = self.component(
+            **inputs,
+            run_context=run.run_context,
+            pipeline=run.pipeline,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            step=dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
+        )
+        return configure(task, self, run)
+
+    @property
+    def task_version(self) -> str:
+        """The task's version, from the task registry."""
+        from aitasks.runtime.task import get_task
+
+        return get_task(self.task).version
+
+
+def configure(task: PipelineTask, spec: StepSpec, run: PipelineRun) -> PipelineTask:
+    """Requests/limits, pod labels and annotations for kubectl, retries, caching, GPU: all from ``spec``."""
+    task.set_display_name(spec.name)
+    task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu_limit)
+    task.set_memory_request(spec.memory).set_memory_limit(spec.memory_limit)
+    if spec.retries:
+        task.set_retry(
+            num_retries=spec.retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s"
+        )
+    task.set_caching_options(spec.cache)
     for key, value in (
-        ("pipeline", pipeline),
-        ("step", step),
-        ("task", task_name.replace(".", "-")),
-        ("task-version", task_version),
+        ("pipeline", run.pipeline),
+        ("step", spec.name),
+        ("task", spec.task.replace(".", "-")),
+        ("task-version", spec.task_version),
     ):
         kubernetes.add_pod_label(task, f"{LABEL_PREFIX}/{key}", value)
-    kubernetes.add_pod_annotation(task, f"{LABEL_PREFIX}/task-name", task_name)
+    kubernetes.add_pod_annotation(task, f"{LABEL_PREFIX}/task-name", spec.task)
+    if spec.gpu:
+        if run.gpu_node_selector is None or run.gpu_toleration is None:
+            raise ValueError(f"step {spec.name!r} needs a GPU: give the pipeline's GPU node selector and toleration")
+        request_gpu(task, node_selector=run.gpu_node_selector, toleration=run.gpu_toleration)
     return task
 
 
-def request_gpu(
-    task: PipelineTask, *, accelerator: Any, count: Any, node_selector: Any, toleration: Any
-) -> PipelineTask:
+def request_gpu(task: PipelineTask, *, node_selector: Any, toleration: Any) -> PipelineTask:
     """Schedule ``task`` on a GPU node: accelerator type and count, node selector and toleration.
 
-    Every argument may be a pipeline parameter, so one compiled pipeline serves clusters with
-    different GPU pools (``{"cloud.google.com/gke-accelerator": "nvidia-l4"}`` and the taint of
+    Node selector and toleration may be pipeline parameters, so one compiled pipeline serves clusters
+    with different GPU pools (``{"cloud.google.com/gke-accelerator": "nvidia-l4"}`` and the taint of
     that pool, for instance).
     """
-    task.set_accelerator_type(accelerator).set_accelerator_limit(count)
+    task.set_accelerator_type(GPU_ACCELERATOR).set_accelerator_limit(GPU_COUNT)
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, toleration)
     return task

@@ -3,8 +3,9 @@
 The CI flow (FIELD_NOTES): ``get_pipeline_id`` → ``upload_pipeline`` / ``upload_pipeline_version`` →
 ``create_experiment`` → ``create_recurring_run``. Recurring runs cannot be updated, so a changed schedule
 is created anew and the old one deleted. Who started a run, from which git revision and pipeline version,
-travel into the run as the pipelines' ``submitter`` / ``git_revision`` / ``pipeline_version`` parameters
-(the backend does not record them), so every task's audit record answers "who ran what".
+travel into the run inside the pipelines' ``run_context`` parameter (``submitter``, ``git_revision``,
+``pipeline_version``; the backend does not record them), so every task's audit record answers "who ran
+what".
 
 Nothing here reads the environment or creates a client at import time.
 """
@@ -436,14 +437,32 @@ def _norm(value: Any) -> Any:
     return str(value)
 
 
+def with_run_context(params: dict[str, Any], **context: str) -> dict[str, Any]:
+    """``params`` with its ``run_context`` parameter completed: every key present, ``context`` filled in.
+
+    The run context travels as one dict pipeline parameter (see ``aitasks.runtime.step.RunContextParams``);
+    values already in ``params["run_context"]`` win over ``context``. An unknown key is refused.
+    """
+    from aitasks.runtime.step import RUN_CONTEXT_KEYS
+
+    given = params.get("run_context") or {}
+    if not isinstance(given, dict):
+        raise SpecError(f"run_context must be a mapping, got {type(given).__name__}")
+    unknown = sorted(set(given) - set(RUN_CONTEXT_KEYS))
+    if unknown:
+        raise SpecError(f"run_context: unknown key(s) {', '.join(unknown)}; known: {', '.join(RUN_CONTEXT_KEYS)}")
+    merged = {**dict.fromkeys(RUN_CONTEXT_KEYS, ""), **context, **given}
+    return {**params, "run_context": merged}
+
+
 def _schedule_params(schedule: Schedule, version: Any) -> dict[str, Any]:
     """The schedule's parameters plus who (the schedule) and what (the version's git revision)."""
-    return {
-        "submitter": f"schedule:{schedule.name}",
-        "git_revision": _revision_of(version),
-        "pipeline_version": str(version.name),
-        **schedule.parameters,
-    }
+    return with_run_context(
+        dict(schedule.parameters),
+        submitter=f"schedule:{schedule.name}",
+        git_revision=_revision_of(version),
+        pipeline_version=str(version.name),
+    )
 
 
 def _desired(schedule: Schedule, pipeline_id: str, version: Any, experiment_id: str | None) -> dict[str, Any]:
@@ -596,7 +615,7 @@ def submit_run(
         ("git_revision", "--git-revision"),
         ("pipeline_version", "--version"),
     ):
-        if reserved in params:
+        if reserved in params or reserved in (params.get("run_context") or {}):
             raise SpecError(f"set {reserved} with {option}, not as a parameter")
     with api_errors(f"run {pipeline}"), _quiet():
         pipeline_id = _pipeline_id(client, pipeline)
@@ -606,7 +625,9 @@ def submit_run(
         run = client.run_pipeline(
             experiment_id=experiment_id,
             job_name=f"{pipeline} {chosen.name} by {submitter}",
-            params={**params, "submitter": submitter, "git_revision": revision, "pipeline_version": chosen.name},
+            params=with_run_context(
+                params, submitter=submitter, git_revision=revision, pipeline_version=chosen.name
+            ),
             pipeline_id=pipeline_id,
             version_id=chosen.pipeline_version_id,
         )

@@ -1,39 +1,121 @@
-"""Step groups shared by pipelines (plain Python, called inside a ``@dsl.pipeline`` body).
+"""Every pipeline step, declared once (component, task, display name, resources, retries, caching, GPU).
 
-kfp.local cannot pass artifacts into nested pipelines, so pipelines that share steps call these
-functions instead of nesting a sub-pipeline; the compiled YAML is the same flat DAG either way.
+Pipelines add a step by calling its spec with the run and the step's own inputs:
+``ingest = INGEST(run, events=..., catalog=..., as_of=as_of, chunk_rows=chunk_rows)``. Step groups
+shared by pipelines are plain functions here: kfp.local cannot pass artifacts into nested pipelines,
+and the compiled YAML is the same flat DAG either way.
 """
 
 from typing import Any, NamedTuple
 
-from kfp import dsl
-
+from components.audio_analysis import (
+    analyze_shard,
+    audio_report,
+    audio_source,
+    classify_tracks,
+    collect_analysis,
+    detect_anomalies,
+    list_catalog,
+    register_classifier,
+    train_classifier,
+    write_audio_features,
+)
 from components.data_processing import check_drift, compute_features, ingest_events, materialize_features, source_data
-from pipelines.k8s import configure
+from components.model_training import build_training_set, evaluate_model, promote_model, register_model, train_model
+from components.recommendation_update import build_index, publish_index
+from components.run_ops import summarize_run
+from pipelines.k8s import PipelineRun, StepSpec
+
+# Run --------------------------------------------------------------------------------------------
+# The exit handler reads the audit trail of this run: never served from cache.
+SUMMARY = StepSpec(summarize_run, "run.summary", "summary", cache=False)
+
+# Data processing ----------------------------------------------------------------------------------
+# The source step reads URIs whose content may change under the same name: never served from cache
+# (the task's own idempotency key covers content hashes).
+SOURCE = StepSpec(source_data, "data.source", "source", retries=2, cache=False)
+INGEST = StepSpec(ingest_events, "data.ingest", "ingest", memory="2Gi", memory_limit="4Gi", retries=2)
+FEATURES = StepSpec(compute_features, "data.features", "features", cpu="1", memory="4Gi", memory_limit="8Gi")
+# Materializing writes to an external online store: state the cache cannot see.
+MATERIALIZE = StepSpec(materialize_features, "feast.materialize", "materialize", retries=3, cache=False)
+DRIFT = StepSpec(check_drift, "data.drift", "drift")
+
+# Model training -----------------------------------------------------------------------------------
+TRAINING_SET = StepSpec(
+    build_training_set, "reco.training_set", "training-set", cpu="1", memory="4Gi", memory_limit="8Gi", retries=2
+)
+TRAIN = StepSpec(
+    train_model, "model.train", "train", cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi", retries=1, gpu=True
+)
+# Compares with the registry's current champion: state the KFP cache cannot see.
+EVALUATE = StepSpec(
+    evaluate_model,
+    "model.evaluate",
+    "evaluate",
+    cpu="1",
+    memory="4Gi",
+    memory_limit="8Gi",
+    retries=2,
+    cache=False,
+)
+REGISTER = StepSpec(register_model, "model.register", "register", retries=3, cache=False)
+PROMOTE = StepSpec(promote_model, "model.promote", "promote", retries=3, cache=False)
+
+# Recommendation update ----------------------------------------------------------------------------
+BUILD_INDEX = StepSpec(build_index, "index.build", "build-index", cpu="2", memory="4Gi", memory_limit="8Gi")
+PUBLISH_INDEX = StepSpec(publish_index, "index.publish", "publish-index", retries=3, cache=False)
+
+# Audio analysis -----------------------------------------------------------------------------------
+AUDIO_SOURCE = StepSpec(audio_source, "audio.source", "source", retries=1)
+# A catalog listing changes under the same root: never served from cache.
+LIST_CATALOG = StepSpec(list_catalog, "audio.list_catalog", "list-catalog", retries=2, cache=False)
+ANALYZE_SHARD = StepSpec(
+    analyze_shard,
+    "audio.analyze",
+    "analyze-shard",
+    cpu="2",
+    memory="4Gi",
+    cpu_limit="4",
+    memory_limit="8Gi",
+    retries=1,
+)
+COLLECT = StepSpec(collect_analysis, "audio.collect", "collect", memory="2Gi", retries=2)
+ANOMALIES = StepSpec(detect_anomalies, "audio.anomalies", "anomalies", cpu="1", memory="2Gi")
+TRAIN_CLASSIFIER = StepSpec(
+    train_classifier,
+    "audio.train_classifier",
+    "train-classifier",
+    cpu="4",
+    memory="8Gi",
+    cpu_limit="8",
+    memory_limit="16Gi",
+    retries=1,
+    gpu=True,
+)
+REGISTER_CLASSIFIER = StepSpec(
+    register_classifier, "audio.register_classifier", "register-classifier", retries=3, cache=False
+)
+CLASSIFY = StepSpec(
+    classify_tracks, "audio.classify", "classify", cpu="2", memory="4Gi", memory_limit="8Gi", retries=1, gpu=True
+)
+# Writes to the Feast stores: state the cache cannot see.
+FEAST_WRITE = StepSpec(write_audio_features, "audio.feast_write", "feast-write", memory="2Gi", retries=3, cache=False)
+AUDIO_REPORT = StepSpec(audio_report, "audio.report", "report", memory="2Gi")
+
+#: Every declared step (tests check each against its component and the task registry).
+ALL_STEPS: tuple[StepSpec, ...] = tuple(v for v in list(globals().values()) if isinstance(v, StepSpec))
 
 
-def run_context(
-    pipeline: str,
-    *,
-    storage_root: Any,
-    submitter: Any,
-    git_revision: Any,
-    traceparent: Any,
-    pipeline_version: Any = "",
-) -> dict:
-    """The run context every component receives as inputs (KFP placeholders resolve per run and step)."""
-    return {
-        "storage_root": storage_root,
-        "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        "pipeline": pipeline,
-        "step": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
-        "submitter": submitter,
-        "git_revision": git_revision,
-        # The uploaded pipeline version (content hash + git revision); with submitter and git revision it
-        # lands in every task's audit record: the audit answers "who ran what" (the KFP backend does not).
-        "pipeline_version": pipeline_version,
-        "traceparent": traceparent,
-    }
+#: Defaults of the ``synthetic`` parameter: the generated data used when no events/catalog URIs are given.
+SYNTHETIC_DEFAULT = {
+    "seed": 7,
+    "users": 2_000,
+    "tracks": 5_000,
+    "events": 200_000,
+    "days": 30,
+    "start_date": "2026-10-01",
+    "dirty_rows": 0,
+}
 
 
 class DataSteps(NamedTuple):
@@ -45,18 +127,11 @@ class DataSteps(NamedTuple):
 
 
 def data_steps(
-    pipeline: str,
-    run: dict,
+    run: PipelineRun,
     *,
     events_uri: Any,
     catalog_uri: Any,
-    seed: Any,
-    users: Any,
-    tracks: Any,
-    events: Any,
-    days: Any,
-    start_date: Any,
-    dirty_rows: Any,
+    synthetic: Any,
     as_of: Any,
     chunk_rows: Any,
     lookback_days: Any,
@@ -67,86 +142,35 @@ def data_steps(
     ks_pvalue_threshold: Any,
 ) -> DataSteps:
     """source -> ingest/validate/quarantine -> features -> Feast materialize, and the drift check."""
-    src = source_data(
-        events_uri=events_uri,
-        catalog_uri=catalog_uri,
-        seed=seed,
-        users=users,
-        tracks=tracks,
-        events=events,
-        days=days,
-        start_date=start_date,
-        dirty_rows=dirty_rows,
-        **run,
-    )
-    # The source step reads URIs whose content may change under the same name: never served from cache
-    # (the task's own idempotency key covers content hashes).
-    configure(
-        src, pipeline=pipeline, step="source", task_name="data.source", task_version="1.0.0", retries=2, cache=False
-    )
-
-    ingest = ingest_events(
+    src = SOURCE(run, events_uri=events_uri, catalog_uri=catalog_uri, synthetic=synthetic)
+    ingest = INGEST(
+        run,
         events=src.outputs["events_out"],
         catalog=src.outputs["tracks_out"],
         as_of=as_of,
         chunk_rows=chunk_rows,
-        **run,
     )
-    configure(
-        ingest,
-        pipeline=pipeline,
-        step="ingest",
-        task_name="data.ingest",
-        task_version="1.0.0",
-        memory="2Gi",
-        memory_limit="4Gi",
-        retries=2,
-    )
-
-    feats = compute_features(
+    feats = FEATURES(
+        run,
         events=ingest.outputs["good_events"],
         catalog=src.outputs["tracks_out"],
         lookback_days=lookback_days,
         half_life_days=half_life_days,
-        **run,
     )
-    configure(
-        feats,
-        pipeline=pipeline,
-        step="features",
-        task_name="data.features",
-        task_version="1.0.0",
-        cpu="1",
-        memory="4Gi",
-        memory_limit="8Gi",
-    )
-
-    mat = materialize_features(
+    mat = MATERIALIZE(
+        run,
         user_features=feats.outputs["user_features"],
         track_features=feats.outputs["track_features"],
         end=feats.outputs["Output"],
         project=feast_project,
         online_store=online_store,
-        **run,
     )
-    # Materializing writes to an external online store: state the cache cannot see.
-    configure(
-        mat,
-        pipeline=pipeline,
-        step="materialize",
-        task_name="feast.materialize",
-        task_version="1.0.0",
-        retries=3,
-        cache=False,
-    )
-
-    drift = check_drift(
+    drift = DRIFT(
+        run,
         features=feats.outputs["user_features"],
         split_at="",
         warmup_days=lookback_days,
         psi_threshold=psi_threshold,
         ks_pvalue_threshold=ks_pvalue_threshold,
-        **run,
     )
-    configure(drift, pipeline=pipeline, step="drift", task_name="data.drift", task_version="1.0.0")
     return DataSteps(src, ingest, feats, mat, drift)

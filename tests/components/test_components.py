@@ -1,49 +1,219 @@
-"""Components stay thin: only kfp at module level, images from the one table, one task call each."""
+"""Components stay thin: only kfp at module level, images from the one table, one run_step call each,
+declared once as a step whose task exists; and they work when called as plain functions."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kfp.dsl import Artifact, Dataset, Markdown, Metrics
+
+from aitasks.runtime.task import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT_FILES = sorted(p for p in (ROOT / "components").glob("*.py") if p.name not in {"__init__.py", "images.py"})
-HEAVY = {"aitasks", "torch", "tensorflow", "librosa", "feast", "mlflow", "transformers", "polars", "pyarrow"}
+#: What a component module may import at module level.
+ALLOWED_MODULE_IMPORTS = {"kfp", "typing", "components"}
+#: The run context inputs every component takes (one dict parameter, a compile-time constant, two placeholders).
+CONTEXT_INPUTS = ["run_context", "pipeline", "run_id", "step"]
+
+
+def _components(path: Path) -> list[Any]:
+    module = importlib.import_module(f"components.{path.stem}")
+    return [v for v in vars(module).values() if hasattr(v, "component_spec") and hasattr(v, "python_func")]
+
+
+def _run_step_calls(fn: Any) -> list[ast.Call]:
+    tree = ast.parse(inspect.getsource(fn.python_func).lstrip())
+    return [
+        c
+        for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "run_step"
+    ]
 
 
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
-def test_module_level_imports_are_light(path: Path) -> None:
+def test_module_level_imports_are_only_kfp_typing_components(path: Path) -> None:
     tree = ast.parse(path.read_text())
     for node in tree.body:
         if isinstance(node, ast.Import | ast.ImportFrom):
-            mod = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-            assert (mod or "").split(".")[0] not in HEAVY, f"{path.name} imports {mod} at module level"
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            for mod in names:
+                assert (mod or "").split(".")[0] in ALLOWED_MODULE_IMPORTS, f"{path.name} imports {mod}"
 
 
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
-def test_each_component_makes_exactly_one_task_call(path: Path) -> None:
-    tree = ast.parse(path.read_text())
-    for fn in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
-        calls = [
-            c.func.id
-            for c in ast.walk(fn)
-            if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id.endswith("_task")
-        ]
-        assert len(calls) == 1, f"{fn.name} calls {calls}"
+def test_each_component_makes_one_run_step_call_of_a_registered_task(path: Path) -> None:
+    for comp in _components(path):
+        calls = _run_step_calls(comp)
+        assert len(calls) == 1, f"{comp.name}: {len(calls)} run_step calls"
+        first = calls[0].args[0]
+        assert isinstance(first, ast.Constant) and isinstance(first.value, str), f"{comp.name}: task name literal"
+        get_task(first.value)  # raises for an unknown task
+        # The body imports only the adapter: no task module, no logic of its own.
+        imports = [n for n in ast.walk(ast.parse(inspect.getsource(comp.python_func).lstrip())) if isinstance(n, ast.ImportFrom)]
+        assert [i.module for i in imports] == ["aitasks.runtime.step"], f"{comp.name} imports {imports}"
+
+
+@pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
+def test_every_component_takes_the_run_context_inputs(path: Path) -> None:
+    for comp in _components(path):
+        params = list(inspect.signature(comp.python_func).parameters)
+        assert [p for p in params if p in CONTEXT_INPUTS] == CONTEXT_INPUTS, f"{comp.name}: {params}"
+        keywords = {k.arg for k in _run_step_calls(comp)[0].keywords}
+        assert set(CONTEXT_INPUTS) <= keywords, f"{comp.name} does not hand the run context to run_step"
 
 
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
 def test_every_component_uses_an_image_from_the_table(path: Path) -> None:
-    import importlib
-
-    module = importlib.import_module(f"components.{path.stem}")
     table = json.loads((ROOT / "images" / "images.json").read_text())
     images = set(table["images"].values())
-    comps = [v for v in vars(module).values() if hasattr(v, "component_spec")]
+    comps = _components(path)
     assert comps
     for comp in comps:
         image = comp.component_spec.implementation.container.image
         assert image in images, f"{comp.name} uses {image}"
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), "immutable tag"
+
+
+def test_every_component_is_declared_once_as_a_step_of_its_task() -> None:
+    from pipelines.steps import ALL_STEPS
+
+    declared: dict[str, list[str]] = {}
+    for spec in ALL_STEPS:
+        declared.setdefault(spec.component.name, []).append(spec.task)
+        call = _run_step_calls(spec.component)[0]
+        assert call.args[0].value == spec.task, f"{spec.name}: spec says {spec.task}, body runs {call.args[0].value}"
+        assert spec.task_version == get_task(spec.task).version
+    every = {c.name for p in COMPONENT_FILES for c in _components(p)}
+    assert set(declared) == every, f"components without a step: {every - set(declared)}"
+    assert all(len(v) == 1 for v in declared.values()), declared
+
+
+# -- components called as plain functions (``.python_func``): the adapter and the tasks, no kfp runner -------
+
+
+def _artifact(cls: type, tmp: Path, name: str) -> Any:
+    return cls(name=name, uri=str(tmp / "kfp" / name), metadata={})
+
+
+def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
+    from components.data_processing import check_drift, compute_features, ingest_events, source_data
+
+    ctx = {"run_context": {"storage_root": str(tmp_path / "store"), "submitter": "test"}, "pipeline": "unit"}
+    events, tracks = _artifact(Dataset, tmp_path, "events"), _artifact(Dataset, tmp_path, "tracks")
+    source_data.python_func(
+        events_uri="",
+        catalog_uri="",
+        synthetic={"seed": 3, "users": 60, "tracks": 120, "events": 4_000, "days": 10, "dirty_rows": 40},
+        **ctx,
+        run_id="r1",
+        step="source-data",
+        events_out=events,
+        tracks_out=tracks,
+    )
+    assert Path(events.path).stat().st_size > 0 and events.metadata["synthetic"] is True
+    assert events.metadata["stable_uri"].startswith(str(tmp_path / "store"))
+
+    good, quarantine, metrics = (
+        _artifact(Dataset, tmp_path, "good"),
+        _artifact(Dataset, tmp_path, "quarantine"),
+        _artifact(Metrics, tmp_path, "metrics"),
+    )
+    good_rows, quarantined = ingest_events.python_func(
+        events=events,
+        catalog=tracks,
+        as_of="2026-10-11T00:00:00Z",
+        chunk_rows=1_000,
+        **ctx,
+        run_id="r1",
+        step="ingest-events",
+        good_events=good,
+        quarantine=quarantine,
+        metrics=metrics,
+    )
+    # The result's Metric fields reach the KFP Metrics artifact; reasons are spread per key.
+    assert metrics.metadata["good_rows"] == good_rows and metrics.metadata["quarantined_rows"] == quarantined
+    assert quarantined > 0 and any(k.startswith("quarantined.") for k in metrics.metadata)
+    assert good_rows + quarantined == metrics.metadata["input_rows"]
+    assert quarantine.metadata["rows"] == quarantined and Path(quarantine.path).exists()
+
+    users, track_feats, fmetrics = (
+        _artifact(Dataset, tmp_path, "users"),
+        _artifact(Dataset, tmp_path, "track_feats"),
+        _artifact(Metrics, tmp_path, "fmetrics"),
+    )
+    last = compute_features.python_func(
+        events=good,
+        catalog=tracks,
+        lookback_days=7,
+        half_life_days=7.0,
+        **ctx,
+        run_id="r1",
+        step="compute-features",
+        user_features=users,
+        track_features=track_feats,
+        metrics=fmetrics,
+    )
+    assert last.startswith("2026-10-") and fmetrics.metadata["snapshots"] >= 1
+    report, dmetrics = _artifact(Markdown, tmp_path, "report"), _artifact(Metrics, tmp_path, "dmetrics")
+    drifted = check_drift.python_func(
+        features=users,
+        split_at="",
+        warmup_days=7,
+        psi_threshold=0.2,
+        ks_pvalue_threshold=0.01,
+        **ctx,
+        run_id="r1",
+        step="check-drift",
+        report=report,
+        metrics=dmetrics,
+    )
+    assert isinstance(drifted, bool) and "max_psi" in dmetrics.metadata
+    assert Path(report.path).read_text("utf-8").strip()
+
+    from aitasks.runtime.audit import AuditLog
+
+    records = AuditLog(tmp_path / "store" / "audit").records()
+    assert {r["task"] for r in records} == {"data.source", "data.ingest", "data.features", "data.drift"}
+    assert {r["pipeline"] for r in records} == {"unit"} and {r["submitter"] for r in records} == {"test"}
+    assert {r["step"] for r in records} == {"source-data", "ingest-events", "compute-features", "check-drift"}
+
+
+def test_component_refuses_a_run_context_with_an_unknown_key(tmp_path: Path) -> None:
+    from aitasks.runtime.errors import InvalidInputError
+    from components.model_training import promote_model
+
+    with pytest.raises(InvalidInputError, match=r"run_context\.storage_rot"):
+        promote_model.python_func(
+            model_name="m",
+            version=1,
+            blessed=False,
+            run_context={"storage_rot": str(tmp_path)},
+            pipeline="unit",
+            run_id="r1",
+            step="promote",
+        )
+
+
+def test_component_output_of_an_unknown_artifact_kind_is_refused_by_the_task(tmp_path: Path) -> None:
+    from aitasks.runtime.errors import InvalidInputError
+    from components.recommendation_update import publish_index
+
+    index = _artifact(Artifact, tmp_path, "index")
+    with pytest.raises(InvalidInputError, match="index_uri"):
+        publish_index.python_func(
+            index=index,
+            name="reco",
+            model_name="m",
+            model_version=1,
+            run_context={"storage_root": str(tmp_path / "store")},
+            pipeline="unit",
+            run_id="r1",
+            step="publish-index",
+        )

@@ -19,6 +19,9 @@ from aitasks.runtime.bundle import open_bundle
 from aitasks.runtime.errors import InvalidInputError
 from tests.conftest import RecoWorld
 
+# The whole recommender chain on the demo data (about a minute on 2 cores): `make test-all` and CI run it.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Chain:

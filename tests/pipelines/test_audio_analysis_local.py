@@ -9,16 +9,15 @@ import pytest
 
 from aitasks.runtime.audit import AuditLog
 
+# Full pipeline runs (a minute or more on 2 cores): `make test-all` and CI run them, `make test` does not.
+pytestmark = pytest.mark.slow
+
 SMALL = {
-    "demo_tracks": 12,
-    "demo_min_seconds": 12.0,
-    "demo_max_seconds": 16.0,
-    "demo_labelled_per_class": 16,
+    "demo": {"tracks": 12, "min_seconds": 12.0, "max_seconds": 16.0, "labelled_per_class": 16},
     "classifier_epochs": 15,
     "shards": 3,
     # Who ran what: the uploaded version and the revision reach every task's audit record.
-    "pipeline_version": "3f2a9c1d0e4b-0123456789ab",
-    "git_revision": "0123456789abcdef",
+    "run_context": {"pipeline_version": "3f2a9c1d0e4b-0123456789ab", "git_revision": "0123456789abcdef"},
 }
 
 
@@ -74,8 +73,8 @@ def test_every_step_is_audited_with_one_trace(audio_run: tuple[Path, dict]) -> N
     assert {r["task"] for r in records} == set(s["tasks"])
     assert len([r for r in records if r["task"] == "audio.analyze"]) == 3, "one analysis per shard"
     assert len({r["trace_id"] for r in records}) == 1 and len({r["run_id"] for r in records}) == 1
-    assert {r["pipeline_version"] for r in records} == {SMALL["pipeline_version"]}
-    assert {r["git_revision"] for r in records} == {SMALL["git_revision"]}
+    assert {r["pipeline_version"] for r in records} == {SMALL["run_context"]["pipeline_version"]}
+    assert {r["git_revision"] for r in records} == {SMALL["run_context"]["git_revision"]}
     assert {r["submitter"] for r in records} == {"make-demo"} and {r["pipeline"] for r in records} == {"audio-analysis"}
     assert s["audit"]["verified"] is True
     assert json.loads((work / "audio-summary.json").read_text())["catalog"] == s["catalog"]

@@ -56,14 +56,55 @@ def test_data_pipeline_kubernetes_settings(fresh: dict[str, str]) -> None:
     assert tasks["compute-features"]["cachingOptions"]["enableCache"] is True
 
 
-def test_run_context_reaches_every_step(fresh: dict[str, str]) -> None:
-    spec, _ = _docs(fresh["data-pipeline"])
-    for name, task in spec["root"]["dag"]["tasks"].items():
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_run_context_reaches_every_step(name: str, fresh: dict[str, str]) -> None:
+    """One ``run_context`` dict parameter, the pipeline name and the two KFP placeholders, on every step."""
+    from aitasks.runtime.step import RUN_CONTEXT_KEYS
+
+    spec, _ = _docs(fresh[name])
+    root_params = spec["root"]["inputDefinitions"]["parameters"]
+    assert root_params["run_context"]["parameterType"] == "STRUCT"
+    assert set(root_params["run_context"]["defaultValue"]) == set(RUN_CONTEXT_KEYS)
+    steps = {n: t for n, t in _all_tasks(spec).items() if not n.startswith(("condition", "exit-handler", "for-loop"))}
+    assert steps
+    for task_name, task in steps.items():
         params = task["inputs"]["parameters"]
-        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
-        assert params["step"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}", name
-        for key in ("submitter", "git_revision", "pipeline_version", "traceparent", "storage_root"):
-            assert params[key]["componentInputParameter"] == key, (name, key)
+        assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", task_name
+        assert params["step"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}", task_name
+        assert params["pipeline"]["runtimeValue"]["constant"] == name, task_name
+        assert params["run_context"]["componentInputParameter"] in {"run_context", "pipelinechannel--run_context"}
+
+
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_pod_labels_carry_the_registered_task_versions(name: str, fresh: dict[str, str]) -> None:
+    """Task name and version on every pod come from the task registry: a version bump cannot leave them stale."""
+    from aitasks.runtime.task import load_builtin_tasks
+
+    registry = load_builtin_tasks()
+    _, platform = _docs(fresh[name])
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors
+    for executor, body in executors.items():
+        task_name = body["podMetadata"]["annotations"]["aitasks.io/task-name"]
+        labels = body["podMetadata"]["labels"]
+        assert task_name in registry, f"{executor}: {task_name} is not a registered task"
+        assert labels["aitasks.io/task-version"] == registry[task_name].version, executor
+        assert labels["aitasks.io/task"] == task_name.replace(".", "-"), executor
+        assert labels["aitasks.io/pipeline"] == name, executor
+
+
+def test_a_task_version_bump_reaches_the_pod_labels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from aitasks.runtime.task import get_task
+
+    from kfp import compiler, dsl
+
+    monkeypatch.setattr(get_task("data.drift"), "version", "9.9.9")
+    # Define the pipeline anew (its graph is built when it is defined), then compile it.
+    rebuilt = dsl.pipeline(name="data-pipeline")(pipelines()["data-pipeline"].pipeline_func)
+    compiler.Compiler().compile(rebuilt, str(tmp_path / "p.yaml"))
+    _, platform = _docs((tmp_path / "p.yaml").read_text())
+    labels = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-check-drift"]["podMetadata"]
+    assert labels["labels"]["aitasks.io/task-version"] == "9.9.9"
 
 
 def _all_tasks(spec: dict) -> dict[str, dict]:

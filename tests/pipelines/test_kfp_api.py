@@ -179,9 +179,10 @@ def test_schedule_apply_is_idempotent(server: FakeKfpServer, packages: Path) -> 
     runs = {r["display_name"]: r for r in server.state.recurring_runs.values()}
     assert runs["aitasks-reco"]["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert runs["aitasks-reco"]["no_catchup"] is True
-    assert runs["aitasks-reco"]["runtime_config"]["parameters"]["submitter"] == "schedule:aitasks-reco"
-    assert runs["aitasks-reco"]["runtime_config"]["parameters"]["pipeline_version"], "the version reaches the audit"
-    assert runs["aitasks-reco"]["runtime_config"]["parameters"]["git_revision"] == "abc123"
+    context = runs["aitasks-reco"]["runtime_config"]["parameters"]["run_context"]
+    assert context["submitter"] == "schedule:aitasks-reco"
+    assert context["pipeline_version"], "the version reaches the audit"
+    assert context["git_revision"] == "abc123"
 
     before = dict(server.state.recurring_runs)
     mutations = len(server.mutations())
@@ -226,7 +227,7 @@ def test_schedule_apply_leaves_unmanaged_and_follows_new_versions(
     names = sorted(r["display_name"] for r in server.state.recurring_runs.values())
     assert names == ["aitasks-audio", "aitasks-reco", "someone-elses"]
     reco = next(r for r in server.state.recurring_runs.values() if r["display_name"] == "aitasks-reco")
-    assert reco["runtime_config"]["parameters"]["git_revision"] == "feedface"
+    assert reco["runtime_config"]["parameters"]["run_context"]["git_revision"] == "feedface"
 
 
 def test_schedule_settings_round_trip(server: FakeKfpServer, packages: Path) -> None:
@@ -332,15 +333,29 @@ def test_submit_run_passes_submitter_and_revision(server: FakeKfpServer, package
     run = server.state.runs[sub.run_id]
     assert run["runtime_config"]["parameters"] == {
         "shards": 2,
-        "submitter": "user:alice",
-        "git_revision": "abc123",
-        "pipeline_version": sub.pipeline_version,
+        "run_context": {
+            "storage_root": "",
+            "submitter": "user:alice",
+            "git_revision": "abc123",
+            "pipeline_version": sub.pipeline_version,
+            "traceparent": "",
+        },
     }
     assert run["pipeline_version_reference"]["pipeline_id"] == client.get_pipeline_id("audio-analysis")
     assert sub.url == f"{server.url}/#/runs/details/{sub.run_id}"
 
     with pytest.raises(kfp_api.SpecError, match="--submitter"):
         kfp_api.submit_run(client, "audio-analysis", None, {"submitter": "x"}, "adhoc", submitter="y")
+    with pytest.raises(kfp_api.SpecError, match="--submitter"):
+        kfp_api.submit_run(client, "audio-analysis", None, {"run_context": {"submitter": "x"}}, "adhoc", submitter="y")
+    with pytest.raises(kfp_api.SpecError, match="unknown key"):
+        kfp_api.submit_run(client, "audio-analysis", None, {"run_context": {"storage_rot": "x"}}, "adhoc", submitter="y")
+    # A storage root given in the run context is kept, the rest is filled in.
+    sub = kfp_api.submit_run(
+        client, "audio-analysis", None, {"run_context": {"storage_root": "gs://b/r"}}, "adhoc", submitter="y"
+    )
+    ctx = server.state.runs[sub.run_id]["runtime_config"]["parameters"]["run_context"]
+    assert ctx["storage_root"] == "gs://b/r" and ctx["submitter"] == "y"
     with pytest.raises(kfp_api.KfpApiError, match="no version 'nope'"):
         kfp_api.submit_run(client, "audio-analysis", "pinned:nope", {}, "adhoc", submitter="y")
 
@@ -356,8 +371,8 @@ def test_cli_run_prints_link(server: FakeKfpServer, packages: Path, monkeypatch:
     (run,) = server.state.runs.values()
     assert f"{server.url}/#/runs/details/{run['run_id']}" in result.output
     params = run["runtime_config"]["parameters"]
-    assert params["epochs"] == 1 and params["submitter"] == "ci:bot"
-    assert params["git_revision"] == "abc123"  # the revision the (first) version was uploaded from
+    assert params["epochs"] == 1 and params["run_context"]["submitter"] == "ci:bot"
+    assert params["run_context"]["git_revision"] == "abc123"  # the revision the (first) version was uploaded from
     assert TOKEN not in result.output
 
     result = CliRunner().invoke(app, ["run", "data-pipeline", "--host", server.url])

@@ -10,7 +10,10 @@ import pytest
 
 from aitasks.runtime.audit import AuditLog
 
-SMALL = {"users": 600, "tracks": 1_500, "events": 40_000, "dirty_rows": 120}
+# Full pipeline runs (a minute or more on 2 cores): `make test-all` and CI run them, `make test` does not.
+pytestmark = pytest.mark.slow
+
+SMALL = {"events": 40_000, "dirty_rows": 120, "synthetic": {"users": 600, "tracks": 1_500}}
 
 
 @pytest.fixture(scope="module")
