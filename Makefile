@@ -45,9 +45,12 @@ demo-audio: $(STAMP) ## Run the audio-analysis pipeline on a generated catalog (
 test: $(STAMP) ## Run the default test suite (offline + local services; no slow or bench tests)
 	$(PY) -m pytest -m "not slow and not bench" $(PYTEST_ARGS)
 
+.PHONY: test-slow
+test-slow: $(STAMP) ## Run only the slow tests (kfp.local end-to-end runs, the whole recommender chain)
+	$(PY) -m pytest -m "slow and not bench" $(PYTEST_ARGS)
+
 .PHONY: test-all
-test-all: $(STAMP) ## Run every test, slow ones included
-	$(PY) -m pytest -m "not bench" $(PYTEST_ARGS)
+test-all: test test-slow ## Run every test: `make test`, then the slow ones
 
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks; prints a table and writes bench/results/latest.json

@@ -625,9 +625,7 @@ def submit_run(
         run = client.run_pipeline(
             experiment_id=experiment_id,
             job_name=f"{pipeline} {chosen.name} by {submitter}",
-            params=with_run_context(
-                params, submitter=submitter, git_revision=revision, pipeline_version=chosen.name
-            ),
+            params=with_run_context(params, submitter=submitter, git_revision=revision, pipeline_version=chosen.name),
             pipeline_id=pipeline_id,
             version_id=chosen.pipeline_version_id,
         )

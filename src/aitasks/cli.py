@@ -143,8 +143,15 @@ def audit_tail(
     step: Annotated[str | None, typer.Option("--step", help="Only this pipeline step (KFP task name).")] = None,
     status: Annotated[str | None, typer.Option("--status", help="Only this status (failed, succeeded, ...).")] = None,
     submitter: Annotated[str | None, typer.Option("--submitter", help="Only runs started by this submitter.")] = None,
+    text: Annotated[
+        bool, typer.Option("--text", help="One readable line per record; a reuse says why it was reused.")
+    ] = False,
 ) -> None:
-    """Print the last records (after the filters) as JSON lines: who ran what, when, with which outcome."""
+    """Print the last records (after the filters) as JSON lines: who ran what, when, with which outcome.
+
+    A reused result (status ``idempotent_hit``) carries ``reused``: the key parts that matched (task,
+    version, code, inputs, artifacts, state) and the run that committed the result.
+    """
     from aitasks.runtime.audit import open_audit
     from aitasks.runtime.settings import load_settings
 
@@ -155,7 +162,30 @@ def audit_tail(
         if all(v is None or rec.get(k) == v for k, v in wanted.items())
     ]
     for rec in records[-n:] if n > 0 else []:
-        typer.echo(json.dumps(rec, sort_keys=True))
+        typer.echo(_audit_line(rec) if text else json.dumps(rec, sort_keys=True))
+
+
+def _audit_line(rec: dict[str, Any]) -> str:
+    """``seq time task@version status run/step by submitter`` and, for a reuse, why."""
+    when = rec.get("ts") or rec.get("time") or ""
+    if isinstance(when, int | float):
+        when = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = (
+        f"{rec.get('seq', '')} {when} {rec.get('task', '?')}@{rec.get('version', '?')} {rec.get('status', '?')}"
+        f" run={rec.get('run_id', '')} step={rec.get('step', '')} by={rec.get('submitter') or rec.get('actor', '')}"
+    )
+    reused = rec.get("reused")
+    if reused:
+        parts = reused.get("key_parts", {})
+        line += (
+            f" | reused the result of run {reused.get('committed_by_run') or '?'}"
+            f" committed {reused.get('committed_at') or '?'}: {reused.get('reason', '')}"
+            f" (code {parts.get('code', '?')}, inputs {parts.get('inputs', '?')})"
+        )
+    error = rec.get("error")
+    if isinstance(error, dict) and error.get("kind"):
+        line += f" | {error['kind']}: {error.get('message', '')}"
+    return line
 
 
 @data_app.command("generate")

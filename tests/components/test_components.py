@@ -56,7 +56,11 @@ def test_each_component_makes_one_run_step_call_of_a_registered_task(path: Path)
         assert isinstance(first, ast.Constant) and isinstance(first.value, str), f"{comp.name}: task name literal"
         get_task(first.value)  # raises for an unknown task
         # The body imports only the adapter: no task module, no logic of its own.
-        imports = [n for n in ast.walk(ast.parse(inspect.getsource(comp.python_func).lstrip())) if isinstance(n, ast.ImportFrom)]
+        imports = [
+            n
+            for n in ast.walk(ast.parse(inspect.getsource(comp.python_func).lstrip()))
+            if isinstance(n, ast.ImportFrom)
+        ]
         assert [i.module for i in imports] == ["aitasks.runtime.step"], f"{comp.name} imports {imports}"
 
 

@@ -94,9 +94,9 @@ def test_pod_labels_carry_the_registered_task_versions(name: str, fresh: dict[st
 
 
 def test_a_task_version_bump_reaches_the_pod_labels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from aitasks.runtime.task import get_task
-
     from kfp import compiler, dsl
+
+    from aitasks.runtime.task import get_task
 
     monkeypatch.setattr(get_task("data.drift"), "version", "9.9.9")
     # Define the pipeline anew (its graph is built when it is defined), then compile it.

@@ -349,7 +349,9 @@ def test_submit_run_passes_submitter_and_revision(server: FakeKfpServer, package
     with pytest.raises(kfp_api.SpecError, match="--submitter"):
         kfp_api.submit_run(client, "audio-analysis", None, {"run_context": {"submitter": "x"}}, "adhoc", submitter="y")
     with pytest.raises(kfp_api.SpecError, match="unknown key"):
-        kfp_api.submit_run(client, "audio-analysis", None, {"run_context": {"storage_rot": "x"}}, "adhoc", submitter="y")
+        kfp_api.submit_run(
+            client, "audio-analysis", None, {"run_context": {"storage_rot": "x"}}, "adhoc", submitter="y"
+        )
     # A storage root given in the run context is kept, the rest is filled in.
     sub = kfp_api.submit_run(
         client, "audio-analysis", None, {"run_context": {"storage_root": "gs://b/r"}}, "adhoc", submitter="y"

@@ -8,9 +8,9 @@ each task's last status in the run and the committed result it points to, and ve
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from aitasks.runtime.task import TaskContext, TaskModel, ai_task
 
@@ -63,7 +63,9 @@ def summarize_run(records: list[dict[str, Any]], *, run_id: str | None, storage_
 class RunSummaryParams(TaskModel):
     run_id: str = Field(min_length=1, max_length=256, description="The KFP run whose records to summarise.")
     pipeline: str = Field(default="", max_length=256, description="Pipeline name (for the summary).")
-    final_status: str = Field(default="", max_length=64, description="The run's status from KFP, when known.")
+    final_status: Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))] = Field(
+        default="", max_length=64, description="The run's status from KFP, when known."
+    )
     started_at: str = Field(
         default_factory=lambda: repr(time.time()),
         max_length=64,

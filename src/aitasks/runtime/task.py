@@ -341,9 +341,7 @@ class Task(Generic[P, R]):
         """sha256 of the task's module source and the first-party modules it imports (computed once)."""
         return code_fingerprint(self.fn)
 
-    def key_parts(
-        self, params: P, rt: Runtime, *, state: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def key_parts(self, params: P, rt: Runtime, *, state: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the idempotency key hashes: task, version, code, inputs, input artifacts' content, state."""
         hashes: dict[str, str] = {}
         for f in _artifact_fields(self.params_model, "input"):
