@@ -21,6 +21,11 @@ _T: dict[str, dict[str, str]] = {
     "en": {
         "title": "Task reference",
         "intro": "Generated from the task registry by `make docs`; do not edit by hand.",
+        "reuse": "A call returns the result committed before, without running, only when its idempotency key "
+        "is the same: task name, version, code fingerprint (the source of the task's module and of every "
+        "`aitasks` module it imports), inputs, the content of its input artifacts and the outside state it "
+        "declares. An edited task body runs again even without a version bump; the audit record of a reuse "
+        "says why it was reused (`aitasks audit tail --text`).",
         "version": "Version",
         "retries": "Retries",
         "inputs": "Inputs",
@@ -37,6 +42,12 @@ _T: dict[str, dict[str, str]] = {
     "fr": {
         "title": "Référence des tâches",
         "intro": "Généré depuis le registre des tâches par `make docs` ; ne pas modifier à la main.",
+        "reuse": "Un appel renvoie le résultat déjà validé, sans s'exécuter, seulement quand sa clé "
+        "d'idempotence est la même : nom de la tâche, version, empreinte du code (le source du module de la "
+        "tâche et de chaque module `aitasks` qu'il importe), entrées, contenu de ses artefacts d'entrée et "
+        "état extérieur qu'elle déclare. Un corps de tâche modifié s'exécute de nouveau même sans changement "
+        "de version ; l'enregistrement d'audit d'une réutilisation en donne la raison "
+        "(`aitasks audit tail --text`).",
         "version": "Version",
         "retries": "Reprises",
         "inputs": "Entrées",
@@ -53,6 +64,12 @@ _T: dict[str, dict[str, str]] = {
     "de": {
         "title": "Aufgabenreferenz",
         "intro": "Von `make docs` aus dem Aufgabenregister erzeugt; nicht von Hand bearbeiten.",
+        "reuse": "Ein Aufruf gibt das früher festgeschriebene Ergebnis ohne Ausführung nur zurück, wenn sein "
+        "Idempotenzschlüssel gleich ist: Aufgabenname, Version, Code-Fingerabdruck (der Quelltext des "
+        "Aufgabenmoduls und jedes `aitasks`-Moduls, das es importiert), Eingaben, Inhalt der "
+        "Eingabeartefakte und der deklarierte äußere Zustand. Ein geänderter Aufgabenrumpf läuft auch ohne "
+        "Versionssprung erneut; der Audit-Eintrag einer Wiederverwendung nennt den Grund "
+        "(`aitasks audit tail --text`).",
         "version": "Version",
         "retries": "Wiederholungen",
         "inputs": "Eingaben",
@@ -117,7 +134,7 @@ def _fields_table(model: type[BaseModel], t: dict[str, str]) -> list[str]:
 def render_tasks_markdown(tasks: dict[str, Any], lang: str) -> str:
     """The task reference page in ``lang``."""
     t = _T[lang]
-    lines = [f"# {t['title']}", "", f"_{t['intro']}_", ""]
+    lines = [f"# {t['title']}", "", f"_{t['intro']}_", "", t["reuse"], ""]
     for name, task in tasks.items():
         texts = parse_languages(task.doc)
         lines += [
