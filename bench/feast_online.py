@@ -107,7 +107,7 @@ def _measure_store(cfg: Any, n_users: int, n_reads: int) -> tuple[dict[str, floa
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from aitasks.data_processing import feature_store as fst
+    from aitasks.platform import feature_store as fst
 
     fst.apply_repo(cfg)
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def bench_online_reads(
     Returns:
         Records ``{benchmark, metric, value, unit, baseline, baseline_value, ratio, params}``.
     """
-    from aitasks.data_processing import feature_store as fst
+    from aitasks.platform import feature_store as fst
     from aitasks.runtime.errors import ServiceUnavailableError
 
     offline = tmpdir / "offline"

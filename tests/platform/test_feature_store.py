@@ -14,9 +14,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from aitasks.data_processing import feature_store as fst
 from aitasks.data_processing.contract import CONTRACT_VERSION, GENRES, genre_affinity_column
 from aitasks.data_processing.features import TRACK_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
+from aitasks.platform import feature_store as fst
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
 from tests.data_processing.conftest import ABSENT, SNAPSHOTS, TRACKS, USERS, feature_value
 
@@ -64,7 +64,7 @@ def row(result: dict[str, list[object]], i: int, names: list[str]) -> dict[str, 
 
 
 def test_module_import_does_not_import_feast() -> None:
-    code = "import sys, aitasks.data_processing.feature_store; assert 'feast' not in sys.modules, 'feast imported'"
+    code = "import sys, aitasks.platform.feature_store; assert 'feast' not in sys.modules, 'feast imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aitasks.data_processing import feature_store as fst
+from aitasks.platform import feature_store as fst
 from aitasks.runtime.errors import FatalError, ServiceUnavailableError
 from tests.data_processing.conftest import SNAPSHOTS, free_port
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from aitasks.runtime.errors import DataFormatError
 
 if TYPE_CHECKING:
-    from aitasks.data_processing.feature_store import FeastConfig
+    from aitasks.platform.feature_store import FeastConfig
     from aitasks.runtime.settings import Settings
 
 TRACK_AUDIO_VIEW: Final = "track_audio"
@@ -69,7 +69,7 @@ def track_audio_config(
     settings: Settings, *, project: str, online_store: Literal["sqlite", "redis"] | None = None
 ) -> FeastConfig:
     """The recommender project's Feast configuration (registry, online store) used for the view."""
-    from aitasks.data_processing.feature_store import serving_config
+    from aitasks.platform.feature_store import serving_config
 
     return serving_config(settings, project=project, online_store=online_store)
 
@@ -83,7 +83,7 @@ def _objects(cfg: FeastConfig) -> list[Any]:
     from feast import FeatureView, Field, FileSource
     from feast import types as ftypes
 
-    from aitasks.data_processing.feature_store import CREATED_FIELD, TIMESTAMP_FIELD, build_feature_repo
+    from aitasks.platform.feature_store import CREATED_FIELD, TIMESTAMP_FIELD, build_feature_repo
 
     repo = build_feature_repo(cfg)
     dtypes = {"Float32": ftypes.Float32, "Int64": ftypes.Int64, "String": ftypes.String}
@@ -145,14 +145,8 @@ def write_track_audio(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from aitasks.data_processing.feature_store import (
-        CREATED_FIELD,
-        TIMESTAMP_FIELD,
-        _quiet,
-        _service_errors,
-        open_store,
-    )
-    from aitasks.runtime.storage import LocalStorage
+    from aitasks.platform.feature_store import CREATED_FIELD, TIMESTAMP_FIELD, open_store, quiet, service_errors
+    from aitasks.platform.files import atomic_path
 
     if event_time.tzinfo is None:
         raise ValueError("event_time must be timezone-aware")
@@ -191,11 +185,11 @@ def write_track_audio(
         table = pa.concat_tables([old.filter(keep), new.cast(old.schema)])
     else:
         table = new
-    with LocalStorage().publishing(str(path)) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
     store = open_store(cfg)
-    with _quiet(), _service_errors(cfg):
+    with quiet(), service_errors(cfg):
         store.apply(_objects(cfg))
         store.materialize(ts - timedelta(seconds=1), ts + timedelta(seconds=1), feature_views=[TRACK_AUDIO_VIEW])
     return TrackAudioReport(
@@ -211,10 +205,10 @@ def write_track_audio(
 
 def read_track_audio(cfg: FeastConfig, track_ids: Sequence[str], features: Sequence[str]) -> dict[str, list[Any]]:
     """Online values of ``features`` of the view for ``track_ids`` (unknown tracks get None)."""
-    from aitasks.data_processing.feature_store import _service_errors, open_store
+    from aitasks.platform.feature_store import open_store, service_errors
 
     store = open_store(cfg)
-    with _service_errors(cfg):
+    with service_errors(cfg):
         resp = store.get_online_features(
             features=[f"{TRACK_AUDIO_VIEW}:{f}" for f in features],
             entity_rows=[{"track_id": t} for t in track_ids],

@@ -373,7 +373,7 @@ def materialize_features_task(params: MaterializeParams, ctx: TaskContext) -> Ma
     inkrementell bis `end` in den Online-Store (standardmäßig sqlite, per Konfiguration Redis). Ein
     unerreichbares Redis ist ein vorübergehender Fehler und wird wiederholt.
     """
-    from aitasks.data_processing import feature_store as fs
+    from aitasks.platform import feature_store as fs
 
     cfg = fs.config_for(
         settings=ctx.settings,

@@ -87,8 +87,8 @@ def training_set_task(params: TrainingSetParams, ctx: TaskContext) -> TrainingSe
     Trainingszeilen, zurückgehaltene Hörer und Ziele, den Katalogstand und bereits gehörte Paare als ein
     Bündel von Parquet-Dateien.
     """
-    from aitasks.data_processing import feature_store as fs
     from aitasks.model_training.training_set import build_training_set
+    from aitasks.platform import feature_store as fs
     from aitasks.runtime.bundle import publish_bundle
     from aitasks.runtime.storage import local_copy
 

@@ -29,7 +29,7 @@ from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputErro
 from aitasks.runtime.hashing import sha256_file, sha256_json
 
 if TYPE_CHECKING:
-    from aitasks.data_processing.feature_store import FeastConfig
+    from aitasks.platform.feature_store import FeastConfig
 
 _TASK: Final = "reco.training_set"
 FILES: Final = ("train.parquet", "users.parquet", "items.parquet", "targets.parquet", "history.parquet")
@@ -82,7 +82,7 @@ def build_training_set(
         InvalidInputError: ``holdout_days`` leaves no history or no held-out positives.
         DataFormatError: An input file lacks the contract columns.
     """
-    from aitasks.data_processing.feature_store import historical_features
+    from aitasks.platform.feature_store import historical_features
 
     if holdout_days < 1:
         raise InvalidInputError(_TASK, [FieldIssue("holdout_days", "must be at least 1")])

@@ -1,0 +1,108 @@
+"""Feast repository access for every family: definitions, apply, materialize, retrieval.
+
+The recommender's feature repository (``user_features``, ``track_features``) and the plumbing
+other families' views use (``aitasks.audio_analysis.feature_store`` adds ``track_audio`` to the
+same project through :func:`open_store`, :func:`service_errors` and :func:`quiet`).
+
+Everything Feast needs is derived from one :class:`FeastConfig`:
+
+* ``feature_store.yaml`` is rendered from it (for the ``feast`` CLI and for humans); this package
+  itself builds the same configuration in memory (:mod:`.config`), so a Redis password never has to
+  be written to disk: the file holds ``${AITASKS_FEAST_REDIS_PASSWORD}`` instead, which Feast's loader expands
+  from the environment (``os.path.expandvars``; an unset variable stays literally ``${...}``);
+* the objects (entities ``user`` and ``track``, one ``FileSource`` per Parquet file written by
+  :mod:`aitasks.data_processing.features`, the feature views ``user_features`` and
+  ``track_features`` with an explicit typed schema (:mod:`.schema`), and the feature services
+  ``reco_training`` and ``reco_serving``) are defined in code by :func:`build_feature_repo`
+  (:mod:`.repo`), never discovered by scanning Python files as ``feast apply`` does.
+
+Semantics worth knowing:
+
+* Rows are daily snapshots computed from events strictly before ``event_timestamp``, so Feast's
+  point-in-time join (the latest row with ``event_timestamp <= t`` and not older than the TTL)
+  never leaks the future into a training example labelled at ``t``.
+* :func:`materialize` is incremental: each view continues from the end of its previous
+  materialization. A view that was never materialized starts at ``end - ttl`` (Feast's own
+  ``materialize_incremental`` would start at *wall-clock now* - ttl, which makes backfills depend on
+  when they run). Feast's file offline store reads the window ``[start, end]`` inclusive on both
+  sides and writes the latest row per entity.
+* :func:`historical_features` returns every entity row, in order, with nulls where a view has no
+  valid snapshot (Feast's file offline store alone would drop such rows; see there).
+* A Redis online store is checked with a short-timeout, no-retry ``PING`` before Feast touches it:
+  an unreachable server is a retryable :class:`~aitasks.runtime.errors.ServiceUnavailableError`
+  that names ``host:port``, never a raw redis traceback. Feast's own Redis client gets socket
+  timeouts too (it keeps redis-py's default of 3 retries with backoff), so a server that dies
+  mid-call fails the call in seconds instead of hanging the task.
+* Feast's file registry has no locking: run apply from one step at a time (the pipeline does).
+
+Modules: :mod:`.schema` (names), :mod:`.config`, :mod:`.repo`, :mod:`.store` (open, check,
+errors), :mod:`.apply`, :mod:`.materialize`, :mod:`.retrieval`.
+
+Importing this package is cheap: ``feast`` (≈ 5 s, it imports torch and dask) is imported only inside
+the functions that need it. What Feast prints (materialization banners, progress bars) is captured
+instead of reaching the task's output.
+"""
+
+from aitasks.platform.feature_store.apply import ApplyReport, ObjectChange, apply_repo
+from aitasks.platform.feature_store.config import (
+    REDIS_PASSWORD_ENV,
+    FeastConfig,
+    RedisOnline,
+    SqliteOnline,
+    config_for,
+    serving_config,
+)
+from aitasks.platform.feature_store.materialize import MaterializeReport, ViewMaterialization, materialize
+from aitasks.platform.feature_store.repo import FeatureRepo, build_feature_repo
+from aitasks.platform.feature_store.retrieval import historical_features, online_features
+from aitasks.platform.feature_store.schema import (
+    CREATED_FIELD,
+    SERVING_SERVICE,
+    SERVING_USER_FEATURES,
+    TIMESTAMP_FIELD,
+    TRACK_FEATURE_VIEW,
+    TRACK_FEATURES,
+    TRAINING_SERVICE,
+    USER_FEATURE_VIEW,
+    USER_FEATURES,
+)
+from aitasks.platform.feature_store.store import (
+    check_online_store,
+    open_store,
+    quiet,
+    require_offline_files,
+    service_errors,
+)
+
+__all__ = [
+    "CREATED_FIELD",
+    "REDIS_PASSWORD_ENV",
+    "SERVING_SERVICE",
+    "SERVING_USER_FEATURES",
+    "TIMESTAMP_FIELD",
+    "TRACK_FEATURES",
+    "TRACK_FEATURE_VIEW",
+    "TRAINING_SERVICE",
+    "USER_FEATURES",
+    "USER_FEATURE_VIEW",
+    "ApplyReport",
+    "FeastConfig",
+    "FeatureRepo",
+    "MaterializeReport",
+    "ObjectChange",
+    "RedisOnline",
+    "SqliteOnline",
+    "ViewMaterialization",
+    "apply_repo",
+    "build_feature_repo",
+    "check_online_store",
+    "config_for",
+    "historical_features",
+    "materialize",
+    "online_features",
+    "open_store",
+    "quiet",
+    "require_offline_files",
+    "service_errors",
+    "serving_config",
+]
