@@ -32,10 +32,7 @@ def audio_source(
     res = run_step(
         "audio.source",
         {"catalog_root": catalog_root, "labelled_root": labelled_root, **demo},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.catalog_root, res.labelled_root
 
@@ -59,10 +56,7 @@ def list_catalog(
     res = run_step(
         "audio.list_catalog",
         {"catalog_root": catalog_root, "manifest_uri": manifest_uri, "shards": shards, "limit": limit},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"listing_uri": listing},
         metrics=metrics,
     )
@@ -86,10 +80,7 @@ def analyze_shard(
     res = run_step(
         "audio.analyze",
         {"listing_uri": listing, "shard_index": shard_index, "sample_rate": sample_rate, "max_channels": max_channels},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.shard_uri
 
@@ -110,10 +101,7 @@ def collect_analysis(
     res = run_step(
         "audio.collect",
         {"shard_uris": shard_uris},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"analysis_uri": analysis},
         metrics=metrics,
     )
@@ -138,10 +126,7 @@ def detect_anomalies(
     res = run_step(
         "audio.anomalies",
         {"analysis_uri": analysis, "contamination": contamination, "duplicate_threshold": duplicate_threshold},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"anomalies_uri": anomalies},
         metrics=metrics,
     )
@@ -168,10 +153,7 @@ def train_classifier(
     res = run_step(
         "audio.train_classifier",
         {"labelled_root": labelled_root, "epochs": epochs, "clip_seconds": clip_seconds, "seed": seed},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"model_uri": model},
         metrics=metrics,
         classification=confusion,
@@ -195,10 +177,7 @@ def register_classifier(
     res = run_step(
         "audio.register_classifier",
         {"model_uri": model, "model_name": model_name, "min_accuracy": min_accuracy},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.version
 
@@ -221,10 +200,7 @@ def classify_tracks(
     res = run_step(
         "audio.classify",
         {"model_uri": model, "analysis_uri": analysis, "batch_size": batch_size},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"predictions_uri": predictions},
         metrics=metrics,
     )
@@ -257,10 +233,7 @@ def write_audio_features(
             "online_store": online_store,
             "as_of": as_of,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.rows_written
 
@@ -283,10 +256,7 @@ def audio_report(
     res = run_step(
         "audio.report",
         {"analysis_uri": analysis, "anomalies_uri": anomalies, "predictions_uri": predictions, "title": title},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"report_uri": report},
     )
     return res.flags

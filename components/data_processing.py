@@ -33,10 +33,7 @@ def source_data(
     run_step(
         "data.source",
         {"events_uri": events_uri, "catalog_uri": catalog_uri, "synthetic": synthetic},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"events_uri": events_out, "tracks_uri": tracks_out},
     )
 
@@ -61,10 +58,7 @@ def ingest_events(
     res = run_step(
         "data.ingest",
         {"events_uri": events, "catalog_uri": catalog, "as_of": as_of, "chunk_rows": chunk_rows},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"good_uri": good_events, "quarantine_uri": quarantine},
         metrics=metrics,
     )
@@ -96,10 +90,7 @@ def compute_features(
             "lookback_days": lookback_days,
             "half_life_days": half_life_days,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"user_features_uri": user_features, "track_features_uri": track_features},
         metrics=metrics,
     )
@@ -131,10 +122,7 @@ def materialize_features(
             "project": project,
             "online_store": online_store,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         metrics=metrics,
     )
     return res.repo_uri
@@ -166,10 +154,7 @@ def check_drift(
             "psi_threshold": psi_threshold,
             "ks_pvalue_threshold": ks_pvalue_threshold,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"report_markdown_uri": report},
         metrics=metrics,
     )

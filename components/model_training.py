@@ -44,10 +44,7 @@ def build_training_set(
             "online_store": online_store,
             "holdout_days": holdout_days,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"training_set_uri": training_set},
         metrics=metrics,
     )
@@ -86,10 +83,7 @@ def train_model(
             "embedding_dim": embedding_dim,
             "temperature": temperature,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"model_uri": model},
         metrics=metrics,
     )
@@ -129,10 +123,7 @@ def evaluate_model(
             "min_lift_over_popularity": min_lift_over_popularity,
             "max_regression_vs_champion": max_regression_vs_champion,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"metrics_uri": evaluation, "report_html_uri": report, "report_markdown_uri": report_markdown},
         metrics=metrics,
     )
@@ -156,10 +147,7 @@ def register_model(
     res = run_step(
         "model.register",
         {"model_uri": model, "metrics_uri": evaluation, "model_name": model_name, "feature_service": feature_service},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.version
 
@@ -180,9 +168,6 @@ def promote_model(
     res = run_step(
         "model.promote",
         {"model_name": model_name, "version": version, "blessed": blessed},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.moved

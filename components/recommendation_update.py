@@ -47,10 +47,7 @@ def build_index(
             "target_recall": target_recall,
             "sample_queries": sample_queries,
         },
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"index_uri": index},
         metrics=metrics,
     )
@@ -74,9 +71,6 @@ def publish_index(
     res = run_step(
         "index.publish",
         {"index_uri": index, "name": name, "model_name": model_name, "model_version": model_version},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.version

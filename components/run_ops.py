@@ -22,9 +22,6 @@ def summarize_run(
     res = run_step(
         "run.summary",
         {"run_id": run_id, "pipeline": pipeline, "final_status": status.state},
-        run_context=run_context,
-        pipeline=pipeline,
-        run_id=run_id,
-        step=step,
+        (run_context, pipeline, run_id, step),
     )
     return res.summary_uri

@@ -69,8 +69,9 @@ def test_every_component_takes_the_run_context_inputs(path: Path) -> None:
     for comp in _components(path):
         params = list(inspect.signature(comp.python_func).parameters)
         assert [p for p in params if p in CONTEXT_INPUTS] == CONTEXT_INPUTS, f"{comp.name}: {params}"
-        keywords = {k.arg for k in _run_step_calls(comp)[0].keywords}
-        assert set(CONTEXT_INPUTS) <= keywords, f"{comp.name} does not hand the run context to run_step"
+        context = _run_step_calls(comp)[0].args[2]
+        assert isinstance(context, ast.Tuple), f"{comp.name} does not hand the run context to run_step"
+        assert [e.id for e in context.elts if isinstance(e, ast.Name)] == CONTEXT_INPUTS, comp.name
 
 
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)

@@ -26,6 +26,7 @@ from aitasks.runtime.task import (
     TaskContext,
     TaskModel,
     ai_task,
+    current_hour,
 )
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -179,7 +180,7 @@ class IngestParams(TaskModel):
     events_uri: InputArtifact = Field(description="Listening events: Parquet, CSV or JSONL (local path or gs://).")
     catalog_uri: InputArtifact = Field(description="Track catalog (same formats).")
     as_of: AsOfTime = Field(
-        default=None,
+        default_factory=current_hour,
         description="Reference time: events later than this (+5 min skew) are quarantined. Empty: the current "
         "hour (UTC), so retries within the hour share one idempotency key.",
     )

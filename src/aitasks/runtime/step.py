@@ -7,7 +7,7 @@ A KFP component body is a few lines::
     res = run_step(
         "data.ingest",
         {"events_uri": events, "catalog_uri": catalog, "as_of": as_of, "chunk_rows": chunk_rows},
-        run_context=run_context, pipeline=pipeline, run_id=run_id, step=step,
+        (run_context, pipeline, run_id, step),
         outputs={"good_uri": good_events, "quarantine_uri": quarantine},
         metrics=metrics,
     )
@@ -151,14 +151,16 @@ def finish_step(rt: Runtime, job: str) -> None:
     rt.telemetry.provider.force_flush()
 
 
+#: What every component hands the adapter: the ``run_context`` parameter, the pipeline name (a compile-time
+#: constant), ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` and ``dsl.PIPELINE_TASK_NAME_PLACEHOLDER``.
+StepContext = tuple[Mapping[str, Any] | None, str, str, str]
+
+
 def run_step(
     task: str,
     params: Mapping[str, Any],
+    context: StepContext,
     *,
-    run_context: Mapping[str, Any] | None,
-    run_id: str,
-    step: str,
-    pipeline: str = "",
     outputs: Mapping[str, Any] | None = None,
     metrics: Any = None,
     classification: Any = None,
@@ -168,16 +170,15 @@ def run_step(
     Args:
         task: Registered task name (``data.ingest``); its module is imported on demand.
         params: The task's inputs; a KFP input artifact stands for its storage URI.
-        run_context: The ``run_context`` pipeline parameter (see :class:`RunContextParams`).
-        run_id: ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``.
-        step: ``dsl.PIPELINE_TASK_NAME_PLACEHOLDER``.
-        pipeline: The pipeline's name (a compile-time constant).
+        context: ``(run_context, pipeline, run_id, step)``: the ``run_context`` pipeline parameter (see
+            :class:`RunContextParams`), the pipeline's name, the KFP job id and the KFP task name.
         outputs: ``{result field: KFP output artifact}``: each field's file or bundle is exported into
             the artifact, with the storage URI and the result's ``artifact_metadata(field)``.
         metrics: A KFP ``Metrics`` output: receives the result's :class:`Metric` fields.
         classification: A KFP ``ClassificationMetrics`` output: receives the result's
             ``confusion_matrix()`` (labels, rows).
     """
+    run_context, pipeline, run_id, step = context
     t = get_task(task)
     rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
     try:

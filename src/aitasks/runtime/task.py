@@ -114,10 +114,15 @@ def metric_values(result: BaseModel) -> dict[str, float]:
     return out
 
 
+def current_hour() -> datetime:
+    """Now (UTC) floored to the hour: retries and re-runs within the hour share one idempotency key."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 def _as_of(value: Any) -> Any:
-    """Empty or missing: the current hour (UTC), floored so retries within the hour share one key."""
+    """Empty or missing: the current hour (UTC)."""
     if value is None or value == "":
-        return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        return current_hour()
     return value
 
 

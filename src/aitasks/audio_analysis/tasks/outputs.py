@@ -14,6 +14,7 @@ from aitasks.runtime.task import (
     TaskContext,
     TaskModel,
     ai_task,
+    current_hour,
 )
 
 # -------------------------------------------------------------------------------- Feast write
@@ -26,7 +27,7 @@ class FeastWriteParams(TaskModel):
     project: str = Field(default="aitasks", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,62}$", description="Feast project.")
     online_store: str = Field(default="", pattern=r"^(|sqlite|redis)$", description="Empty: from settings.")
     as_of: AsOfTime = Field(
-        default=None,
+        default_factory=current_hour,
         description="Analysis time (ISO 8601 with timezone): the rows' event time. Empty: the current hour (UTC).",
     )
 
