@@ -222,3 +222,46 @@ def test_component_output_of_an_unknown_artifact_kind_is_refused_by_the_task(tmp
             run_id="r1",
             step="publish-index",
         )
+
+
+def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
+    """NamedTuple and list outputs, a ParallelFor's float shard index, and bundles across components."""
+    from components.audio_analysis import analyze_shard, audio_source, collect_analysis, list_catalog
+
+    ctx = {"run_context": {"storage_root": str(tmp_path / "store")}, "pipeline": "unit", "run_id": "r2"}
+    catalog_root, labelled_root = audio_source.python_func(
+        catalog_root="",
+        labelled_root="",
+        demo={"tracks": 6, "seed": 1, "min_seconds": 3.0, "max_seconds": 4.0, "labelled_per_class": 2},
+        **ctx,
+        step="audio-source",
+    )
+    assert Path(catalog_root).is_dir() and Path(labelled_root).is_dir()
+    listing, lmetrics = _artifact(Dataset, tmp_path, "listing"), _artifact(Metrics, tmp_path, "lmetrics")
+    shards = list_catalog.python_func(
+        catalog_root=catalog_root,
+        manifest_uri="",
+        shards=2,
+        limit=0,
+        **ctx,
+        step="list-catalog",
+        listing=listing,
+        metrics=lmetrics,
+    )
+    assert shards == [0, 1] and lmetrics.metadata["tracks"] == listing.metadata["tracks"] > 0
+    # kfp.local hands ParallelFor items over as floats: the task's input model takes 1.0 as 1.
+    shard_uris = [
+        analyze_shard.python_func(
+            listing=listing, shard_index=float(i), sample_rate=22050, max_channels=2, **ctx, step="analyze-shard"
+        )
+        for i in shards
+    ]
+    analysis, cmetrics = _artifact(Dataset, tmp_path, "analysis"), _artifact(Metrics, tmp_path, "cmetrics")
+    tracks = collect_analysis.python_func(
+        shard_uris=shard_uris, **ctx, step="collect-analysis", analysis=analysis, metrics=cmetrics
+    )
+    assert tracks == cmetrics.metadata["tracks"] == analysis.metadata["tracks"]
+    assert tracks + cmetrics.metadata["quarantined"] == lmetrics.metadata["tracks"]
+    # A bundle output is a directory with its manifest; the storage URI rides along as metadata.
+    assert (Path(analysis.path) / "MANIFEST.json").is_file()
+    assert analysis.metadata["stable_uri"].endswith("MANIFEST.json")
