@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
+from aitasks.runtime.logging import get_logger
 from aitasks.runtime.settings import load_settings
 from aitasks.runtime.storage import is_gcs, storage_for
 from aitasks.runtime.task import RunContext, Runtime, TaskModel, get_task, metric_values
@@ -181,6 +182,7 @@ def run_step(
     run_context, pipeline, run_id, step = context
     t = get_task(task)
     rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
+    job = metrics_job(task)
     try:
         inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
         res: TaskModel = t(inputs, runtime=rt)
@@ -195,6 +197,13 @@ def run_step(
         if classification is not None:
             labels, rows = res.confusion_matrix()  # type: ignore[attr-defined]
             classification.log_confusion_matrix(list(labels), [list(r) for r in rows])
-    finally:
-        finish_step(rt, metrics_job(task))
+    except BaseException:
+        # The failure counters still reach the Pushgateway; a push error must not hide the task's error.
+        try:
+            finish_step(rt, job)
+        except Exception as push_error:  # telemetry is best effort on the failure path
+            get_logger(task=task).warning("step.metrics_push_failed", error=str(push_error))
+        raise
+    # On success a push error fails the step: KFP's retry then returns the committed result and pushes again.
+    finish_step(rt, job)
     return res
