@@ -306,7 +306,7 @@ def model_show(
     storage_root: Annotated[str | None, _ROOT_OPT] = None,
 ) -> None:
     """The version an alias points at, with its lineage tags."""
-    from aitasks.model_training.registry import get_version, registry_config
+    from aitasks.platform.registry import get_version, registry_config
 
     version = get_version(registry_config(_settings(storage_root), model_name=name), alias=alias)
     if version is None:
@@ -322,7 +322,7 @@ def model_rollback(
     storage_root: Annotated[str | None, _ROOT_OPT] = None,
 ) -> None:
     """Move the alias back to the previous champion recorded on the current one."""
-    from aitasks.model_training.registry import registry_config, rollback_alias
+    from aitasks.platform.registry import registry_config, rollback_alias
 
     version = rollback_alias(registry_config(_settings(storage_root), model_name=name), alias=alias)
     console.print(f"[green]{name}: {alias} -> v{version}[/green]")

@@ -80,7 +80,7 @@ def test_training_is_logged_and_safe(chain: Chain) -> None:
 
 
 def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
-    from aitasks.model_training.registry import get_version, registry_config
+    from aitasks.platform.registry import get_version, registry_config
 
     reg = registry_config(chain.world.settings)
     v = get_version(reg, version=chain.registered.version)

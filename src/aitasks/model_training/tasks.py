@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, field_validator
 
+from aitasks.platform.registry import MODEL_NAME_PATTERN
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
@@ -27,8 +28,6 @@ from aitasks.runtime.task import (
 )
 
 _PROJECT = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-#: Registered model names: 1-128 letters, digits, '.', '_' or '-'.
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 # ------------------------------------------------------------------------------- training set
 
@@ -270,7 +269,7 @@ class EvaluateResult(TaskModel):
 
 def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:
     """The champion a comparison ran against: a new champion means a new evaluation."""
-    from aitasks.model_training.registry import get_version, registry_config
+    from aitasks.platform.registry import get_version, registry_config
 
     champion = get_version(registry_config(rt.settings, model_name=params.model_name), alias="champion")
     return {"champion": None if champion is None else champion.version}
@@ -300,7 +299,7 @@ def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateRes
     """
     from aitasks.model_training import recommender as rec
     from aitasks.model_training.evaluation import BlessingRule, decide_blessing, render_report
-    from aitasks.model_training.registry import download_model, get_version, registry_config
+    from aitasks.platform.registry import download_model, get_version, registry_config
     from aitasks.runtime.bundle import open_bundle
 
     reg = registry_config(ctx.settings, model_name=params.model_name)
@@ -414,9 +413,8 @@ def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterRes
     Die Version ist nach dem Modellinhalt verschlüsselt: ein erneuter Lauf mit demselben Modell liefert
     die bestehende Version.
     """
-    from aitasks.model_training.registry import register_model, registry_config
+    from aitasks.platform.registry import Lineage, model_params, register_and_promote, registry_config
     from aitasks.runtime.bundle import open_bundle
-    from aitasks.runtime.hashing import sha256_json
     from aitasks.runtime.storage import local_copy
 
     reg = registry_config(ctx.settings, model_name=params.model_name)
@@ -434,29 +432,21 @@ def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterRes
             for k, v in evaluation["popularity"].items()
             if isinstance(v, int | float) and k != "users"
         }
-        run = ctx.runtime.run
-        version = register_model(
+        # Registration only: the pipeline's model.promote step applies the promotion policy.
+        version = register_and_promote(
             reg,
             model_dir,
-            # The model's content, not this call's inputs: a re-evaluation never makes a second version.
-            idempotency_key=sha256_json({"model": model_hash, "name": params.model_name}),
+            lineage=Lineage.of(ctx, model_sha=model_hash, meta=meta),
             tags={
                 "aitasks.data_snapshot": str(meta.get("data_snapshot", "")),
                 "aitasks.feature_service": params.feature_service,
-                "aitasks.code_version": str(meta.get("task", "")),
-                "aitasks.git_revision": run.git_revision,
-                "aitasks.trace_id": ctx.trace_id,
-                "aitasks.kfp_run_id": run.run_id,
-                "aitasks.pipeline": run.pipeline,
-                "aitasks.submitter": run.submitter,
                 "aitasks.blessed": str(blessed).lower(),
-                "aitasks.model_sha": model_hash,
             },
-            params={k: v for k, v in meta.get("params", {}).items() if isinstance(v, str | int | float)},
+            params=model_params(meta),
             metrics=metrics,
             curves={"train_loss": [float(x) for x in meta.get("loss_curve", [])]},
-            run_name=f"train-{run.run_id}"[:250],
-        )
+            run_name=f"train-{ctx.runtime.run.run_id}",
+        ).version
     ctx.log.info("model.registered", model=params.model_name, version=version.version, created=version.created)
     return RegisterResult(
         model_name=params.model_name,
@@ -499,9 +489,14 @@ def promote_model_task(params: PromoteParams, ctx: TaskContext) -> PromoteResult
     erneuter Lauf mit derselben Version ändert nichts, und ein manuelles Zurücksetzen wird durch dieselben
     Pipeline-Eingaben nicht rückgängig gemacht.
     """
-    from aitasks.model_training.registry import promote_if_blessed, registry_config
+    from aitasks.platform.registry import promote, registry_config
 
     reg = registry_config(ctx.settings, model_name=params.model_name)
-    moved = promote_if_blessed(reg, params.version, blessed=params.blessed, alias=params.alias)
-    ctx.log.info("model.promoted" if moved else "model.not_promoted", version=params.version, alias=params.alias)
-    return PromoteResult(model_name=params.model_name, alias=params.alias, version=params.version, moved=moved)
+    decision = promote(reg, params.version, blessed=params.blessed, alias=params.alias)
+    ctx.log.info(
+        "model.promoted" if decision.moved else "model.not_promoted",
+        version=params.version,
+        alias=params.alias,
+        outcome=decision.outcome,
+    )
+    return PromoteResult(model_name=params.model_name, alias=params.alias, version=params.version, moved=decision.moved)

@@ -49,7 +49,7 @@ class Recommendations(BaseModel):
 
 def _model_dir(settings: Settings, model_name: str, version: int) -> Path:
     """The model version's files, downloaded once into the storage root's cache (checksums verified)."""
-    from aitasks.model_training.registry import download_model, registry_config
+    from aitasks.platform.registry import download_model, registry_config
 
     cache = Path(settings.storage_root) / "cache" / "models" / model_name / f"v{version}"
     reg = registry_config(settings, model_name=model_name)
@@ -80,7 +80,7 @@ def recommend(
     import re
 
     from aitasks.model_training.dataset import tower_inputs
-    from aitasks.model_training.registry import get_version, registry_config
+    from aitasks.platform.registry import get_version, registry_config
     from aitasks.model_training.two_tower import load_model
     from aitasks.platform import feature_store as fs
     from aitasks.recommendation_update.publish import load_current

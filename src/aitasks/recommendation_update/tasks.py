@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from aitasks.model_training.tasks import MODEL_NAME_PATTERN
+from aitasks.platform.registry import MODEL_NAME_PATTERN
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import InputArtifact, Metric, OutputArtifact, TaskContext, TaskModel, ai_task
 

@@ -210,44 +210,34 @@ def register_classifier_task(params: RegisterClassifierParams, ctx: TaskContext)
     nach Modellinhalt verschlüsselt, sodass ein erneuter Lauf keine zweite Version erzeugt, und setzt
     den Alias ``champion`` darauf, wenn die Testgenauigkeit die Schwelle erreicht und den Zufall schlägt.
     """
-    from aitasks.model_training.registry import register_model, registry_config, set_alias
+    from aitasks.platform.registry import Lineage, model_params, register_and_promote, registry_config
     from aitasks.runtime.bundle import open_bundle
-    from aitasks.runtime.hashing import sha256_json
 
     reg = registry_config(ctx.settings, model_name=params.model_name)
     model_hash = ctx.storage.content_hash(params.model_uri)
     with open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, manifest):
         meta = manifest["meta"]
         report = json.loads((model_dir / "report.json").read_text("utf-8"))["test"]
-        run = ctx.runtime.run
         accuracy = float(report["accuracy"])
-        version = register_model(
+        # The same policy as the recommender's model.promote: a version a rollback demoted stays demoted.
+        registration = register_and_promote(
             reg,
             model_dir,
-            idempotency_key=sha256_json({"model": model_hash, "name": params.model_name}),
-            tags={
-                "aitasks.code_version": str(meta.get("task", "")),
-                "aitasks.git_revision": run.git_revision,
-                "aitasks.trace_id": ctx.trace_id,
-                "aitasks.kfp_run_id": run.run_id,
-                "aitasks.pipeline": run.pipeline,
-                "aitasks.submitter": run.submitter,
-                "aitasks.model_sha": model_hash,
-                "aitasks.labels": ",".join(report["labels"]),
-            },
-            params={k: v for k, v in meta.get("params", {}).items() if isinstance(v, str | int | float)},
+            lineage=Lineage.of(ctx, model_sha=model_hash, meta=meta),
+            tags={"aitasks.labels": ",".join(report["labels"])},
+            params=model_params(meta),
             metrics={
                 "accuracy": accuracy,
                 "macro_f1": float(report["macro_f1"]),
                 "chance": float(report["chance"]),
                 **{f"f1_{k}": float(v["f1"]) for k, v in report["per_class"].items() if k.isidentifier()},
             },
-            run_name=f"audio-classifier-{run.run_id}"[:250],
+            run_name=f"audio-classifier-{ctx.runtime.run.run_id}",
+            blessed=accuracy >= params.min_accuracy and accuracy > float(report["chance"]),
         )
-    promoted = accuracy >= params.min_accuracy and accuracy > float(report["chance"])
-    if promoted:
-        set_alias(reg, "champion", version.version)
-    ctx.log.info("audio.classifier_registered", version=version.version, promoted=promoted)
+    version, promoted = registration.version, registration.promoted
+    outcome = registration.promotion.outcome if registration.promotion else "not_blessed"
+    ctx.log.info("audio.classifier_registered", version=version.version, promoted=promoted, promotion=outcome)
     return RegisterClassifierResult(
         model_name=params.model_name,
         version=version.version,

@@ -36,7 +36,7 @@ Semantics worth knowing:
 * Feast's file registry has no locking: run apply from one step at a time (the pipeline does).
 
 Modules: :mod:`.schema` (names), :mod:`.config`, :mod:`.repo`, :mod:`.store` (open, check,
-errors), :mod:`.apply`, :mod:`.materialize`, :mod:`.retrieval`.
+errors), :mod:`.apply`, :mod:`.materialization`, :mod:`.retrieval`.
 
 Importing this package is cheap: ``feast`` (≈ 5 s, it imports torch and dask) is imported only inside
 the functions that need it. What Feast prints (materialization banners, progress bars) is captured
@@ -52,7 +52,7 @@ from aitasks.platform.feature_store.config import (
     config_for,
     serving_config,
 )
-from aitasks.platform.feature_store.materialize import MaterializeReport, ViewMaterialization, materialize
+from aitasks.platform.feature_store.materialization import MaterializeReport, ViewMaterialization, materialize
 from aitasks.platform.feature_store.repo import FeatureRepo, build_feature_repo
 from aitasks.platform.feature_store.retrieval import historical_features, online_features
 from aitasks.platform.feature_store.schema import (

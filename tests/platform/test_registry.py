@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from aitasks.model_training import registry as reg
-from aitasks.model_training.registry import (
+from aitasks.platform import registry as reg
+from aitasks.platform.registry import (
     CHECKSUMS_TAG,
     KEY_TAG,
     RegistryConfig,
@@ -25,7 +25,10 @@ from aitasks.model_training.registry import (
     rollback_alias,
     set_alias,
 )
+from aitasks.platform.registry import config as reg_config
+from aitasks.platform.registry import register as reg_register
 from aitasks.runtime.errors import DataFormatError, InvalidInputError, ServiceUnavailableError
+from aitasks.runtime.hashing import sha256_file
 from aitasks.runtime.settings import Settings
 
 MODEL_FILES = ("model.safetensors", "model.json", "users.json", "items.json")
@@ -173,12 +176,12 @@ def test_retry_after_a_crash_reuses_the_finished_run_and_cleans_dead_ones(
     with pytest.raises(ServiceUnavailableError):
         register(cfg, model_dir)
     [complete] = [r for r in runs_with_key(cfg, "key-1") if r.info.status == "FINISHED"]
-    assert not reg._find_by_key(c, cfg.model_name, "key-1")
+    assert not reg_register._find_by_key(c, cfg.model_name, "key-1")
     v = register(cfg, model_dir)
     assert v.created and v.version == 2 and v.run_id == complete.info.run_id
     assert len(creates) == 2 and uploads == [complete.info.run_id]  # the retry uploaded nothing
     assert [r.info.run_id for r in runs_with_key(cfg, "key-1")] == [complete.info.run_id]
-    assert [int(mv.version) for mv in reg._find_by_key(c, cfg.model_name, "key-1")] == [2]
+    assert [int(mv.version) for mv in reg_register._find_by_key(c, cfg.model_name, "key-1")] == [2]
     assert c.get_run(dead).info.lifecycle_stage == "deleted"
     assert register(cfg, model_dir) == v.model_copy(update={"created": False})
     assert len(creates) == 2
@@ -188,14 +191,14 @@ def test_racing_registrations_agree_on_the_lowest_version(
     cfg: RegistryConfig, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = register(cfg, model_dir)
-    real = reg._find_by_key
+    real = reg_register._find_by_key
     lookups: list[tuple[Any, ...]] = []
 
     def racing(*a: Any) -> Any:
         lookups.append(a)
         return [] if len(lookups) == 1 else real(*a)  # the racer's first lookup ran before ``first`` existed
 
-    monkeypatch.setattr(reg, "_find_by_key", racing)
+    monkeypatch.setattr(reg_register, "_find_by_key", racing)
     loser = register(cfg, model_dir)
     assert loser.version == first.version and loser.created is False
     assert [int(mv.version) for mv in reg.client(cfg).search_model_versions("name = 'reco-test'")] == [1]
@@ -241,7 +244,7 @@ def test_pickle_files_symlinks_and_empty_dirs_are_refused(cfg: RegistryConfig, m
 
 
 def test_log_batches_respect_mlflow_limits(cfg: RegistryConfig, model_dir: Path) -> None:
-    batches = list(reg._batches(list(range(250)), list(range(1900))))  # type: ignore[arg-type]
+    batches = list(reg_register._batches(list(range(250)), list(range(1900))))  # type: ignore[arg-type]
     assert all(len(p) <= 100 and len(p) + len(m) <= 1000 for p, m in batches)
     assert [x for p, _ in batches for x in p] == list(range(250))
     assert [x for _, m in batches for x in m] == list(range(1900))
@@ -341,7 +344,7 @@ def test_download_refuses_tampered_and_pickle_artifacts(cfg: RegistryConfig, mod
 
     # Rewriting checksums.json to match does not help: its hash is a tag in the registry database.
     listing = json.loads((stored / "checksums.json").read_text())
-    listing["model.safetensors"] = reg.sha256_file(stored / "model.safetensors")
+    listing["model.safetensors"] = sha256_file(stored / "model.safetensors")
     (stored / "checksums.json").write_text(json.dumps(listing))
     with pytest.raises(DataFormatError, match=CHECKSUMS_TAG) as err:
         download_model(cfg, version=1, dest=tmp_path / "b")
@@ -463,5 +466,5 @@ def test_transient_error_classification() -> None:
         RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}),
         ValueError("x"),
     ]
-    assert all(reg._is_transient(e) for e in transient)
-    assert not any(reg._is_transient(e) for e in permanent)
+    assert all(reg_config.is_transient(e) for e in transient)
+    assert not any(reg_config.is_transient(e) for e in permanent)

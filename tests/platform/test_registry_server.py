@@ -24,8 +24,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from aitasks.model_training import registry as reg
-from aitasks.model_training.registry import (
+from aitasks.platform import registry as reg
+from aitasks.platform.registry import (
     CHECKSUMS_TAG,
     KEY_TAG,
     RegistryConfig,
@@ -35,8 +35,9 @@ from aitasks.model_training.registry import (
     rollback_alias,
 )
 from aitasks.runtime.errors import DataFormatError, InvalidInputError, ServiceUnavailableError
+from aitasks.runtime.hashing import sha256_file
 from tests.conftest import skip_or_fail
-from tests.model_training.test_registry import MODEL_FILES, make_model_dir, register
+from tests.platform.test_registry import MODEL_FILES, make_model_dir, register
 
 pytestmark = pytest.mark.integration
 
@@ -244,7 +245,7 @@ def test_download_verifies_and_caches_over_http(
     assert got.version == 1 and got.aliases == ["champion"] and local == tmp_path / "dl" / "model"
     for name in MODEL_FILES:
         assert (local / name).read_bytes() == (model_dir / name).read_bytes()
-    assert json.loads((local / "checksums.json").read_text())["model.safetensors"] == reg.sha256_file(
+    assert json.loads((local / "checksums.json").read_text())["model.safetensors"] == sha256_file(
         model_dir / "model.safetensors"
     )
 
