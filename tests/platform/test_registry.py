@@ -16,11 +16,16 @@ from aitasks.platform import registry as reg
 from aitasks.platform.registry import (
     CHECKSUMS_TAG,
     KEY_TAG,
+    Lineage,
     RegistryConfig,
     download_model,
     get_version,
+    model_params,
+    promote,
     promote_if_blessed,
+    register_and_promote,
     register_model,
+    registration_key,
     registry_config,
     rollback_alias,
     set_alias,
@@ -468,3 +473,76 @@ def test_transient_error_classification() -> None:
     ]
     assert all(reg_config.is_transient(e) for e in transient)
     assert not any(reg_config.is_transient(e) for e in permanent)
+
+
+# -------------------------------------------------------------------- register and promote
+
+
+def _lineage(model_sha: str) -> Lineage:
+    return Lineage(
+        code_version="model.train@1.0.0",
+        git_revision="abc123",
+        trace_id="0" * 32,
+        kfp_run_id="run-7",
+        pipeline="reco-training",
+        submitter="pytest",
+        model_sha=model_sha,
+    )
+
+
+def test_register_and_promote_tags_lineage_and_keys_the_version_by_content(
+    cfg: RegistryConfig, model_dir: Path
+) -> None:
+    first = register_and_promote(
+        cfg,
+        model_dir,
+        lineage=_lineage("sha-a"),
+        tags={"aitasks.labels": "a,b"},
+        params={"lr": 0.1},
+        metrics={"accuracy": 0.9},
+        run_name="x" * 300,
+    )
+    assert first.version.created and first.promotion is None and not first.promoted
+    tags = first.version.tags
+    assert tags[KEY_TAG] == registration_key(cfg.model_name, "sha-a")
+    assert tags["aitasks.model_sha"] == "sha-a" and tags["aitasks.kfp_run_id"] == "run-7"
+    assert tags["aitasks.code_version"] == "model.train@1.0.0" and tags["aitasks.labels"] == "a,b"
+    assert get_version(cfg, alias="champion") is None  # blessed=None registers only
+    # Another call with other lineage (a re-evaluation, another run) but the same content: same version.
+    again = register_and_promote(
+        cfg, model_dir, lineage=_lineage("sha-a").model_copy(update={"kfp_run_id": "r8"}), metrics={}
+    )
+    assert not again.version.created and again.version.version == first.version.version
+
+
+def test_one_policy_a_rolled_back_version_is_not_promoted_again_by_re_registering(
+    cfg: RegistryConfig, model_dir: Path
+) -> None:
+    second_dir = make_model_dir(model_dir.parent / "m2", seed=2)
+    v1 = register_and_promote(cfg, model_dir, lineage=_lineage("sha-1"), metrics={"accuracy": 0.8}, blessed=True)
+    assert v1.promotion is not None and v1.promotion.outcome == "moved" and v1.promoted
+    again = register_and_promote(cfg, model_dir, lineage=_lineage("sha-1"), metrics={"accuracy": 0.8}, blessed=True)
+    assert again.promotion is not None and again.promotion.outcome == "already" and again.promoted
+    v2 = register_and_promote(cfg, second_dir, lineage=_lineage("sha-2"), metrics={"accuracy": 0.9}, blessed=True)
+    assert v2.promoted and v2.version.version == 2
+
+    assert rollback_alias(cfg) == 1
+    redo = register_and_promote(cfg, second_dir, lineage=_lineage("sha-2"), metrics={"accuracy": 0.9}, blessed=True)
+    assert redo.version.version == 2 and not redo.version.created
+    assert redo.promotion is not None and redo.promotion.outcome == "demoted" and not redo.promoted
+    champion = get_version(cfg, alias="champion")
+    assert champion is not None and champion.version == 1, "the rollback's ban must hold"
+
+    not_blessed = register_and_promote(cfg, model_dir, lineage=_lineage("sha-1"), metrics={}, blessed=False)
+    assert not_blessed.promotion is not None and not_blessed.promotion.outcome == "not_blessed"
+    # promote_if_blessed (the recommender's model.promote) is the same policy.
+    assert promote_if_blessed(cfg, 2, blessed=True) is False
+    # Only a deliberate human move lifts the ban.
+    set_alias(cfg, "champion", 2)
+    assert promote(cfg, 2, blessed=True).outcome == "already"
+
+
+def test_model_params_keeps_scalars_only() -> None:
+    meta = {"params": {"lr": 0.1, "epochs": 3, "device": "cpu", "labels": ["a", "b"], "extra": None}}
+    assert model_params(meta) == {"lr": 0.1, "epochs": 3, "device": "cpu"}
+    assert model_params({}) == {}
