@@ -24,7 +24,6 @@ Run ``python -m bench.audio``.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +109,7 @@ def bench_audio(n_tracks: int = N_TRACKS) -> list[dict[str, Any]]:
 
     from aitasks.audio_analysis.analyze import AnalysisConfig, analyze_entries
     from aitasks.audio_analysis.catalog import list_catalog
+    from aitasks.platform.compute import usable_cpus
 
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="aitasks-bench-audio-") as tmp:
@@ -154,7 +154,7 @@ def bench_audio(n_tracks: int = N_TRACKS) -> list[dict[str, Any]]:
                 higher_is_better=True,
             )
         )
-        workers = max(1, len(os.sched_getaffinity(0)))
+        workers = usable_cpus()
         # Each file 8 times: enough work that the one-off worker start-up is a fair share, not all of it.
         entries = list_catalog(tmp).entries * POOL_PASSES
         # The start-up alone: the fork server importing numpy/scipy/librosa once (it then serves every later

@@ -55,7 +55,8 @@ SCALES: tuple[tuple[int, int], ...] = ((200_000, 400_000), (50_000, 100_000))
 
 def _measure(users: int, tracks: int, events: int, days: int, seed: int) -> dict[str, Any]:
     from aitasks.model_training.dataset import DEFAULT_SPEC
-    from aitasks.model_training.two_tower import TrainConfig, default_num_threads, fit_config, train_two_tower
+    from aitasks.model_training.two_tower import TrainConfig, fit_config, train_two_tower
+    from aitasks.platform.compute import default_num_threads
 
     with tempfile.TemporaryDirectory(prefix="aitasks-bench-train-") as tmp:
         data, user_vocab, item_vocab = _training_rows(

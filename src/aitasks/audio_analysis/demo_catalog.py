@@ -18,7 +18,6 @@ Data contract (what :func:`write_demo_catalog` writes under ``root``):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,10 @@ EXTS = ("ogg", "flac", "mp3", "wav")
 def _write(path: Path, y: np.ndarray, sr: int, **kw: object) -> None:
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), y, sr, format=path.suffix[1:].upper(), **kw)  # type: ignore[arg-type]
-    os.replace(tmp, path)
+    from aitasks.platform.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), y, sr, format=path.suffix[1:].upper(), **kw)  # type: ignore[arg-type]
 
 
 def _mastered(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -391,18 +389,11 @@ def synth_clip(label: str, *, seed: int, sr: int = 22050, duration_s: float = 4.
 
 
 def _write_atomic(path: Path, write: Callable[[io.BufferedRandom], object]) -> None:
-    """Write ``path`` through a temporary file in the same directory, fsync it, then rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``path`` through ``write(file)`` atomically (:func:`aitasks.platform.files.atomic_path`)."""
+    from aitasks.platform.files import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w+b") as fh:
+        write(fh)
 
 
 def write_labelled_folder(

@@ -28,11 +28,7 @@ is stable from day one.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from aitasks.data_processing.contract import GENRES, MAX_MS_PLAYED, genre_affinity_column
 from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputError
+from aitasks.runtime.hashing import sha256_file
 
 __all__ = [
     "AUDIO_PLACEHOLDER_COLUMNS",
@@ -527,27 +524,13 @@ def _write_parquet_atomic(frame: pl.DataFrame, schema: pa.Schema, out: Path) -> 
     """Write ``frame`` with ``schema`` to ``out`` atomically (temp beside + fsync + replace); return sha256."""
     import pyarrow.parquet as pq
 
+    from aitasks.platform.files import atomic_path
+
     table = frame.to_arrow().select(schema.names).cast(schema)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{out.name}.", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return digest
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+        digest = sha256_file(tmp)
+    return digest  # noqa: RET504 - returned once the block has published the file
 
 
 def _report(frame: pl.DataFrame, key: str, times: list[datetime], digest: str) -> FeatureReport:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -557,8 +556,9 @@ def _as_text_table(table: pa.Table) -> pa.Table:
 
 
 def _write(table: pa.Table, path: Path, fmt: Format, columns: tuple[str, ...]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    from aitasks.platform.files import atomic_path
+
+    with atomic_path(path) as tmp:
         if fmt == "parquet":
             pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
         elif fmt == "csv":
@@ -576,11 +576,6 @@ def _write(table: pa.Table, path: Path, fmt: Format, columns: tuple[str, ...]) -
             frame = pl.from_arrow(_as_text_table(table))
             assert isinstance(frame, pl.DataFrame)
             frame.write_ndjson(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -44,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from aitasks.model_training.dataset import FeatureSpec, IdVocab, Interactions, TowerInputs
+from aitasks.platform.compute import DEVICE_PATTERN, resolve_device, torch_threads
+from aitasks.platform.weights import load_tensors, save_tensors, tensor_specs
 from aitasks.runtime.errors import DataFormatError, FatalError, FieldIssue, InvalidInputError
 from aitasks.runtime.hashing import sha256_file
 
@@ -54,7 +54,6 @@ __all__ = [
     "TrainReport",
     "TwoTowerConfig",
     "TwoTowerModel",
-    "default_num_threads",
     "fit_config",
     "in_batch_loss",
     "load_model",
@@ -135,12 +134,14 @@ class TrainConfig(BaseModel):
         lr: Learning rate of the dense parameters (Adam).
         sparse_lr: Learning rate of the id embeddings (SparseAdam); unused by ``optimizer="dense"``.
         seed: Seed of the initialisation and the shuffling; the same seed gives the same weights.
-        num_threads: Torch CPU threads while training; None for :func:`default_num_threads`. Restored after.
+        num_threads: Torch CPU threads while training; None for
+            :func:`aitasks.platform.compute.default_num_threads`. Restored after.
         optimizer: ``sparse`` (sparse id embeddings + SparseAdam, dense part Adam) or ``dense`` (the
             naive baseline: dense embeddings and one Adam for everything, at ``lr``).
         logq_correction: Subtract the log sampling probability of each in-batch track from its logit.
         max_examples: Train on a seeded random subset of at most this many rows; None for all.
-        device: ``cpu``, ``cuda`` or ``cuda:N``; None for CUDA when available, else CPU.
+        device: ``auto`` (or None): CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``
+            (refused when absent). See :func:`aitasks.platform.compute.resolve_device`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -154,7 +155,7 @@ class TrainConfig(BaseModel):
     optimizer: Literal["sparse", "dense"] = "sparse"
     logq_correction: bool = True
     max_examples: int | None = Field(default=None, ge=1)
-    device: str | None = Field(default=None, pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    device: str | None = Field(default=None, pattern=DEVICE_PATTERN)
 
 
 class TrainReport(BaseModel):
@@ -388,37 +389,6 @@ def fit_config(train: Interactions, spec: FeatureSpec, num_users: int, num_items
     return TwoTowerConfig.model_validate({**dict(shape), **stats})  # validated again (model_copy would not)
 
 
-def default_num_threads() -> int:
-    """Torch threads used when ``TrainConfig.num_threads`` is None: the usable CPUs, at most 4.
-
-    Beyond 4 threads the small per-batch matrices of this model gain little, and on a shared node
-    more threads mostly contend with the neighbours.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))  # the CPUs this process may run on (cgroup/taskset aware)
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInputError(_TASK, [FieldIssue("device", f"{name!r} requested but CUDA is not available")])
-    return torch.device(name)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _int_tensor(values: np.ndarray) -> torch.Tensor:
     # torch.from_numpy shares memory and warns on read-only arrays (polars hands those out): copy then.
     return torch.from_numpy(np.require(values, dtype=np.int64, requirements=["C", "W"]))
@@ -471,8 +441,7 @@ def train_two_tower(
         FatalError: The loss became NaN or infinite (diverged).
     """
     _check_train(config, train)
-    device = _resolve_device(tcfg.device)
-    threads = tcfg.num_threads or default_num_threads()
+    device = resolve_device(tcfg.device, task=_TASK)
     gen = torch.Generator().manual_seed(tcfg.seed)
     n_all = len(train)
     rows_np: npt.NDArray[np.int64] | None = None
@@ -481,7 +450,7 @@ def train_two_tower(
     users = train.users if rows_np is None else train.users.take(rows_np)
     items = train.items if rows_np is None else train.items.take(rows_np)
     n = len(users)
-    with _torch_threads(threads), torch.random.fork_rng(devices=[]):
+    with torch_threads(tcfg.num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model = TwoTowerModel(config, sparse=tcfg.optimizer == "sparse").to(device)
         u_idx, u_dense, u_cat = _tensors(users, config.user_mean, config.user_std, device)
@@ -585,22 +554,6 @@ class _ModelFile(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)
 
 
-def _canonical_safetensors(raw: bytes) -> bytes:
-    """``raw`` with its metadata keys sorted, so that equal weights give equal bytes (and hashes).
-
-    safetensors writes the metadata from a Rust ``HashMap``, whose order changes from process to
-    process; tensor entries are already in a fixed order. The header keeps its length (same
-    members, space padding), so the data offsets stay valid.
-    """
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + size])
-    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    if len(text) > size:  # cannot happen for compact JSON of the same members; never write a broken file
-        raise FatalError(f"safetensors header grew from {size} to {len(text)} bytes when canonicalised")
-    return raw[:8] + text.ljust(size, b" ") + raw[8 + size :]
-
-
 def save_model(
     model: TwoTowerModel,
     out_dir: Path,
@@ -626,8 +579,6 @@ def save_model(
     Raises:
         InvalidInputError: A vocabulary does not match the model's size.
     """
-    from safetensors.torch import save as safetensors_bytes
-
     cfg = model.config
     issues = []
     if len(user_vocab) != cfg.num_users:
@@ -637,9 +588,8 @@ def save_model(
     if issues:
         raise InvalidInputError("model.save", issues)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    raw = safetensors_bytes(tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
-    (out_dir / WEIGHTS_FILE).write_bytes(_canonical_safetensors(raw))
+    tensors = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    save_tensors(out_dir / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "version": str(FORMAT_VERSION)})
     doc = _ModelFile(format=FORMAT, format_version=FORMAT_VERSION, config=cfg, extra=dict(extra or {}))
     (out_dir / CONFIG_FILE).write_text(json.dumps(doc.model_dump(mode="json"), indent=1, sort_keys=True), "utf-8")
     (out_dir / USERS_FILE).write_text(user_vocab.to_json(), "utf-8")
@@ -666,37 +616,13 @@ def _read_vocab(path: Path, expected: int) -> IdVocab:
     return vocab
 
 
-def _read_weights(path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, checked against ``expected`` names and shapes before loading."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise DataFormatError(str(path), "file is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
-                raise DataFormatError(
-                    str(path),
-                    f"metadata format/version {meta.get('format')!r}/{meta.get('version')!r}, "
-                    f"expected {FORMAT!r}/{FORMAT_VERSION}",
-                )
-            names = set(fh.keys())
-            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
-            if missing or unexpected:
-                raise DataFormatError(str(path), f"tensor names differ: missing {missing}, unexpected {unexpected}")
-            for name, shape in expected.items():
-                sl = fh.get_slice(name)
-                got = tuple(sl.get_shape())
-                if got != shape or sl.get_dtype() != "F32":
-                    raise DataFormatError(
-                        str(path), f"tensor {name!r}: {sl.get_dtype()}{list(got)}, expected F32{list(shape)}"
-                    )
-            return {name: fh.get_tensor(name) for name in expected}
-    except DataFormatError:
-        raise
-    except Exception as exc:  # safetensors raises SafetensorError and OSError subclasses for bad files
-        raise DataFormatError(str(path), f"not a valid safetensors file: {exc}") from None
+def _check_format(path: Path, meta: dict[str, str]) -> None:
+    if meta.get("format") != FORMAT or meta.get("version") != str(FORMAT_VERSION):
+        raise DataFormatError(
+            str(path),
+            f"metadata format/version {meta.get('format')!r}/{meta.get('version')!r}, "
+            f"expected {FORMAT!r}/{FORMAT_VERSION}",
+        )
 
 
 def load_model(model_dir: Path) -> tuple[TwoTowerModel, IdVocab, IdVocab]:
@@ -725,8 +651,8 @@ def load_model(model_dir: Path) -> tuple[TwoTowerModel, IdVocab, IdVocab]:
     # model.json could claim a huge vocabulary).
     with torch.device("meta"):
         model = TwoTowerModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    tensors = _read_weights(model_dir / WEIGHTS_FILE, expected)
+    path = model_dir / WEIGHTS_FILE
+    tensors, _ = load_tensors(path, tensor_specs(model.state_dict()), check_metadata=lambda m: _check_format(path, m))
     model.load_state_dict(tensors, strict=True, assign=True)
     model.eval()
     return model, user_vocab, item_vocab

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "atomic_path", "atomic_write", "fsync_path"]
+__all__ = ["TMP_PREFIX", "atomic_path", "atomic_write", "fsync_path", "publish", "temp_path"]
 
 #: Prefix of every temp file this module creates (hidden: starts with a dot).
 TMP_PREFIX = ".tmp-"
@@ -37,13 +37,39 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _publish(tmp: Path, target: Path, *, exclusive: bool, sync_dir: bool) -> None:
+def temp_path(target: str | os.PathLike[str]) -> Path:
+    """A fresh hidden temp path beside ``target`` (not created; the parent directory is).
+
+    For writers whose commit comes later than the write (several outputs published together):
+    write it, then :func:`publish` it, and unlink it on failure. Otherwise use :func:`atomic_path`.
+    """
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent / f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+
+
+def publish(
+    tmp: Path, target: str | os.PathLike[str], *, exclusive: bool = False, fsync: bool = True, sync_dir: bool = True
+) -> None:
+    """Publish the written temp file ``tmp`` (from :func:`temp_path`) over ``target`` atomically.
+
+    Args:
+        tmp: The temp file, beside ``target``.
+        target: The file to publish.
+        exclusive: Create-only: hard-link instead of rename, :class:`FileExistsError` when ``target``
+            exists (the caller still removes ``tmp``).
+        fsync: fsync ``tmp`` first (``False`` when the writer already did).
+        sync_dir: fsync the directory after the rename.
+    """
+    path = Path(target)
+    if fsync:
+        fsync_path(tmp)
     if exclusive:
-        os.link(tmp, target)  # atomic and exclusive: FileExistsError when the target exists
+        os.link(tmp, path)  # atomic and exclusive: FileExistsError when the target exists
     else:
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     if sync_dir:
-        fsync_path(target.parent)
+        fsync_path(path.parent)
 
 
 @contextlib.contextmanager
@@ -74,14 +100,10 @@ def atomic_path(
         FileExistsError: ``exclusive`` and ``target`` exists (nothing is published).
         FileNotFoundError: The writer did not create the temp file.
     """
-    path = Path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex}"
+    tmp = temp_path(target)
     try:
         yield tmp
-        if fsync:
-            fsync_path(tmp)
-        _publish(tmp, path, exclusive=exclusive, sync_dir=sync_dir)
+        publish(tmp, target, exclusive=exclusive, fsync=fsync, sync_dir=sync_dir)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # after a replace it is gone; after a link it is the second name

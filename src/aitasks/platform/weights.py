@@ -100,7 +100,7 @@ def load_tensors(
     path: Path,
     expected: Mapping[str, TensorSpec],
     *,
-    check_metadata: Callable[[dict[str, str]], None] | None = None,
+    check_metadata: Callable[[dict[str, str]], object] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of ``path``, each checked against ``expected`` before any is loaded.
 
@@ -111,7 +111,7 @@ def load_tensors(
     Args:
         path: The ``.safetensors`` file.
         expected: Name -> ``(shape, dtype)`` (see :func:`tensor_specs`).
-        check_metadata: Checks the header metadata (``{}`` when the file has none).
+        check_metadata: Checks the header metadata (``{}`` when the file has none); its result is ignored.
 
     Returns:
         (name -> tensor on CPU, the header metadata).

@@ -46,6 +46,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aitasks.platform.files import atomic_path, fsync_path
 from aitasks.recommendation_update.index import IDS_FILE, INDEX_FILE, AnnIndex, Backend, read_id_map
 from aitasks.runtime.errors import (
     DataFormatError,
@@ -149,14 +150,6 @@ def _st(root: str, storage: Storage | None) -> Storage:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_hashing(src: Path, dst: Path) -> str:
@@ -295,7 +288,7 @@ def _stage(source_dir: Path, staging: Path, files: dict[str, str]) -> None:
         if _copy_hashing(source_dir / rel, target) != digest:
             raise DataFormatError(str(source_dir / rel), "changed while it was being published")
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        _fsync(d)
+        fsync_path(d)
 
 
 def _write_local_version(
@@ -315,14 +308,14 @@ def _write_local_version(
                 fh.write(manifest_for(n).model_dump_json(indent=2))
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync(tmp)
+            fsync_path(tmp)
             try:
                 tmp.rename(base / f"v{n}")  # fails when v<N> exists: a racing publisher took N
             except OSError as exc:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue
                 raise
-            _fsync(base)
+            fsync_path(base)
             return n
         raise PreconditionFailedError(f"could not claim a version under {base}: {_MAX_RACES} lost races")
     finally:
@@ -527,20 +520,19 @@ def _verified_dir(root: str, name: str, manifest: IndexManifest, st: Storage, ca
         if target.is_file() and sha256_file(target) == digest:
             continue  # cached by an earlier load
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.parent / f".dl-{uuid.uuid4().hex}"
         try:
-            st.get_file(join_uri(prefix, rel), part)
-            if sha256_file(part) != digest:
-                raise DataFormatError(
-                    join_uri(prefix, rel), f"file {rel} of {name} v{manifest.version} does not match its sha256"
-                )
-            os.replace(part, target)  # concurrent loaders sharing the cache never see a partial file
+            # Concurrent loaders sharing the cache never see a partial file. No fsync: a cache whose
+            # loss in a power cut costs a download again, and every use re-checks the sha256.
+            with atomic_path(target, fsync=False, sync_dir=False) as part:
+                st.get_file(join_uri(prefix, rel), part)
+                if sha256_file(part) != digest:
+                    raise DataFormatError(
+                        join_uri(prefix, rel), f"file {rel} of {name} v{manifest.version} does not match its sha256"
+                    )
         except FileNotFoundError:
             raise DataFormatError(
                 join_uri(prefix, rel), f"file {rel} of {name} v{manifest.version} is missing"
             ) from None
-        finally:
-            part.unlink(missing_ok=True)
     return local
 
 

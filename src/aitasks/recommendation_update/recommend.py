@@ -80,9 +80,9 @@ def recommend(
     import re
 
     from aitasks.model_training.dataset import tower_inputs
-    from aitasks.platform.registry import get_version, registry_config
     from aitasks.model_training.two_tower import load_model
     from aitasks.platform import feature_store as fs
+    from aitasks.platform.registry import get_version, registry_config
     from aitasks.recommendation_update.publish import load_current
     from aitasks.recommendation_update.tasks import SEEN_FILE
 

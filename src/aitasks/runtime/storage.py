@@ -2,11 +2,11 @@
 
 Publishing is atomic on both:
 
-* locally, data goes to a hidden temp file in the target directory, is fsynced, then renamed over
-  the target (``os.replace``) and the directory is fsynced: a reader sees the old file or the new
-  one, never a torn one, even when the writer is killed mid-write. A create-only write links the
-  temp file into place (``os.link`` fails if the target exists), so two racing writers agree on
-  one winner;
+* locally (:mod:`aitasks.platform.files`), data goes to a hidden temp file in the target directory,
+  is fsynced, then renamed over the target (``os.replace``) and the directory is fsynced: a reader
+  sees the old file or the new one, never a torn one, even when the writer is killed mid-write. A
+  create-only write links the temp file into place (``os.link`` fails if the target exists), so two
+  racing writers agree on one winner;
 * on GCS, an object upload becomes visible at once when it completes; create-only writes use
   ``if_generation_match=0`` and compare-and-swap writes use the generation read before, so the
   client library's automatic retries are safe and races have one winner.
@@ -18,12 +18,12 @@ import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from aitasks.platform.files import atomic_path
 from aitasks.runtime.errors import (
     PreconditionFailedError,
     ServiceUnavailableError,
@@ -32,7 +32,6 @@ from aitasks.runtime.errors import (
 from aitasks.runtime.hashing import sha256_file, sha256_tree
 
 GCS_SCHEME = "gs://"
-_TMP_PREFIX = ".tmp-"
 
 
 def is_gcs(uri: str) -> bool:
@@ -83,14 +82,6 @@ class Storage(Protocol):
     def content_hash(self, uri: str) -> str: ...
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalStorage:
     """Local filesystem storage with atomic publish."""
 
@@ -108,43 +99,27 @@ class LocalStorage:
         return self._path(uri).read_bytes()
 
     @contextlib.contextmanager
-    def _temp_beside(self, target: Path) -> Iterator[Path]:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex}"
-        try:
-            yield tmp
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-    def _publish(self, tmp: Path, target: Path, *, if_absent: bool, sync_dir: bool = True) -> None:
-        if if_absent:
-            try:
-                os.link(tmp, target)  # atomic and exclusive: fails when the target exists
-            except FileExistsError as exc:
-                raise PreconditionFailedError(f"{target} already exists") from exc
-        else:
-            os.replace(tmp, target)
-        if sync_dir:
-            _fsync_dir(target.parent)
-
-    @contextlib.contextmanager
     def publishing(
         self, uri: str, *, if_absent: bool = False, sync_dir: bool = True, synced: bool = False
     ) -> Iterator[Path]:
         """Yield a hidden temp path beside ``uri``; on success fsync it and publish it atomically.
 
-        On an exception nothing is published and the temp file is removed. ``sync_dir=False`` skips the
-        directory fsync: only for markers whose loss in a power cut is harmless. ``synced=True``: the
-        caller already fsynced the temp file (saves reopening it on the hot path).
+        The local primitive is :func:`aitasks.platform.files.atomic_path`. On an exception nothing is
+        published and the temp file is removed. ``sync_dir=False`` skips the directory fsync: only for
+        markers whose loss in a power cut is harmless. ``synced=True``: the caller already fsynced the
+        temp file (saves reopening it on the hot path).
+
+        Raises:
+            PreconditionFailedError: ``if_absent`` and the target exists.
         """
         target = self._path(uri)
-        with self._temp_beside(target) as tmp:
-            yield tmp
-            if not synced:
-                with tmp.open("rb+") as fh:
-                    os.fsync(fh.fileno())
-            self._publish(tmp, target, if_absent=if_absent, sync_dir=sync_dir)
+        try:
+            with atomic_path(target, exclusive=if_absent, fsync=not synced, sync_dir=sync_dir) as tmp:
+                yield tmp
+        except FileExistsError as exc:
+            if if_absent and target.exists():
+                raise PreconditionFailedError(f"{target} already exists") from exc
+            raise
 
     def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False, sync_dir: bool = True) -> None:
         """Atomic write (see :meth:`publishing`)."""

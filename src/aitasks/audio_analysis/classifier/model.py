@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from aitasks.audio_analysis.classifier.config import _F32, _TASK, ClassifierConfig
+from aitasks.platform.compute import torch_threads
 from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
@@ -88,48 +88,30 @@ class MelCnn(nn.Module):
 # ---------------------------------------------------------------------------------------- runtime
 
 
-def _default_num_threads() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))  # cgroup/taskset aware
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(_TASK, [FieldIssue("device", "'cuda' requested but CUDA is not available")])
-    return torch.device(name)
-
-
 @contextmanager
 def _torch_runtime(cfg: ClassifierConfig, device: torch.device, *, seed: bool) -> Iterator[None]:
     """Pin threads, request deterministic algorithms, flush denormals and (optionally) fork and seed the RNG.
 
+    Threads: ``cfg.num_threads``, else :func:`aitasks.platform.compute.default_num_threads`.
     Everything is restored afterwards (flush-denormal to torch's default, off).
     """
-    threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
     devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     )
-    torch.set_num_threads(cfg.num_threads or _default_num_threads())
     # warn_only: some CUDA kernels have no deterministic variant; CPU training is deterministic regardless.
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     # Denormals (tiny gradients squared in AdamW's state, decaying signal tails) slow CPU arithmetic.
     torch.set_flush_denormal(True)
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch_threads(cfg.num_threads), torch.random.fork_rng(devices=devices):
             if seed:
                 torch.manual_seed(cfg.seed)
             yield
     finally:
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
         torch.backends.cudnn.benchmark = benchmark
         torch.set_flush_denormal(False)  # torch's default (there is no getter to restore the caller's setting)

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aitasks.audio_analysis.classifier.config import ClassifierConfig
 from aitasks.audio_analysis.classifier.model import MelCnn, _check_model
-from aitasks.runtime.errors import (
-    DataFormatError,
-)
+from aitasks.platform.files import atomic_write
+from aitasks.platform.weights import load_tensors, save_tensors, tensor_specs
+from aitasks.runtime.errors import DataFormatError
 
 FORMAT: Final = "aitasks.audio.mel_cnn"
 FORMAT_VERSION: Final = 1
 WEIGHTS_FILE: Final = "model.safetensors"
 CONFIG_FILE: Final = "config.json"
-#: Safetensors dtype names of the tensors a model holds.
-_DTYPES: Final[dict[torch.dtype, str]] = {torch.float32: "F32", torch.int64: "I64"}
 
 
 # ------------------------------------------------------------------------------------ persistence
@@ -40,18 +34,6 @@ class _ModelFile(BaseModel):
     config: ClassifierConfig
 
 
-def _replace_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_classifier(model: MelCnn, cfg: ClassifierConfig, out_dir: Path) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``out_dir`` (each replaced atomically).
 
@@ -63,16 +45,11 @@ def save_classifier(model: MelCnn, cfg: ClassifierConfig, out_dir: Path) -> None
     Raises:
         InvalidInputError: ``cfg`` does not describe ``model``'s architecture.
     """
-    from safetensors.torch import save_file
-
     _check_model(model, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = _weights_metadata(cfg)
-    _replace_atomic(out_dir / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata=meta))
+    save_tensors(out_dir / WEIGHTS_FILE, model.state_dict(), metadata=_weights_metadata(cfg))
     doc = _ModelFile(format=FORMAT, format_version=FORMAT_VERSION, config=cfg)
-    text = json.dumps(doc.model_dump(mode="json"), indent=1, sort_keys=True) + "\n"
-    _replace_atomic(out_dir / CONFIG_FILE, lambda p: p.write_text(text, "utf-8"))
+    atomic_write(out_dir / CONFIG_FILE, json.dumps(doc.model_dump(mode="json"), indent=1, sort_keys=True) + "\n")
 
 
 def _config_sha256(cfg: ClassifierConfig) -> str:
@@ -83,8 +60,8 @@ def _config_sha256(cfg: ClassifierConfig) -> str:
 def _weights_metadata(cfg: ClassifierConfig) -> dict[str, str]:
     """The weights file's metadata: format, version and the hash of the configuration it belongs to.
 
-    One metadata key holding sorted JSON: safetensors writes metadata keys in hash-map order, which
-    changes between processes; a single key keeps equal weights byte-identical.
+    One metadata key holding sorted JSON (and :func:`~aitasks.platform.weights.save_tensors` sorts the
+    header's keys anyway), so equal weights stay byte-identical.
     """
     doc = {"config_sha256": _config_sha256(cfg), "format": FORMAT, "format_version": FORMAT_VERSION}
     return {"aitasks": json.dumps(doc, sort_keys=True, separators=(",", ":"))}
@@ -102,40 +79,6 @@ def _header_config_sha(meta: dict[str, str], path: Path) -> str:
             str(path), f"format {fmt!r} version {version!r}, expected {FORMAT!r} version {FORMAT_VERSION}"
         )
     return str(sha)
-
-
-def _read_weights(
-    path: Path, expected: dict[str, tuple[tuple[int, ...], str]], cfg: ClassifierConfig
-) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, checked (metadata, names, shapes, dtypes) before any is loaded."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise DataFormatError(str(path), "file is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            saved_sha = _header_config_sha(fh.metadata() or {}, path)
-            names = set(fh.keys())
-            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
-            if missing or unexpected:
-                raise DataFormatError(str(path), f"tensor names differ: missing {missing}, unexpected {unexpected}")
-            for name, (shape, dtype) in expected.items():
-                sl = fh.get_slice(name)
-                got = tuple(sl.get_shape())
-                if got != shape or sl.get_dtype() != dtype:
-                    raise DataFormatError(
-                        str(path), f"tensor {name!r} is {sl.get_dtype()}{list(got)}, expected {dtype}{list(shape)}"
-                    )
-            # Checked after the shapes: a shape mismatch names the tensor, which says more than a hash.
-            if saved_sha != _config_sha256(cfg):
-                raise DataFormatError(
-                    str(path), f"the weights were saved with another {CONFIG_FILE} (config sha256 {saved_sha[:12]}...)"
-                )
-            return {name: fh.get_tensor(name) for name in expected}
-    except DataFormatError:
-        raise
-    except Exception as exc:  # safetensors raises SafetensorError and OSError subclasses for bad files
-        raise DataFormatError(str(path), f"not a valid safetensors file: {exc}") from None
 
 
 def load_classifier(model_dir: Path) -> tuple[MelCnn, ClassifierConfig]:
@@ -163,9 +106,16 @@ def load_classifier(model_dir: Path) -> tuple[MelCnn, ClassifierConfig]:
         raise DataFormatError(str(cfg_path), f"invalid {CONFIG_FILE}: {problems}") from None
     cfg = doc.config
     model = MelCnn(cfg)  # the configuration's bounds keep this small, whatever the file claims
-    expected = {}
-    for name, t in model.state_dict().items():
-        expected[name] = (tuple(t.shape), _DTYPES[t.dtype])
-    model.load_state_dict(_read_weights(model_dir / WEIGHTS_FILE, expected, cfg), strict=True)
+    path = model_dir / WEIGHTS_FILE
+    tensors, meta = load_tensors(
+        path, tensor_specs(model.state_dict()), check_metadata=lambda m: _header_config_sha(m, path)
+    )
+    # Checked after the shapes: a shape mismatch names the tensor, which says more than a hash.
+    saved_sha = _header_config_sha(meta, path)
+    if saved_sha != _config_sha256(cfg):
+        raise DataFormatError(
+            str(path), f"the weights were saved with another {CONFIG_FILE} (config sha256 {saved_sha[:12]}...)"
+        )
+    model.load_state_dict(tensors, strict=True)
     model.eval()
     return model, cfg

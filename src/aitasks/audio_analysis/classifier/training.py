@@ -24,9 +24,9 @@ from aitasks.audio_analysis.classifier.model import (
     _check_clips,
     _clip_logits,
     _fit_length,
-    _resolve_device,
     _torch_runtime,
 )
+from aitasks.platform.compute import resolve_device
 from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
@@ -90,7 +90,7 @@ def train_classifier(
         raise InvalidInputError(_TASK, [FieldIssue("clips", f"need at least 2 clips, got {len(clips)}")])
     data = _check_clips(clips)
     y = _check_labels(labels, len(data), len(cfg.labels))
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device, task=_TASK)
     train_idx, val_idx = _stratified_split(y, val_fraction, cfg.seed)
     n = cfg.clip_samples
     rng = np.random.default_rng([cfg.seed, 1])

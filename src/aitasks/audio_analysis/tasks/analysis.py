@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,12 +62,10 @@ def _limits_state(params: Any, rt: Runtime) -> dict[str, Any]:
 
 
 def _workers(rt_workers: int) -> int:
-    if rt_workers:
-        return rt_workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
+    """Decode workers: the setting when given, else one per usable CPU."""
+    from aitasks.platform.compute import usable_cpus
+
+    return rt_workers or usable_cpus()
 
 
 @ai_task(name="audio.analyze", version="1.0.0", retry=RetryPolicy(max_attempts=2), state=_limits_state)

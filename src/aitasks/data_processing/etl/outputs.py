@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Final
 
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 
 from aitasks.data_processing.etl.read import _I64, FileFormat
+from aitasks.platform.files import fsync_path, publish, temp_path
 
 _BUCKET_SCHEMA: Final = pa.schema([pa.field("event_id", pa.string()), pa.field("_source_row", pa.int64())])
 _MAX_BUCKETS: Final = 256
@@ -29,7 +29,7 @@ class _AtomicParquet:
     def __init__(self, target: Path, schema: pa.Schema, row_group_rows: int) -> None:
         self.target = target
         self.schema = schema
-        self.tmp = target.parent / f".{target.name}.{os.getpid()}.{id(self):x}.tmp"
+        self.tmp = temp_path(target)
         self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self.buffer: list[pa.Table] = []
         self.buffered = 0
@@ -54,28 +54,15 @@ class _AtomicParquet:
     def close(self) -> None:
         self._flush()
         self.writer.close()
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.tmp)
 
     def commit(self) -> None:
-        os.replace(self.tmp, self.target)
-        _fsync_dir(self.target.parent)
+        publish(self.tmp, self.target, fsync=False)  # fsynced by close
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
         self.tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Buckets:
