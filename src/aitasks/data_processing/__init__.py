@@ -1,1 +1,4 @@
-"""Data processing: events contract, ETL, validation and quarantine, features, Feast, drift."""
+"""Data processing: events contract, ETL, validation and quarantine, features, Feast apply/materialize, drift.
+
+The Feast repository itself (definitions, apply, materialize, reads) is :mod:`aitasks.platform.feature_store`.
+"""

@@ -1,4 +1,7 @@
-"""Model training: the two-tower recommender, training sets from Feast, evaluation, MLflow registry.
+"""Model training: the two-tower recommender, training sets from Feast, evaluation, register and promote.
+
+The MLflow registry and the promotion policy live in :mod:`aitasks.platform.registry` (shared with
+the audio classifier).
 
 ``from aitasks.model_training import train_model_task`` is the public entry point; the tasks module
 is imported on first access only (no import-time work).
