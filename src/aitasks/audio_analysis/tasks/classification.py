@@ -199,16 +199,20 @@ def register_classifier_task(params: RegisterClassifierParams, ctx: TaskContext)
     EN: Logs the classifier's files (safetensors + JSON, with checksums; never pickle), its test metrics
     and lineage tags (code version, git revision, trace id, KFP run id) as a model version, keyed by the
     model's content so a re-run never makes a second version, and moves the ``champion`` alias to it
-    when its test accuracy reaches the threshold and beats chance.
+    when its test accuracy reaches the threshold and beats chance, under the platform's one promotion
+    policy: a version that was rolled back is not made champion again by a re-run.
     FR: Journalise les fichiers du classifieur (safetensors + JSON, avec sommes de contrôle ; jamais
     pickle), ses métriques de test et sa lignée (version du code, révision git, identifiant de trace,
     exécution KFP) comme version de modèle, indexée par le contenu du modèle pour qu'une relance ne crée
     jamais de seconde version, et y déplace l'alias ``champion`` quand son exactitude de test atteint le
-    seuil et bat le hasard.
+    seuil et bat le hasard, selon la règle de promotion unique de la plateforme : une version retirée par
+    un retour arrière ne redevient pas champion par une relance.
     DE: Protokolliert die Dateien des Klassifikators (safetensors + JSON, mit Prüfsummen; nie pickle),
     seine Testmetriken und Herkunft (Code-Version, Git-Revision, Trace-Id, KFP-Run) als Modellversion,
     nach Modellinhalt verschlüsselt, sodass ein erneuter Lauf keine zweite Version erzeugt, und setzt
-    den Alias ``champion`` darauf, wenn die Testgenauigkeit die Schwelle erreicht und den Zufall schlägt.
+    den Alias ``champion`` darauf, wenn die Testgenauigkeit die Schwelle erreicht und den Zufall schlägt,
+    nach der einen Beförderungsregel der Plattform: eine zurückgerollte Version wird durch einen erneuten
+    Lauf nicht wieder Champion.
     """
     from aitasks.platform.registry import Lineage, model_params, register_and_promote, registry_config
     from aitasks.runtime.bundle import open_bundle
