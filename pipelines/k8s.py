@@ -15,6 +15,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
+from aitasks.runtime.settings import Settings
 from aitasks.runtime.step import RUN_CONTEXT_KEYS
 
 LABEL_PREFIX = "aitasks.io"
@@ -26,6 +27,24 @@ GPU_COUNT = 1
 #: Defaults of the GPU pool parameters every pipeline with GPU steps exposes.
 GPU_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+#: The ConfigMap every step pod reads its non-secret settings from (in the namespace where runs execute).
+SETTINGS_CONFIG_MAP = "aitasks-settings"
+#: The Secret every step pod reads its secret settings from: Secret key -> environment variable.
+STEP_SECRETS = "aitasks-step-secrets"
+SECRET_ENV: dict[str, str] = {
+    "pseudonymization-key": "AITASKS_PSEUDONYMIZATION_KEY",
+    # The full Redis URL, password included: never in the ConfigMap.
+    "redis-url": "AITASKS_REDIS_URL",
+}
+
+
+def settings_env() -> dict[str, str]:
+    """ConfigMap key -> environment variable for every non-secret setting (``AITASKS_<FIELD>``)."""
+    secret = set(SECRET_ENV.values())
+    names = (f"AITASKS_{name.upper()}" for name in Settings.model_fields)
+    return {n: n for n in sorted(names) if n not in secret}
 
 
 #: The ``run_context`` pipeline parameter's default: every key, empty (the KFP UI form shows them all).
@@ -86,7 +105,7 @@ class StepSpec:
 
 
 def configure(task: PipelineTask, spec: StepSpec, run: PipelineRun) -> PipelineTask:
-    """Requests/limits, pod labels and annotations for kubectl, retries, caching, GPU: all from ``spec``."""
+    """Requests/limits, pod labels and annotations for kubectl, settings env, retries, caching, GPU: from ``spec``."""
     task.set_display_name(spec.name)
     task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu_limit)
     task.set_memory_request(spec.memory).set_memory_limit(spec.memory_limit)
@@ -103,6 +122,10 @@ def configure(task: PipelineTask, spec: StepSpec, run: PipelineRun) -> PipelineT
     ):
         kubernetes.add_pod_label(task, f"{LABEL_PREFIX}/{key}", value)
     kubernetes.add_pod_annotation(task, f"{LABEL_PREFIX}/task-name", spec.task)
+    # Settings reach every pod from the step declaration. Optional refs: a key the ConfigMap lacks stays
+    # unset (the embedded default), which a production deployment (AITASKS_ENV=production) refuses.
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, settings_env(), optional=True)
+    kubernetes.use_secret_as_env(task, STEP_SECRETS, SECRET_ENV, optional=True)
     if spec.gpu:
         if run.gpu_node_selector is None or run.gpu_toleration is None:
             raise ValueError(f"step {spec.name!r} needs a GPU: give the pipeline's GPU node selector and toleration")

@@ -343,6 +343,11 @@ def _check_cron_item(cron: str, item: str, label: str, low: int, high: int) -> N
             raise SpecError(f"cron {cron!r}: {bound!r} is not a valid {label} ({low}-{high})")
 
 
+#: The Kubernetes ServiceAccount every run's step pods run as (created by the manifests in the namespace
+#: where runs execute; GCS access through Workload Identity, no API token).
+RUN_SERVICE_ACCOUNT = "aitasks-pipeline-runner"
+
+
 class Schedule(BaseModel):
     """One recurring run, as declared in pipelines/schedules.yaml."""
 
@@ -359,6 +364,7 @@ class Schedule(BaseModel):
     catchup: bool = False
     enabled: bool = True
     description: str = ""
+    service_account: str = Field(default=RUN_SERVICE_ACCOUNT, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
     @field_validator("cron")
     @classmethod
@@ -476,6 +482,7 @@ def _desired(schedule: Schedule, pipeline_id: str, version: Any, experiment_id: 
         "no_catchup": not schedule.catchup,
         "enabled": schedule.enabled,
         "parameters": _norm(params),
+        "service_account": schedule.service_account,
     }
 
 
@@ -491,6 +498,7 @@ def _actual(run: Any) -> dict[str, Any]:
         "no_catchup": bool(run.no_catchup),
         "enabled": str(run.mode) != "DISABLE",
         "parameters": _norm((run.runtime_config.parameters if run.runtime_config else None) or {}),
+        "service_account": run.service_account or "",
     }
 
 
@@ -575,6 +583,7 @@ def apply_schedules(client: kfp.Client, spec: ScheduleSpec, *, dry_run: bool = F
                     pipeline_id=step.pipeline_id,
                     version_id=step.version.pipeline_version_id,
                     enabled=sched.enabled,
+                    service_account=sched.service_account,
                 )
             for run in step.stale:  # after the replacement exists, so the schedule never lapses
                 client.delete_recurring_run(run.recurring_run_id)
@@ -602,6 +611,7 @@ def submit_run(
     *,
     submitter: str,
     git_revision: str | None = None,
+    service_account: str = RUN_SERVICE_ACCOUNT,
 ) -> RunSubmission:
     """Submit a one-off run of an uploaded pipeline and return its id and UI link.
 
@@ -628,5 +638,6 @@ def submit_run(
             params=with_run_context(params, submitter=submitter, git_revision=revision, pipeline_version=chosen.name),
             pipeline_id=pipeline_id,
             version_id=chosen.pipeline_version_id,
+            service_account=service_account,
         )
     return RunSubmission(run.run_id, run_url(client, run.run_id), chosen.name)

@@ -29,7 +29,15 @@ def unsupported_locally(name: str) -> list[str]:
             lines.append(f"{executor}: resources {res}")
     k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
     for executor, body in sorted(k8s.items()):
-        for key in ("nodeSelector", "tolerations", "podMetadata", "pvcMount", "secretAsEnv", "secretAsVolume"):
+        for key in (
+            "nodeSelector",
+            "tolerations",
+            "podMetadata",
+            "configMapAsEnv",
+            "secretAsEnv",
+            "pvcMount",
+            "secretAsVolume",
+        ):
             if key in body:
                 lines.append(f"{executor}: kubernetes {key}")
     return lines

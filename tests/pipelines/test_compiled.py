@@ -178,3 +178,26 @@ def test_reco_training_control_flow_retries_and_caching(fresh: dict[str, str]) -
             continue
         params = task["inputs"]["parameters"]
         assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}", name
+
+
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_every_step_reads_the_settings_config_map_and_the_step_secret(name: str, fresh: dict[str, str]) -> None:
+    """Settings reach every pod as env from the step declaration (kfp.local ignores this: the YAML carries it)."""
+    from pipelines.k8s import SECRET_ENV, SETTINGS_CONFIG_MAP, STEP_SECRETS, settings_env
+
+    spec, platform = _docs(fresh[name])
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"]), "every step"
+    for executor, body in executors.items():
+        (cm,) = body["configMapAsEnv"]
+        assert cm["configMapName"] == SETTINGS_CONFIG_MAP
+        assert {e["configMapKey"]: e["envVar"] for e in cm["keyToEnv"]} == settings_env(), executor
+        (secret,) = body["secretAsEnv"]
+        assert secret["secretName"] == STEP_SECRETS
+        assert {e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]} == SECRET_ENV, executor
+    # Every setting is covered once: by the ConfigMap or by the Secret, never by both.
+    from aitasks.runtime.settings import Settings
+
+    every = {f"AITASKS_{f.upper()}" for f in Settings.model_fields}
+    assert set(settings_env().values()) | set(SECRET_ENV.values()) == every
+    assert not set(settings_env().values()) & set(SECRET_ENV.values())

@@ -179,6 +179,7 @@ def test_schedule_apply_is_idempotent(server: FakeKfpServer, packages: Path) -> 
     runs = {r["display_name"]: r for r in server.state.recurring_runs.values()}
     assert runs["aitasks-reco"]["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert runs["aitasks-reco"]["no_catchup"] is True
+    assert runs["aitasks-reco"]["service_account"] == kfp_api.RUN_SERVICE_ACCOUNT
     context = runs["aitasks-reco"]["runtime_config"]["parameters"]["run_context"]
     assert context["submitter"] == "schedule:aitasks-reco"
     assert context["pipeline_version"], "the version reaches the audit"
@@ -342,6 +343,7 @@ def test_submit_run_passes_submitter_and_revision(server: FakeKfpServer, package
         },
     }
     assert run["pipeline_version_reference"]["pipeline_id"] == client.get_pipeline_id("audio-analysis")
+    assert run["service_account"] == kfp_api.RUN_SERVICE_ACCOUNT, "steps run as the runner account"
     assert sub.url == f"{server.url}/#/runs/details/{sub.run_id}"
 
     with pytest.raises(kfp_api.SpecError, match="--submitter"):

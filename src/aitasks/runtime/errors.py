@@ -71,6 +71,12 @@ class InvalidInputError(FatalError):
         return tuple(i.field for i in self.issues)
 
 
+class ConfigurationError(FatalError):
+    """The platform's settings cannot work where they run (e.g. embedded defaults in production)."""
+
+    kind = "configuration"
+
+
 class InvalidOutputError(FatalError):
     """A task returned something that does not match its declared output model (a bug)."""
 

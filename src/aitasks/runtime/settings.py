@@ -13,11 +13,20 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The pseudonymisation key of laptops and tests; production refuses it.
+DEV_PSEUDONYMIZATION_KEY = "aitasks-dev-only-key"
+#: Redis address of the embedded default (a laptop's local Redis).
+DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
+
 
 class Settings(BaseSettings):
     """Platform settings. Environment variables use the ``AITASKS_`` prefix, e.g. ``AITASKS_STORAGE_ROOT``."""
 
     model_config = SettingsConfigDict(env_prefix="AITASKS_", extra="ignore", frozen=True)
+
+    #: ``production`` (set by the prod overlays) refuses to run on any embedded default: see
+    #: :meth:`production_problems`.
+    env: Literal["dev", "production"] = "dev"
 
     #: Root of everything a run writes: a local directory or a ``gs://bucket/prefix`` URI.
     storage_root: str = Field(default=".aitasks")
@@ -40,11 +49,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
 
     #: Key for pseudonymising user identifiers in logs (HMAC-SHA256). Set a real secret in production.
-    pseudonymization_key: SecretStr = SecretStr("aitasks-dev-only-key")
+    pseudonymization_key: SecretStr = SecretStr(DEV_PSEUDONYMIZATION_KEY)
 
     #: Feast online store: ``sqlite`` (embedded) or ``redis``.
     feast_online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEV_REDIS_URL
     #: MLflow tracking URI. Empty: a sqlite database under the storage root.
     mlflow_tracking_uri: str = ""
 
@@ -69,6 +78,41 @@ class Settings(BaseSettings):
         if "\x00" in value:
             raise ValueError("must not contain NUL bytes")
         return value
+
+    def production_problems(self) -> list[str]:
+        """Every setting still at an embedded default that only works on one machine (empty: fine).
+
+        Steps run in separate pods: a local storage root, a sqlite MLflow, a sqlite online store or a
+        localhost Redis would silently give each pod its own world.
+        """
+        problems = []
+        if not self.storage_root.startswith("gs://"):
+            problems.append(f"AITASKS_STORAGE_ROOT={self.storage_root!r} is a local path (needs gs://)")
+        if self.audit_root and not self.audit_root.startswith("gs://"):
+            problems.append(f"AITASKS_AUDIT_ROOT={self.audit_root!r} is a local path (needs gs://)")
+        if not self.mlflow_tracking_uri:
+            problems.append("AITASKS_MLFLOW_TRACKING_URI is empty (a sqlite file under the storage root)")
+        elif self.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.mlflow_tracking_uri:
+            problems.append("AITASKS_MLFLOW_TRACKING_URI is a local store (needs the MLflow server's URL)")
+        if self.pseudonymization_key.get_secret_value() == DEV_PSEUDONYMIZATION_KEY:
+            problems.append("AITASKS_PSEUDONYMIZATION_KEY is the public dev key (set it from the step Secret)")
+        if not self.pushgateway_url:
+            problems.append("AITASKS_PUSHGATEWAY_URL is empty (step metrics would be lost)")
+        if self.feast_online_store == "sqlite":
+            problems.append("AITASKS_FEAST_ONLINE_STORE=sqlite (a file inside one pod; needs redis)")
+        elif self.redis_url == DEV_REDIS_URL:
+            problems.append("AITASKS_REDIS_URL is the localhost default (set it from the step Secret)")
+        return problems
+
+    def check_production(self) -> None:
+        """Raise :class:`ConfigurationError` (one line) when ``env=production`` meets an embedded default."""
+        if self.env != "production":
+            return
+        problems = self.production_problems()
+        if problems:
+            from aitasks.runtime.errors import ConfigurationError
+
+            raise ConfigurationError("production settings at embedded defaults: " + "; ".join(problems))
 
     def resolved_audit_root(self) -> str:
         """The audit root, defaulting to ``<storage_root>/audit``."""

@@ -147,7 +147,9 @@ def finish_step(rt: Runtime, job: str) -> None:
         job,
         gateway=rt.settings.pushgateway_url,
         textfile_dir=rt.settings.metrics_textfile_dir,
-        grouping={"run_id": rt.run.run_id, "step": rt.run.step},
+        # One group per pipeline step, replaced by each push: gauges show the latest run, and the gateway
+        # holds a bounded set of groups (a run id in the key would grow it forever and freeze old alerts).
+        grouping={"pipeline": rt.run.pipeline or "none", "step": rt.run.step or "none"},
     )
     rt.telemetry.provider.force_flush()
 

@@ -219,6 +219,8 @@ class Runtime:
         storage: Storage | None = None,
     ) -> Runtime:
         s = settings or load_settings()
+        # In production a runtime never starts on an embedded default (local disk, sqlite, dev key).
+        s.check_production()
         rlog.configure_logging(s.log_level, s.log_format, s.pseudonymization_key.get_secret_value())
         st = storage or storage_for(s.storage_root)
         return cls(

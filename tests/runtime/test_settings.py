@@ -1,0 +1,74 @@
+"""Settings: the production guard refuses every embedded default with one line naming each."""
+
+from __future__ import annotations
+
+import pytest
+
+from aitasks.runtime.errors import ConfigurationError
+from aitasks.runtime.settings import Settings
+from aitasks.runtime.task import Runtime
+
+PROD = {
+    "env": "production",
+    "storage_root": "gs://aitasks-prod/runs",
+    "mlflow_tracking_uri": "http://mlflow.aitasks:5000",
+    "pseudonymization_key": "k-" + "x" * 30,
+    "pushgateway_url": "http://prometheus-pushgateway.monitoring:9091",
+    "feast_online_store": "redis",
+    "redis_url": "redis://:pw@feast-redis.aitasks:6379/0",
+}
+
+
+def test_complete_production_settings_pass() -> None:
+    s = Settings(**PROD)  # type: ignore[arg-type]
+    assert s.production_problems() == []
+    s.check_production()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"storage_root": ".aitasks"}, "AITASKS_STORAGE_ROOT"),
+        ({"audit_root": "/var/audit"}, "AITASKS_AUDIT_ROOT"),
+        ({"mlflow_tracking_uri": ""}, "AITASKS_MLFLOW_TRACKING_URI"),
+        ({"mlflow_tracking_uri": "sqlite:///x.db"}, "AITASKS_MLFLOW_TRACKING_URI"),
+        ({"pseudonymization_key": "aitasks-dev-only-key"}, "AITASKS_PSEUDONYMIZATION_KEY"),
+        ({"pushgateway_url": ""}, "AITASKS_PUSHGATEWAY_URL"),
+        ({"feast_online_store": "sqlite"}, "AITASKS_FEAST_ONLINE_STORE"),
+        ({"redis_url": "redis://127.0.0.1:6379/0"}, "AITASKS_REDIS_URL"),
+    ],
+)
+def test_each_embedded_default_is_refused_by_name(override: dict, named: str) -> None:
+    s = Settings(**{**PROD, **override})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError) as ei:
+        s.check_production()
+    message = str(ei.value)
+    assert named in message and "\n" not in message
+    assert not ei.value.retryable
+
+
+def test_all_defaults_are_listed_at_once_and_no_secret_is_echoed() -> None:
+    s = Settings(env="production", redis_url="redis://:hunter2@127.0.0.1:6379/0")  # type: ignore[call-arg]
+    problems = s.production_problems()
+    assert len(problems) >= 5
+    assert "hunter2" not in " ".join(problems)
+
+
+def test_dev_settings_are_not_checked() -> None:
+    Settings().check_production()
+
+
+def test_a_production_runtime_refuses_to_start(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("AITASKS_ENV", "production")
+    monkeypatch.setenv("AITASKS_STORAGE_ROOT", str(tmp_path))
+    with pytest.raises(ConfigurationError, match="AITASKS_STORAGE_ROOT"):
+        Runtime.create()
+
+
+def test_a_production_step_refuses_to_start_before_running_the_task(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from aitasks.runtime.step import run_step
+
+    monkeypatch.setenv("AITASKS_ENV", "production")
+    with pytest.raises(ConfigurationError, match="production settings at embedded defaults"):
+        run_step("run.summary", {"run_id": "r"}, ({"storage_root": str(tmp_path)}, "p", "r", "s"))
+    assert not (tmp_path / "audit").exists(), "nothing was written"
