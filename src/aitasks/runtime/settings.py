@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     #: Feast online store: ``sqlite`` (embedded) or ``redis``.
     feast_online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = DEV_REDIS_URL
+    #: Feast registry. Empty: a file registry at ``<storage_root>/feast/<project>/registry.db`` (no locking:
+    #: one writer at a time). ``postgresql://user:password@host:5432/db``: a SQL registry on PostgreSQL,
+    #: safe under concurrent applies (the URL holds a password: keep it in the step Secret).
+    feast_registry: str = ""
     #: MLflow tracking URI. Empty: a sqlite database under the storage root.
     mlflow_tracking_uri: str = ""
 
