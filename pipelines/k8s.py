@@ -37,6 +37,8 @@ SECRET_ENV: dict[str, str] = {
     "pseudonymization-key": "AITASKS_PSEUDONYMIZATION_KEY",
     # The full Redis URL, password included: never in the ConfigMap.
     "redis-url": "AITASKS_REDIS_URL",
+    # The Feast SQL registry's DSN (postgresql://user:password@host/db), when the registry is in PostgreSQL.
+    "feast-registry": "AITASKS_FEAST_REGISTRY",
 }
 
 

@@ -250,3 +250,46 @@ def test_outside_state_joins_the_key_and_the_audit(captured: CapturedRuntime) ->
     assert [r["status"] for r in recs] == ["succeeded", "idempotent_hit", "succeeded"]
     assert [r["state"] for r in recs] == [{"champion": 1}, {"champion": 1}, {"champion": 2}]
     assert recs[0]["idempotency_key"] != recs[2]["idempotency_key"]
+
+
+def test_a_retry_in_the_same_run_after_a_non_retryable_failure_fails_at_once(tmp_path: Path) -> None:
+    """KFP's retry policy retries every failure; the task stops a retry of work that cannot succeed."""
+    from aitasks.runtime.errors import FatalError, NotRetriedError
+
+    def runtime(run_id: str) -> Runtime:
+        return CapturedRuntime(tmp_path, run=RunContext(run_id=run_id)).rt
+
+    src = _source(tmp_path)
+    bad = {"source": src, "factor": 2, "fatal": True, "label": "fatal-run"}
+    with pytest.raises(FatalError):
+        scale_task(bad, runtime=runtime("kfp-run-1"))
+    assert _tasks.CALLS["fatal-run"] == 1
+    # The retry of that step in the same run: refused before the body runs, naming the first error.
+    with pytest.raises(NotRetriedError, match=r"non-retryable fatal: cannot work with token"):
+        scale_task(bad, runtime=runtime("kfp-run-1"))
+    assert _tasks.CALLS["fatal-run"] == 1, "the body did not run again"
+    # Another run (a new start after fixing the cause) runs it again; so do different inputs in the same run.
+    with pytest.raises(FatalError):
+        scale_task(bad, runtime=runtime("kfp-run-2"))
+    with pytest.raises(FatalError):
+        scale_task({**bad, "factor": 3}, runtime=runtime("kfp-run-1"))
+    assert _tasks.CALLS["fatal-run"] == 3
+
+
+def test_retryable_failures_and_local_calls_are_never_refused(tmp_path: Path) -> None:
+    from aitasks.runtime.errors import ServiceUnavailableError
+
+    src = _source(tmp_path)
+    flaky = {"source": src, "factor": 2, "fail_times": 5, "label": "flaky-run"}
+    rt = CapturedRuntime(tmp_path, run=RunContext(run_id="kfp-run-9")).rt
+    with pytest.raises(ServiceUnavailableError):
+        scale_task(flaky, runtime=rt)
+    _tasks.CALLS["flaky-run"] = 0
+    assert scale_task({**flaky, "fail_times": 0}, runtime=rt).total == 12.0
+    # Run id "local": a person at a shell may retry freely.
+    local = CapturedRuntime(tmp_path / "local", run=RunContext(run_id="local")).rt
+    bad = {"source": src, "factor": 2, "fatal": True, "label": "fatal-local"}
+    for _ in range(2):
+        with pytest.raises(Exception, match="cannot work with token"):
+            scale_task(bad, runtime=local)
+    assert _tasks.CALLS["fatal-local"] == 2

@@ -71,6 +71,16 @@ class InvalidInputError(FatalError):
         return tuple(i.field for i in self.issues)
 
 
+class NotRetriedError(FatalError):
+    """A retry (e.g. KFP's) of work whose earlier attempt in the same run failed with a non-retryable error.
+
+    KFP's retry policy retries every failure; the task stops itself: the retry fails at once with the
+    first attempt's error instead of redoing work that cannot succeed with the same inputs and code.
+    """
+
+    kind = "not_retried"
+
+
 class ConfigurationError(FatalError):
     """The platform's settings cannot work where they run (e.g. embedded defaults in production)."""
 

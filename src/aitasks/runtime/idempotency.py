@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from aitasks.runtime.errors import PreconditionFailedError
+from aitasks.runtime.hashing import sha256_text
 from aitasks.runtime.storage import LocalStorage, Storage, join_uri
 
 
@@ -48,6 +49,22 @@ class IdempotencyStore:
                 raise
             return winner, False
         return record, True
+
+    def _failure_uri(self, task: str, key: str, run_id: str) -> str:
+        return join_uri(self.root, "_idempotency", task, f"{key}.failed-{sha256_text(run_id)[:16]}.json")
+
+    def record_failure(self, task: str, key: str, run_id: str, record: dict[str, Any]) -> None:
+        """Remember that ``key`` failed for good in run ``run_id`` (a retry in that run fails at once)."""
+        data = json.dumps({**record, "run_id": run_id}, sort_keys=True, separators=(",", ":")).encode()
+        self.storage.write_bytes(self._failure_uri(task, key, run_id), data)
+
+    def failure(self, task: str, key: str, run_id: str) -> dict[str, Any] | None:
+        """The non-retryable failure of ``key`` recorded in run ``run_id``, if any."""
+        try:
+            record: dict[str, Any] = json.loads(self.storage.read_bytes(self._failure_uri(task, key, run_id)))
+        except FileNotFoundError:
+            return None
+        return record
 
     def forget(self, task: str, key: str) -> None:
         self.storage.delete(self._uri(task, key))

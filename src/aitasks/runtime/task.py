@@ -42,6 +42,7 @@ from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
     InvalidOutputError,
+    NotRetriedError,
 )
 from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
@@ -514,6 +515,19 @@ def _run_keyed(
         log.warning("task.committed_outputs_missing", note="re-running: a committed output no longer exists")
         rt.idempotency.forget(task.name, key)
 
+    # A retry of the same work in the same run (KFP's retry policy retries every failure) after a
+    # non-retryable failure: fail at once with the first error. New inputs or new code mean a new key.
+    in_run = rt.run.run_id not in ("", "local")
+    prior = rt.idempotency.failure(task.name, key, rt.run.run_id) if in_run else None
+    if prior is not None:
+        not_retried = NotRetriedError(
+            f"task {task.name!r} already failed in run {rt.run.run_id} with a non-retryable "
+            f"{prior.get('kind', 'error')}: {prior.get('message', '')} (not retried: fix the cause, start a new run)"
+        )
+        log.error("task.not_retried", first_error_kind=prior.get("kind"))
+        _finish(task, rt, span, log, t0, "failed", {**audit, "attempt": 0, "error": {"kind": not_retried.kind}})
+        raise not_retried
+
     log.info("task.started", inputs=task.canonical_inputs(params))
     workdir = join_uri(rt.settings.storage_root, "tasks", task.name, key[:32])
     attempt = 0
@@ -553,6 +567,13 @@ def _run_keyed(
             continue
         span.record_exception(err)
         log.error("task.failed", attempt=attempt, error_kind=kind, error=str(err), retryable=is_retryable(err))
+        if in_run and not is_retryable(err):
+            rt.idempotency.record_failure(
+                task.name,
+                key,
+                rt.run.run_id,
+                {"kind": kind, "message": rlog.redact(str(err), secrets=secrets), "failed_at": time.time()},
+            )
         _finish(
             task,
             rt,
