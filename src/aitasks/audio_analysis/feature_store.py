@@ -2,10 +2,12 @@
 
 It lives in the recommender's Feast project (default ``aitasks_reco``) on the same ``track`` entity,
 so a feature service can join audio features to the behavioural ones. Its offline source is one
-Parquet file, ``<repo>/offline/track_audio.parquet`` (locally under the storage root), holding one
-row per (track, analysis time); a new analysis appends rows, the same analysis twice changes
-nothing. Writing applies the view (only the view, its source and the entity: the recommender's
-objects are left alone) and materializes the new window into the online store (sqlite or Redis).
+Parquet file under the repository's data root, ``<storage_root>/feast/<project>/offline/track_audio.parquet``
+(a local path or a ``gs://`` object, like every task output), holding one row per (track, analysis
+time); a new analysis appends rows (a compare-and-swap write: two writers never lose each other's
+rows), the same analysis twice changes nothing. Writing applies the view (only the view, its source
+and the entity: the recommender's objects are left alone) and materializes the new window into the
+online store (sqlite or Redis), reading a local copy of the file.
 
 The view holds a compact, stable subset of the analysis vector (:data:`AUDIO_FEATURES`), the
 predicted class with its confidence, and the number of anomaly flags.
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -23,8 +24,11 @@ from pydantic import BaseModel, ConfigDict
 from aitasks.runtime.errors import DataFormatError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from aitasks.platform.feature_store import FeastConfig
     from aitasks.runtime.settings import Settings
+    from aitasks.runtime.storage import Storage
 
 TRACK_AUDIO_VIEW: Final = "track_audio"
 TRACK_AUDIO_FILE: Final = "track_audio.parquet"
@@ -74,23 +78,30 @@ def track_audio_config(
     return serving_config(settings, project=project, online_store=online_store)
 
 
-def offline_path(cfg: FeastConfig) -> Path:
-    """Where the view's offline rows live."""
-    return cfg.repo_dir.expanduser().absolute() / "offline" / TRACK_AUDIO_FILE
+def offline_uri(cfg: FeastConfig) -> str:
+    """Where the view's offline rows live: ``<data root>/offline/track_audio.parquet`` (local or ``gs://``)."""
+    from aitasks.platform.feature_store import OFFLINE_DIR
+
+    return cfg.data_uri(OFFLINE_DIR, TRACK_AUDIO_FILE)
 
 
 def _objects(cfg: FeastConfig) -> list[Any]:
     from feast import FeatureView, Field, FileSource
     from feast import types as ftypes
 
-    from aitasks.platform.feature_store import CREATED_FIELD, TIMESTAMP_FIELD, build_feature_repo
+    from aitasks.platform.feature_store import (
+        CREATED_FIELD,
+        TIMESTAMP_FIELD,
+        build_feature_repo,
+        offline_source_path,
+    )
 
     repo = build_feature_repo(cfg)
     dtypes = {"Float32": ftypes.Float32, "Int64": ftypes.Int64, "String": ftypes.String}
     tags = {"owner": "audio-analysis", "family": "audio_analysis"}
     source = FileSource(
         name="track_audio_source",
-        path=str(offline_path(cfg)),
+        path=offline_source_path(TRACK_AUDIO_FILE),
         timestamp_field=TIMESTAMP_FIELD,
         created_timestamp_column=CREATED_FIELD,
         description="Audio analysis of each track (aitasks.audio_analysis), one row per analysis.",
@@ -142,11 +153,18 @@ def write_track_audio(
     """
     import numpy as np
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from aitasks.platform.feature_store import CREATED_FIELD, TIMESTAMP_FIELD, open_store, quiet, service_errors
-    from aitasks.platform.files import atomic_path
+    from aitasks.platform.feature_store import (
+        CREATED_FIELD,
+        TIMESTAMP_FIELD,
+        local_offline,
+        open_store,
+        quiet,
+        service_errors,
+    )
+    from aitasks.runtime.errors import PreconditionFailedError
+    from aitasks.runtime.storage import storage_for
 
     if event_time.tzinfo is None:
         raise ValueError("event_time must be timezone-aware")
@@ -171,36 +189,59 @@ def write_track_audio(
     cols[CREATED_FIELD] = pa.array([ts] * len(ids), pa.timestamp("us", tz="UTC"))
     new = pa.table(cols)
 
-    path = offline_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
+    uri = offline_uri(cfg)
+    storage = storage_for(uri)
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        version = storage.version(uri)
+        table = _appended(storage, uri, new, ts) if version.token is not None else new
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
         try:
-            old = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-            raise DataFormatError(str(path), f"not a readable Parquet file ({type(exc).__name__})") from None
-        if old.schema.names != new.schema.names:
-            raise DataFormatError(str(path), "existing rows have another schema; migrate the file first")
-        # The same analysis time is replaced: a retried write never duplicates rows.
-        keep = pc.invert(pc.equal(old.column(TIMESTAMP_FIELD), pa.scalar(ts, pa.timestamp("us", tz="UTC"))))
-        table = pa.concat_tables([old.filter(keep), new.cast(old.schema)])
-    else:
-        table = new
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-    store = open_store(cfg)
-    with quiet(), service_errors(cfg):
-        store.apply(_objects(cfg))
-        store.materialize(ts - timedelta(seconds=1), ts + timedelta(seconds=1), feature_views=[TRACK_AUDIO_VIEW])
+            # Compare-and-swap on the version read: a concurrent writer's rows are never overwritten.
+            storage.compare_and_swap(uri, sink.getvalue().to_pybytes(), version)
+            break
+        except PreconditionFailedError:
+            if attempt == _WRITE_ATTEMPTS:
+                raise
+    with local_offline(cfg, {TRACK_AUDIO_FILE: uri}) as local:
+        store = open_store(cfg, offline=local)
+        with quiet(), service_errors(cfg):
+            store.apply(_objects(cfg))
+            store.materialize(ts - timedelta(seconds=1), ts + timedelta(seconds=1), feature_views=[TRACK_AUDIO_VIEW])
     return TrackAudioReport(
         project=cfg.project,
-        offline_path=str(path),
+        offline_path=uri,
         rows_written=new.num_rows,
         rows_total=table.num_rows,
         entities_materialized=len(set(ids)),
         event_time=ts,
         online_store=cfg.online_store.kind,
     )
+
+
+#: Compare-and-swap attempts of one offline append before a concurrent writer's change is an error.
+_WRITE_ATTEMPTS = 5
+
+
+def _appended(storage: Storage, uri: str, new: pa.Table, ts: datetime) -> pa.Table:
+    """The offline file at ``uri`` with ``new`` appended; rows of the same analysis time are replaced."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from aitasks.platform.feature_store import TIMESTAMP_FIELD
+
+    try:
+        old = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    except FileNotFoundError:
+        return new
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        raise DataFormatError(uri, f"not a readable Parquet file ({type(exc).__name__})") from None
+    if old.schema.names != new.schema.names:
+        raise DataFormatError(uri, "existing rows have another schema; migrate the file first")
+    # The same analysis time is replaced: a retried write never duplicates rows.
+    keep = pc.invert(pc.equal(old.column(TIMESTAMP_FIELD), pa.scalar(ts, pa.timestamp("us", tz="UTC"))))
+    return pa.concat_tables([old.filter(keep), new.cast(old.schema)])
 
 
 def read_track_audio(cfg: FeastConfig, track_ids: Sequence[str], features: Sequence[str]) -> dict[str, list[Any]]:

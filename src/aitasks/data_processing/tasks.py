@@ -21,6 +21,7 @@ from aitasks.runtime.task import (
     AsOfTime,
     EmptyIsNone,
     InputArtifact,
+    LogicalTimeParams,
     Metric,
     OutputArtifact,
     TaskContext,
@@ -176,13 +177,13 @@ def source_data_task(params: SourceDataParams, ctx: TaskContext) -> SourceDataRe
 # -------------------------------------------------------------------------------------- ingest
 
 
-class IngestParams(TaskModel):
+class IngestParams(LogicalTimeParams):
     events_uri: InputArtifact = Field(description="Listening events: Parquet, CSV or JSONL (local path or gs://).")
     catalog_uri: InputArtifact = Field(description="Track catalog (same formats).")
     as_of: AsOfTime = Field(
         default_factory=current_hour,
-        description="Reference time: events later than this (+5 min skew) are quarantined. Empty: the current "
-        "hour (UTC), so retries within the hour share one idempotency key.",
+        description="Reference time: events later than this (+5 min skew) are quarantined. Empty: the run's "
+        "scheduled time, else its creation time, else the current hour (UTC).",
     )
     chunk_rows: int = Field(default=65_536, ge=1_000, le=4_000_000, description="Rows per chunk (memory bound).")
     fmt: Literal["auto", "parquet", "csv", "jsonl"] = Field(default="auto", description="Input format.")
@@ -379,15 +380,17 @@ def materialize_features_task(params: MaterializeParams, ctx: TaskContext) -> Ma
     cfg = fs.config_for(
         settings=ctx.settings,
         project=params.project,
-        user_features=Path(params.user_features_uri),
-        track_features=Path(params.track_features_uri),
+        user_features=params.user_features_uri,
+        track_features=params.track_features_uri,
         online_store=params.online_store,
     )
-    applied = fs.apply_repo(cfg)
-    mat = fs.materialize(cfg, params.end)
+    # One local copy of the offline files (downloads from gs://) serves the apply checks and the reads.
+    with fs.local_offline(cfg) as offline:
+        applied = fs.apply_repo(cfg, offline=offline)
+        mat = fs.materialize(cfg, params.end, offline=offline)
     ctx.log.info("feast.materialized", project=params.project, online_store=params.online_store)
     return MaterializeResult(
-        repo_uri=str(cfg.repo_dir),
+        repo_uri=cfg.resolved_data_root(),
         feature_views=list(applied.feature_views),
         feature_services=list(applied.feature_services),
         materialized_until_epoch_s=mat.end.timestamp(),

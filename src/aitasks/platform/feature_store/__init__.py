@@ -10,6 +10,12 @@ Everything Feast needs is derived from one :class:`FeastConfig`:
   itself builds the same configuration in memory (:mod:`.config`), so a Redis password never has to
   be written to disk: the file holds ``${AITASKS_FEAST_REDIS_PASSWORD}`` instead, which Feast's loader expands
   from the environment (``os.path.expandvars``; an unset variable stays literally ``${...}``);
+* the registry is a file (local or ``gs://``; no locking) or, in production, a SQL registry on
+  PostgreSQL (``AITASKS_FEAST_REGISTRY=postgresql://...``), safe under concurrent applies;
+* offline files are storage URIs, local or ``gs://``, like every task output; sources record
+  ``offline/<file name>`` relative to the store's ``repo_path``, and each read puts local copies of
+  its files there (:func:`local_offline`: links for local files, downloads for ``gs://``, which
+  Feast's file offline store cannot read), so the registry never names one pod's disk;
 * the objects (entities ``user`` and ``track``, one ``FileSource`` per Parquet file written by
   :mod:`aitasks.data_processing.features`, the feature views ``user_features`` and
   ``track_features`` with an explicit typed schema (:mod:`.schema`), and the feature services
@@ -33,7 +39,8 @@ Semantics worth knowing:
   that names ``host:port``, never a raw redis traceback. Feast's own Redis client gets socket
   timeouts too (it keeps redis-py's default of 3 retries with backoff), so a server that dies
   mid-call fails the call in seconds instead of hanging the task.
-* Feast's file registry has no locking: run apply from one step at a time (the pipeline does).
+* Feast's file registry has no locking: run apply from one step at a time (the pipeline does), or
+  use the SQL registry.
 
 Modules: :mod:`.schema` (names), :mod:`.config`, :mod:`.repo`, :mod:`.store` (open, check,
 errors), :mod:`.apply`, :mod:`.materialization`, :mod:`.retrieval`.
@@ -45,11 +52,14 @@ instead of reaching the task's output.
 
 from aitasks.platform.feature_store.apply import ApplyReport, ObjectChange, apply_repo
 from aitasks.platform.feature_store.config import (
+    OFFLINE_DIR,
     REDIS_PASSWORD_ENV,
     FeastConfig,
     RedisOnline,
     SqliteOnline,
     config_for,
+    is_sql_registry,
+    offline_source_path,
     serving_config,
 )
 from aitasks.platform.feature_store.materialization import MaterializeReport, ViewMaterialization, materialize
@@ -68,6 +78,8 @@ from aitasks.platform.feature_store.schema import (
 )
 from aitasks.platform.feature_store.store import (
     check_online_store,
+    check_registry,
+    local_offline,
     open_store,
     quiet,
     require_offline_files,
@@ -76,6 +88,7 @@ from aitasks.platform.feature_store.store import (
 
 __all__ = [
     "CREATED_FIELD",
+    "OFFLINE_DIR",
     "REDIS_PASSWORD_ENV",
     "SERVING_SERVICE",
     "SERVING_USER_FEATURES",
@@ -96,9 +109,13 @@ __all__ = [
     "apply_repo",
     "build_feature_repo",
     "check_online_store",
+    "check_registry",
     "config_for",
     "historical_features",
+    "is_sql_registry",
+    "local_offline",
     "materialize",
+    "offline_source_path",
     "online_features",
     "open_store",
     "quiet",

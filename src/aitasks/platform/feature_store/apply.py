@@ -2,18 +2,27 @@
 
 A dry run (``FeatureStore.plan``) computes what would change; when nothing would, the registry is
 not written at all. Feast's file registry has no locking: run apply from one step at a time (the
-pipeline does).
+pipeline does). A SQL registry writes each object in its own transaction, so concurrent applies are
+safe; two first applies racing to create the same object collide on its key, and the loser plans
+again (the winner's objects are then there) instead of failing.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from aitasks.platform.feature_store.config import FeastConfig
 from aitasks.platform.feature_store.repo import FeatureRepo, build_feature_repo
-from aitasks.platform.feature_store.store import open_store, quiet, require_offline_files, service_errors
+from aitasks.platform.feature_store.store import (
+    local_offline,
+    open_store,
+    quiet,
+    require_offline_files,
+    service_errors,
+)
 
 __all__ = ["ApplyReport", "ObjectChange", "apply_repo"]
 
@@ -66,7 +75,11 @@ class ApplyReport(BaseModel):
     changed: bool
 
 
-def apply_repo(cfg: FeastConfig, repo: FeatureRepo | None = None) -> ApplyReport:
+#: A first apply that lost a race on a SQL registry plans again this often before giving up.
+_APPLY_ATTEMPTS = 3
+
+
+def apply_repo(cfg: FeastConfig, repo: FeatureRepo | None = None, *, offline: Path | None = None) -> ApplyReport:
     """Register the repository's objects and create their online tables; idempotent.
 
     A dry run (``FeatureStore.plan``) computes what would change; when nothing would, the registry
@@ -75,20 +88,43 @@ def apply_repo(cfg: FeastConfig, repo: FeatureRepo | None = None) -> ApplyReport
     Args:
         cfg: The configuration.
         repo: Objects from :func:`build_feature_repo` (built here when ``None``).
+        offline: Local copies of the offline files (:func:`local_offline`); made here when ``None``.
 
     Returns:
         The report.
 
     Raises:
-        ServiceUnavailableError: The Redis online store is unreachable.
+        ServiceUnavailableError: The SQL registry or the Redis online store is unreachable.
         DataFormatError: A feature Parquet file is missing or lacks a declared column.
     """
+    if offline is None:
+        with local_offline(cfg) as local:
+            return apply_repo(cfg, repo, offline=local)
+    repo = repo or build_feature_repo(cfg)
+    require_offline_files(cfg, offline)
+    for attempt in range(1, _APPLY_ATTEMPTS + 1):
+        try:
+            return _apply_once(cfg, repo, offline)
+        except Exception as exc:
+            if attempt == _APPLY_ATTEMPTS or not _lost_a_race(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """A SQL registry insert that another writer's insert of the same key beat."""
+    if type(exc).__name__ != "IntegrityError":
+        return False
+    import sqlalchemy.exc
+
+    return isinstance(exc, sqlalchemy.exc.IntegrityError)
+
+
+def _apply_once(cfg: FeastConfig, repo: FeatureRepo, offline: Path) -> ApplyReport:
     from feast.diff.property_diff import TransitionType
     from feast.repo_contents import RepoContents
 
-    repo = repo or build_feature_repo(cfg)
-    require_offline_files(cfg)
-    store = open_store(cfg)
+    store = open_store(cfg, offline=offline)
     contents = RepoContents(
         projects=[repo.project],
         data_sources=[repo.user_source, repo.track_source],

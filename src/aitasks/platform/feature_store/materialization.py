@@ -8,20 +8,30 @@ reads the window ``[start, end]`` inclusive on both sides and writes the latest 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from aitasks.platform.feature_store.config import FeastConfig
+from aitasks.platform.feature_store.config import OFFLINE_DIR, FeastConfig
 from aitasks.platform.feature_store.schema import (
     ENTITY_KEYS,
     TASK,
     TIMESTAMP_FIELD,
     TRACK_FEATURE_VIEW,
+    TRACK_FILE,
     USER_FEATURE_VIEW,
+    USER_FILE,
 )
-from aitasks.platform.feature_store.store import open_store, quiet, require_offline_files, service_errors
+from aitasks.platform.feature_store.store import (
+    local_offline,
+    open_store,
+    quiet,
+    require_offline_files,
+    service_errors,
+)
 from aitasks.runtime.errors import FatalError, FieldIssue, InvalidInputError
 
 __all__ = ["MaterializeReport", "ViewMaterialization", "materialize"]
@@ -85,7 +95,18 @@ def _window_counts(path: Path, key: str, start: datetime, end: datetime) -> tupl
     return window.num_rows, len(pc.unique(window.column(key)))
 
 
-def materialize(cfg: FeastConfig, end: datetime, *, start: datetime | None = None) -> MaterializeReport:
+@contextmanager
+def _offline(cfg: FeastConfig, given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        yield given
+        return
+    with local_offline(cfg) as local:
+        yield local
+
+
+def materialize(
+    cfg: FeastConfig, end: datetime, *, start: datetime | None = None, offline: Path | None = None
+) -> MaterializeReport:
     """Copy the latest feature row per entity into the online store, incrementally.
 
     Without ``start``, each view continues from the end of its previous materialization
@@ -97,28 +118,36 @@ def materialize(cfg: FeastConfig, end: datetime, *, start: datetime | None = Non
         cfg: The configuration (the repository must have been applied).
         end: Window end, timezone-aware.
         start: Window start, timezone-aware; ``None`` for incremental.
+        offline: Local copies of the offline files (:func:`local_offline`); made here when ``None``
+            (a ``gs://`` file is downloaded: Feast's file offline store reads local files only).
 
     Returns:
         The report.
 
     Raises:
         InvalidInputError: A naive datetime, or ``start`` after ``end``.
-        ServiceUnavailableError: The Redis online store is unreachable.
+        ServiceUnavailableError: The SQL registry or the Redis online store is unreachable.
         DataFormatError: A feature Parquet file is missing or lacks a declared column.
         FatalError: The repository was never applied.
     """
     _aware("end", end)
     if start is not None and _aware("start", start) > end:
         raise InvalidInputError(TASK, [FieldIssue("start", "must not be after 'end'")])
+    with _offline(cfg, offline) as local:
+        return _materialize(cfg, end, start, local)
+
+
+def _materialize(cfg: FeastConfig, end: datetime, start: datetime | None, offline: Path) -> MaterializeReport:
     from feast.errors import FeatureViewNotFoundException
     from feast.utils import make_tzaware
 
-    require_offline_files(cfg)
-    store = open_store(cfg)
+    require_offline_files(cfg, offline)
+    store = open_store(cfg, offline=offline)
     views: list[ViewMaterialization] = []
     for name in (USER_FEATURE_VIEW, TRACK_FEATURE_VIEW):
         try:
-            fv = store.get_feature_view(name)
+            with service_errors(cfg):
+                fv = store.get_feature_view(name)
         except (FeatureViewNotFoundException, FileNotFoundError):  # no view, or no registry at all
             raise FatalError(
                 f"feature view {name!r} is not registered in {cfg.project!r}: apply the repo first"
@@ -137,7 +166,8 @@ def materialize(cfg: FeastConfig, end: datetime, *, start: datetime | None = Non
                 )
             )
             continue
-        rows, entities = _window_counts(cfg.offline_file(name), ENTITY_KEYS[name], window_start, end)
+        local = offline / OFFLINE_DIR / {USER_FEATURE_VIEW: USER_FILE, TRACK_FEATURE_VIEW: TRACK_FILE}[name]
+        rows, entities = _window_counts(local, ENTITY_KEYS[name], window_start, end)
         with quiet(), service_errors(cfg):
             if start is None and previous is not None:
                 store.materialize_incremental(end, feature_views=[name])

@@ -1,9 +1,10 @@
 """The repository's Feast objects, defined in code (never discovered by scanning Python files).
 
 Entities ``user`` and ``track``, one ``FileSource`` per Parquet file written by
-:mod:`aitasks.data_processing.features`, the feature views ``user_features`` and
-``track_features`` with an explicit typed schema, and the feature services ``reco_training`` and
-``reco_serving``.
+:mod:`aitasks.data_processing.features` (recorded as ``offline/<file name>``, relative to the
+store's ``repo_path``: see :func:`~aitasks.platform.feature_store.config.offline_source_path`), the
+feature views ``user_features`` and ``track_features`` with an explicit typed schema, and the
+feature services ``reco_training`` and ``reco_serving``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitasks.data_processing.contract import CONTRACT_VERSION
-from aitasks.platform.feature_store.config import FeastConfig, SqliteOnline, render
+from aitasks.platform.feature_store.config import FeastConfig, SqliteOnline, offline_source_path, render
 from aitasks.platform.feature_store.schema import (
     CREATED_FIELD,
     SERVING_SERVICE,
@@ -21,9 +22,11 @@ from aitasks.platform.feature_store.schema import (
     TIMESTAMP_FIELD,
     TRACK_FEATURE_VIEW,
     TRACK_FEATURES,
+    TRACK_FILE,
     TRAINING_SERVICE,
     USER_FEATURE_VIEW,
     USER_FEATURES,
+    USER_FILE,
 )
 
 if TYPE_CHECKING:
@@ -87,7 +90,8 @@ def build_feature_repo(cfg: FeastConfig) -> FeatureRepo:
     """Write ``feature_store.yaml`` and define the repository's objects.
 
     The YAML is rewritten only when its content changes (atomic replace). It never holds a
-    password: a Redis password appears as ``${AITASKS_FEAST_REDIS_PASSWORD}``.
+    password: a Redis password appears as ``${AITASKS_FEAST_REDIS_PASSWORD}``, a SQL registry's is
+    left out (libpq reads ``PGPASSWORD``).
 
     Args:
         cfg: The configuration.
@@ -103,7 +107,7 @@ def build_feature_repo(cfg: FeastConfig) -> FeatureRepo:
 
     repo_dir = cfg.repo_dir.expanduser().absolute()
     repo_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.resolved_registry_path().startswith("gs://"):
+    if cfg.registry_kind == "file" and not cfg.resolved_registry_path().startswith("gs://"):
         Path(cfg.resolved_registry_path()).parent.mkdir(parents=True, exist_ok=True)
     if isinstance(cfg.online_store, SqliteOnline):
         cfg.online_store.path.expanduser().absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +125,7 @@ def build_feature_repo(cfg: FeastConfig) -> FeatureRepo:
     )
     user_source = FileSource(
         name="user_features_source",
-        path=str(cfg.offline_file(USER_FEATURE_VIEW)),
+        path=offline_source_path(USER_FILE),
         timestamp_field=TIMESTAMP_FIELD,
         created_timestamp_column=CREATED_FIELD,
         description="Daily user feature snapshots (aitasks.data_processing.features).",
@@ -129,7 +133,7 @@ def build_feature_repo(cfg: FeastConfig) -> FeatureRepo:
     )
     track_source = FileSource(
         name="track_features_source",
-        path=str(cfg.offline_file(TRACK_FEATURE_VIEW)),
+        path=offline_source_path(TRACK_FILE),
         timestamp_field=TIMESTAMP_FIELD,
         created_timestamp_column=CREATED_FIELD,
         description="Daily track feature snapshots (aitasks.data_processing.features).",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aitasks.platform.feature_store.config import FeastConfig
 from aitasks.platform.feature_store.schema import SERVING_SERVICE, TASK, TIMESTAMP_FIELD, TRAINING_SERVICE
-from aitasks.platform.feature_store.store import open_store, quiet, service_errors
+from aitasks.platform.feature_store.store import local_offline, open_store, quiet, service_errors
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ def historical_features(
         entity_df: ``event_timestamp`` (timezone-aware) plus the join keys the service needs
             (``user_id``, ``track_id``); other columns (labels) pass through.
         feature_service: Feature service name.
-        store: An open store to reuse (:func:`open_store`).
+        store: An open store to reuse, opened with ``offline=`` local copies of the files
+            (:func:`open_store`, :func:`local_offline`); without one, the files are put in a temp
+            directory for this call.
         partial: Only the service's views whose join keys ``entity_df`` has (users alone, tracks
             alone); otherwise a missing join key is an error.
 
@@ -59,14 +61,18 @@ def historical_features(
     """
     import pandas as pd
 
+    if store is None:
+        with local_offline(cfg) as local:
+            opened = open_store(cfg, check=False, offline=local)
+            return historical_features(cfg, entity_df, feature_service, store=opened, partial=partial)
     issues: list[FieldIssue] = []
     if TIMESTAMP_FIELD not in entity_df.columns:
         issues.append(FieldIssue(f"entity_df.{TIMESTAMP_FIELD}", "missing column"))
     elif not isinstance(entity_df[TIMESTAMP_FIELD].dtype, pd.DatetimeTZDtype):
         issues.append(FieldIssue(f"entity_df.{TIMESTAMP_FIELD}", "must be a timezone-aware datetime column"))
-    store = store or open_store(cfg, check=False)
-    service = store.get_feature_service(feature_service)
-    parts = _service_parts(store, service)
+    with service_errors(cfg):
+        service = store.get_feature_service(feature_service)
+        parts = _service_parts(store, service)
     if partial:
         parts = [p for p in parts if set(p[0]) <= set(entity_df.columns)] or parts
     needed = {k for keys, _, _ in parts for k in keys}
@@ -80,7 +86,7 @@ def historical_features(
     out = entity_df.reset_index(drop=True)
     for keys, view, names in parts:
         part = out[[*keys, TIMESTAMP_FIELD]].assign(**{order: range(len(out))})
-        with quiet():
+        with quiet(), service_errors(cfg):
             got = store.get_historical_features(entity_df=part, features=[f"{view}:{n}" for n in names]).to_df()
         if not got[order].is_unique:
             raise RuntimeError(f"Feast returned several rows for one entity row of view {view!r}")
