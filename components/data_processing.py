@@ -44,6 +44,8 @@ def ingest_events(
     catalog: Input[Dataset],
     as_of: str,
     chunk_rows: int,
+    scheduled_time: str,
+    run_created_time: str,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -57,7 +59,14 @@ def ingest_events(
 
     res = run_step(
         "data.ingest",
-        {"events_uri": events, "catalog_uri": catalog, "as_of": as_of, "chunk_rows": chunk_rows},
+        {
+            "events_uri": events,
+            "catalog_uri": catalog,
+            "as_of": as_of,
+            "chunk_rows": chunk_rows,
+            "scheduled_time": scheduled_time,
+            "run_created_time": run_created_time,
+        },
         (run_context, pipeline, run_id, step),
         outputs={"good_uri": good_events, "quarantine_uri": quarantine},
         metrics=metrics,

@@ -74,6 +74,9 @@ class StepSpec:
         cache: False for steps whose result depends on state the KFP cache cannot see (an external
             store, a registry alias, a URI whose content may change under the same name).
         gpu: Schedule on the GPU pool (accelerator, node selector, toleration).
+        logical_time: The step's task takes an ``as_of`` logical time: it also receives the run's
+            scheduled and creation times (KFP placeholders, whole string inputs), so an empty ``as_of``
+            resolves to the same time in every retry of the run.
     """
 
     component: Any
@@ -86,9 +89,16 @@ class StepSpec:
     retries: int = 0
     cache: bool = True
     gpu: bool = False
+    logical_time: bool = False
 
     def __call__(self, run: PipelineRun, **inputs: Any) -> PipelineTask:
         """Add this step to the pipeline being defined, with ``inputs`` plus the run context."""
+        if self.logical_time:
+            inputs = {
+                **inputs,
+                "scheduled_time": dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER,
+                "run_created_time": dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER,
+            }
         task = self.component(
             **inputs,
             run_context=run.run_context,

@@ -34,7 +34,9 @@ SUMMARY = StepSpec(summarize_run, "run.summary", "summary", cache=False)
 # The source step reads URIs whose content may change under the same name: never served from cache
 # (the task's own idempotency key covers content hashes).
 SOURCE = StepSpec(source_data, "data.source", "source", retries=2, cache=False)
-INGEST = StepSpec(ingest_events, "data.ingest", "ingest", memory="2Gi", memory_limit="4Gi", retries=2)
+INGEST = StepSpec(
+    ingest_events, "data.ingest", "ingest", memory="2Gi", memory_limit="4Gi", retries=2, logical_time=True
+)
 FEATURES = StepSpec(compute_features, "data.features", "features", cpu="1", memory="4Gi", memory_limit="8Gi")
 # Materializing writes to an external online store: state the cache cannot see.
 MATERIALIZE = StepSpec(materialize_features, "feast.materialize", "materialize", retries=3, cache=False)

@@ -293,3 +293,42 @@ def test_retryable_failures_and_local_calls_are_never_refused(tmp_path: Path) ->
         with pytest.raises(Exception, match="cannot work with token"):
             scale_task(bad, runtime=local)
     assert _tasks.CALLS["fatal-local"] == 2
+
+
+def test_logical_time_comes_from_the_run_not_the_wall_clock() -> None:
+    from datetime import UTC, datetime
+
+    from aitasks.runtime.task import AsOfTime, LogicalTimeParams
+
+    class P(LogicalTimeParams):
+        as_of: AsOfTime = None  # type: ignore[assignment]
+
+    sched, created = "2026-12-01T03:00:00Z", "2026-12-01T03:00:07.123Z"
+    assert P.model_validate({"as_of": "2026-11-30T00:00:00Z", "scheduled_time": sched}).as_of.day == 30
+    assert P.model_validate({"as_of": "", "scheduled_time": sched, "run_created_time": created}).as_of == datetime(
+        2026, 12, 1, 3, tzinfo=UTC
+    )
+    # A one-off run: KFP leaves the schedule time at the epoch; the run's creation time decides.
+    one_off = P.model_validate({"scheduled_time": "1970-01-01T00:00:00Z", "run_created_time": created})
+    assert one_off.as_of.second == 7
+    # kfp.local leaves the placeholders unresolved: the current hour, as for a direct call.
+    local = P.model_validate(
+        {
+            "scheduled_time": "{{$.pipeline_job_schedule_time_utc}}",
+            "run_created_time": "{{$.pipeline_job_create_time_utc}}",
+        }
+    )
+    assert local.as_of.minute == 0 and local.as_of.tzinfo is not None
+    # The run times decide as_of only: they are not inputs of their own (not in the key, not refused).
+    assert set(one_off.model_dump()) == {"as_of"}
+
+
+def test_ingest_gets_the_run_times_in_the_compiled_pipeline(tmp_path: Path) -> None:
+    import yaml
+
+    from pipelines.cli import compile_pipeline
+
+    spec = next(yaml.safe_load_all(compile_pipeline("data-pipeline", tmp_path).read_text()))
+    params = spec["root"]["dag"]["tasks"]["ingest-events"]["inputs"]["parameters"]
+    assert params["scheduled_time"]["runtimeValue"]["constant"] == "{{$.pipeline_job_schedule_time_utc}}"
+    assert params["run_created_time"]["runtimeValue"]["constant"] == "{{$.pipeline_job_create_time_utc}}"

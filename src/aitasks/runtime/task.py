@@ -34,7 +34,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from aitasks.runtime import logging as rlog
 from aitasks.runtime.audit import AuditLog, StorageAuditLog, open_audit
@@ -130,6 +138,40 @@ def _as_of(value: Any) -> Any:
 #: A run's reference time: an ISO 8601 time with timezone, or empty for the current hour (UTC). It is
 #: resolved when the input is validated, so the resolved time joins the idempotency key.
 AsOfTime = Annotated[AwareDatetime, BeforeValidator(_as_of)]
+
+
+def _real_time(value: Any) -> bool:
+    """A resolved, plausible run time: not empty, not an unresolved KFP placeholder, not the epoch."""
+    if not isinstance(value, str) or not value or value.startswith("{{"):
+        return False
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None and parsed.year > 1970
+
+
+class LogicalTimeParams(TaskModel):
+    """Inputs with an ``as_of`` logical time, resolved once per run so every retry shares one key.
+
+    ``as_of`` given: it wins. Otherwise the step's ``scheduled_time`` (a recurring run's scheduled time,
+    KFP placeholder ``{{$.pipeline_job_schedule_time_utc}}``), else ``run_created_time`` (a one-off run's
+    creation time), else the current hour (direct calls). The two run times are not inputs of their own:
+    they only decide ``as_of``, which joins the idempotency key.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _logical_time(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        scheduled, created = data.pop("scheduled_time", ""), data.pop("run_created_time", "")
+        if not data.get("as_of"):
+            chosen = next((t for t in (scheduled, created) if _real_time(t)), None)
+            if chosen is not None:
+                data["as_of"] = chosen
+        return data
 
 
 def _empty_to_none(value: Any) -> Any:
