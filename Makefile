@@ -7,9 +7,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# checkov pins dependencies that conflict with the project lock: it lives in its own tools venv.
+# checkov pins dependencies that conflict with the project lock: it lives in its own tools venv,
+# with zizmor (the GitHub Actions workflow linter).
 TOOLS   ?= .venv-tools
 CHECKOV := $(TOOLS)/bin/checkov
+ZIZMOR  := $(TOOLS)/bin/zizmor
 # Arguments passed through to pytest, e.g. `make test PYTEST_ARGS="-k audit -x"`.
 PYTEST_ARGS ?=
 
@@ -21,10 +23,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) install -q -c requirements.lock -e ".[dev]"
 	@touch $(STAMP)
 
-$(CHECKOV):
-	$(PYTHON) -m venv $(TOOLS)
+$(CHECKOV) $(ZIZMOR):
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q --upgrade "pip>=24"
-	$(TOOLS)/bin/pip install -q "checkov==3.3.30"
+	$(TOOLS)/bin/pip install -q "checkov==3.3.30" "zizmor==1.32.0"
 
 .PHONY: help
 help: ## Show this help
@@ -70,15 +72,21 @@ docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry
 	$(PY) -m aitasks.cli docs
 
 .PHONY: lint
-lint: $(STAMP) $(CHECKOV) ## ruff, mypy, hadolint, manifests rendered and checked (kubernetes-validate, checkov)
+lint: $(STAMP) $(CHECKOV) $(ZIZMOR) ## ruff, mypy, hadolint, zizmor, manifests rendered and checked (kubernetes-validate, checkov)
 	$(VENV)/bin/ruff check src components pipelines tests bench
 	$(VENV)/bin/ruff format --check src components pipelines tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
+	$(ZIZMOR) --offline --persona=pedantic .github/workflows/
 	@mkdir -p build/manifests
 	kubectl kustomize manifests/overlays/dev > build/manifests/dev.yaml
 	kubectl kustomize manifests/overlays/prod > build/manifests/prod.yaml
+	kubectl kustomize manifests/runs/standalone/dev > build/manifests/runs-standalone-dev.yaml
+	kubectl kustomize manifests/runs/standalone/prod > build/manifests/runs-standalone-prod.yaml
+	kubectl kustomize manifests/runs/multi-user/dev > build/manifests/runs-multi-user-dev.yaml
+	kubectl kustomize manifests/runs/multi-user/prod > build/manifests/runs-multi-user-prod.yaml
 	$(CHECKOV) --config-file manifests/.checkov.yaml -d build/manifests
+	$(PY) -m tests.manifests.digests
 	$(PY) -m pytest -q -p no:cacheprovider tests/manifests tests/images
 
 .PHONY: format
