@@ -546,3 +546,18 @@ def test_model_params_keeps_scalars_only() -> None:
     meta = {"params": {"lr": 0.1, "epochs": 3, "device": "cpu", "labels": ["a", "b"], "extra": None}}
     assert model_params(meta) == {"lr": 0.1, "epochs": 3, "device": "cpu"}
     assert model_params({}) == {}
+
+
+def test_embedded_registry_writes_only_under_the_storage_root(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``./mlruns`` in the working directory: runs, artifacts and the database live under the root."""
+    from aitasks.runtime.settings import Settings
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cfg = reg.registry_config(Settings(storage_root=str(tmp_path / "root")), model_name="reco-test")
+    v = register(cfg, model_dir)
+    assert list(cwd.iterdir()) == [], f"written to the working directory: {list(cwd.iterdir())}"
+    assert local_source(v.source).is_relative_to(tmp_path / "root" / "mlflow")
