@@ -52,9 +52,11 @@ def ingest_events(
     step: str,
     good_events: Output[Dataset],
     quarantine: Output[Dataset],
+    catalog_out: Output[Dataset],
     metrics: Output[Metrics],
 ) -> NamedTuple("IngestOutputs", [("good_rows", int), ("quarantined_rows", int)]):
-    """Validate listening events chunk by chunk; good rows and a quarantine file with a reason per row."""
+    """Validate listening events chunk by chunk; good rows, a quarantine file with a reason per row, and
+    the validated catalog as Parquet (whatever format it came in)."""
     from aitasks.runtime.step import run_step
 
     res = run_step(
@@ -68,7 +70,7 @@ def ingest_events(
             "run_created_time": run_created_time,
         },
         (run_context, pipeline, run_id, step),
-        outputs={"good_uri": good_events, "quarantine_uri": quarantine},
+        outputs={"good_uri": good_events, "quarantine_uri": quarantine, "catalog_uri": catalog_out},
         metrics=metrics,
     )
     return res.good_rows, res.quarantined_rows

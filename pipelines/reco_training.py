@@ -71,7 +71,7 @@ def reco_training(
         tset = steps.TRAINING_SET(
             run,
             events=data.ingest.outputs["good_events"],
-            catalog=data.source.outputs["tracks_out"],
+            catalog=data.ingest.outputs["catalog_out"],
             user_features=data.features.outputs["user_features"],
             track_features=data.features.outputs["track_features"],
             project=feast_project,

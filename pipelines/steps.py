@@ -155,7 +155,8 @@ def data_steps(
     feats = FEATURES(
         run,
         events=ingest.outputs["good_events"],
-        catalog=src.outputs["tracks_out"],
+        # The validated catalog, normalised to Parquet by ingest (the source may be CSV or JSON Lines).
+        catalog=ingest.outputs["catalog_out"],
         lookback_days=lookback_days,
         half_life_days=half_life_days,
     )

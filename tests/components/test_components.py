@@ -135,11 +135,14 @@ def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
         catalog=tracks,
         as_of="2026-10-11T00:00:00Z",
         chunk_rows=1_000,
+        scheduled_time="",
+        run_created_time="",
         **ctx,
         run_id="r1",
         step="ingest-events",
         good_events=good,
         quarantine=quarantine,
+        catalog_out=_artifact(Dataset, tmp_path, "catalog"),
         metrics=metrics,
     )
     # The result's Metric fields reach the KFP Metrics artifact; reasons are spread per key.
@@ -265,3 +268,72 @@ def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
     # A bundle output is a directory with its manifest; the storage URI rides along as metadata.
     assert (Path(analysis.path) / "MANIFEST.json").is_file()
     assert analysis.metadata["stable_uri"].endswith("MANIFEST.json")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_every_documented_format_goes_through_source_ingest_and_features(tmp_path: Path, fmt: str) -> None:
+    """Events and catalog in any documented format: ingest normalises the catalog to Parquet for later steps."""
+    from datetime import UTC, datetime
+
+    import pyarrow.parquet as pq
+
+    from aitasks.data_processing.generator import generate_dataset
+    from components.data_processing import compute_features, ingest_events, source_data
+
+    ds = generate_dataset(
+        tmp_path / "external",
+        seed=5,
+        users=40,
+        tracks=90,
+        events=3_000,
+        start=datetime(2026, 10, 1, tzinfo=UTC),
+        days=8,
+        fmt=fmt,  # type: ignore[arg-type]
+    )
+    ctx = {"run_context": {"storage_root": str(tmp_path / "store")}, "pipeline": "unit", "run_id": f"r-{fmt}"}
+    events, tracks = _artifact(Dataset, tmp_path, "events"), _artifact(Dataset, tmp_path, "tracks")
+    source_data.python_func(
+        events_uri=str(ds.events_path),
+        catalog_uri=str(ds.tracks_path),
+        synthetic={"seed": 1},  # unused with URIs; the pipeline always hands its whole default
+        **ctx,
+        step="source-data",
+        events_out=events,
+        tracks_out=tracks,
+    )
+    assert events.metadata["synthetic"] is False
+    good, quarantine, catalog, metrics = (
+        _artifact(Dataset, tmp_path, "good"),
+        _artifact(Dataset, tmp_path, "quarantine"),
+        _artifact(Dataset, tmp_path, "catalog"),
+        _artifact(Metrics, tmp_path, "metrics"),
+    )
+    good_rows, quarantined = ingest_events.python_func(
+        events=events,
+        catalog=tracks,
+        as_of="2026-10-09T00:00:00Z",
+        chunk_rows=1_000,
+        scheduled_time="",
+        run_created_time="",
+        **ctx,
+        step="ingest-events",
+        good_events=good,
+        quarantine=quarantine,
+        catalog_out=catalog,
+        metrics=metrics,
+    )
+    assert good_rows == 3_000 and quarantined == 0
+    assert pq.read_table(catalog.path).num_rows == 90, "the catalog came out as Parquet"
+    users, track_feats = _artifact(Dataset, tmp_path, "users"), _artifact(Dataset, tmp_path, "track_feats")
+    last = compute_features.python_func(
+        events=good,
+        catalog=catalog,
+        lookback_days=7,
+        half_life_days=7.0,
+        **ctx,
+        step="compute-features",
+        user_features=users,
+        track_features=track_feats,
+        metrics=_artifact(Metrics, tmp_path, "fmetrics"),
+    )
+    assert last.startswith("2026-10-") and pq.read_table(track_feats.path).num_rows > 0

@@ -503,7 +503,7 @@ def _write_catalog(path: Path, rows: list[dict[str, Any]]) -> Path:
     ("change", "problem"),
     [
         (lambda rs: rs.append(dict(rs[0])), "duplicate track_id 't1'"),
-        (lambda rs: rs[2].update(genre="polka"), "first at row 2: genre not one of GENRES"),
+        (lambda rs: rs[2].update(genre="polka"), "first at row 2: genre 'polka' is not one of the contract's genres"),
         (lambda rs: rs[1].update(duration_ms=0), "duration_ms outside"),
         (lambda rs: rs[1].update(release_year=1850), "release_year outside"),
         (lambda rs: rs[3].update(artist_id="a b"), "artist_id breaks the id rule"),

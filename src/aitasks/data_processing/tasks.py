@@ -192,6 +192,8 @@ class IngestParams(LogicalTimeParams):
 class IngestResult(TaskModel):
     good_uri: OutputArtifact
     quarantine_uri: OutputArtifact
+    #: The validated catalog as Parquet, whatever format it came in (CSV, JSON Lines, Parquet).
+    catalog_uri: OutputArtifact
     input_rows: Annotated[int, Metric()]
     good_rows: Annotated[int, Metric()]
     quarantined_rows: Annotated[int, Metric()]
@@ -201,6 +203,8 @@ class IngestResult(TaskModel):
     def artifact_metadata(self, field: str) -> dict[str, Any]:
         if field == "quarantine_uri":
             return {"rows": self.quarantined_rows, "reasons": self.reasons}
+        if field == "catalog_uri":
+            return {"format": "parquet"}
         return {"rows": self.good_rows}
 
 
@@ -211,27 +215,32 @@ def ingest_events_task(params: IngestParams, ctx: TaskContext) -> IngestResult:
     EN: Reads events in chunks (memory stays flat), validates every row against the data contract
     (types, ranges, nulls, unknown tracks, duplicate event ids across the whole input, future
     timestamps), writes the good rows and a quarantine file with one reason per bad row. Counts
-    reconcile: input = good + quarantined. A file that is not what it claims fails with a clear error.
+    reconcile: input = good + quarantined. The validated catalog is written as Parquet, whatever format
+    it came in, for every later step. A file that is not what it claims fails with a clear error.
     FR: Lit les événements par blocs (mémoire constante), valide chaque ligne selon le contrat de données
     (types, bornes, valeurs nulles, titres inconnus, identifiants d'événement en double sur toute
     l'entrée, horodatages futurs), écrit les lignes valides et un fichier de quarantaine avec un motif
     par ligne rejetée. Les comptes concordent : entrée = valides + quarantaine. Un fichier qui n'est pas
-    ce qu'il prétend être échoue avec une erreur claire.
+    ce qu'il prétend être échoue avec une erreur claire. Le catalogue validé est écrit en Parquet, quel
+    que soit son format d'entrée, pour toutes les étapes suivantes.
     DE: Liest Ereignisse blockweise (konstanter Speicher), prüft jede Zeile gegen den Datenvertrag
     (Typen, Wertebereiche, Nullwerte, unbekannte Titel, doppelte Ereignis-IDs über die gesamte Eingabe,
     Zeitstempel in der Zukunft) und schreibt die gültigen Zeilen sowie eine Quarantänedatei mit einem
     Grund je abgewiesener Zeile. Die Zählungen gehen auf: Eingabe = gültig + Quarantäne. Eine Datei, die
-    nicht ist, was sie vorgibt, scheitert mit einer klaren Fehlermeldung.
+    nicht ist, was sie vorgibt, scheitert mit einer klaren Fehlermeldung. Der geprüfte Katalog wird, in
+    welchem Format er auch kam, als Parquet für alle folgenden Schritte geschrieben.
     """
     from aitasks.data_processing.etl import ingest_events
 
     good_uri = ctx.output_uri("events.good.parquet")
     quarantine_uri = ctx.output_uri("events.quarantine.parquet")
+    catalog_uri = ctx.output_uri("catalog.parquet")
     with (
         local_copy(params.events_uri, ctx.storage) as src,
         local_copy(params.catalog_uri, ctx.storage) as catalog,
         ctx.publish(good_uri) as good,
         ctx.publish(quarantine_uri) as quarantine,
+        ctx.publish(catalog_uri) as catalog_out,
     ):
         report = ingest_events(
             src,
@@ -242,6 +251,7 @@ def ingest_events_task(params: IngestParams, ctx: TaskContext) -> IngestResult:
             chunk_rows=params.chunk_rows,
             fmt=params.fmt,
             source_uri=params.events_uri,
+            catalog_out=catalog_out,
         )
     ctx.log.info(
         "data.ingested",
@@ -253,6 +263,7 @@ def ingest_events_task(params: IngestParams, ctx: TaskContext) -> IngestResult:
     return IngestResult(
         good_uri=good_uri,
         quarantine_uri=quarantine_uri,
+        catalog_uri=catalog_uri,
         input_rows=report.input_rows,
         good_rows=report.good_rows,
         quarantined_rows=report.quarantined_rows,

@@ -94,5 +94,14 @@ def _validate_catalog_chunk(chunk: _Chunk, now: datetime | None, name: str) -> p
     bad = parsed.filter(pl.col("_reason").is_not_null())
     if bad.height:
         first = bad.row(0, named=True)
-        raise DataFormatError(name, f"catalog: {bad.height} bad rows; first at row {first['_row']}: {first['_reason']}")
+        reason = first["_reason"]
+        if reason == "genre not one of GENRES":
+            # Name the value and the rule: which genres the catalog has that the contract lacks.
+            unknown = sorted(set(bad.filter(pl.col("_reason") == reason)["genre"].to_list()))
+            reason = (
+                f"genre {first['genre']!r} is not one of the contract's genres ({', '.join(GENRES)}); "
+                f"unknown genres in this chunk: {', '.join(map(repr, unknown[:10]))}"
+                + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            )
+        raise DataFormatError(name, f"catalog: {bad.height} bad rows; first at row {first['_row']}: {reason}")
     return pa.Table.from_arrays([parsed[f.name].to_arrow().cast(f.type) for f in TRACKS_SCHEMA], schema=TRACKS_SCHEMA)

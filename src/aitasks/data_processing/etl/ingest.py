@@ -68,6 +68,7 @@ def ingest_events(
     chunk_rows: int = 65_536,
     fmt: Literal["auto", "parquet", "csv", "jsonl"] = "auto",
     source_uri: str | None = None,
+    catalog_out: Path | None = None,
 ) -> IngestReport:
     """Validate listening events chunk by chunk; write good rows and a quarantine file.
 
@@ -81,6 +82,8 @@ def ingest_events(
         chunk_rows: Rows per chunk; bounds the memory.
         fmt: Format of ``source``, or ``auto`` to detect it from the content.
         source_uri: Name of the source in errors and reports (default: the path).
+        catalog_out: Where to write the validated catalog as Parquet (``TRACKS_SCHEMA``), replaced
+            atomically: later steps read this one format whatever the catalog came in.
 
     Returns:
         The counts; ``input_rows == good_rows + quarantined_rows``.
@@ -102,6 +105,13 @@ def ingest_events(
         raise InvalidInputError(_TASK, issues)
     uri = source_uri or str(source)
     tracks = read_catalog(catalog, now=now)
+    if catalog_out is not None:
+        import pyarrow.parquet as pq
+
+        from aitasks.platform.files import atomic_path
+
+        with atomic_path(catalog_out) as tmp:
+            pq.write_table(tracks, tmp)
     track_ids = pl.Series("track_id", tracks.column("track_id").combine_chunks(), dtype=pl.String)
     kind = detect_format(source, fmt, uri)
     limit = now.astimezone(UTC) + timedelta(seconds=FUTURE_TOLERANCE_S)
