@@ -76,8 +76,11 @@ def test_every_component_takes_the_run_context_inputs(path: Path) -> None:
 
 @pytest.mark.parametrize("path", COMPONENT_FILES, ids=lambda p: p.name)
 def test_every_component_uses_an_image_from_the_table(path: Path) -> None:
+    from components.images import image_uri
+
     table = json.loads((ROOT / "images" / "images.json").read_text())
-    images = set(table["images"].values())
+    # Each image's content-derived tag (see images/README.md).
+    images = {image_uri(key) for key in table["images"]}
     comps = _components(path)
     assert comps
     for comp in comps:
