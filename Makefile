@@ -81,7 +81,12 @@ lint: $(STAMP) $(CHECKOV) $(ZIZMOR) ## ruff, mypy, hadolint, zizmor, manifests r
 	@mkdir -p build/manifests
 	kubectl kustomize manifests/overlays/dev > build/manifests/dev.yaml
 	kubectl kustomize manifests/overlays/prod > build/manifests/prod.yaml
+	kubectl kustomize manifests/runs/standalone/dev > build/manifests/runs-standalone-dev.yaml
+	kubectl kustomize manifests/runs/standalone/prod > build/manifests/runs-standalone-prod.yaml
+	kubectl kustomize manifests/runs/multi-user/dev > build/manifests/runs-multi-user-dev.yaml
+	kubectl kustomize manifests/runs/multi-user/prod > build/manifests/runs-multi-user-prod.yaml
 	$(CHECKOV) --config-file manifests/.checkov.yaml -d build/manifests
+	$(PY) -m tests.manifests.digests
 	$(PY) -m pytest -q -p no:cacheprovider tests/manifests tests/images
 
 .PHONY: format

@@ -2,7 +2,10 @@
 
 promtool is used when it is on PATH; otherwise the expressions are checked by a small tokenizer:
 balanced brackets, valid label matchers, and every metric name is one that
-src/aitasks/runtime/telemetry.py registers (or a recording rule of the same PrometheusRule).
+src/aitasks/runtime/telemetry.py registers, one the Pushgateway adds for each pushed group, or a
+recording rule of the same PrometheusRule. And the alerts stay true under the push grouping
+({job, pipeline, step}, each push replacing the step's previous group): no run_id anywhere, every
+freshness alert also fires on absent().
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ from tests.manifests._k8s import ROOT
 
 TELEMETRY = ROOT / "src" / "aitasks" / "runtime" / "telemetry.py"
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
-#: Labels Prometheus or the Pushgateway add: grouping key of aitasks.runtime.step.finish_step, job, le.
-EXTRA_LABELS = {"job", "instance", "run_id", "step", "le", "__name__"}
+#: Labels Prometheus or the Pushgateway add: the grouping key of aitasks.runtime.step.finish_step
+#: (job, pipeline, step), instance, le. No run_id: a run id in the grouping key made the gateway grow
+#: without bound and froze every gauge of a past run (issue 12).
+GROUPING = {"job", "pipeline", "step"}
+EXTRA_LABELS = GROUPING | {"instance", "le", "__name__"}
+#: Metrics the Pushgateway sets for every pushed group (its README, "Exposed metrics").
+GATEWAY_METRICS = {"push_time_seconds": GROUPING | {"instance"}, "push_failure_time_seconds": GROUPING | {"instance"}}
 STATUSES = {"succeeded", "failed", "idempotent_hit"}
 MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
 IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -102,8 +110,13 @@ def rule_specs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d["spec"] for d in docs if d["kind"] == "PrometheusRule"]
 
 
+def metrics_job(task: str) -> str:
+    """The Pushgateway job of a task's step, as aitasks.runtime.step.metrics_job names it."""
+    return task.replace(".", "-").replace("_", "-")
+
+
 def check_expr(expr: str, recorded: set[str]) -> None:
-    metrics = exported_metrics()
+    metrics = exported_metrics() | GATEWAY_METRICS
     tasks = registered_tasks()
     names, matchers, grouping = parse_expr(expr)
     assert names, f"no metric in {expr!r}"
@@ -116,6 +129,8 @@ def check_expr(expr: str, recorded: set[str]) -> None:
             assert value in tasks, f"task {value!r} is not a registered task"
         if label == "status" and op in {"=", "=~"}:
             assert set(value.split("|")) <= STATUSES, f"status {value!r} is never emitted"
+        if label == "job" and op == "=":
+            assert value in {metrics_job(t) for t in tasks}, f"job {value!r} is no task's Pushgateway job"
     assert grouping <= known_labels, f"unknown grouping labels {grouping - known_labels}"
 
 
@@ -174,6 +189,8 @@ def test_dashboard_is_valid_and_uses_exported_metrics(docs: list[dict[str, Any]]
         ("sum(aitasks_task_runs_total", "unclosed"),
         ("aitasks_task_runs_total{task=x}", "bad label matcher"),
         ("sum by (region) (aitasks_task_runs_total)", "unknown grouping"),
+        ('aitasks_task_runs_total{run_id!=""}', "unknown label 'run_id'"),
+        ('push_time_seconds{job="no-such-task"}', "no task's Pushgateway job"),
     ],
 )
 def test_checker_rejects_bad_expressions(expr: str, message: str) -> None:
@@ -188,3 +205,61 @@ def test_promtool_checks_the_rules(docs: list[dict[str, Any]], tmp_path: Path) -
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule_specs(docs)[0]))
     subprocess.run([promtool, "check", "rules", str(path)], check=True, capture_output=True, timeout=60)
+
+
+def alert_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for s in rule_specs(docs) for g in s["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_the_job_names_match_the_step_adapter() -> None:
+    """metrics_job above is the adapter's: data.drift -> data-drift, reco.training_set -> reco-training-set."""
+    from aitasks.runtime.step import metrics_job as adapter_job
+
+    for task in registered_tasks():
+        assert adapter_job(task) == metrics_job(task), task
+
+
+def test_freshness_and_success_alerts_fire_when_nothing_was_pushed(docs: list[dict[str, Any]]) -> None:
+    """Every alert comparing a timestamp with time() (not succeeded, stale) also fires on absent() of
+    the same selector: a pipeline that never pushed must not look healthy."""
+    fresh = [r for r in alert_rules(docs) if "time()" in r["expr"]]
+    assert {r["alert"] for r in fresh} >= {
+        "AitasksRecoTrainingNotSucceeded",
+        "AitasksAudioAnalysisNotSucceeded",
+        "AitasksIndexStale",
+        "AitasksDriftCheckStale",
+    }
+    for r in fresh:
+        selectors = set(re.findall(r"\(\s*([a-z_:]+\{[^}]*\})\s*\)", r["expr"]))
+        absent = set(re.findall(r"absent\(\s*([a-z_:]+\{[^}]*\})\s*\)", r["expr"]))
+        assert absent, f"{r['alert']} has no absent()"
+        assert selectors <= absent, f"{r['alert']}: absent() must cover {selectors - absent}"
+    for r in alert_rules(docs):
+        if r["alert"].endswith(("NotSucceeded", "Stale")):
+            assert r in fresh, f"{r['alert']} is a freshness alert without a time() comparison"
+
+
+def test_no_expression_depends_on_a_run_id(docs: list[dict[str, Any]]) -> None:
+    """The grouping has no run_id; a rule selecting on it would see nothing (or every run forever)."""
+    for s in rule_specs(docs):
+        assert "run_id" not in json.dumps(s)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "aitasks-grafana-dashboard")
+    assert "run_id" not in json.dumps(cm["data"])
+
+
+def test_drift_alerts_read_the_latest_check_only(docs: list[dict[str, Any]]) -> None:
+    """The drift gauges hold the latest check (each push replaces the group): a window over past values
+    (max_over_time) would keep one drifted run alerting after a good check replaced it."""
+    drift = next(r for r in alert_rules(docs) if r["alert"] == "AitasksDriftOverThreshold")
+    assert "_over_time" not in drift["expr"]
+    assert "aitasks_drift_max_psi" in drift["expr"] and "aitasks_drift_features" in drift["expr"]
+
+
+def test_pushed_runs_are_counted_by_their_push_time(docs: list[dict[str, Any]]) -> None:
+    """Pushed counters never move (each push replaces them): "in the last hour" must come from the
+    Pushgateway's push_time_seconds, joined on the grouping key; scraped ones use increase()."""
+    rules = {r.get("record"): r["expr"] for s in rule_specs(docs) for g in s["groups"] for r in g["rules"]}
+    for name in ("aitasks:task_runs:1h", "aitasks:task_retries:1h"):
+        expr = " ".join(rules[name].split())
+        assert "on (job, pipeline, step) (time() - push_time_seconds < 3600)" in expr, name
+        assert 'step!=""' in expr and 'step=""' in expr and "increase(" in expr, name

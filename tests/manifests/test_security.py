@@ -12,6 +12,8 @@ from tests.manifests._k8s import ROOT, containers
 
 Workloads = list[tuple[dict[str, Any], dict[str, Any]]]
 SERVER_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+#: ``<project version>-<24 hex>``: the content tag components/images.py derives and CI pushes.
+CONTENT_TAG = re.compile(r"\d+\.\d+\.\d+[0-9A-Za-z.]*-[0-9a-f]{24}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE|_KEY$|^KEY$|DSN|BACKEND_STORE_URI", re.I)
 
 
@@ -88,9 +90,12 @@ def test_images_are_pinned_and_aitasks_images_come_from_the_table(workloads: Wor
             assert not image.endswith(":latest"), image
             assert c.get("imagePullPolicy", "IfNotPresent") != "Always" or "@sha256:" in image
             if image.startswith(table["registry"]):
-                assert image in ours, f"{_name(doc, c)}: {image} is not in images/images.json"
+                # Our images: a name from the table and a content tag CI pushed (components/images.py).
+                name, tag = image.split("@", 1)[0].rsplit(":", 1)
+                assert name in ours, f"{_name(doc, c)}: {image} is not in images/images.json"
+                assert CONTENT_TAG.fullmatch(tag), f"{_name(doc, c)}: {tag} is not a content tag"
     feast = next(spec for doc, spec in workloads if doc["kind"] == "Job" and doc["metadata"]["name"] == "feast-apply")
-    assert feast["containers"][0]["image"] == table["images"]["cpu"]
+    assert feast["containers"][0]["image"].startswith(table["images"]["cpu"] + ":")
     assert "aitasks tasks run feast.materialize" in " ".join(feast["containers"][0]["args"])
 
 
@@ -100,8 +105,18 @@ def test_no_secret_values_in_git(docs: list[dict[str, Any]], workloads: Workload
             assert not d.get("data") and not d.get("stringData"), f"Secret {d['metadata']['name']} carries values"
     for doc, spec in workloads:
         for c in containers(spec):
+            secret_mounts = [
+                m["mountPath"]
+                for m in c.get("volumeMounts", [])
+                if "secret" in {v["name"]: v for v in spec.get("volumes", [])}.get(m["name"], {})
+            ]
             for env in c.get("env", []):
-                if SECRET_NAME.search(env["name"]):
+                if env["name"].endswith("_FILE") and "value" in env:
+                    # The file form (POSTGRES_PASSWORD_FILE): a path inside a mounted Secret.
+                    assert any(env["value"].startswith(m + "/") for m in secret_mounts), (
+                        f"{_name(doc, c)}: {env['name']} must point into a mounted Secret"
+                    )
+                elif SECRET_NAME.search(env["name"]):
                     assert "secretKeyRef" in env.get("valueFrom", {}), (
                         f"{_name(doc, c)}: {env['name']} must come from a Secret reference"
                     )
@@ -134,3 +149,65 @@ def test_mlflow_flags_exist_in_the_locked_mlflow(workloads: Workloads) -> None:
     _, spec = next((d, s) for d, s in workloads if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow")
     for arg in spec["containers"][0]["args"]:
         assert arg.split("=", 1)[0] in options, f"mlflow server has no option {arg}"
+
+
+def secret_env_names(container: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+#: Flags that carry a credential as their value.
+CREDENTIAL_FLAG = re.compile(r"--?(requirepass|masterauth|password|pass|client-secret|cookie-secret|token)(=|$)", re.I)
+
+
+def test_no_secret_in_process_arguments(workloads: Workloads) -> None:
+    """Arguments are world-readable (/proc/<pid>/cmdline, `ps`): no Secret's value may be expanded into
+    them, nor a credential flag be given a value, in a container or in an exec probe."""
+    for doc, spec in workloads:
+        for c in containers(spec):
+            where = _name(doc, c)
+            secret_env = secret_env_names(c)
+            words = [*c.get("command", []), *c.get("args", [])]
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                words += c.get(probe, {}).get("exec", {}).get("command", [])
+            for word in words:
+                for var in secret_env:
+                    assert f"$({var})" not in word, f"{where}: Secret env {var} expanded into an argument"
+                assert not CREDENTIAL_FLAG.search(word), f"{where}: credential flag in arguments: {word!r}"
+
+
+def test_redis_reads_its_password_from_a_mounted_secret(workloads: Workloads) -> None:
+    doc, spec = next((d, s) for d, s in workloads if d["metadata"]["name"] == "feast-redis")
+    redis = next(c for c in spec["containers"] if c["name"] == "redis")
+    assert redis["command"] == ["redis-server", "/etc/redis/redis.conf"] and not redis.get("args")
+    assert not secret_env_names(redis) and "envFrom" not in redis, "the server gets no Secret as env"
+    (init,) = spec["initContainers"]
+    assert not secret_env_names(init)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    secret_mounts = [m for m in init["volumeMounts"] if "secret" in volumes[m["name"]]]
+    assert [volumes[m["name"]]["secret"]["secretName"] for m in secret_mounts] == ["aitasks-redis"]
+    assert not any("secret" in volumes[m["name"]] for m in redis["volumeMounts"]), "only the init container mounts it"
+    auth = next(m for m in redis["volumeMounts"] if m["mountPath"] == "/run/redis-auth")
+    assert volumes[auth["name"]]["emptyDir"]["medium"] == "Memory"
+    assert doc["kind"] == "Deployment"
+    script = "\n".join(init["args"])
+    assert "requirepass" in script and "printf" in script
+
+
+def test_redis_config_includes_the_rendered_password(docs: list[dict[str, Any]]) -> None:
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "feast-redis-config")
+    conf = cm["data"]["redis.conf"]
+    assert "include /run/redis-auth/auth.conf" in conf
+    assert "requirepass" not in conf
+
+
+def test_postgres_reads_its_password_from_a_file(workloads: Workloads) -> None:
+    found = [(d, s) for d, s in workloads if d["metadata"]["name"] == "mlflow-postgres"]
+    for _, spec in found:
+        (pg,) = spec["containers"]
+        env = {e["name"]: e for e in pg["env"]}
+        assert "POSTGRES_PASSWORD" not in env
+        path = env["POSTGRES_PASSWORD_FILE"]["value"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mount = next(m for m in pg["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        assert volumes[mount["name"]]["secret"]["secretName"] == "aitasks-postgres"
+        assert mount.get("readOnly") is True
