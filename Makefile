@@ -43,6 +43,10 @@ demo: $(STAMP) ## Run the main job end to end on embedded defaults (kfp.local, s
 demo-audio: $(STAMP) ## Run the audio-analysis pipeline on a generated catalog (kfp.local), with a summary
 	$(PY) -m pipelines demo-audio
 
+.PHONY: demo-cluster
+demo-cluster: $(STAMP) ## Run reco-training as a cluster does: steps share no disk (GCS emulator, MLflow server, Postgres, Redis)
+	$(PY) -m pipelines demo-cluster
+
 .PHONY: test
 test: $(STAMP) ## Run the default test suite (offline + local services; no slow or bench tests)
 	$(PY) -m pytest -m "not slow and not bench" $(PYTEST_ARGS)
