@@ -22,7 +22,8 @@ from tests.manifests.test_runs import step_pod_labels
 MLFLOW = {"app.kubernetes.io/name": "mlflow"}
 REDIS = {"app.kubernetes.io/name": "feast-redis"}
 FEAST = {"app.kubernetes.io/name": "feast-apply"}
-#: Allows without a peer (any destination) on purpose: Postgres (MLflow backend, Feast SQL registry) is external in prod.
+#: Allows without a peer (any destination) on purpose: Postgres (MLflow backend, Feast SQL registry) is
+#: external in prod.
 PEERLESS_OK = {("allow-mlflow-egress", 5432), ("allow-feast-apply-egress", 5432)}
 
 

@@ -15,7 +15,8 @@ def test_both_overlays_exist() -> None:
 def test_every_overlay_renders(any_overlay: str, any_docs: list[dict[str, Any]]) -> None:
     assert any_docs, any_overlay
     for d in any_docs:
-        assert d["metadata"].get("namespace") or d["kind"] == "Namespace", f"{any_overlay}: {d['kind']} has no namespace"
+        where = f"{any_overlay}: {d['kind']}/{d['metadata']['name']}"
+        assert d["metadata"].get("namespace") or d["kind"] == "Namespace", f"{where} has no namespace"
 
 
 def test_make_lint_renders_every_overlay() -> None:

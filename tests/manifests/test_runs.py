@@ -139,7 +139,7 @@ def test_every_mode_has_dev_and_prod() -> None:
 
 
 def test_runs_objects_exist_in_the_runs_namespace(runs_overlay: str, runs_docs: list[dict[str, Any]]) -> None:
-    mode = runs_overlay.split("/")[0]
+    mode = runs_overlay.split("/", maxsplit=1)[0]
     namespaces = {d["metadata"].get("namespace") for d in runs_docs}
     assert len(namespaces) == 1, f"{runs_overlay}: objects in {namespaces}"
     (namespace,) = namespaces
@@ -170,7 +170,8 @@ def test_runner_account(runs_overlay: str, runs_docs: list[dict[str, Any]]) -> N
     # KFP's driver, launcher and Argo's wait container need the token (see serviceaccount.yaml).
     assert sa["automountServiceAccountToken"] is True
     binding = find(runs_docs, "RoleBinding", "aitasks-pipeline-runner")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "aitasks-pipeline-runner"}
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "aitasks-pipeline-runner"}
+    assert binding["roleRef"] == role_ref
     ns = sa["metadata"]["namespace"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": runner_account(), "namespace": ns}]
     role = find(runs_docs, "Role", "aitasks-pipeline-runner")
@@ -247,8 +248,8 @@ def test_modes_differ_only_in_namespace(env: str) -> None:
 
     def strip(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        for d in docs:
-            d = yaml.safe_load(yaml.safe_dump(d))
+        for doc in docs:
+            d = yaml.safe_load(yaml.safe_dump(doc))
             d["metadata"].pop("namespace", None)
             for s in d.get("subjects", []):
                 s.pop("namespace", None)
