@@ -98,7 +98,7 @@ def test_component_allows(docs: list[dict[str, Any]]) -> None:
     assert allowed_ports(docs, MLFLOW, "ingress") == {5000, 4180, 44180}
     assert allowed_ports(docs, REDIS, "ingress") == {6379}
     assert allowed_ports(docs, REDIS, "egress") == {53}
-    assert {53, 6379, 443} <= allowed_ports(docs, FEAST, "egress")
+    assert {53, 6379, 443, 4318} <= allowed_ports(docs, FEAST, "egress")
     assert allowed_ports(docs, FEAST, "ingress") == set()
     # MLflow's UI (oauth2-proxy): the ingress controller only; its metrics: Prometheus only.
     ui_peers = peers_allowing(docs, MLFLOW, 4180)

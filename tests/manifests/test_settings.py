@@ -100,3 +100,24 @@ def test_the_guard_would_catch_a_missing_setting(monkeypatch: pytest.MonkeyPatch
     spec = next(iter(executors().values()))
     problems = resolve(step_environment(spec, data), monkeypatch).production_problems()
     assert any("PUSHGATEWAY" in p for p in problems)
+
+
+def test_the_feast_apply_job_passes_the_production_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job in `aitasks` runs the same runtime: in prod it needs the same settings and Secret keys."""
+    docs = render("prod")
+    job = find(docs, "Job", "feast-apply")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        env |= find(docs, "ConfigMap", src["configMapRef"]["name"])["data"]
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == "aitasks-step-secrets", e
+            env[e["name"]] = SECRET_VALUES[ref["key"]]
+        elif "value" in e:
+            env[e["name"]] = e["value"]
+    env = {k: v for k, v in env.items() if k.startswith("AITASKS_")}
+    settings = resolve(env, monkeypatch)
+    assert settings.env == "production"
+    assert settings.production_problems() == []
