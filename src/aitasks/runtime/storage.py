@@ -307,6 +307,48 @@ def local_copy(uri: str, storage: Storage | None = None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def local_tree(uri: str, storage: Storage | None = None) -> Iterator[Path]:
+    """A local directory holding everything under ``uri``: the directory itself locally, a temp download for GCS.
+
+    On GCS every object under ``<uri>/`` is downloaded to the same relative path (keys are checked:
+    none can escape the temp directory); the directory is removed on exit.
+
+    Raises:
+        FileNotFoundError: A ``gs://`` prefix holds no object.
+    """
+    if not is_gcs(uri):
+        yield Path(uri.removeprefix("file://"))
+        return
+    st = storage or storage_for(uri)
+    prefix = uri.rstrip("/") + "/"
+    objects = st.list(prefix)
+    if not objects:
+        raise FileNotFoundError(f"{prefix}: no object under this prefix")
+    with tempfile.TemporaryDirectory(prefix="aitasks-") as d:
+        for obj in objects:
+            key = check_relative_key(obj[len(prefix) :])
+            local = Path(d).joinpath(*key.split("/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            st.get_file(obj, local)
+        yield Path(d)
+
+
+def put_tree(local: Path, uri: str, storage: Storage | None = None) -> list[str]:
+    """Copy every file under the directory ``local`` to ``<uri>/<relative path>``; returns the URIs, sorted.
+
+    Each file is published atomically, the tree as a whole is not: write a tree under a key of its own
+    (a task's work directory), never over one that readers use.
+    """
+    st = storage or storage_for(uri)
+    written = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        dest = join_uri(uri, path.relative_to(local).as_posix())
+        st.put_file(path, dest)
+        written.append(dest)
+    return written
+
+
+@contextlib.contextmanager
 def publish_local_file(uri: str, storage: Storage | None = None, *, if_absent: bool = False) -> Iterator[Path]:
     """Yield a local temp path to write; on success it is published atomically to ``uri``.
 

@@ -106,10 +106,8 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
     )
     from aitasks.runtime.bundle import publish_bundle
     from aitasks.runtime.errors import FieldIssue, InvalidInputError
+    from aitasks.runtime.storage import local_tree
 
-    root = Path(params.labelled_root)
-    if not root.is_dir():
-        raise InvalidInputError(ctx.task, [FieldIssue("labelled_root", f"{root} is not a local directory")])
     cfg = ClassifierConfig(
         labels=tuple(params.labels),
         epochs=params.epochs,
@@ -118,7 +116,16 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
         device=params.device,  # type: ignore[arg-type]
     )
     start = time.perf_counter()
-    folder = load_labelled_folder(root, cfg)
+    # A gs:// folder is downloaded to a temp directory: pods share no disk with the step that wrote it.
+    try:
+        with local_tree(params.labelled_root, ctx.storage) as root:
+            if not root.is_dir():
+                raise InvalidInputError(ctx.task, [FieldIssue("labelled_root", f"{root} is not a directory")])
+            folder = load_labelled_folder(root, cfg)
+    except FileNotFoundError:
+        raise InvalidInputError(
+            ctx.task, [FieldIssue("labelled_root", f"{params.labelled_root}: no labelled clips there")]
+        ) from None
     rng = np.random.default_rng(params.seed)
     labels = np.asarray(folder.labels)
     test_mask = np.zeros(len(labels), bool)

@@ -73,31 +73,40 @@ def source_task(params: SourceParams, ctx: TaskContext) -> SourceResult:
     abgeschnittene Datei, eine als .wav benannte Playlist, NaN-Samples) und einen gelabelten
     Trainingsordner.
     """
+    import tempfile
+
     from aitasks.audio_analysis.demo_catalog import write_demo_catalog
     from aitasks.runtime.errors import FieldIssue, InvalidInputError
-    from aitasks.runtime.storage import is_gcs
+    from aitasks.runtime.storage import is_gcs, put_tree
 
     if params.catalog_root:
         return SourceResult(
             catalog_root=params.catalog_root, labelled_root=params.labelled_root, generated=False, planted={}
         )
-    if is_gcs(ctx.settings.storage_root):
-        raise InvalidInputError(ctx.task, [FieldIssue("catalog_root", "required when the storage root is gs://")])
     if params.min_seconds > params.max_seconds:
         raise InvalidInputError(ctx.task, [FieldIssue("min_seconds", "must not exceed max_seconds")])
-    root = Path(ctx.output_uri("catalog"))
-    truth = write_demo_catalog(
-        root,
-        tracks=params.tracks,
-        seed=params.seed,
-        labelled_per_class=params.labelled_per_class,
-        seconds=(params.min_seconds, params.max_seconds),
-    )
+    catalog = ctx.output_uri("catalog")
+    labelled = catalog + "-labelled"  # written beside the catalog by write_demo_catalog
+    options: dict[str, Any] = {
+        "tracks": params.tracks,
+        "seed": params.seed,
+        "labelled_per_class": params.labelled_per_class,
+        "seconds": (params.min_seconds, params.max_seconds),
+    }
+    if is_gcs(catalog):
+        # Written locally, then uploaded: the steps that read it run in other pods.
+        with tempfile.TemporaryDirectory(prefix="aitasks-catalog-") as tmp:
+            truth = write_demo_catalog(Path(tmp) / "catalog", **options)
+            put_tree(Path(tmp) / "catalog", catalog, ctx.storage)
+            if params.labelled_per_class:
+                put_tree(Path(tmp) / "catalog-labelled", labelled, ctx.storage)
+    else:
+        truth = write_demo_catalog(Path(catalog), **options)
     planted = truth["planted"]
     assert isinstance(planted, dict)
     return SourceResult(
-        catalog_root=str(root),
-        labelled_root=params.labelled_root or str(root.parent / f"{root.name}-labelled"),
+        catalog_root=catalog,
+        labelled_root=params.labelled_root or labelled,
         generated=True,
         planted={str(k): str(v) for k, v in planted.items()},
     )
