@@ -265,6 +265,26 @@ def demo_audio_cmd(
     run_audio_demo(workdir.resolve(), console=console, demo={"tracks": tracks})
 
 
+@app.command("demo-cluster")
+def demo_cluster_cmd(
+    workdir: Annotated[Path, typer.Option(help="Local files: kfp pipeline root, step sandboxes, logs.")] = Path(
+        ".demo/cluster"
+    ),
+    events: Annotated[int, typer.Option(help="Synthetic events.")] = 20_000,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 2,
+) -> None:
+    """reco-training as a cluster runs it: gs:// on a GCS emulator, MLflow server, Feast on PostgreSQL + Redis,
+    every step in its own empty working directory. PostgreSQL: AITASKS_DEMO_POSTGRES_URL; Redis: AITASKS_REDIS_URL."""
+    from pipelines.cluster_demo import ServiceUnavailable, remove_workdir, run_cluster_demo
+
+    remove_workdir(workdir.resolve())
+    try:
+        run_cluster_demo(workdir.resolve(), events=events, epochs=epochs, console=console)
+    except ServiceUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     try:
         rc = app(standalone_mode=False)
