@@ -12,7 +12,7 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aitasks.audio_analysis.catalog import list_catalog, resolve_in_root, shard
+from aitasks.audio_analysis.catalog import key_track_id, list_catalog, resolve_in_root, shard
 from aitasks.audio_analysis.decode import REASONS, AudioDecodeError, DecodeConfig, decode_file, sniff_format
 from aitasks.audio_analysis.parallel import run_pool
 from aitasks.runtime.errors import UnsafePathError
@@ -68,9 +68,14 @@ def test_lossless_decode_and_resample_preserve_the_signal(tmp_path: Path) -> Non
         "lying_header",
         "nan_samples",
         "six_channels",
-        "rate_8k",
-        "rate_192k",
+        "rate_6k",
+        "rate_384k",
         "format_mismatch",
+        "truncated_mp3",
+        "truncated_bare_mp3",
+        "truncated_ogg",
+        "ogg_without_end",
+        "id3_only",
     ],
 )
 def test_each_bad_kind_is_refused_with_its_reason(catalog, kind: str) -> None:
@@ -89,12 +94,12 @@ def test_each_bad_kind_is_refused_with_its_reason(catalog, kind: str) -> None:
 def test_reasons_name_the_measured_value_and_the_limit(catalog) -> None:
     _, _, bad = catalog
     messages = {}
-    for kind in ("six_channels", "rate_8k", "text_as_wav", "truncated_wav", "nan_samples"):
+    for kind in ("six_channels", "rate_6k", "text_as_wav", "truncated_wav", "nan_samples"):
         with pytest.raises(AudioDecodeError) as info:
             decode_file(bad[kind][0])
         messages[kind] = info.value.detail
     assert "6 channels" in messages["six_channels"] and "2" in messages["six_channels"]
-    assert "8000 Hz" in messages["rate_8k"] and "16000" in messages["rate_8k"]
+    assert "6000 Hz" in messages["rate_6k"] and "8000" in messages["rate_6k"]
     assert "text" in messages["text_as_wav"] and ".wav" in messages["text_as_wav"]
     assert "declares" in messages["truncated_wav"]
     assert "NaN" in messages["nan_samples"]
@@ -173,13 +178,13 @@ def test_links_inside_the_root_are_followed_and_dir_links_out_refused(tmp_path: 
     assert [r.reason for r in listing.refused] == ["unsafe_path"]
 
 
-def test_duplicate_and_invalid_track_ids_are_refused(tmp_path: Path) -> None:
+def test_duplicate_track_ids_are_refused_and_other_names_normalised(tmp_path: Path) -> None:
     cat = tmp_path / "cat"
     for key in ("a/t1.wav", "b/t1.flac", "bad id.wav", "ok.wav"):
         crafted.write(cat / key, crafted.music(1, seed=2))
     listing = list_catalog(str(cat))
-    assert [e.track_id for e in listing.entries] == ["ok"]
-    assert sorted(r.reason for r in listing.refused) == ["bad_track_id", "duplicate_track_id", "duplicate_track_id"]
+    assert [e.track_id for e in listing.entries] == [key_track_id("bad id.wav"), "ok"]
+    assert sorted(r.reason for r in listing.refused) == ["duplicate_track_id", "duplicate_track_id"]
 
 
 @pytest.mark.parametrize("key", ["../x.wav", "/etc/passwd", "a/../../x.wav", "a\\..\\x.wav", "a\x00.wav", ""])
@@ -268,12 +273,13 @@ def test_manifest_lists_only_its_keys_and_refuses_escapes(catalog) -> None:
     assert [e.track_id for e in listing.entries] == ["good_wav", "good_mp3"]
     reasons = sorted((r.reason, Path(r.uri).name) for r in listing.refused)
     assert reasons == [
+        ("not_audio", "cover.jpg"),
         ("not_found", "missing.flac"),
         ("unsafe_path", "escape_link.wav"),
         ("unsafe_path", "passwd.wav"),
         ("unsafe_path", "secret.wav"),
     ]
-    assert listing.skipped_non_audio == 1
+    assert listing.skipped_non_audio == 0
 
 
 def test_list_task_reads_a_manifest_and_its_content_joins_the_key(catalog, captured) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from aitasks.audio_analysis.anomaly import Flag, RuleConfig, SignalStats, apply_rules, quarantine_flag, signal_stats
-from aitasks.audio_analysis.catalog import CatalogEntry, Refusal
+from aitasks.audio_analysis.catalog import LISTING_REASONS, CatalogEntry, Refusal
 from aitasks.audio_analysis.decode import REASONS, AudioDecodeError, DecodeConfig, decode_file
 from aitasks.audio_analysis.features import FeatureConfig, extract_features, feature_names
 
@@ -31,7 +31,7 @@ QUARANTINE_FILE = "quarantine.parquet"
 FINGERPRINTS_FILE = "fingerprints.parquet"
 SPECTROGRAMS_FILE = "spectrograms.npz"
 #: Track metadata columns written before the feature columns.
-META_COLUMNS = ("track_id", "uri", "format", "source_rate", "channels", "duration_s", "seconds")
+META_COLUMNS = ("track_id", "key", "uri", "format", "source_rate", "channels", "duration_s", "seconds")
 
 
 class AnalysisConfig(BaseModel):
@@ -53,6 +53,7 @@ class TrackAnalysis:
     track_id: str
     uri: str
     ok: bool
+    key: str = ""
     reason: str = ""
     detail: str = ""
     features: np.ndarray | None = None
@@ -72,6 +73,7 @@ def refused(entry: CatalogEntry, reason: str, detail: str) -> TrackAnalysis:
     return TrackAnalysis(
         track_id=entry.track_id,
         uri=entry.uri,
+        key=entry.key,
         ok=False,
         reason=reason,
         detail=detail,
@@ -106,6 +108,7 @@ def analyze_file(path: Path, entry: CatalogEntry, cfg: AnalysisConfig) -> TrackA
     return TrackAnalysis(
         track_id=entry.track_id,
         uri=entry.uri,
+        key=entry.key,
         ok=True,
         features=feats.values,
         stats=stats,
@@ -210,6 +213,7 @@ def write_shard(
     good = [r for r in results if r.ok]
     cols: dict[str, Any] = {
         "track_id": pa.array([r.track_id for r in good], pa.string()),
+        "key": pa.array([r.key for r in good], pa.string()),
         "uri": pa.array([r.uri for r in good], pa.string()),
         "format": pa.array([r.format for r in good], pa.string()),
         "source_rate": pa.array([r.source_rate for r in good], pa.int32()),
@@ -240,15 +244,16 @@ def write_shard(
         ),
         out / FLAGS_FILE,
     )
-    bad = [(r.track_id, r.uri, r.reason, r.detail) for r in results if not r.ok]
-    bad += [("", x.uri, x.reason, x.detail) for x in refusals or []]
+    bad = [(r.track_id, r.key, r.uri, r.reason, r.detail) for r in results if not r.ok]
+    bad += [("", x.key, x.uri, x.reason, x.detail) for x in refusals or []]
     pq.write_table(
         pa.table(
             {
                 "track_id": pa.array([b[0] for b in bad], pa.string()),
-                "uri": pa.array([b[1] for b in bad], pa.string()),
-                "reason": pa.array([b[2] for b in bad], pa.string()),
-                "detail": pa.array([b[3] for b in bad], pa.string()),
+                "key": pa.array([b[1] for b in bad], pa.string()),
+                "uri": pa.array([b[2] for b in bad], pa.string()),
+                "reason": pa.array([b[3] for b in bad], pa.string()),
+                "detail": pa.array([b[4] for b in bad], pa.string()),
             }
         ),
         out / QUARANTINE_FILE,
@@ -359,8 +364,4 @@ def merge_shards(folders: list[Path], out: Path) -> dict[str, int]:
 
 def quarantine_reasons() -> dict[str, str]:
     """Every reason a file can be quarantined for, with its meaning."""
-    return {
-        **REASONS,
-        "bad_track_id": "the file stem is not a valid track id",
-        "duplicate_track_id": "several files share the same stem",
-    }
+    return {**REASONS, **LISTING_REASONS}

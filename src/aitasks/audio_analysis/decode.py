@@ -4,12 +4,16 @@ Every file is checked before any sample is decoded, from the cheapest check to t
 
 1. it is a regular file (not a FIFO, device or directory: those can block a reader forever);
 2. its size is within ``max_bytes`` and not zero;
-3. its real container, sniffed from the first bytes, is one we decode (WAV/RF64, FLAC, OGG, MP3) and
-   matches the extension;
-4. the header's channel count, sample rate and duration are within limits;
-5. the decoded stream has as many frames as the header promised (a truncated stream or a header
-   that lies about its length is refused, not silently shortened);
-6. every sample is finite (a float WAV can hold NaN/Inf).
+3. its real container, sniffed from the first bytes (after any ID3v2 tag), is one we decode
+   (WAV/RF64, FLAC, OGG, MP3) and matches the extension; a file holding only an ID3 tag has no audio;
+4. an MP3 or Ogg file's structure is whole (:mod:`aitasks.audio_analysis.streams`): the file does not
+   end inside a frame or page, an MP3 holds every frame its Xing/Info/VBRI header declares, and every
+   Ogg stream reaches its end-of-stream page;
+5. the header's channel count, sample rate and duration are within limits;
+6. the decoded stream has as many frames as the header promised (a truncated stream or a header
+   that lies about its length is refused, not silently shortened). An MP3's reference is the
+   samples its frames hold, and it may decode up to the encoder delay plus padding shorter;
+7. every sample is finite (a float WAV can hold NaN/Inf).
 
 Refusals raise :class:`AudioDecodeError` with a machine-readable ``reason`` (one of
 :data:`REASONS`) and a sentence naming the measured value and the limit. Nothing here can hang on a
@@ -25,11 +29,12 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import BinaryIO, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aitasks.audio_analysis.streams import MAX_ENCODER_GAP, Mp3Stream, id3v2_length, scan_mp3, scan_ogg
 from aitasks.runtime.errors import DataFormatError
 
 #: Machine-readable reasons a file is refused; each is a quarantine reason and an anomaly flag detail.
@@ -38,6 +43,7 @@ REASONS: Final[dict[str, str]] = {
     "not_regular_file": "not a regular file (FIFO, device, directory)",
     "unsafe_path": "the path escapes the catalog root",
     "empty": "the file has zero bytes",
+    "no_audio": "the file holds only metadata (an ID3 tag, an MP3 header frame), no audio",
     "too_large": "the file is larger than the size limit",
     "unknown_format": "the content is not a supported audio container",
     "format_mismatch": "the content's real format does not match the extension",
@@ -82,12 +88,15 @@ class DecodeConfig(BaseModel):
     sample_rate: int = Field(default=22050, ge=8000, le=96000, description="Target rate after resampling.")
     max_bytes: int = Field(default=256 * 1024**2, ge=1, description="Files over this size are refused.")
     max_duration_s: float = Field(default=1800.0, gt=0, description="Longer tracks are refused from the header.")
-    min_source_rate: int = Field(default=16000, ge=1, description="Lowest accepted file sample rate.")
-    max_source_rate: int = Field(default=96000, ge=1, description="Highest accepted file sample rate.")
+    min_source_rate: int = Field(default=8000, ge=1, description="Lowest accepted file sample rate.")
+    max_source_rate: int = Field(default=192000, ge=1, description="Highest accepted file sample rate.")
     max_channels: int = Field(default=2, ge=1, le=64, description="Files with more channels are refused.")
     resample_quality: Literal["VHQ", "HQ", "MQ"] = Field(default="HQ", description="soxr quality recipe.")
     length_tolerance: float = Field(
-        default=0.002, ge=0, le=0.5, description="Allowed relative gap between header and decoded length."
+        default=0.002,
+        ge=0,
+        le=0.5,
+        description="Allowed relative gap between header and decoded length (MP3: plus encoder delay/padding).",
     )
     allow_extension_mismatch: bool = Field(
         default=False, description="Accept a supported container under another supported extension."
@@ -161,6 +170,8 @@ def check_file(path: Path, cfg: DecodeConfig) -> str:
         raise AudioDecodeError(uri, "too_large", f"{st.st_size} bytes > limit {cfg.max_bytes}")
     with open(path, "rb") as fh:
         head = fh.read(64)
+        if head[:3] == b"ID3":
+            _check_after_id3(uri, fh, st.st_size)
     fmt = sniff_format(head)
     ext = path.suffix.lower()
     if fmt is None:
@@ -169,6 +180,73 @@ def check_file(path: Path, cfg: DecodeConfig) -> str:
     if ext not in EXTENSIONS[fmt] and not (cfg.allow_extension_mismatch and ext in AUDIO_EXTENSIONS):
         raise AudioDecodeError(uri, "format_mismatch", f"content is {fmt}, extension is {ext or 'missing'!r}")
     return fmt
+
+
+def _check_after_id3(uri: str, fh: BinaryIO, size: int) -> None:
+    """Refuse a file whose ID3v2 tags are followed by no audio, or by a container other than MP3.
+
+    libsndfile answers a tag-only file with "not a regular file (possibly a pipe?)", and a FLAC or
+    WAV behind an ID3 tag with "format not recognised": the real reason is said here instead.
+    """
+    pos = 0
+    while True:
+        fh.seek(pos)
+        length = id3v2_length(fh.read(10))
+        if not length:
+            break
+        pos += length
+    if pos > size:
+        raise AudioDecodeError(
+            uri, "truncated", f"the file ends inside its ID3v2 tag ({pos} bytes declared, {size} present), no audio"
+        )
+    fh.seek(pos)
+    while chunk := fh.read(1 << 16):
+        rest = chunk.lstrip(b"\x00")
+        if rest:
+            after = sniff_format(rest[:64] + fh.read(64))
+            if after in ("WAV", "FLAC", "OGG"):
+                raise AudioDecodeError(
+                    uri, "unknown_format", f"{after} data behind an ID3v2 tag of {pos} bytes (ID3 tags belong to MP3)"
+                )
+            return
+    raise AudioDecodeError(uri, "no_audio", f"an ID3v2 tag of {pos} bytes and no audio after it")
+
+
+def _check_structure(uri: str, fmt: str, data: bytes) -> Mp3Stream | None:
+    """Refuse an MP3 or Ogg file whose frames or pages show it was cut; returns the MP3's frame walk."""
+    if fmt == "OGG":
+        ogg = scan_ogg(data)
+        if ogg.cut is not None:
+            page, present, needed = ogg.cut
+            raise AudioDecodeError(
+                uri, "truncated", f"the Ogg stream ends inside page {page}: {present} of its {needed} bytes are present"
+            )
+        if ogg.unfinished:
+            raise AudioDecodeError(
+                uri,
+                "truncated",
+                f"the Ogg stream stops after {ogg.pages} pages (granule position {ogg.last_granule}) without its "
+                "end-of-stream page: the rest of the file is missing",
+            )
+        return None
+    if fmt != "MP3":
+        return None
+    mp3 = scan_mp3(data)
+    if mp3 is None:
+        raise AudioDecodeError(uri, "unknown_format", "no MPEG Layer III frame in the file")
+    if mp3.cut is not None:
+        frame, present, needed = mp3.cut
+        raise AudioDecodeError(
+            uri, "truncated", f"the MP3 stream ends inside frame {frame}: {present} of its {needed} bytes are present"
+        )
+    if mp3.declared_frames is not None and mp3.frames < mp3.declared_frames:
+        declared = mp3.declared_frames
+        raise AudioDecodeError(
+            uri, "truncated", f"the {mp3.header} header declares {declared} frames, the file holds {mp3.frames}"
+        )
+    if mp3.frames == 0:
+        raise AudioDecodeError(uri, "no_audio", f"an MP3 with a {mp3.header or 'lone'} header frame and no audio frame")
+    return mp3
 
 
 def _wav_data_gap(path: Path) -> tuple[int, int] | None:
@@ -225,6 +303,7 @@ def decode_file(path: str | Path, cfg: DecodeConfig | None = None) -> DecodedAud
     p = Path(path)
     uri = str(p)
     fmt = check_file(p, cfg)
+    mp3 = _check_structure(uri, fmt, p.read_bytes()) if fmt in ("MP3", "OGG") else None
     try:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -259,8 +338,18 @@ def decode_file(path: str | Path, cfg: DecodeConfig | None = None) -> DecodedAud
     got = int(data.shape[0])
     if got == 0:
         raise AudioDecodeError(uri, "truncated", f"header announces {header_frames} frames, none decode")
-    gap = abs(got - header_frames) / header_frames
-    if gap > cfg.length_tolerance:
+    if mp3 is not None:
+        # libsndfile's MP3 length is an estimate without a Xing/Info header: the frames are the reference,
+        # and the encoder's delay and padding (removed when a LAME tag says how much) may be missing.
+        slack = cfg.length_tolerance * mp3.samples
+        if not mp3.samples - MAX_ENCODER_GAP - slack <= got <= mp3.samples + slack:
+            raise AudioDecodeError(
+                uri,
+                "length_mismatch",
+                f"its {mp3.frames} frames hold {mp3.samples} samples, {got} decode (encoder delay and padding "
+                f"explain at most {MAX_ENCODER_GAP} fewer)",
+            )
+    elif abs(got - header_frames) / header_frames > cfg.length_tolerance:
         # Cut short or lying: the two cannot be told apart here, and both are refused.
         raise AudioDecodeError(uri, "length_mismatch", f"header announces {header_frames} frames, {got} decode")
     finite = np.isfinite(data)

@@ -30,8 +30,8 @@ class AnalyzeAudioParams(TaskModel):
     listing_uri: InputArtifact = Field(description="Catalog listing from audio.list_catalog.")
     shard_index: int = Field(default=0, ge=0, description="Which shard of the listing to analyse.")
     sample_rate: int = Field(default=22050, ge=8000, le=96000, description="Analysis sample rate.")
-    min_source_rate: int = Field(default=16000, ge=1, description="Lowest accepted file sample rate.")
-    max_source_rate: int = Field(default=96000, ge=1, description="Highest accepted file sample rate.")
+    min_source_rate: int = Field(default=8000, ge=1, description="Lowest accepted file sample rate.")
+    max_source_rate: int = Field(default=192000, ge=1, description="Highest accepted file sample rate.")
     max_channels: int = Field(default=2, ge=1, le=64, description="Files with more channels are quarantined.")
     max_bytes: int | None = Field(default=None, ge=1, description="Size limit; None: settings.audio_max_bytes.")
     max_duration_s: float | None = Field(default=None, gt=0, description="None: settings.audio_max_duration_s.")
@@ -68,36 +68,41 @@ def _workers(rt_workers: int) -> int:
     return rt_workers or usable_cpus()
 
 
-@ai_task(name="audio.analyze", version="1.0.0", retry=RetryPolicy(max_attempts=2), state=_limits_state)
+@ai_task(name="audio.analyze", version="1.1.0", retry=RetryPolicy(max_attempts=2), state=_limits_state)
 def analyze_audio_task(params: AnalyzeAudioParams, ctx: TaskContext) -> AnalyzeAudioResult:
     """Decode and analyse one shard of the catalog: features, signal checks, fingerprints, quarantine.
 
     EN: Decodes every file of the shard (WAV, FLAC, OGG, MP3 via libsndfile), checks it first (real
-    format vs extension, size, channels, sample rate, duration, truncated streams, headers that lie
-    about their length, NaN samples), mixes down to mono and resamples once with soxr. One STFT per
-    file feeds every spectral feature (log-mel, MFCC, chroma, centroid, bandwidth, rolloff, flatness,
-    contrast, ZCR, RMS, onset strength, tempo) plus BS.1770 loudness, summarised into a fixed-length
-    named vector; rule checks (silence, clipping, DC offset, length, loudness, sample rate) and a
-    compact fingerprint come from the same pass. Files run in worker processes with a hard per-file
-    timeout; a bad file is quarantined with its reason and never stops the shard.
-    FR: Décode chaque fichier du lot (WAV, FLAC, OGG, MP3 via libsndfile) après l'avoir vérifié
-    (format réel contre extension, taille, canaux, fréquence d'échantillonnage, durée, flux tronqués,
-    en-têtes qui mentent sur la longueur, échantillons NaN), le réduit en mono et le rééchantillonne une
-    seule fois avec soxr. Une seule STFT par fichier alimente toutes les caractéristiques spectrales
-    (log-mel, MFCC, chroma, centroïde, largeur de bande, rolloff, planéité, contraste, ZCR, RMS, force
-    des attaques, tempo) plus l'intensité BS.1770, résumées en un vecteur nommé de longueur fixe ; les
-    règles (silence, écrêtage, composante continue, durée, intensité, fréquence) et une empreinte
-    compacte viennent du même passage. Les fichiers tournent dans des processus avec un délai maximal
-    par fichier ; un fichier défectueux est mis en quarantaine avec son motif sans arrêter le lot.
+    format vs extension, ID3 tags with no audio, size, channels, sample rate (8-192 kHz by default),
+    duration, truncated streams: MP3 frames and Ogg pages walked to their end, headers that lie about
+    their length with an MP3's encoder delay and padding allowed, NaN samples), mixes down to mono and
+    resamples once with soxr. One STFT per file feeds every spectral feature (log-mel, MFCC, chroma,
+    centroid, bandwidth, rolloff, flatness, contrast, ZCR, RMS, onset strength, tempo) plus BS.1770
+    loudness, summarised into a fixed-length named vector; rule checks (silence, clipping, DC offset,
+    length, loudness, sample rate) and a compact fingerprint come from the same pass. Files run in
+    worker processes with a hard per-file timeout; a bad file is quarantined with its reason and never
+    stops the shard.
+    FR: Décode chaque fichier du lot (WAV, FLAC, OGG, MP3 via libsndfile) après l'avoir vérifié (format
+    réel contre extension, balises ID3 sans audio, taille, canaux, fréquence d'échantillonnage (8 à 192
+    kHz par défaut), durée, flux tronqués : trames MP3 et pages Ogg parcourues jusqu'au bout, en-têtes
+    qui mentent sur la longueur, en admettant le délai et le bourrage d'un encodeur MP3, échantillons
+    NaN), le réduit en mono et le rééchantillonne une seule fois avec soxr. Une seule STFT par fichier
+    alimente toutes les caractéristiques spectrales (log-mel, MFCC, chroma, centroïde, largeur de bande,
+    rolloff, planéité, contraste, ZCR, RMS, force des attaques, tempo) plus l'intensité BS.1770,
+    résumées en un vecteur nommé de longueur fixe ; les règles (silence, écrêtage, composante continue,
+    durée, intensité, fréquence) et une empreinte compacte viennent du même passage. Les fichiers
+    tournent dans des processus avec un délai maximal par fichier ; un fichier défectueux est mis en
+    quarantaine avec son motif sans arrêter le lot.
     DE: Dekodiert jede Datei des Shards (WAV, FLAC, OGG, MP3 über libsndfile) nach einer Prüfung
-    (tatsächliches Format gegen Endung, Größe, Kanäle, Abtastrate, Dauer, abgeschnittene Streams,
-    Header mit falscher Länge, NaN-Samples), mischt auf Mono und resampelt einmal mit soxr. Eine
-    einzige STFT pro Datei speist alle spektralen Merkmale (Log-Mel, MFCC, Chroma, Schwerpunkt,
-    Bandbreite, Rolloff, Flachheit, Kontrast, ZCR, RMS, Onset-Stärke, Tempo) plus BS.1770-Lautheit,
-    zusammengefasst zu einem benannten Vektor fester Länge; Regelprüfungen (Stille, Clipping,
-    Gleichanteil, Länge, Lautheit, Abtastrate) und ein kompakter Fingerabdruck entstehen im selben
-    Durchgang. Dateien laufen in Worker-Prozessen mit hartem Zeitlimit pro Datei; eine fehlerhafte
-    Datei kommt mit Grund in Quarantäne und hält den Shard nie an.
+    (tatsächliches Format gegen Endung, ID3-Tags ohne Audio, Größe, Kanäle, Abtastrate (standardmäßig
+    8-192 kHz), Dauer, abgeschnittene Streams: MP3-Frames und Ogg-Seiten bis zum Ende gelesen, Header
+    mit falscher Länge, wobei Encoder-Verzögerung und -Auffüllung eines MP3 erlaubt sind, NaN-Samples),
+    mischt auf Mono und resampelt einmal mit soxr. Eine einzige STFT pro Datei speist alle spektralen
+    Merkmale (Log-Mel, MFCC, Chroma, Schwerpunkt, Bandbreite, Rolloff, Flachheit, Kontrast, ZCR, RMS,
+    Onset-Stärke, Tempo) plus BS.1770-Lautheit, zusammengefasst zu einem benannten Vektor fester Länge;
+    Regelprüfungen (Stille, Clipping, Gleichanteil, Länge, Lautheit, Abtastrate) und ein kompakter
+    Fingerabdruck entstehen im selben Durchgang. Dateien laufen in Worker-Prozessen mit hartem Zeitlimit
+    pro Datei; eine fehlerhafte Datei kommt mit Grund in Quarantäne und hält den Shard nie an.
     """
     import time
     from collections import Counter

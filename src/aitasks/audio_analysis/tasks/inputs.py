@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -120,7 +120,14 @@ class ListCatalogParams(TaskModel):
     shards: int = Field(default=4, ge=1, le=256, description="Split the catalog into at most this many shards.")
     limit: int = Field(default=0, ge=0, description="Analyse only the first N files by key (0: all).")
     manifest_uri: str = Field(
-        default="", description="Optional file listing the keys (paths under the root) to analyse, one per line."
+        default="",
+        description="Optional manifest of the keys (paths under the root) to analyse: plain text (one per line), "
+        ".csv/.tsv (header with 'path' and optional 'track_id') or .jsonl (objects with 'path', 'track_id').",
+    )
+    track_ids: Literal["stem", "key"] = Field(
+        default="stem",
+        description="Track ids of files without a manifest track_id: 'stem' (the file stem when it is a valid id, "
+        "else the key's normalised id) or 'key' (always '<slug>-<16 hex of the key's sha256>').",
     )
 
     _nul = field_validator("catalog_root", "manifest_uri")(_no_nul)
@@ -132,6 +139,7 @@ class ListCatalogResult(TaskModel):
     refused: Annotated[int, Metric()]
     skipped_non_audio: Annotated[int, Metric()]
     shard_indices: list[int]
+    refusal_reasons: dict[str, int]
 
     def artifact_metadata(self, field: str) -> dict[str, Any]:
         return {"tracks": self.tracks}
@@ -164,35 +172,56 @@ def _catalog_state(params: Any, rt: Runtime) -> dict[str, Any]:
     return {"catalog": sha256_json(sorted(rows)), **manifest}
 
 
-@ai_task(name="audio.list_catalog", version="1.0.0", retry=RetryPolicy(max_attempts=3), state=_catalog_state)
+@ai_task(name="audio.list_catalog", version="1.1.0", retry=RetryPolicy(max_attempts=3), state=_catalog_state)
 def list_catalog_task(params: ListCatalogParams, ctx: TaskContext) -> ListCatalogResult:
     """List the audio catalog, refuse unsafe paths and split it into shards.
 
-    EN: Walks the catalog root (a directory or a gs:// prefix) without following links out of it,
-    maps each audio file to its track id (the file stem), refuses links that escape the root, invalid
-    or duplicate track ids (with a reason each), skips non-audio files and splits the rest into
-    balanced shards for parallel analysis. With a manifest (one key under the root per line) only
-    its files are listed; keys with ``..``, absolute paths and links out of the root are refused.
+    EN: Walks the catalog root (a directory or a gs:// prefix) without following links out of it and
+    gives each audio file a track id that depends on its path only: the file stem when it is a valid
+    id, else a readable slug of the stem plus a 16-hex hash of the path (always so with
+    track_ids="key"), or the track_id column of a manifest; the original path is kept beside it.
+    Refuses links that escape the root and files that would share a track id (with a reason each),
+    skips non-audio files and splits the rest into balanced shards for parallel analysis. With a
+    manifest (plain text, CSV/TSV or JSONL, told from its name) only its files are listed and every
+    row gets an outcome with a reason; a manifest not in its format is refused with a clear error.
     FR: Parcourt la racine du catalogue (un répertoire ou un préfixe gs://) sans suivre les liens qui en
-    sortent, associe chaque fichier audio à son identifiant de titre (le nom sans extension), refuse les
-    liens qui s'échappent de la racine et les identifiants invalides ou en double (avec un motif
-    chacun), ignore les fichiers non audio et répartit le reste en lots équilibrés pour l'analyse en
-    parallèle. Avec un manifeste (une clé sous la racine par ligne), seuls ses fichiers sont listés ;
-    les clés avec ``..``, les chemins absolus et les liens hors de la racine sont refusés.
+    sortent et donne à chaque fichier audio un identifiant de titre qui ne dépend que de son chemin :
+    le nom sans extension s'il est un identifiant valide, sinon un nom lisible suivi d'une empreinte
+    de 16 caractères hexadécimaux du chemin (toujours avec track_ids="key"), ou la colonne track_id
+    d'un manifeste ; le chemin d'origine est conservé à côté. Refuse les liens qui s'échappent de la
+    racine et les fichiers qui auraient le même identifiant (avec un motif chacun), ignore les
+    fichiers non audio et répartit le reste en lots équilibrés pour l'analyse en parallèle. Avec un
+    manifeste (texte, CSV/TSV ou JSONL, reconnu à son nom), seuls ses fichiers sont listés et chaque
+    ligne reçoit un résultat avec son motif ; un manifeste qui n'est pas dans son format est refusé
+    avec une erreur claire.
     DE: Durchläuft die Katalogwurzel (ein Verzeichnis oder ein gs://-Präfix), ohne Links nach außen zu
-    folgen, ordnet jeder Audiodatei ihre Titel-Id (den Dateinamen ohne Endung) zu, weist Links, die die
-    Wurzel verlassen, sowie ungültige oder doppelte Titel-Ids ab (jeweils mit Grund), überspringt
-    Nicht-Audio-Dateien und teilt den Rest in ausgewogene Shards für die parallele Analyse.
-    Mit einem Manifest (ein Schlüssel unter der Wurzel pro Zeile) werden nur dessen Dateien gelistet;
-    Schlüssel mit ``..``, absolute Pfade und Links nach außen werden abgewiesen.
+    folgen, und gibt jeder Audiodatei eine Titel-Id, die nur von ihrem Pfad abhängt: den Dateinamen
+    ohne Endung, wenn er eine gültige Id ist, sonst einen lesbaren Namen plus einen 16-stelligen
+    Hex-Hash des Pfads (mit track_ids="key" immer), oder die Spalte track_id eines Manifests; der
+    ursprüngliche Pfad bleibt daneben erhalten. Weist Links, die die Wurzel verlassen, und Dateien,
+    die dieselbe Titel-Id bekämen, ab (jeweils mit Grund), überspringt Nicht-Audio-Dateien und teilt
+    den Rest in ausgewogene Shards für die parallele Analyse. Mit einem Manifest (Text, CSV/TSV oder
+    JSONL, am Namen erkannt) werden nur dessen Dateien gelistet, und jede Zeile erhält ein Ergebnis
+    mit Grund; ein Manifest, das nicht seinem Format entspricht, wird mit klarer Meldung abgewiesen.
     """
-    from aitasks.audio_analysis.catalog import list_catalog, list_manifest, shard
+    from collections import Counter
+
+    from aitasks.audio_analysis.catalog import list_catalog, list_manifest, manifest_format, shard
 
     if params.manifest_uri:
-        text = storage_of(params.manifest_uri, ctx.runtime).read_bytes(params.manifest_uri).decode("utf-8")
-        listing = list_manifest(params.catalog_root, text, ctx.storage, limit=params.limit)
+        fmt = manifest_format(params.manifest_uri)
+        data = storage_of(params.manifest_uri, ctx.runtime).read_bytes(params.manifest_uri)
+        listing = list_manifest(
+            params.catalog_root,
+            data,
+            ctx.storage,
+            fmt=fmt,
+            name=params.manifest_uri,
+            limit=params.limit,
+            track_ids=params.track_ids,
+        )
     else:
-        listing = list_catalog(params.catalog_root, ctx.storage, limit=params.limit)
+        listing = list_catalog(params.catalog_root, ctx.storage, limit=params.limit, track_ids=params.track_ids)
     shards = shard(listing.entries, params.shards)
     uri = ctx.output_uri(LISTING_FILE)
     payload = {"listing": listing.model_dump(mode="json"), "shards": [[e.key for e in s] for s in shards]}
@@ -204,4 +233,5 @@ def list_catalog_task(params: ListCatalogParams, ctx: TaskContext) -> ListCatalo
         refused=len(listing.refused),
         skipped_non_audio=listing.skipped_non_audio,
         shard_indices=list(range(len(shards))),
+        refusal_reasons=dict(sorted(Counter(r.reason for r in listing.refused).items())),
     )
