@@ -341,3 +341,28 @@ def test_stream_walkers_never_crash(body: bytes, prefix: bytes) -> None:
     assert mp3 is None or mp3.frames >= 0
     ogg = scan_ogg(b"OggS" + body)
     assert ogg.pages >= 0
+
+
+def _with_declared_frames(data: bytes, extra: int) -> bytes:
+    """The MP3 with its Info header's frame count raised by ``extra``."""
+    at = data.find(b"Info") + 8  # after the name and the flags
+    count = int.from_bytes(data[at : at + 4], "big") + extra
+    return data[:at] + count.to_bytes(4, "big") + data[at + 4 :]
+
+
+def test_a_header_frame_count_off_by_one_is_an_encoder_habit_not_a_cut(tmp_path: Path) -> None:
+    data = crafted.mp3_bytes(crafted.music(4, seed=16), kbps_level=0.5)
+    (tmp_path / "counts_itself.mp3").write_bytes(_with_declared_frames(data, 1))
+    decode_file(tmp_path / "counts_itself.mp3")
+    (tmp_path / "missing_two.mp3").write_bytes(_with_declared_frames(data, 2))
+    with pytest.raises(AudioDecodeError, match="declares") as info:
+        decode_file(tmp_path / "missing_two.mp3")
+    assert info.value.reason == "truncated"
+
+
+def test_free_format_mp3s_are_left_to_the_decoder_not_refused_as_unknown() -> None:
+    from aitasks.audio_analysis.streams import free_format
+
+    assert free_format(crafted.id3_only("x", 4) + b"\xff\xfb\x04\xc4" + bytes(400))  # bitrate index 0
+    assert not free_format(b"\xff\xfb\x90\xc4" + bytes(400))
+    assert scan_mp3(b"\xff\xfb\x04\xc4" + bytes(400)) is None

@@ -34,7 +34,14 @@ from typing import BinaryIO, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aitasks.audio_analysis.streams import MAX_ENCODER_GAP, Mp3Stream, id3v2_length, scan_mp3, scan_ogg
+from aitasks.audio_analysis.streams import (
+    MAX_ENCODER_GAP,
+    Mp3Stream,
+    free_format,
+    id3v2_length,
+    scan_mp3,
+    scan_ogg,
+)
 from aitasks.runtime.errors import DataFormatError
 
 #: Machine-readable reasons a file is refused; each is a quarantine reason and an anomaly flag detail.
@@ -233,13 +240,16 @@ def _check_structure(uri: str, fmt: str, data: bytes) -> Mp3Stream | None:
         return None
     mp3 = scan_mp3(data)
     if mp3 is None:
+        if free_format(data):
+            return None  # no frame lengths to walk: libsndfile's own length is the only reference
         raise AudioDecodeError(uri, "unknown_format", "no MPEG Layer III frame in the file")
     if mp3.cut is not None:
         frame, present, needed = mp3.cut
         raise AudioDecodeError(
             uri, "truncated", f"the MP3 stream ends inside frame {frame}: {present} of its {needed} bytes are present"
         )
-    if mp3.declared_frames is not None and mp3.frames < mp3.declared_frames:
+    # One frame of slack: encoders differ on whether the count includes the header's own frame.
+    if mp3.declared_frames is not None and mp3.frames < mp3.declared_frames - 1:
         declared = mp3.declared_frames
         raise AudioDecodeError(
             uri, "truncated", f"the {mp3.header} header declares {declared} frames, the file holds {mp3.frames}"

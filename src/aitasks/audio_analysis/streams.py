@@ -61,6 +61,20 @@ def mpeg_frame(data: bytes, pos: int) -> MpegFrame | None:
     return MpegFrame(version=version, sample_rate=rate, length=length, samples=per_frame, mono=(b3 >> 6) == 3)
 
 
+def free_format(data: bytes) -> bool:
+    """Whether the stream after the leading tags starts with a free-format Layer III frame (no bitrate)."""
+    pos = leading_tags(data)[1]
+    head = data[pos : pos + 3]
+    return (
+        len(head) == 3
+        and head[0] == 0xFF
+        and (head[1] & 0xE0) == 0xE0
+        and (head[1] >> 1) & 3 == 1
+        and (head[1] >> 3) & 3 != 1
+        and head[2] >> 4 == 0
+    )
+
+
 def id3v2_length(data: bytes, pos: int = 0) -> int:
     """Bytes of the ID3v2 tag at ``pos`` (header, body and footer), or 0 when there is none."""
     if data[pos : pos + 3] != b"ID3" or len(data) < pos + 10:
