@@ -459,6 +459,10 @@ def local_storage_roots(cluster: LocalCluster) -> list[str]:
     return sorted(str(p) for p in cluster.sandboxes.glob("step-*/**/.aitasks"))
 
 
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
 def _print(con: Console, s: dict[str, Any]) -> None:
     table = Table(title=f"aitasks demo-cluster summary ({s['elapsed_s']:.0f} s)", show_header=False)
     table.add_column("what", style="bold")
@@ -472,7 +476,9 @@ def _print(con: Console, s: dict[str, Any]) -> None:
         "ingest", f"{ing['input_rows']} rows in, {ing['good_rows']} good, {ing['quarantined_rows']} quarantined"
     )
     rec = s["recall_at_10"]
-    table.add_row("recall@10", f"model {rec['model']} vs popularity {rec['popularity']}; blessed: {s['blessed']}")
+    table.add_row(
+        "recall@10", f"model {_fmt(rec['model'])} vs popularity {_fmt(rec['popularity'])}; blessed: {s['blessed']}"
+    )
     m, ix = s["model"], s["index"]
     table.add_row(
         "model",
@@ -482,7 +488,7 @@ def _print(con: Console, s: dict[str, Any]) -> None:
     table.add_row(
         "index",
         f"{ix['name']} v{ix['version']} ({'new' if ix['new_version'] else 'unchanged'}); "
-        f"recall@10 vs exact {ix['recall_at_10_vs_exact']}",
+        f"recall@10 vs exact {_fmt(ix['recall_at_10_vs_exact'])}",
     )
     local = s["local_storage_roots"]
     table.add_row("local fallbacks", "none" if not local else "[red]" + ", ".join(local) + "[/red]")
