@@ -43,6 +43,7 @@ def list_catalog(
     manifest_uri: str,
     shards: int,
     limit: int,
+    track_ids: str,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -55,7 +56,13 @@ def list_catalog(
 
     res = run_step(
         "audio.list_catalog",
-        {"catalog_root": catalog_root, "manifest_uri": manifest_uri, "shards": shards, "limit": limit},
+        {
+            "catalog_root": catalog_root,
+            "manifest_uri": manifest_uri,
+            "shards": shards,
+            "limit": limit,
+            "track_ids": track_ids,
+        },
         (run_context, pipeline, run_id, step),
         outputs={"listing_uri": listing},
         metrics=metrics,

@@ -30,6 +30,7 @@ def audio_analysis(
     catalog_root: str = "",
     labelled_root: str = "",
     catalog_manifest: str = "",
+    track_ids: str = "stem",
     demo: dict = DEMO_DEFAULT,
     shards: int = 4,
     limit: int = 0,
@@ -61,6 +62,7 @@ def audio_analysis(
             manifest_uri=catalog_manifest,
             shards=shards,
             limit=limit,
+            track_ids=track_ids,
         )
         with dsl.ParallelFor(listed.outputs["Output"], parallelism=MAX_PARALLEL_SHARDS, name="shards") as shard:
             analyzed = steps.ANALYZE_SHARD(

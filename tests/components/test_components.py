@@ -249,6 +249,7 @@ def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
         manifest_uri="",
         shards=2,
         limit=0,
+        track_ids="key",
         **ctx,
         step="list-catalog",
         listing=listing,
