@@ -117,21 +117,77 @@ def tasks_run(
     typer.echo(result.model_dump_json(indent=2))
 
 
-@audit_app.command("verify")
-def audit_verify(
-    root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
-) -> None:
-    """Verify the hash chain and head; exit 1 on an edited, reordered, deleted or truncated record."""
+def _open_audit_cli(root: str | None, head_root: str | None) -> Any:
+    """The audit log of ``--root``/``--head-root`` or the settings; the key only ever from settings (env/Secret)."""
     from aitasks.runtime.audit import open_audit
     from aitasks.runtime.settings import load_settings
 
-    rep = open_audit(root or load_settings().resolved_audit_root()).verify()
-    if rep.ok:
-        console.print(f"[green]audit chain verified[/green]: {rep.records} records, head seq {rep.head_seq}")
-        return
+    s = load_settings()
+    return open_audit(
+        root or s.resolved_audit_root(),
+        key=s.audit_key.get_secret_value(),
+        head_root=head_root if head_root is not None else (s.audit_head_root or None),
+    )
+
+
+_HEAD_ROOT_HELP = "Where the audit head lives, apart from the log (default: AITASKS_AUDIT_HEAD_ROOT; empty: beside it)."
+
+
+@audit_app.command("verify")
+def audit_verify(
+    root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
+    head_root: Annotated[str | None, typer.Option(help=_HEAD_ROOT_HELP)] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Also fail when something cannot be proven (dev key, head beside the log).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Verify every record's key (HMAC, AITASKS_AUDIT_KEY), the chain and the head.
+
+    Exit 1 on an edited, forged, reordered, deleted or truncated record. Notes say what cannot be proven
+    (records keyed with the public dev key; a head kept beside the log cannot prove truncation) and what
+    a crash left for the next append to finish; with ``--strict`` an unprovable property fails too.
+    """
+    from rich.markup import escape
+
+    rep = _open_audit_cli(root, head_root).verify()
+    unprovable = [n for n in rep.notes if "not provable" in n or "look the same" in n]
+    failed = not rep.ok or (strict and bool(unprovable))
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), sort_keys=True))
+    else:
+        for n in rep.notes:
+            err_console.print(f"[yellow]audit note: {escape(n)}[/yellow]")
+        for p in rep.problems:
+            err_console.print(f"[red]audit: {escape(p)}[/red]")
+        if rep.ok:
+            console.print(f"[green]audit chain verified[/green]: {rep.records} records, head seq {rep.head_seq}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@audit_app.command("repair")
+def audit_repair(
+    root: Annotated[str | None, typer.Option(help="Audit directory (default: from settings).")] = None,
+    head_root: Annotated[str | None, typer.Option(help=_HEAD_ROOT_HELP)] = None,
+) -> None:
+    """Finish or undo an append a crash or a full disk interrupted, then verify.
+
+    A partial last line is cut back to the last complete record; an authentic last record the head
+    does not cover yet gets its head. Anything else (a record edited, a log shorter than its head) is
+    refused: that is not a crash, read `aitasks audit verify`. The next append does the same on its own.
+    """
+    from rich.markup import escape
+
+    log = _open_audit_cli(root, head_root)
+    for line in log.repair() or ["nothing to repair"]:
+        console.print(escape(line))
+    rep = log.verify()
     for p in rep.problems:
-        err_console.print(f"[red]audit: {p}[/red]")
-    raise typer.Exit(1)
+        err_console.print(f"[red]audit: {escape(p)}[/red]")
+    if not rep.ok:
+        raise typer.Exit(1)
+    console.print(f"[green]audit chain verified[/green]: {rep.records} records, head seq {rep.head_seq}")
 
 
 @audit_app.command("tail")
@@ -152,13 +208,10 @@ def audit_tail(
     A reused result (status ``idempotent_hit``) carries ``reused``: the key parts that matched (task,
     version, code, inputs, artifacts, state) and the run that committed the result.
     """
-    from aitasks.runtime.audit import open_audit
-    from aitasks.runtime.settings import load_settings
-
     wanted = {"run_id": run, "task": task, "step": step, "status": status, "submitter": submitter}
     records = [
         rec
-        for rec in open_audit(root or load_settings().resolved_audit_root()).records()
+        for rec in _open_audit_cli(root, None).records()
         if all(v is None or rec.get(k) == v for k, v in wanted.items())
     ]
     for rec in records[-n:] if n > 0 else []:

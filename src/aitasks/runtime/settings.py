@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_PSEUDONYMIZATION_KEY = "aitasks-dev-only-key"
 #: Redis address of the embedded default (a laptop's local Redis).
 DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The audit HMAC key of laptops and tests: public, so it proves nothing; production refuses it.
+DEV_AUDIT_KEY = "aitasks-dev-only-audit-key"
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,13 @@ class Settings(BaseSettings):
     storage_root: str = Field(default=".aitasks")
     #: Where the audit log lives. Empty: ``<storage_root>/audit``.
     audit_root: str = ""
+    #: Key of the audit records' HMAC chain (from the step Secret, key ``audit-key``). Whoever holds it can
+    #: rewrite the audit: give it to the writers (step pods) and auditors only, never to the storage admins.
+    audit_key: SecretStr = SecretStr(DEV_AUDIT_KEY)
+    #: Where the audit head lives, apart from the log. Empty: beside the log (truncation by someone who can
+    #: write the audit root is then not provable). In production: a bucket or prefix with object versioning
+    #: or a retention policy, writable by the steps but not rewritable by whoever administers the log bucket.
+    audit_head_root: str = ""
     #: Who is acting (a person, ``ci``, ``schedule``, a service account); recorded in audit records.
     actor: str = "local"
 
@@ -76,7 +85,7 @@ class Settings(BaseSettings):
     #: Turn "service unreachable" into a failure instead of a skip or a fallback (set in CI).
     require_services: bool = False
 
-    @field_validator("storage_root", "audit_root")
+    @field_validator("storage_root", "audit_root", "audit_head_root")
     @classmethod
     def _no_nul(cls, value: str) -> str:
         if "\x00" in value:
@@ -94,6 +103,13 @@ class Settings(BaseSettings):
             problems.append(f"AITASKS_STORAGE_ROOT={self.storage_root!r} is a local path (needs gs://)")
         if self.audit_root and not self.audit_root.startswith("gs://"):
             problems.append(f"AITASKS_AUDIT_ROOT={self.audit_root!r} is a local path (needs gs://)")
+        if self.audit_head_root and not self.audit_head_root.startswith("gs://"):
+            problems.append(f"AITASKS_AUDIT_HEAD_ROOT={self.audit_head_root!r} is a local path (needs gs://)")
+        audit_key = self.audit_key.get_secret_value()
+        if not audit_key or audit_key == DEV_AUDIT_KEY:
+            problems.append("AITASKS_AUDIT_KEY is empty or the public dev key (set it from the step Secret)")
+        elif len(audit_key) < 32:
+            problems.append("AITASKS_AUDIT_KEY is shorter than 32 characters (use a random 32-byte secret)")
         if not self.mlflow_tracking_uri:
             problems.append("AITASKS_MLFLOW_TRACKING_URI is empty (a sqlite file under the storage root)")
         elif self.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.mlflow_tracking_uri:

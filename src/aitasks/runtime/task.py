@@ -45,7 +45,7 @@ from pydantic import (
 )
 
 from aitasks.runtime import logging as rlog
-from aitasks.runtime.audit import AuditLog, StorageAuditLog, open_audit
+from aitasks.runtime.audit import AuditLog, StorageAuditLog, audit_from_settings
 from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
@@ -270,7 +270,7 @@ class Runtime:
             settings=s,
             run=run or RunContext.from_env(),
             telemetry=telemetry or default_telemetry(s.trace_exporter, s.otlp_endpoint),
-            audit=open_audit(s.resolved_audit_root()),
+            audit=audit_from_settings(s),
             storage=st,
             idempotency=IdempotencyStore(st, s.storage_root),
         )
