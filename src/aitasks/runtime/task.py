@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import time
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -47,14 +48,16 @@ from pydantic import (
 from aitasks.runtime import logging as rlog
 from aitasks.runtime.audit import AuditLog, StorageAuditLog, audit_from_settings
 from aitasks.runtime.errors import (
+    DataFormatError,
     FieldIssue,
     InvalidInputError,
     InvalidOutputError,
     NotRetriedError,
+    PreconditionFailedError,
 )
 from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
-from aitasks.runtime.idempotency import IdempotencyStore
+from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencyStore, Lease
 from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
 from aitasks.runtime.settings import Settings, load_settings
 from aitasks.runtime.storage import Storage, is_gcs, join_uri, publish_local_file, storage_for
@@ -252,6 +255,10 @@ class Runtime:
     storage: Storage
     idempotency: IdempotencyStore
     sleep: Callable[[float], None] = time.sleep
+    #: A key's lease lives this long without renewal (the holder renews it every quarter of it).
+    lease_ttl_s: float = LEASE_TTL_S
+    #: The longest a call waits for another holder's commit of the same key.
+    lease_wait_s: float = LEASE_WAIT_S
 
     @classmethod
     def create(
@@ -447,14 +454,6 @@ def storage_of(uri: str, rt: Runtime) -> Storage:
 _storage_of = storage_of
 
 
-def _outputs_exist(task: Task[Any, Any], result: Mapping[str, Any], rt: Runtime) -> bool:
-    for f in _artifact_fields(task.result_model, "output"):
-        uri = result.get(f)
-        if uri and not _storage_of(uri, rt).exists(uri):
-            return False
-    return True
-
-
 def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
     t0 = time.perf_counter()
     tel = rt.telemetry
@@ -537,25 +536,93 @@ def _run_keyed(
     if state:
         audit["state"] = state
 
+    # A committed result is reused only once verified: its record's hashes and every output's content.
     committed = rt.idempotency.get(task.name, key)
-    if committed is not None and _outputs_exist(task, committed["result"], rt):
-        result = task.result_model.model_validate(committed["result"])
-        rt.telemetry.task.idempotent_hits.labels(task.name).inc()
-        reused = _reuse_reason(committed, audit["key_parts"])
-        log.info("task.idempotent_hit", committed_at=committed.get("committed_at"), reason=reused["reason"])
-        _finish(
-            task,
-            rt,
-            span,
-            log,
-            t0,
-            "idempotent_hit",
-            {**audit, "attempt": 0, "output_hash": committed["output_hash"], "reused": reused},
-        )
-        return result
+    rerun_reason: str | None = None
     if committed is not None:
-        log.warning("task.committed_outputs_missing", note="re-running: a committed output no longer exists")
-        rt.idempotency.forget(task.name, key)
+        rerun_reason = _damage(task, committed, rt)
+        if rerun_reason is None:
+            return _hit(task, rt, span, log, t0, audit, committed, "reused")
+
+    # One execution per key: take the key's lease, or wait for its holder's commit.
+    got = _acquire(task, key, rt, log)
+    if not isinstance(got, Lease):
+        return _hit(task, rt, span, log, t0, audit, got, "lost_race")
+    lease = got
+    try:
+        return _run_leased(task, params, rt, span, log, t0, audit, secrets, key, lease, rerun_reason)
+    finally:
+        lease.release()
+
+
+def _acquire(task: Task[Any, Any], key: str, rt: Runtime, log: Any) -> Lease | dict[str, Any]:
+    """The key's lease, or the verified committed record another holder left while we waited.
+
+    Waits with capped exponential backoff and jitter, up to ``rt.lease_wait_s``; a lease whose holder
+    stopped renewing it (killed, hung) is taken over once it expires.
+
+    Raises:
+        PreconditionFailedError: Another live holder kept the lease for the whole wait (retryable).
+    """
+    deadline = time.monotonic() + rt.lease_wait_s
+    delay = 0.02
+    waited = False
+    while True:
+        got = rt.idempotency.try_lease(task.name, key, run_id=rt.run.run_id, ttl_s=rt.lease_ttl_s)
+        if isinstance(got, Lease):
+            if got.taken_over is not None:
+                log.warning(
+                    "task.lease_taken_over",
+                    previous_run=got.taken_over.get("run_id"),
+                    previous_host=got.taken_over.get("host"),
+                    previous_pid=got.taken_over.get("pid"),
+                    released=bool(got.taken_over.get("released")),
+                )
+            got.start()
+            return got
+        if got is not None and not waited:
+            waited = True
+            log.info("task.waiting_for_lease", holder_run=got.get("run_id"), holder_host=got.get("host"))
+        committed = rt.idempotency.get(task.name, key)
+        if committed is not None and _damage(task, committed, rt) is None:
+            return committed
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            holder = got or {}
+            raise PreconditionFailedError(
+                f"task {task.name!r}: another attempt (run {holder.get('run_id', '?')}, host "
+                f"{holder.get('host', '?')}) holds the lease of this key and did not commit within "
+                f"{rt.lease_wait_s:g} s"
+            )
+        time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))  # noqa: S311 - jitter, not a secret
+        delay = min(delay * 2, 1.0)
+
+
+def _run_leased(
+    task: Task[P, R],
+    params: P,
+    rt: Runtime,
+    span: Any,
+    log: Any,
+    t0: float,
+    audit: dict[str, Any],
+    secrets: tuple[str, ...],
+    key: str,
+    lease: Lease,
+    rerun_reason: str | None,
+) -> R:
+    # Committed while we looked the other way (its holder released the lease after its commit).
+    committed = rt.idempotency.get(task.name, key)
+    if committed is not None:
+        reason = _damage(task, committed, rt)
+        if reason is None:
+            return _hit(task, rt, span, log, t0, audit, committed, "reused")
+        rerun_reason = reason
+    if rerun_reason is not None:
+        log.warning("task.committed_result_rejected", rerun_reason=rerun_reason, note="running again")
+        audit = {**audit, "rerun_reason": rerun_reason}
+        if committed is not None:
+            rt.idempotency.forget(task.name, key)
 
     # A retry of the same work in the same run (KFP's retry policy retries every failure) after a
     # non-retryable failure: fail at once with the first error. New inputs or new code mean a new key.
@@ -571,7 +638,14 @@ def _run_keyed(
         raise not_retried
 
     log.info("task.started", inputs=task.canonical_inputs(params))
-    workdir = join_uri(rt.settings.storage_root, "tasks", task.name, key[:32])
+    # A private working directory per execution: a late or taken-over attempt never writes where the
+    # committed outputs lie (they are published from the winner's own directory).
+    workdir = join_uri(rt.settings.storage_root, "tasks", task.name, key[:32], lease.token)
+    audit = {**audit, "lease": lease.token}
+    if lease.taken_over is not None:
+        audit["lease_taken_over"] = {
+            k: lease.taken_over.get(k) for k in ("run_id", "host", "pid", "acquired_at", "released")
+        }
     attempt = 0
     while True:
         attempt += 1
@@ -628,25 +702,185 @@ def _run_keyed(
         raise err
 
     output_hash = sha256_json(result_json)
+    outputs = _output_hashes(task, result_json, rt)
     record = {
         "task": task.name,
         "version": task.version,
         "key": key,
         "result": result_json,
         "output_hash": output_hash,
-        "trace_id": trace_id,
+        "outputs": outputs,
+        "outputs_hash": sha256_json(outputs),
+        "trace_id": audit["trace_id"],
         "run_id": rt.run.run_id,
+        "attempt": attempt,
+        "lease": lease.token,
         "committed_at": time.time(),
         "key_parts": audit["key_parts"],
     }
     committed_rec, won = rt.idempotency.commit(task.name, key, record)
     if not won:
+        # Only after a lease takeover of a holder that was still alive: its commit won; ours is dropped.
         log.info("task.lost_commit_race", note="another attempt committed first; returning its result")
-        result = task.result_model.model_validate(committed_rec["result"])
-        output_hash = committed_rec["output_hash"]
+        _remove_tree(workdir, rt)
+        return _hit(task, rt, span, log, t0, {**audit, "ran": True}, committed_rec, "lost_race", attempt=attempt)
     log.info("task.succeeded", attempt=attempt, output_hash=output_hash[:16])
-    _finish(task, rt, span, log, t0, "succeeded", {**audit, "attempt": attempt, "output_hash": output_hash})
+    _finish(
+        task,
+        rt,
+        span,
+        log,
+        t0,
+        "succeeded",
+        {**audit, "attempt": attempt, "output_hash": output_hash, "outcome": "executed"},
+    )
+    rt.idempotency.mark_audited(task.name, key, audit["trace_id"])
     return result
+
+
+def _hit(
+    task: Task[Any, R],
+    rt: Runtime,
+    span: Any,
+    log: Any,
+    t0: float,
+    audit: dict[str, Any],
+    committed: Mapping[str, Any],
+    outcome: str,
+    *,
+    attempt: int = 0,
+) -> R:
+    """Return a committed (verified) result: audit status ``idempotent_hit``, ``outcome`` reused or lost_race."""
+    result = task.result_model.model_validate(committed["result"])
+    key = str(audit["idempotency_key"])
+    if not rt.idempotency.audited(task.name, key):
+        _adopt(task, rt, log, audit, committed)
+    rt.telemetry.task.idempotent_hits.labels(task.name).inc()
+    reused = _reuse_reason(committed, audit["key_parts"])
+    log.info(
+        "task.idempotent_hit", committed_at=committed.get("committed_at"), reason=reused["reason"], outcome=outcome
+    )
+    _finish(
+        task,
+        rt,
+        span,
+        log,
+        t0,
+        "idempotent_hit",
+        {**audit, "attempt": attempt, "output_hash": committed["output_hash"], "reused": reused, "outcome": outcome},
+    )
+    return result
+
+
+def _adopt(task: Task[Any, Any], rt: Runtime, log: Any, audit: dict[str, Any], committed: Mapping[str, Any]) -> None:
+    """The call that committed ``committed`` died before its ``succeeded`` record: write it now, marked adopted."""
+    when = committed.get("committed_at")
+    log.warning("task.commit_adopted", committed_by_run=committed.get("run_id"), note="no succeeded record: adopted")
+    rt.audit.append(
+        {
+            **audit,
+            "status": "succeeded",
+            "outcome": "executed",
+            "run_id": committed.get("run_id", ""),
+            "trace_id": committed.get("trace_id", ""),
+            "attempt": committed.get("attempt", 0),
+            "output_hash": committed.get("output_hash"),
+            "adopted": {
+                "note": "the committing call left no succeeded record (killed after its commit): recorded later",
+                "by_run": audit.get("run_id", ""),
+                "by_trace_id": audit.get("trace_id", ""),
+                "committed_at": datetime.fromtimestamp(float(when), UTC).isoformat() if when else "",
+            },
+        }
+    )
+    rt.idempotency.mark_audited(task.name, str(audit["idempotency_key"]), str(audit.get("trace_id", "")))
+
+
+def _remove_tree(uri: str, rt: Runtime) -> None:
+    """Best effort: drop a losing attempt's private working directory."""
+    st = storage_of(uri, rt)
+    try:
+        if is_gcs(uri):
+            for obj in st.list(uri.rstrip("/") + "/"):
+                st.delete(obj)
+        else:
+            st.delete(uri)
+    except Exception as exc:  # cleanup must not hide the result
+        rlog.get_logger().warning("task.workdir_cleanup_failed", uri=uri, error=str(exc))
+
+
+_BUNDLE_SUFFIX = "/MANIFEST.json"
+
+
+def _output_hashes(task: Task[Any, Any], result: Mapping[str, Any], rt: Runtime) -> dict[str, Any]:
+    """Content hashes of every output at commit time (a bundle: its manifest and every file it lists)."""
+    out: dict[str, Any] = {}
+    for f in _artifact_fields(task.result_model, "output"):
+        uri = result.get(f)
+        if not uri:
+            continue
+        st = _storage_of(uri, rt)
+        try:
+            entry: dict[str, Any] = {"uri": uri, "hash": st.content_hash(uri)}
+            if uri.endswith(_BUNDLE_SUFFIX):
+                entry["files"] = {rel: st.content_hash(u) for rel, u in _bundle_files(uri, st)}
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            entry = {"uri": uri, "hash": None}  # not there at commit: only its existence is checked later
+        except DataFormatError:
+            entry = {"uri": uri, "hash": st.content_hash(uri)}  # named MANIFEST.json but not a bundle
+        out[f] = entry
+    return out
+
+
+def _bundle_files(manifest_uri: str, st: Storage) -> list[tuple[str, str]]:
+    from aitasks.runtime.bundle import read_manifest
+
+    manifest = read_manifest(manifest_uri, st)
+    base = manifest_uri[: -len("MANIFEST.json")].rstrip("/") or "."
+    return [(rel, join_uri(base, rel)) for rel in sorted(manifest["files"])]
+
+
+def _damage(task: Task[Any, Any], committed: Mapping[str, Any], rt: Runtime) -> str | None:
+    """Why a committed record cannot be reused (``None``: it can): an edited record, a missing or changed output."""
+    result = committed.get("result")
+    if not isinstance(result, Mapping) or committed.get("output_hash") != sha256_json(result):
+        return "committed record changed since commit: its result no longer matches output_hash"
+    outputs = committed.get("outputs")
+    if outputs is not None and committed.get("outputs_hash") != sha256_json(outputs):
+        return "committed record changed since commit: its output hashes no longer match outputs_hash"
+    try:
+        task.result_model.model_validate(dict(result))
+    except ValidationError:
+        return "committed result no longer validates against the result model"
+    for f in _artifact_fields(task.result_model, "output"):
+        uri = result.get(f)
+        if not uri:
+            continue
+        st = _storage_of(uri, rt)
+        recorded = (outputs or {}).get(f)
+        if not isinstance(recorded, Mapping) or recorded.get("hash") is None:
+            if not st.exists(uri):
+                return f"output {f} ({uri}) no longer exists"
+            continue
+        if recorded.get("uri") != uri:
+            return f"committed record changed since commit: output {f} points elsewhere"
+        try:
+            if st.content_hash(uri) != recorded["hash"]:
+                return f"output {f} ({uri}) changed since commit"
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return f"output {f} ({uri}) no longer exists"
+        files = recorded.get("files")
+        if isinstance(files, Mapping):
+            base = uri[: -len("MANIFEST.json")].rstrip("/") or "."
+            for rel, digest in sorted(files.items()):
+                file_uri = join_uri(base, rel)
+                try:
+                    now = st.content_hash(file_uri)
+                except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                    return f"output {f}: bundle file {rel} ({file_uri}) is missing"
+                if now != digest:
+                    return f"output {f}: bundle file {rel} ({file_uri}) changed since commit"
+    return None
 
 
 def _short(value: Any) -> str:
