@@ -31,7 +31,9 @@ from tests.fixtures.services import PG_ADMIN
 from tests.pipelines.test_audio_analysis_local import SMALL as AUDIO_SMALL
 
 # Full pipeline runs against services: `make test-slow` and CI run them (services required there).
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# Three runs happen in the first test's setup (about 7 minutes on a loaded 2-core machine): past the
+# suite's 600 s default timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]
 
 REDIS_URL = os.environ.get("AITASKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RECO = cd.reco_params(events=20_000, users=300, tracks=800, epochs=2)
