@@ -259,6 +259,9 @@ class Runtime:
     lease_ttl_s: float = LEASE_TTL_S
     #: The longest a call waits for another holder's commit of the same key.
     lease_wait_s: float = LEASE_WAIT_S
+    #: Append a ``started`` audit record before the body runs (a killed call leaves a trace). Off by
+    #: default until the tests that count a call's audit records exactly expect it (issue 14).
+    audit_started: bool = False
 
     @classmethod
     def create(
@@ -646,6 +649,9 @@ def _run_leased(
         audit["lease_taken_over"] = {
             k: lease.taken_over.get(k) for k in ("run_id", "host", "pid", "acquired_at", "released")
         }
+    if rt.audit_started:
+        # Before the body: a call killed or hung from here on leaves this trace.
+        rt.audit.append({**audit, "status": "started", "attempt": 0, "workdir": workdir})
     attempt = 0
     while True:
         attempt += 1
