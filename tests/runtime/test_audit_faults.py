@@ -49,7 +49,7 @@ def _short_then_full(monkeypatch: pytest.MonkeyPatch) -> None:
             return real(fd, bytes(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audit_mod.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
 
 
 def test_short_write_is_cut_back_and_fails_the_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +69,7 @@ def test_a_write_of_zero_bytes_is_not_taken_for_success(tmp_path: Path, monkeypa
     log = _log(tmp_path)
     before = _state(log)
     with monkeypatch.context() as m:
-        m.setattr(audit_mod.os, "write", lambda fd, data: 0)
+        m.setattr(os, "write", lambda fd, data: 0)
         with pytest.raises(AuditWriteError):
             log.append({"task": "zero"})
     assert _state(log) == before and log.verify().ok
@@ -81,7 +81,7 @@ def test_fsync_or_head_failure_is_cut_back(tmp_path: Path, monkeypatch: pytest.M
     before = _state(log)
     with monkeypatch.context() as m:
         if failing == "fsync":
-            m.setattr(audit_mod.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+            m.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
         else:
             real = os.pwrite
 
@@ -89,7 +89,7 @@ def test_fsync_or_head_failure_is_cut_back(tmp_path: Path, monkeypatch: pytest.M
                 real(fd, data[:40], offset)  # a torn head slot
                 raise OSError(errno.ENOSPC, "No space left on device")
 
-            m.setattr(audit_mod.os, "pwrite", pwrite)
+            m.setattr(os, "pwrite", pwrite)
         with pytest.raises(AuditWriteError):
             log.append({"task": failing})
     assert log.log_path.read_bytes() == before[0] and log.read_head() == before[1]
@@ -118,7 +118,11 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     try:
         done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=20
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here ({exc}): the monkeypatched short-write tests cover this")
@@ -139,7 +143,7 @@ def test_full_tmpfs_never_tears_the_audit(tiny_fs: Path, monkeypatch: pytest.Mon
             short.append((len(data), n))
         return n
 
-    monkeypatch.setattr(audit_mod.os, "write", write)
+    monkeypatch.setattr(os, "write", write)
     log = AuditLog(tiny_fs / "audit", key=KEY)
     payload = "x" * 3000  # not page aligned: the last write that fits is a short one
     written, failures = 0, 0
@@ -232,6 +236,7 @@ def test_random_sigkills_during_appends_never_break_the_chain(tmp_path: Path) ->
         p = ctx.Process(target=_append_forever, args=(str(root), str(head)))
         p.start()
         time.sleep(rng.uniform(0.01, 0.08))
+        assert p.pid is not None
         os.kill(p.pid, signal.SIGKILL)  # our own child, by its pid
         p.join(30)
         log = AuditLog(root, head, key=KEY)

@@ -28,14 +28,17 @@ def _keyed(tmp_path: Path, n: int = 5, *, apart: bool = True) -> AuditLog:
     return log
 
 
+def _sha256(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json({k: v for k, v in rec.items() if k != "hash"}).encode()).hexdigest()
+
+
 def _sha256_rechain(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the attacker of finding 1 did: recompute the chain with plain sha256."""
     prev = GENESIS
     out = []
-    for i, rec in enumerate(recs):
-        rec = {**rec, "seq": i, "prev_hash": prev}
-        body = {k: v for k, v in rec.items() if k != "hash"}
-        rec["hash"] = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    for i, old in enumerate(recs):
+        rec = {**old, "seq": i, "prev_hash": prev}
+        rec["hash"] = _sha256(rec)
         prev = rec["hash"]
         out.append(rec)
     return out
@@ -45,8 +48,8 @@ def _guess_rechain(recs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]
     """A smarter attacker: recompute with HMAC under a guessed key (here the public dev key)."""
     prev = GENESIS
     out = []
-    for i, rec in enumerate(recs):
-        rec = {**rec, "seq": i, "prev_hash": prev}
+    for i, old in enumerate(recs):
+        rec = {**old, "seq": i, "prev_hash": prev}
         rec["hash"] = record_hash(rec, key)
         prev = rec["hash"]
         out.append(rec)
@@ -90,7 +93,7 @@ def test_a_forged_record_appended_with_the_head_untouched_fails(tmp_path: Path) 
     log = _keyed(tmp_path)
     recs = log.records()
     forged = {**recs[-1], "task": "forged", "seq": 5, "prev_hash": recs[-1]["hash"]}
-    forged["hash"] = hashlib.sha256(canonical_json({k: v for k, v in forged.items() if k != "hash"}).encode()).hexdigest()
+    forged["hash"] = _sha256(forged)
     with log.log_path.open("a") as fh:
         fh.write(canonical_json(forged) + "\n")
     rep = log.verify()
@@ -189,7 +192,7 @@ def test_repair_finishes_an_interrupted_append(tmp_path: Path, monkeypatch: pyte
     log = _keyed(tmp_path, 2)
     _crash_before_head(monkeypatch, log, {"task": "crashed"})
     assert "advanced the head to record 2" in log.repair()[0]
-    assert log.repair() == [] and log.read_head()[0] == 2 and log.verify().notes == []
+    assert log.repair() == [] and log.read_head() == (2, log.records()[-1]["hash"]) and log.verify().notes == []
 
 
 def test_a_partial_last_line_is_cut_back(tmp_path: Path) -> None:
@@ -239,7 +242,7 @@ def test_gcs_extra_forged_record_with_the_head_untouched_is_detected() -> None:
         log.append({"task": "t", "i": i})
     last = log.records()[-1]
     forged = {**last, "task": "forged", "seq": 3, "prev_hash": last["hash"]}
-    forged["hash"] = hashlib.sha256(canonical_json({k: v for k, v in forged.items() if k != "hash"}).encode()).hexdigest()
+    forged["hash"] = _sha256(forged)
     _put(client, _name(3), forged)
     rep = log.verify()
     assert not rep.ok and "record 3" in rep.problems[0], rep.problems

@@ -77,7 +77,7 @@ class AuditWriteError(AuditIntegrityError):
 
 
 def _key_bytes(key: str | bytes | None) -> bytes:
-    if key is None or key == "" or key == b"":
+    if key is None or key in {"", b""}:
         key = DEV_AUDIT_KEY
     return key.encode("utf-8") if isinstance(key, str) else key
 
@@ -325,8 +325,7 @@ class AuditLog:
             except OSError as exc:
                 self._undo(fd, start, seq)
                 raise AuditWriteError(
-                    f"could not write audit record {seq + 1} to {self.log_path}: {exc}; "
-                    f"the log is back at record {seq}"
+                    f"could not write audit record {seq + 1} to {self.log_path}: {exc}; the log is back at record {seq}"
                 ) from exc
             return record
 
@@ -405,7 +404,9 @@ class AuditLog:
         elif self._head_has_bytes():
             problems.append(f"head {self.head_path} fails its key check (forged, or another key)")
         elif len(recs) == 1 and not problems:
-            notes.append("record 0 has no head yet (the first append died before its head); the next append finishes it")
+            notes.append(
+                "record 0 has no head yet (the first append died before its head); the next append finishes it"
+            )
         elif recs:
             problems.append("head is missing or unreadable")
         else:
@@ -561,7 +562,9 @@ class StorageAuditLog:
         problems: list[str] = []
         for i, (uri, rec) in enumerate(objects):
             if uri != self._record_uri(i):
-                problems.append(f"object {uri} where {self._record_uri(i)} belongs (an extra object, or record {i} is missing)")
+                problems.append(
+                    f"object {uri} where {self._record_uri(i)} belongs (an extra object, or record {i} is missing)"
+                )
                 break
             if rec is None:
                 problems.append(f"object {uri} is not a JSON record")
@@ -631,7 +634,9 @@ def open_audit(
     from aitasks.runtime.storage import is_gcs, storage_for
 
     if head_root and is_gcs(head_root) != is_gcs(root):
-        raise ConfigurationError(f"audit head root {head_root!r} and audit root {root!r} must both be gs:// or both local")
+        raise ConfigurationError(
+            f"audit head root {head_root!r} and audit root {root!r} must both be gs:// or both local"
+        )
     if is_gcs(root):
         head_uri = join_uri(head_root.rstrip("/"), HEAD_NAME) if head_root else None
         return StorageAuditLog(storage_for(root, gcs_client=gcs_client), root, head_uri, key=key)
