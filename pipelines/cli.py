@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,7 +118,36 @@ def run_local(name: str, params: dict[str, Any], workdir: Path) -> Any:
     for line in unsupported_locally(name):
         console.print(f"[yellow]not honoured locally:[/yellow] {line}")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
-    return pipelines()[name](**with_dict_defaults(name, params))
+    with run_time_placeholders():
+        return pipelines()[name](**with_dict_defaults(name, params))
+
+
+@contextmanager
+def run_time_placeholders(created: datetime | None = None) -> Iterator[None]:
+    """Resolve the run-time placeholders kfp.local does not know, as the backend does for a one-off run.
+
+    kfp.local 2.17 fails with an IndexError on ``{{$.pipeline_job_schedule_time_utc}}`` and
+    ``{{$.pipeline_job_create_time_utc}}`` (the steps' logical-time inputs). A one-off run has no
+    schedule (empty) and a creation time (when this local run started), so retries within the run share
+    one logical time. The wrapper is removed when the run ends.
+    """
+    from kfp import dsl
+    from kfp.local import placeholder_utils
+
+    when = (created or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    values = {dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER: "", dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER: when}
+    original = placeholder_utils.resolve_individual_placeholder
+
+    def resolve(element: str, *args: Any, **kwargs: Any) -> str:
+        for placeholder, value in values.items():
+            element = element.replace(placeholder, value)
+        return original(element, *args, **kwargs)
+
+    placeholder_utils.resolve_individual_placeholder = resolve
+    try:
+        yield
+    finally:
+        placeholder_utils.resolve_individual_placeholder = original
 
 
 @app.command("run")
