@@ -42,7 +42,8 @@ def test_run_step_exports_outputs_logs_metrics_and_audits_the_run_context(tmp_pa
     assert out.metadata["stable_uri"] == res.output
     from aitasks.runtime.audit import AuditLog
 
-    (rec,) = AuditLog(tmp_path / "store" / "audit").records()
+    started, rec = AuditLog(tmp_path / "store" / "audit").records()
+    assert started["status"] == "started" and rec["status"] == "succeeded"
     assert (rec["pipeline"], rec["run_id"], rec["step"]) == ("unit-pipeline", "run-7", "scale-step")
     assert (rec["submitter"], rec["git_revision"], rec["pipeline_version"]) == ("ci:bot", "abc", "v1")
     # The step's Prometheus metrics go out under a job named after the task.

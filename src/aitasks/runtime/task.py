@@ -259,9 +259,8 @@ class Runtime:
     lease_ttl_s: float = LEASE_TTL_S
     #: The longest a call waits for another holder's commit of the same key.
     lease_wait_s: float = LEASE_WAIT_S
-    #: Append a ``started`` audit record before the body runs (a killed call leaves a trace). Off by
-    #: default until the tests that count a call's audit records exactly expect it (issue 14).
-    audit_started: bool = False
+    #: Append a ``started`` audit record before the body runs (a killed or hung call leaves a trace).
+    audit_started: bool = True
 
     @classmethod
     def create(
