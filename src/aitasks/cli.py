@@ -295,20 +295,32 @@ def recommend_cmd(
     index: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
     project: Annotated[str, typer.Option(help="Feast project.")] = "aitasks",
     storage_root: Annotated[str | None, _ROOT_OPT] = None,
+    filter_played: Annotated[
+        bool | None,
+        typer.Option(
+            "--filter-played/--keep-played",
+            help="Leave out (or keep) tracks the user already played; default: the serving mode the "
+            "model's evaluation recorded.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Top-k tracks for a user: Feast online features, the index's model, the current index, played ones out."""
+    """Top-k tracks for a user: Feast online features, the index's model, the current index."""
     from aitasks.recommendation_update.recommend import recommend
 
     with console.status("recommending…"):
-        rec = recommend(_settings(storage_root), user, k=k, index_name=index, project=project)
+        rec = recommend(
+            _settings(storage_root), user, k=k, index_name=index, project=project, filter_played=filter_played
+        )
     if as_json:
         typer.echo(rec.model_dump_json(indent=2))
         return
     flag = "[yellow]popularity fallback[/yellow]" if rec.source == "popularity" else "[green]model[/green]"
     console.print(
         f"{flag} ({rec.reason}); index {rec.index_name} v{rec.index_version}, model {rec.model_name} "
-        f"v{rec.model_version} (champion v{rec.champion_version}); {rec.filtered_played} played tracks filtered"
+        f"v{rec.model_version} (champion v{rec.champion_version}); "
+        + (f"{rec.filtered_played} played tracks filtered" if rec.filter_played else "played tracks kept")
+        + f" ({'your choice' if rec.filter_played_source == 'request' else rec.filter_played_source + ' default'})"
     )
     table = Table("rank", "track", "score")
     for i, item in enumerate(rec.items, 1):

@@ -1,4 +1,4 @@
-"""Retrieval metrics on hand-computed cases, top-k semantics, blessing rules and the report."""
+"""Retrieval metrics on hand-computed cases, top-k semantics, baselines, the paired gate and the report."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ from hypothesis import strategies as st
 from aitasks.model_training.evaluation import (
     Blessing,
     BlessingRule,
+    PairedComparison,
+    ProtocolMetrics,
     RetrievalMetrics,
+    choose_serving,
     decide_blessing,
+    paired_bootstrap,
+    per_user_scores,
     render_report,
     retrieval_metrics,
     topk_from_embeddings,
+    topk_own_history,
     topk_popularity,
 )
 from aitasks.runtime.errors import InvalidInputError
@@ -221,47 +227,183 @@ def test_topk_invalid_inputs() -> None:
         topk_popularity(np.ones(4), 1, 0)
 
 
+# --------------------------------------------------------------------------- own-history baseline
+
+
+def test_own_history_puts_favourites_first_then_popularity() -> None:
+    counts = np.array([50.0, 40, 30, 20, 10, 5])
+    top = topk_own_history([arr(4, 2), arr(), arr(5)], counts, 4)
+    assert top.tolist() == [[4, 2, 0, 1], [0, 1, 2, 3], [5, 0, 1, 2]]
+
+
+def test_own_history_under_discovery_exclusions_is_popularity() -> None:
+    counts = np.array([50.0, 40, 30, 20, 10, 5])
+    played = [arr(4, 2), arr(0)]
+    own = topk_own_history([arr(4, 2), arr(0)], counts, 3, exclude=played)
+    assert own.tolist() == topk_popularity(counts, 2, 3, exclude=played).tolist() == [[0, 1, 3], [1, 2, 3]]
+    # Only part of the history excluded: the rest still leads.
+    partial = topk_own_history([arr(4, 2)], counts, 3, exclude=[arr(4)])
+    assert partial.tolist() == [[2, 0, 1]]
+
+
+def test_own_history_short_catalog_pads_and_bad_history_is_refused() -> None:
+    top = topk_own_history([arr(1)], np.array([1.0, 2.0]), 4)
+    assert top.tolist() == [[1, 0, -1, -1]]
+    with pytest.raises(InvalidInputError, match=r"ranked_history\[0\]"):
+        topk_own_history([arr(7)], np.ones(3), 2)
+
+
+# ------------------------------------------------------------------------- paired comparisons
+
+
+def test_per_user_scores_average_to_the_metrics_and_mark_users_without_targets() -> None:
+    rng = np.random.default_rng(3)
+    n_items, users = 40, 30
+    top = padded([rng.permutation(n_items).tolist() for _ in range(users)])
+    targets = [rng.choice(n_items, size=rng.integers(0, 5), replace=False) for _ in range(users)]
+    targets[0] = arr()
+    m = retrieval_metrics(top, targets, n_items)
+    recall = per_user_scores(top, targets, n_items, "recall_at_10")
+    ndcg = per_user_scores(top, targets, n_items, "ndcg_at_10")
+    assert np.isnan(recall[0]) and np.isnan(ndcg[0])
+    assert np.nanmean(recall) == pytest.approx(m.recall_at_10)
+    assert np.nanmean(ndcg) == pytest.approx(m.ndcg_at_10)
+
+
+def test_bootstrap_of_identical_rankers_is_exactly_no_change() -> None:
+    x = np.random.default_rng(0).random(200)
+    c = paired_bootstrap(x, x, reference_name="champion")
+    assert c.difference == c.difference_low == c.difference_high == 0.0
+    assert c.ratio == c.ratio_low == c.ratio_high == 1.0
+    assert c.users == 200 and c.resamples == 2000 and c.confidence == 0.95
+
+
+def test_bootstrap_is_seeded_and_its_interval_tracks_the_noise() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.random(500)
+    better = base + 0.05 + rng.normal(0, 0.05, 500)  # a real, paired improvement
+    first = paired_bootstrap(better, base, reference_name="popularity", seed=4)
+    assert first == paired_bootstrap(better, base, reference_name="popularity", seed=4)
+    assert first != paired_bootstrap(better, base, reference_name="popularity", seed=5)
+    assert first.difference_low > 0.04 and first.difference_high < 0.06
+    assert first.ratio_low > 1.0 and first.ratio_low < first.ratio < first.ratio_high
+    # Pure noise around the same mean: the interval holds "no change".
+    noisy = base + rng.normal(0, 0.2, 500)
+    c = paired_bootstrap(noisy, base, reference_name="champion")
+    assert c.ratio_low < 1.0 < c.ratio_high and c.difference_low < 0 < c.difference_high
+    # Pairing matters: the same two score sets shuffled (unpaired) give a much wider interval.
+    unpaired = paired_bootstrap(better, rng.permutation(base), reference_name="popularity")
+    assert unpaired.difference_high - unpaired.difference_low > 3 * (first.difference_high - first.difference_low)
+
+
+def test_bootstrap_coverage_of_a_known_difference() -> None:
+    """Over many simulated days the 90% interval holds the true mean difference about 90% of the time."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    trials = 200
+    for t in range(trials):
+        a = rng.binomial(1, 0.3, 300).astype(float)
+        b = np.where(rng.random(300) < 0.8, a, rng.binomial(1, 0.25, 300))  # correlated with a
+        true_diff = 0.3 - (0.8 * 0.3 + 0.2 * 0.25)
+        c = paired_bootstrap(a, b, reference_name="x", confidence=0.9, resamples=400, seed=t)
+        hits += c.difference_low <= true_diff <= c.difference_high
+    assert 0.82 <= hits / trials <= 0.97
+
+
+def test_bootstrap_skips_unscored_users_and_refuses_bad_input() -> None:
+    a = np.array([0.5, np.nan, 0.2, 0.1])
+    b = np.array([0.1, 0.3, np.nan, 0.1])
+    c = paired_bootstrap(a, b, reference_name="x")
+    assert c.users == 2 and c.model == pytest.approx(0.3) and c.reference_value == pytest.approx(0.1)
+    with pytest.raises(InvalidInputError, match="reference"):
+        paired_bootstrap(a, b[:3], reference_name="x")
+    with pytest.raises(InvalidInputError, match="no user"):
+        paired_bootstrap(np.array([np.nan]), np.array([1.0]), reference_name="x")
+    with pytest.raises(InvalidInputError, match="confidence"):
+        paired_bootstrap(a, b, reference_name="x", confidence=1.0)
+    zero = paired_bootstrap(np.zeros(5), np.zeros(5), reference_name="x")
+    assert zero.ratio == zero.ratio_low == 1.0  # 0 / 0: no change, not a regression
+
+
 # ----------------------------------------------------------------------------------- blessing
 
 
-def test_blessed_without_champion() -> None:
-    b = decide_blessing(metrics(0.30), metrics(0.20), None, BlessingRule())
+def comparison(model: float, reference: float, low: float, high: float, name: str = "popularity") -> PairedComparison:
+    """A paired comparison with a given point ratio interval (difference interval scaled alike)."""
+    return PairedComparison(
+        reference=name,
+        metric="recall_at_10",
+        users=600,
+        model=model,
+        reference_value=reference,
+        difference=model - reference,
+        difference_low=reference * low - reference,
+        difference_high=reference * high - reference,
+        ratio=model / reference if reference else 1.0,
+        ratio_low=low,
+        ratio_high=high,
+        confidence=0.95,
+        resamples=2000,
+        seed=0,
+    )
+
+
+def test_blessed_without_champion_on_the_lower_bound() -> None:
+    b = decide_blessing(comparison(0.30, 0.20, 1.3, 1.7), None, BlessingRule())
     assert b.blessed and b.vs_champion is None
     assert b.lift_over_popularity == pytest.approx(1.5)
-    assert len(b.reasons) == 2 and b.reasons[0].startswith("pass") and "1.50x" in b.reasons[0]
+    assert len(b.reasons) == 2 and b.reasons[0].startswith("pass")
+    assert "1.500x [1.300, 1.700]" in b.reasons[0] and ">= 1.20x" in b.reasons[0] and "600 users" in b.reasons[0]
     assert "no champion" in b.reasons[1]
+    assert b.vs_popularity_test is not None and b.vs_popularity_test.ratio_low == 1.3
 
 
-def test_lift_rule_fails_alone() -> None:
-    b = decide_blessing(metrics(0.22), metrics(0.20), metrics(0.22), BlessingRule())
-    assert not b.blessed
-    assert b.reasons[0].startswith("fail") and "1.10x" in b.reasons[0] and "0.2200" in b.reasons[0]
+def test_lift_must_clear_the_rule_with_confidence_not_just_on_the_point() -> None:
+    # 1.5x on the point estimate, but the day's noise allows 1.1x: not blessed.
+    b = decide_blessing(comparison(0.30, 0.20, 1.1, 1.9), None, BlessingRule())
+    assert not b.blessed and b.reasons[0].startswith("fail") and "[1.100, 1.900]" in b.reasons[0]
     assert b.reasons[1].startswith("pass")
 
 
-def test_champion_rule_fails_alone_and_tolerates_small_regressions() -> None:
+def test_champion_rule_is_non_inferiority_on_the_lower_bound() -> None:
     rule = BlessingRule(max_regression_vs_champion=0.02)
-    worse = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.32), rule)
+    pop = comparison(0.30, 0.20, 1.4, 1.6)
+    worse = decide_blessing(pop, comparison(0.30, 0.32, 0.90, 0.97, "champion"), rule)
     assert not worse.blessed and worse.reasons[0].startswith("pass") and worse.reasons[1].startswith("fail")
     assert worse.vs_champion == pytest.approx(0.30 / 0.32)
-    # floor = 0.32 * 0.98 = 0.3136; change = (0.30 - 0.32) / 0.32 = -6.25 % (printed to one decimal)
-    for number in ("0.3000", "0.3200", "2.0%", "floor 0.3136"):
+    for number in ("0.3000", "0.3200", "2.0%", ">= 0.980x", "[0.900, 0.970]"):
         assert number in worse.reasons[1]
-    assert re.search(r"\(-6\.[23]%;", worse.reasons[1])
-    slightly = decide_blessing(metrics(0.30), metrics(0.20), metrics(0.305), rule)
-    assert slightly.blessed and "-1.6%" in slightly.reasons[1]
+    assert re.search(r"\(-6\.[23]%\)", worse.reasons[1])
+    assert "Inconclusive" not in worse.reasons[1]  # the whole interval is below 1: worse, not noise
+    same = decide_blessing(pop, comparison(0.30, 0.30, 0.985, 1.015, "champion"), rule)
+    assert same.blessed and same.reasons[1].startswith("pass")
+    noisy = decide_blessing(pop, comparison(0.30, 0.30, 0.95, 1.05, "champion"), rule)
+    assert not noisy.blessed and "Inconclusive rather than worse" in noisy.reasons[1]
 
 
-def test_rule_metric_and_zero_baselines() -> None:
+def test_rule_metric_and_zero_model() -> None:
     rule = BlessingRule(metric="ndcg_at_10", min_lift_over_popularity=2.0)
-    b = decide_blessing(metrics(0.01, ndcg10=0.5), metrics(0.5, ndcg10=0.2), None, rule)
+    c = comparison(0.5, 0.2, 2.1, 2.9).model_copy(update={"metric": "ndcg_at_10"})
+    b = decide_blessing(c, None, rule)
     assert b.blessed and b.lift_over_popularity == pytest.approx(2.5) and "NDCG@10" in b.reasons[0]
-    nothing = decide_blessing(metrics(0.0), metrics(0.0), None, BlessingRule())
+    nothing = decide_blessing(comparison(0.0, 0.0, 1.0, 1.0), None, BlessingRule(min_lift_over_popularity=0.0))
     assert not nothing.blessed and nothing.lift_over_popularity == 0.0
-    anything = decide_blessing(metrics(0.1), metrics(0.0), None, BlessingRule())
-    assert anything.blessed and math.isfinite(anything.lift_over_popularity)
     with pytest.raises(ValueError):
         BlessingRule(max_regression_vs_champion=1.5)
+    with pytest.raises(ValueError):
+        BlessingRule(confidence=1.0)
+
+
+def test_serving_mode_follows_the_next_plays_it_recovers() -> None:
+    keep = choose_serving(0.22, 0.05, metric="recall_at_10")
+    assert keep.protocol == "all" and keep.filter_played is False and keep.chosen_by == "auto"
+    assert "0.2200" in keep.reason and "0.0500" in keep.reason
+    drop = choose_serving(0.05, 0.08, metric="recall_at_10")
+    assert drop.protocol == "discovery" and drop.filter_played is True
+    tie = choose_serving(0.1, 0.1, metric="recall_at_10")
+    assert tie.protocol == "all"
+    forced = choose_serving(0.22, 0.05, metric="recall_at_10", configured="discovery")
+    assert forced.filter_played is True and forced.chosen_by == "configured"
 
 
 # ------------------------------------------------------------------------------------- report
@@ -273,34 +415,74 @@ def _svg(text: str) -> ET.Element:
     return ET.fromstring(match.group(0))
 
 
-def test_report_holds_numbers_reasons_facts_and_a_valid_svg() -> None:
-    model, pop, champ = metrics(0.3123), metrics(0.2011), metrics(0.3001)
-    blessing = decide_blessing(model, pop, champ, BlessingRule())
+def _protocols(champion: bool = True) -> list[ProtocolMetrics]:
+    return [
+        ProtocolMetrics(
+            protocol="all",
+            model=metrics(0.3123),
+            popularity=metrics(0.2011),
+            own_history=metrics(0.3456),
+            champion=metrics(0.3001) if champion else None,
+        ),
+        ProtocolMetrics(
+            protocol="discovery",
+            model=metrics(0.1212),
+            popularity=metrics(0.0404),
+            own_history=metrics(0.0404),
+            champion=metrics(0.1111) if champion else None,
+        ),
+    ]
+
+
+def test_report_shows_both_protocols_own_history_the_gate_and_the_serving_mode() -> None:
+    rule = BlessingRule()
+    vs_pop = comparison(0.3123, 0.2011, 1.41, 1.70)
+    vs_champ = comparison(0.3123, 0.3001, 0.99, 1.09, "champion")
+    vs_own = comparison(0.3123, 0.3456, 0.85, 0.96, "own history")
+    blessing = decide_blessing(vs_pop, vs_champ, rule)
+    serving = choose_serving(0.3123, 0.0800, metric="recall_at_10")
     md, page = render_report(
-        model=model,
-        popularity=pop,
-        champion=champ,
+        protocols=_protocols(),
+        serving=serving,
         blessing=blessing,
         title="Evaluation",
         facts={"model version": "7", "holdout day": "2026-10-30"},
+        rule=rule,
+        vs_own_history=vs_own,
     )
     for text in (md, page):
-        assert "0.3123" in text and "0.2011" in text and "0.3001" in text
+        for number in ("0.3123", "0.2011", "0.3456", "0.3001", "0.1212", "0.0404", "0.1111"):
+            assert number in text
         assert "1.55x" in text  # lift in the table
+        assert "all next plays (re-listens count)" in text and "discovery (tracks the user had not played)" in text
+        assert "filter_played=false" in text and "BLESSED" in text
+        assert "[1.410, 1.700]" in text and "[0.850, 0.960]" in text and "reported, not gated" in text
         assert "model version" in text and "2026-10-30" in text
-        assert "BLESSED" in text
     assert all(r.split(":")[0] in page for r in blessing.reasons)
     lines = md.splitlines()
-    header = "| metric | model | popularity | champion | model / popularity | model / champion |"
+    header = (
+        "| metric | model | popularity | own history | champion | model / popularity | model / own history "
+        "| model / champion |"
+    )
+    assert lines.count(header) == 2  # one table per protocol
     at = lines.index(header)
-    assert lines[at + 1] == "|---|---|---|---|---|---|"
-    assert lines[at + 2] == "| recall@10 | 0.3123 | 0.2011 | 0.3001 | 1.55x | 1.04x |"
-    assert "| users evaluated | 100 | 100 | 100 |  |  |" in lines
+    assert lines[at + 1] == "|---|---|---|---|---|---|---|---|"
+    assert lines[at + 2] == "| recall@10 | 0.3123 | 0.2011 | 0.3456 | 0.3001 | 1.55x | 0.90x | 1.04x |"
+    assert "| users evaluated | 100 | 100 | 100 | 100 |  |  |  |" in lines
+    assert "## Protocol: all next plays (re-listens count) (gate and serving mode)" in lines
+    assert (
+        "| popularity | 0.3123 | 0.2011 | 1.553x | [1.410, 1.700] | +0.1112 | [+0.0825, +0.1408] | &gt;= 1.20x |"
+        in lines
+    )
     assert "| model version | 7 |" in lines and "**Decision: BLESSED**" in lines
     assert "<td>0.3123</td>" in page and "<td>1.55x</td>" in page
+    assert page.count("<svg") == 1 and md.count("data:image/svg+xml") == 1
     root = _svg(page)
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 3
+    lines_drawn = root.findall(".//{http://www.w3.org/2000/svg}polyline")
+    assert len(lines_drawn) == 8  # four rankers x two protocols
+    dashed = [p for p in lines_drawn if p.get("stroke-dasharray")]
+    assert len(dashed) == 4  # discovery
     encoded = re.search(r"data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)", md)
     assert encoded is not None
     assert ET.fromstring(base64.b64decode(encoded.group(1))).tag.endswith("svg")
@@ -309,15 +491,13 @@ def test_report_holds_numbers_reasons_facts_and_a_valid_svg() -> None:
 
 
 def test_report_without_champion_and_hostile_text_is_escaped() -> None:
-    model, pop = metrics(0.3), metrics(0.2)
     attack = "<script>alert(1)</script>"
     blessing = Blessing(
         blessed=False, reasons=["fail: <img src=x onerror=alert(1)>"], lift_over_popularity=1.5, vs_champion=None
     )
     md, page = render_report(
-        model=model,
-        popularity=pop,
-        champion=None,
+        protocols=_protocols(champion=False),
+        serving=choose_serving(0.3, 0.1, metric="recall_at_10"),
         blessing=blessing,
         title=f"{attack} | report",
         facts={"<b>key</b>": "a|b & <i>c</i>", "data snapshot": attack},
@@ -332,5 +512,5 @@ def test_report_without_champion_and_hostile_text_is_escaped() -> None:
     assert "a\\|b &amp; &lt;i&gt;c&lt;/i&gt;" in md  # pipes cannot break the Markdown table
     assert "| data snapshot | &lt;script&gt;alert(1)&lt;/script&gt; |" in md.splitlines()
     root = _svg(page)
-    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 2
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}polyline")) == 6
     assert "script" not in {el.tag.rsplit("}", 1)[-1] for el in root.iter()}

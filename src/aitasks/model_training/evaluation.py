@@ -1,10 +1,12 @@
-"""Offline retrieval evaluation: exact top-k, recall / NDCG / coverage, blessing, and a report.
+"""Offline retrieval evaluation: exact top-k, recall / NDCG / coverage, a statistical gate, a report.
 
-Every ranker (the model, the popularity baseline, the champion) goes through the same two steps:
-a top-k list per user (:func:`topk_from_embeddings`, :func:`topk_popularity`), then
-:func:`retrieval_metrics` on those lists. Both top-k functions rank by score descending and break
-ties by the lower item index, drop the user's ``exclude`` items before ranking, and pad with ``-1``
-when fewer than ``k`` items are left, so a comparison never depends on which function made a list.
+Every ranker (the model, the popularity baseline, the user's own history, the champion) goes
+through the same two steps: a top-k list per user (:func:`topk_from_embeddings`,
+:func:`topk_popularity`, :func:`topk_own_history`), then :func:`retrieval_metrics` on those lists
+(and :func:`per_user_scores` for the paired comparisons of the gate, :func:`paired_bootstrap`).
+The top-k functions rank by score descending and break ties by the lower item index, drop the
+user's ``exclude`` items before ranking, and pad with ``-1`` when fewer than ``k`` items are left,
+so a comparison never depends on which function made a list.
 
 Definitions (per user with a non-empty target set ``T``: the distinct tracks played and not skipped
 on the held-out day, as item indices):
@@ -15,6 +17,12 @@ on the held-out day, as item indices):
 * ``coverage@10``: the fraction of the catalog that appears in at least one evaluated user's top-10.
 
 Users whose target set is empty are skipped (and counted in ``skipped_users``).
+
+Two protocols (:data:`PROTOCOL_LABELS`) decide the targets and exclusions: *all next plays* (every
+track played on the held-out day, re-listens included, nothing excluded) and *discovery* (only
+tracks the user had not played, which every ranker then leaves out). The gate
+(:class:`BlessingRule`) compares the model with popularity and the champion per user on the same
+day and blesses only when the lower bounds of the bootstrap intervals clear the rule.
 """
 
 from __future__ import annotations
@@ -33,14 +41,24 @@ from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
 __all__ = [
     "DEFAULT_KS",
+    "PROTOCOL_LABELS",
     "Blessing",
     "BlessingRule",
+    "MetricName",
+    "PairedComparison",
+    "Protocol",
+    "ProtocolMetrics",
     "RetrievalMetrics",
+    "ServingChoice",
+    "choose_serving",
     "decide_blessing",
+    "paired_bootstrap",
+    "per_user_scores",
     "recall_plot_svg",
     "render_report",
     "retrieval_metrics",
     "topk_from_embeddings",
+    "topk_own_history",
     "topk_popularity",
 ]
 
@@ -53,6 +71,8 @@ _MAX_BLOCK: Final = 1 << 24
 _RATIO_CAP: Final = 1e6
 
 _I64 = npt.NDArray[np.int64]
+#: The metrics a blessing rule and a paired comparison may use (both are per-user means).
+MetricName = Literal["recall_at_10", "ndcg_at_10"]
 
 
 class RetrievalMetrics(BaseModel):
@@ -212,41 +232,71 @@ def topk_popularity(
     return out
 
 
+def topk_own_history(
+    ranked_history: Sequence[np.ndarray],
+    item_counts: np.ndarray,
+    k: int,
+    *,
+    exclude: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """The user's own favourites first (in the given order), then the popularity list.
+
+    The "what they already play" baseline: a listener's most played tracks are a strong guess of
+    what they play next when re-listens count. A user with fewer than ``k`` such tracks (or none
+    left after ``exclude``, as in the discovery protocol, where this becomes the popularity list)
+    gets the most popular tracks after them.
+
+    Args:
+        ranked_history: Per user, item indices in preference order (e.g. most played first); no repeats.
+        item_counts: ``[n]`` popularity per item (the fill).
+        k: List length; columns beyond the available items are ``-1``.
+        exclude: Per user, item indices that must not appear.
+
+    Returns:
+        ``int64 [u, k]``.
+
+    Raises:
+        InvalidInputError: Bad counts, ``k < 1``, bad exclusions or history indices.
+    """
+    n_users = len(ranked_history)
+    out = topk_popularity(item_counts, n_users, k, exclude=exclude)
+    n_items = int(np.asarray(item_counts).shape[0])
+    ex = _check_exclude(exclude, n_users, n_items)
+    for u, h in enumerate(ranked_history):
+        own = np.asarray(h)
+        if own.size == 0:
+            continue
+        if own.ndim != 1 or not np.issubdtype(own.dtype, np.integer) or own.min() < 0 or own.max() >= n_items:
+            raise _issue(f"ranked_history[{u}]", f"must be a 1-D array of item indices in [0, {n_items})")
+        own = own.astype(np.int64, copy=False)
+        if ex is not None and ex[u].size:
+            own = own[~np.isin(own, ex[u])]
+        if own.size == 0:
+            continue
+        own = own[:k]
+        fill = out[u][(out[u] >= 0) & ~np.isin(out[u], own)]
+        row = np.concatenate([own, fill])[:k]
+        out[u] = -1
+        out[u, : row.size] = row
+    return out
+
+
 # --------------------------------------------------------------------------------------- metrics
 
 
-def retrieval_metrics(
-    topk: np.ndarray,
-    targets: Sequence[np.ndarray],
-    n_items: int,
-    *,
-    ks: Sequence[int] = DEFAULT_KS,
-) -> RetrievalMetrics:
-    """Recall@k curve, recall@10/50, NDCG@10 and coverage@10 of ranked lists against held-out targets.
+def _hits(
+    topk: np.ndarray, targets: Sequence[np.ndarray], n_items: int, width: int
+) -> tuple[_I64, _I64, npt.NDArray[np.bool_], _I64]:
+    """Validate the lists and targets; (evaluated user rows, target sizes, hit matrix, their lists).
 
-    Args:
-        topk: ``int [u, K]`` item indices per user, best first; ``-1`` pads a short list. ``K`` must be
-            at least ``max(ks)`` and 50.
-        targets: Per user, the held-out item indices (duplicates count once).
-        n_items: Catalog size (the denominator of coverage).
-        ks: The k of the recall curve.
-
-    Returns:
-        The metrics over users with a non-empty target set.
-
-    Raises:
-        InvalidInputError: Mismatched shapes, indices out of range, a repeated item in one list,
-            or no user with a non-empty target set.
+    Only users with a non-empty target set are kept; ``hits[r, j]`` says whether the ``j``-th item of
+    user row ``r``'s list is one of its targets.
     """
     top = np.asarray(topk)
     if top.ndim != 2 or not np.issubdtype(top.dtype, np.integer):
         raise _issue("topk", f"must be a 2-D integer array, got {top.dtype} {top.shape}")
     if n_items < 1:
         raise _issue("n_items", "must be >= 1")
-    curve_ks = sorted({int(k) for k in ks})
-    if not curve_ks or curve_ks[0] < 1:
-        raise _issue("ks", "must be positive integers")
-    width = max(curve_ks[-1], 50)
     if top.shape[1] < width:
         raise _issue("topk", f"has {top.shape[1]} columns, needs at least {width}")
     if len(targets) != top.shape[0]:
@@ -277,31 +327,191 @@ def retrieval_metrics(
     row_ids = np.arange(users.size, dtype=np.int64)
     target_keys = np.concatenate([r * n_items + sets[u] for r, u in zip(row_ids, users, strict=True)])
     hits = np.isin(row_ids[:, None] * n_items + top, target_keys) & (top >= 0)
+    return users.astype(np.int64), sizes, hits, top
+
+
+_DISCOUNTS: Final = 1.0 / np.log2(np.arange(2, 12, dtype=np.float64))
+
+
+def _ndcg10(hits: npt.NDArray[np.bool_], sizes: _I64) -> npt.NDArray[np.float64]:
+    dcg = hits[:, :10] @ _DISCOUNTS
+    ideal = np.cumsum(_DISCOUNTS)[np.minimum(sizes, 10) - 1]
+    out: npt.NDArray[np.float64] = dcg / ideal
+    return out
+
+
+def retrieval_metrics(
+    topk: np.ndarray,
+    targets: Sequence[np.ndarray],
+    n_items: int,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> RetrievalMetrics:
+    """Recall@k curve, recall@10/50, NDCG@10 and coverage@10 of ranked lists against held-out targets.
+
+    Args:
+        topk: ``int [u, K]`` item indices per user, best first; ``-1`` pads a short list. ``K`` must be
+            at least ``max(ks)`` and 50.
+        targets: Per user, the held-out item indices (duplicates count once).
+        n_items: Catalog size (the denominator of coverage).
+        ks: The k of the recall curve.
+
+    Returns:
+        The metrics over users with a non-empty target set.
+
+    Raises:
+        InvalidInputError: Mismatched shapes, indices out of range, a repeated item in one list,
+            or no user with a non-empty target set.
+    """
+    curve_ks = sorted({int(k) for k in ks})
+    if not curve_ks or curve_ks[0] < 1:
+        raise _issue("ks", "must be positive integers")
+    users, sizes, hits, top = _hits(topk, targets, n_items, max(curve_ks[-1], 50))
     cum = np.cumsum(hits, axis=1)
 
     def recall(k: int) -> float:
         return float(np.mean(cum[:, k - 1] / sizes))
 
-    discounts = 1.0 / np.log2(np.arange(2, 12, dtype=np.float64))
-    dcg = hits[:, :10] @ discounts
-    ideal = np.cumsum(discounts)[np.minimum(sizes, 10) - 1]
     head = top[:, :10]
     coverage = np.unique(head[head >= 0]).size / n_items
     return RetrievalMetrics(
         recall_at_10=recall(10),
         recall_at_50=recall(50),
-        ndcg_at_10=float(np.mean(dcg / ideal)),
+        ndcg_at_10=float(np.mean(_ndcg10(hits, sizes))),
         coverage_at_10=float(coverage),
         users=int(users.size),
-        skipped_users=len(sets) - int(users.size),
+        skipped_users=len(targets) - int(users.size),
         recall_curve=[(k, recall(k)) for k in curve_ks],
+    )
+
+
+def per_user_scores(
+    topk: np.ndarray, targets: Sequence[np.ndarray], n_items: int, metric: MetricName = "recall_at_10"
+) -> npt.NDArray[np.float64]:
+    """One user's ``metric`` per row of ``topk`` (NaN for a user with no target): the paired samples.
+
+    The mean over the non-NaN entries is the ``metric`` of :func:`retrieval_metrics` on the same lists.
+
+    Raises:
+        InvalidInputError: As :func:`retrieval_metrics`.
+    """
+    users, sizes, hits, _ = _hits(topk, targets, n_items, 10)
+    value = np.sum(hits, axis=1) / sizes if metric == "recall_at_10" else _ndcg10(hits, sizes)
+    out = np.full(len(targets), np.nan, dtype=np.float64)
+    out[users] = value
+    return out
+
+
+class PairedComparison(BaseModel):
+    """The model against one reference ranker, per user on the same held-out day (paired bootstrap).
+
+    ``difference = mean(model) - mean(reference)`` and ``ratio = mean(model) / mean(reference)`` over the
+    users both were evaluated on; the intervals are percentile intervals of the same statistics over
+    ``resamples`` bootstrap resamples of those users (one resample draws users with replacement and
+    keeps each user's two scores together, so what both rankers share about a user cancels out).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference: str = Field(description="The reference ranker: popularity, champion, own history.")
+    metric: MetricName
+    users: int = Field(ge=1)
+    model: float = Field(description="Mean of the model's per-user metric.")
+    reference_value: float = Field(description="Mean of the reference's per-user metric.")
+    difference: float
+    difference_low: float = Field(description="Lower bound of the interval of the difference.")
+    difference_high: float = Field(description="Upper bound of the interval of the difference.")
+    ratio: float = Field(description="model / reference (capped at 1e6; 1 when both are 0).")
+    ratio_low: float = Field(description="Lower bound of the interval of the ratio.")
+    ratio_high: float = Field(description="Upper bound of the interval of the ratio.")
+    confidence: float = Field(gt=0, lt=1)
+    resamples: int = Field(ge=1)
+    seed: int = Field(ge=0)
+
+
+def _ratios(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Elementwise num / den, capped; ``x / 0`` is the cap for ``x > 0`` and 1 for ``0 / 0`` (no change)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num > 0, _RATIO_CAP, 1.0))
+    out: npt.NDArray[np.float64] = np.minimum(r, _RATIO_CAP)
+    return out
+
+
+def paired_bootstrap(
+    model: npt.ArrayLike,
+    reference: npt.ArrayLike,
+    *,
+    reference_name: str,
+    metric: MetricName = "recall_at_10",
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> PairedComparison:
+    """Paired percentile bootstrap of the mean difference and the ratio of two rankers' per-user scores.
+
+    Args:
+        model: Per-user scores of the model (:func:`per_user_scores`); NaN = not evaluated.
+        reference: The reference's scores for the same users, in the same order.
+        reference_name: Name of the reference (in the result and the report).
+        metric: Which metric the scores are (recorded).
+        confidence: Two-sided coverage of the intervals (0.95: the 2.5th and 97.5th percentiles).
+        resamples: Bootstrap resamples.
+        seed: Seed of the resampling: the same inputs and seed give the same intervals.
+
+    Returns:
+        The comparison; deterministic for a given seed.
+
+    Raises:
+        InvalidInputError: Different lengths, no user with both scores, or bad settings.
+    """
+    a = np.asarray(model, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise _issue("reference", f"needs the model's shape {a.shape}, got {b.shape}")
+    if not 0 < confidence < 1 or resamples < 1 or seed < 0:
+        raise _issue("confidence", "confidence must be in (0, 1), resamples >= 1 and seed >= 0")
+    both = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[both], b[both]
+    n = a.size
+    if n == 0:
+        raise _issue("reference", "no user has a score from both rankers")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples, dtype=np.float64)
+    ratios = np.empty(resamples, dtype=np.float64)
+    # Resample in blocks so that memory stays bounded (block x users indices at a time).
+    block = max(1, min(resamples, (1 << 22) // n))
+    for start in range(0, resamples, block):
+        stop = min(start + block, resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        ma, mb = a[idx].mean(axis=1), b[idx].mean(axis=1)
+        diffs[start:stop] = ma - mb
+        ratios[start:stop] = _ratios(ma, mb)
+    tail = (1.0 - confidence) / 2.0
+    q = (tail, 1.0 - tail)
+    d_lo, d_hi = (float(x) for x in np.quantile(diffs, q))
+    r_lo, r_hi = (float(x) for x in np.quantile(ratios, q))
+    ma, mb = float(a.mean()), float(b.mean())
+    return PairedComparison(
+        reference=reference_name,
+        metric=metric,
+        users=int(n),
+        model=ma,
+        reference_value=mb,
+        difference=ma - mb,
+        difference_low=d_lo,
+        difference_high=d_hi,
+        ratio=float(_ratios(np.array([ma]), np.array([mb]))[0]),
+        ratio_low=r_lo,
+        ratio_high=r_hi,
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
     )
 
 
 # -------------------------------------------------------------------------------------- blessing
 
 
-MetricName = Literal["recall_at_10", "ndcg_at_10"]
 _LABELS: Final = {
     "recall_at_10": "recall@10",
     "recall_at_50": "recall@50",
@@ -311,11 +521,18 @@ _LABELS: Final = {
 
 
 class BlessingRule(BaseModel):
-    """When a candidate model may become the champion.
+    """When a candidate model may become the champion: the lower confidence bounds must clear the rule.
 
-    * lift: ``metric(model) >= min_lift_over_popularity * metric(popularity)`` and ``metric(model) > 0``;
-    * no regression: ``metric(model) >= metric(champion) * (1 - max_regression_vs_champion)``
+    Both checks use a paired bootstrap over the held-out users (:func:`paired_bootstrap`) of the
+    per-user ``metric`` in the gate protocol, and look at the lower bound of the two-sided
+    ``confidence`` interval of the ratio ``mean(model) / mean(reference)``:
+
+    * lift: ``lower bound of model / popularity >= min_lift_over_popularity`` and ``mean(model) > 0``;
+    * no regression: ``lower bound of model / champion >= 1 - max_regression_vs_champion``
       (passes when there is no champion yet).
+
+    A point estimate that clears the rule by less than the noise of one held-out day is not enough:
+    the model has to clear it with ``confidence``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -323,6 +540,9 @@ class BlessingRule(BaseModel):
     min_lift_over_popularity: float = Field(default=1.2, ge=0.0, le=1000.0)
     max_regression_vs_champion: float = Field(default=0.02, ge=0.0, le=1.0)
     metric: MetricName = "recall_at_10"
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="Two-sided interval coverage.")
+    resamples: int = Field(default=2000, ge=100, le=100_000, description="Bootstrap resamples.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the bootstrap resampling.")
 
 
 class Blessing(BaseModel):
@@ -334,6 +554,8 @@ class Blessing(BaseModel):
     reasons: list[str]
     lift_over_popularity: float = Field(description="metric(model) / metric(popularity), capped at 1e6.")
     vs_champion: float | None = Field(description="metric(model) / metric(champion); None without a champion.")
+    vs_popularity_test: PairedComparison | None = Field(default=None, description="The paired comparison.")
+    vs_champion_test: PairedComparison | None = Field(default=None, description="None without a champion.")
 
 
 def _ratio(num: float, den: float) -> float:
@@ -342,45 +564,67 @@ def _ratio(num: float, den: float) -> float:
     return _RATIO_CAP if num > 0 else 0.0
 
 
+def _ci(c: PairedComparison) -> str:
+    return f"{c.ratio:.3f}x [{c.ratio_low:.3f}, {c.ratio_high:.3f}]"
+
+
 def decide_blessing(
-    model: RetrievalMetrics,
-    popularity: RetrievalMetrics,
-    champion: RetrievalMetrics | None,
-    rule: BlessingRule,
+    vs_popularity: PairedComparison, vs_champion: PairedComparison | None, rule: BlessingRule
 ) -> Blessing:
-    """Apply ``rule``: the model must beat popularity by the lift and must not regress the champion.
+    """Apply ``rule`` to the paired comparisons against popularity and the champion (same users, same day).
 
     Returns:
-        ``blessed`` is true only when every rule passes; ``reasons`` has one sentence per rule.
+        ``blessed`` is true only when every rule passes on the lower confidence bound; ``reasons`` has
+        one sentence per rule with the point estimate and the interval.
     """
     name = _LABELS[rule.metric]
-    m, p = getattr(model, rule.metric), getattr(popularity, rule.metric)
-    lift = _ratio(m, p)
-    lift_ok = m > 0 and m >= rule.min_lift_over_popularity * p
+    level = f"{rule.confidence * 100:g}%"
+    p = vs_popularity
+    lift = _ratio(p.model, p.reference_value)
+    lift_ok = p.model > 0 and p.ratio_low >= rule.min_lift_over_popularity
     reasons = [
-        f"{'pass' if lift_ok else 'fail'}: model {name} {m:.4f} is {lift:.2f}x popularity's {p:.4f} "
-        f"(needs >= {rule.min_lift_over_popularity:.2f}x and > 0)."
+        f"{'pass' if lift_ok else 'fail'}: model {name} {p.model:.4f} vs popularity's {p.reference_value:.4f}: "
+        f"{_ci(p)} ({level} paired bootstrap over {p.users} users); lower bound must be "
+        f">= {rule.min_lift_over_popularity:.2f}x and the model > 0."
     ]
     vs: float | None = None
     champ_ok = True
-    if champion is None:
+    if vs_champion is None:
         reasons.append("pass: no champion yet, so there is nothing to regress against.")
     else:
-        c = getattr(champion, rule.metric)
-        vs = _ratio(m, c)
-        floor = c * (1.0 - rule.max_regression_vs_champion)
-        champ_ok = m >= floor
-        change = (m - c) / c * 100 if c > 0 else 0.0
+        c = vs_champion
+        vs = _ratio(c.model, c.reference_value)
+        floor = 1.0 - rule.max_regression_vs_champion
+        champ_ok = c.ratio_low >= floor
+        change = (c.model - c.reference_value) / c.reference_value * 100 if c.reference_value > 0 else 0.0
+        hint = ""
+        if not champ_ok and c.ratio_high >= 1.0 and (c.ratio_high - c.ratio_low) / 2 > rule.max_regression_vs_champion:
+            # The interval holds "no change": the day cannot tell, which is not the same as worse.
+            hint = (
+                f" Inconclusive rather than worse: the interval (half-width {(c.ratio_high - c.ratio_low) * 50:.1f}%)"
+                " is wider than the allowed regression; more held-out users (days) would narrow it."
+            )
         reasons.append(
-            f"{'pass' if champ_ok else 'fail'}: model {name} {m:.4f} vs champion's {c:.4f} ({change:+.1f}%; "
-            f"at most {rule.max_regression_vs_champion * 100:.1f}% regression allowed, floor {floor:.4f})."
+            f"{'pass' if champ_ok else 'fail'}: model {name} {c.model:.4f} vs champion's {c.reference_value:.4f} "
+            f"({change:+.1f}%): {_ci(c)} ({level} paired bootstrap over {c.users} users); lower bound must be "
+            f">= {floor:.3f}x (at most {rule.max_regression_vs_champion * 100:.1f}% regression).{hint}"
         )
-    return Blessing(blessed=lift_ok and champ_ok, reasons=reasons, lift_over_popularity=lift, vs_champion=vs)
+    return Blessing(
+        blessed=lift_ok and champ_ok,
+        reasons=reasons,
+        lift_over_popularity=lift,
+        vs_champion=vs,
+        vs_popularity_test=vs_popularity,
+        vs_champion_test=vs_champion,
+    )
 
 
 # ---------------------------------------------------------------------------------------- report
 
-_SERIES: Final = (("model", "#1f77b4", ""), ("popularity", "#7f7f7f", "6 4"), ("champion", "#d62728", "2 3"))
+#: Colour per ranker; the protocol sets the dash (solid: all next plays, dashed: discovery).
+_COLORS: Final = {"model": "#1f77b4", "popularity": "#7f7f7f", "own history": "#2ca02c", "champion": "#d62728"}
+_FALLBACK_COLORS: Final = ("#9467bd", "#8c564b", "#e377c2", "#17becf")
+_DASHES: Final = {"all": "", "discovery": "6 4"}
 
 
 def _fmt(x: float) -> str:
@@ -395,15 +639,23 @@ def _nice_ceiling(x: float) -> float:
     return next(m * 10.0**exp for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * 10.0**exp >= x * (1 - 1e-12))
 
 
+def _style(name: str, i: int) -> tuple[str, str]:
+    """(colour, dash) of a series called ``"<ranker>"`` or ``"<ranker> · <protocol>"``."""
+    ranker, _, protocol = name.partition(" · ")
+    color = _COLORS.get(ranker, _FALLBACK_COLORS[i % len(_FALLBACK_COLORS)])
+    return color, _DASHES.get(protocol, "")
+
+
 def recall_plot_svg(curves: dict[str, list[tuple[int, float]]], *, title: str = "recall@k") -> str:
     """A self-contained SVG line chart of recall@k curves, log-scaled k; every text is escaped.
 
     Args:
-        curves: Series name -> (k, recall) points; at most three series get distinct styles.
+        curves: Series name -> (k, recall) points. A name ``"<ranker> · <protocol>"`` takes the
+            ranker's colour and the protocol's dash (discovery dashed).
         title: Chart title.
     """
-    width, height = 640, 360
-    left, right, top, bottom = 60, 140, 40, 50
+    width, height = 760, 380
+    left, right, top, bottom = 60, 220, 40, 50
     plot_w, plot_h = width - left - right, height - top - bottom
     ks = sorted({k for pts in curves.values() for k, _ in pts if k >= 1}) or [1, 10]
     lo, hi = math.log10(ks[0]), math.log10(ks[-1])
@@ -447,7 +699,7 @@ def recall_plot_svg(curves: dict[str, list[tuple[int, float]]], *, title: str = 
         f'transform="rotate(-90 16 {top + plot_h / 2:.1f})">recall@k</text>'
     )
     for i, (name, pts) in enumerate(curves.items()):
-        color, dash = (_SERIES[i][1], _SERIES[i][2]) if i < len(_SERIES) else ("#2ca02c", "1 2")
+        color, dash = _style(name, i)
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         valid = sorted((k, r) for k, r in pts if k >= 1)
         if valid:
@@ -467,26 +719,123 @@ def recall_plot_svg(curves: dict[str, list[tuple[int, float]]], *, title: str = 
     return "\n".join(parts)
 
 
-def _table_rows(
-    model: RetrievalMetrics, popularity: RetrievalMetrics, champion: RetrievalMetrics | None
-) -> tuple[list[str], list[list[str]]]:
-    header = ["metric", "model", "popularity", "champion", "model / popularity", "model / champion"]
+Protocol = Literal["all", "discovery"]
+#: What each protocol measures, as the report says it.
+PROTOCOL_LABELS: Final[dict[str, str]] = {
+    "all": "all next plays (re-listens count)",
+    "discovery": "discovery (tracks the user had not played)",
+}
+
+
+class ProtocolMetrics(BaseModel):
+    """Every ranker under one evaluation protocol, on the same users."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: Protocol
+    model: RetrievalMetrics
+    popularity: RetrievalMetrics
+    own_history: RetrievalMetrics
+    champion: RetrievalMetrics | None = None
+
+
+class ServingChoice(BaseModel):
+    """The serving mode the evaluation recorded: whether `recommend` drops played tracks by default.
+
+    ``unfiltered`` and ``filtered`` are the model's gate metric against all next plays, served as it
+    ranks and with the played tracks removed; ``auto`` picks the higher (ties: unfiltered).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: Protocol = Field(description="all: serve unfiltered; discovery: drop played tracks.")
+    filter_played: bool
+    chosen_by: Literal["auto", "configured"]
+    metric: MetricName
+    unfiltered: float
+    filtered: float
+    reason: str
+
+
+def choose_serving(
+    unfiltered: float, filtered: float, *, metric: MetricName, configured: Protocol | None = None
+) -> ServingChoice:
+    """The serving mode: ``configured`` when given, else the variant that recovers more next plays."""
+    name = _LABELS[metric]
+    if configured is not None:
+        protocol: Protocol = configured
+        reason = f"configured: serving mode {configured!r}"
+    else:
+        protocol = "discovery" if filtered > unfiltered else "all"
+        better, worse = (filtered, unfiltered) if protocol == "discovery" else (unfiltered, filtered)
+        kind = "with played tracks removed" if protocol == "discovery" else "as ranked (played tracks kept)"
+        reason = (
+            f"auto: served {kind}, the model's {name} on all next plays is {better:.4f} against {worse:.4f} "
+            "the other way"
+        )
+    return ServingChoice(
+        protocol=protocol,
+        filter_played=protocol == "discovery",
+        chosen_by="auto" if configured is None else "configured",
+        metric=metric,
+        unfiltered=unfiltered,
+        filtered=filtered,
+        reason=reason,
+    )
+
+
+def _protocol_rows(pm: ProtocolMetrics) -> tuple[list[str], list[list[str]]]:
+    header = ["metric", "model", "popularity", "own history", "champion"]
+    header += ["model / popularity", "model / own history", "model / champion"]
     rows: list[list[str]] = []
     for key, label in _LABELS.items():
-        m, p = getattr(model, key), getattr(popularity, key)
-        c = None if champion is None else getattr(champion, key)
+        m, p, o = getattr(pm.model, key), getattr(pm.popularity, key), getattr(pm.own_history, key)
+        c = None if pm.champion is None else getattr(pm.champion, key)
         rows.append(
             [
                 label,
                 _fmt(m),
                 _fmt(p),
+                _fmt(o),
                 "n/a" if c is None else _fmt(c),
                 f"{_ratio(m, p):.2f}x",
+                f"{_ratio(m, o):.2f}x",
                 "n/a" if c is None else f"{_ratio(m, c):.2f}x",
             ]
         )
-    c_users = "n/a" if champion is None else str(champion.users)
-    rows.append(["users evaluated", str(model.users), str(popularity.users), c_users, "", ""])
+    c_users = "n/a" if pm.champion is None else str(pm.champion.users)
+    users = [str(pm.model.users), str(pm.popularity.users), str(pm.own_history.users), c_users]
+    rows.append(["users evaluated", *users, "", "", ""])
+    return header, rows
+
+
+def _gate_rows(
+    blessing: Blessing, vs_own_history: PairedComparison | None, rule: BlessingRule | None
+) -> tuple[list[str], list[list[str]]]:
+    header = ["model vs", "model", "reference", "ratio", "ratio interval", "difference", "difference interval"]
+    header.append("rule (lower bound)")
+    rows: list[list[str]] = []
+    lift = "n/a" if rule is None else f">= {rule.min_lift_over_popularity:.2f}x"
+    floor = "n/a" if rule is None else f">= {1 - rule.max_regression_vs_champion:.3f}x"
+    for test, needs in (
+        (blessing.vs_popularity_test, lift),
+        (blessing.vs_champion_test, floor),
+        (vs_own_history, "reported, not gated"),
+    ):
+        if test is None:
+            continue
+        rows.append(
+            [
+                test.reference,
+                _fmt(test.model),
+                _fmt(test.reference_value),
+                f"{test.ratio:.3f}x",
+                f"[{test.ratio_low:.3f}, {test.ratio_high:.3f}]",
+                f"{test.difference:+.4f}",
+                f"[{test.difference_low:+.4f}, {test.difference_high:+.4f}]",
+                needs,
+            ]
+        )
     return header, rows
 
 
@@ -495,48 +844,94 @@ def _md(text: str) -> str:
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def render_report(
     *,
-    model: RetrievalMetrics,
-    popularity: RetrievalMetrics,
-    champion: RetrievalMetrics | None,
+    protocols: Sequence[ProtocolMetrics],
+    serving: ServingChoice,
     blessing: Blessing,
     title: str,
     facts: dict[str, str],
+    rule: BlessingRule | None = None,
+    vs_own_history: PairedComparison | None = None,
 ) -> tuple[str, str]:
     """The evaluation report as (Markdown, HTML).
 
-    Both hold the comparison table (metrics x model / popularity / champion, with ratios), the
-    blessing decision and its reasons, the facts (model version, data snapshot, ...) and a recall@k
-    chart. The HTML page is self-contained (inline SVG and CSS, no script, no external resource, a
-    restrictive Content-Security-Policy); the Markdown embeds the same SVG as a data URI image.
-    Every caller-supplied text is escaped.
+    Both hold the decision and its reasons, the gate (each paired comparison with its interval and
+    the rule its lower bound must clear), the serving mode and why, one comparison table per
+    protocol (model / popularity / own history / champion, with ratios), the facts and one recall@k
+    chart with every ranker under both protocols. The HTML page is self-contained (inline SVG and
+    CSS, no script, no external resource, a restrictive Content-Security-Policy); the Markdown embeds
+    the same SVG as a data URI image. Every caller-supplied text is escaped.
     """
-    curves: dict[str, list[tuple[int, float]]] = {
-        "model": model.recall_curve,
-        "popularity": popularity.recall_curve,
-    }
-    if champion is not None:
-        curves["champion"] = champion.recall_curve
-    svg = recall_plot_svg(curves, title="recall@k on the held-out day")
-    header, rows = _table_rows(model, popularity, champion)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for pm in protocols:
+        for ranker, m in (
+            ("model", pm.model),
+            ("popularity", pm.popularity),
+            ("own history", pm.own_history),
+            ("champion", pm.champion),
+        ):
+            if m is not None:
+                curves[f"{ranker} · {pm.protocol}"] = m.recall_curve
+    svg = recall_plot_svg(curves, title="recall@k on the held-out day (dashed: discovery)")
     verdict = "BLESSED" if blessing.blessed else "NOT BLESSED"
+    gate_header, gate_rows = _gate_rows(blessing, vs_own_history, rule)
+    test = blessing.vs_popularity_test
+    gate_note = (
+        ""
+        if test is None
+        else (
+            f"Protocol {PROTOCOL_LABELS[serving.protocol]}; per-user {_LABELS[test.metric]}, paired percentile "
+            f"bootstrap over the same held-out users ({test.resamples} resamples, seed {test.seed}), "
+            f"{test.confidence * 100:g}% intervals. Blessed only when every lower bound clears its rule."
+        )
+    )
+    serving_line = (
+        f"Serving mode: {PROTOCOL_LABELS[serving.protocol]} (filter_played={str(serving.filter_played).lower()}); "
+        f"{serving.reason}."
+    )
+    sections = [
+        (
+            f"Protocol: {PROTOCOL_LABELS[pm.protocol]}"
+            + (" (gate and serving mode)" if pm.protocol == serving.protocol else ""),
+            _protocol_rows(pm),
+        )
+        for pm in protocols
+    ]
 
     md = [f"# {_md(title)}", "", f"**Decision: {verdict}**", ""]
     md += [f"- {_md(r)}" for r in blessing.reasons]
-    md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    md += ["", "## Gate", ""]
+    if gate_note:
+        md += [_md(gate_note), ""]
+    md += _md_table(gate_header, gate_rows)
+    md += ["", "## Serving mode", "", _md(serving_line)]
+    for heading, (header, rows) in sections:
+        md += ["", f"## {_md(heading)}", ""]
+        md += _md_table(header, rows)
     if facts:
-        md += ["", "| fact | value |", "|---|---|"]
-        md += [f"| {_md(k)} | {_md(v)} |" for k, v in facts.items()]
+        md += ["", "## Facts", ""]
+        md += _md_table(["fact", "value"], [[k, v] for k, v in facts.items()])
     data_uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
     md += ["", f"![recall@k]({data_uri})", ""]
 
     esc = html.escape
-    cells = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body_rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     fact_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items())
     reasons = "".join(f"<li>{esc(r)}</li>" for r in blessing.reasons)
+    tables = "".join(f"<h2>{esc(heading)}</h2>\n{_html_table(header, rows)}\n" for heading, (header, rows) in sections)
     color = "#1a7f37" if blessing.blessed else "#cf222e"
     page = f"""<!DOCTYPE html>
 <html lang="en">
@@ -556,9 +951,12 @@ th:first-child, td:first-child {{ text-align: left; }}
 <h1>{esc(title)}</h1>
 <p class="verdict">Decision: {verdict}</p>
 <ul>{reasons}</ul>
-<h2>Metrics</h2>
-<table><thead><tr>{cells}</tr></thead><tbody>{body_rows}</tbody></table>
-<h2>Recall@k</h2>
+<h2>Gate</h2>
+<p>{esc(gate_note)}</p>
+{_html_table(gate_header, gate_rows)}
+<h2>Serving mode</h2>
+<p>{esc(serving_line)}</p>
+{tables}<h2>Recall@k</h2>
 {svg}
 <h2>Facts</h2>
 <table><tbody>{fact_rows}</tbody></table>

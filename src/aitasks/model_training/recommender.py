@@ -2,8 +2,9 @@
 
 Glue between the training set (:mod:`aitasks.model_training.training_set`), the two-tower model
 (:mod:`aitasks.model_training.two_tower`) and the retrieval metrics
-(:mod:`aitasks.model_training.evaluation`). Every ranker (model, popularity, champion) is
-evaluated by the same code on the same held-out users, targets and exclusions.
+(:mod:`aitasks.model_training.evaluation`). Every ranker (model, popularity, the user's own
+history, champion) is evaluated by the same code on the same held-out users, under both protocols
+(all next plays, discovery; see :class:`HeldOutDay`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import polars as pl
 from aitasks.runtime.errors import DataFormatError
 
 if TYPE_CHECKING:
-    from aitasks.model_training.evaluation import RetrievalMetrics
+    from aitasks.model_training.evaluation import MetricName, RetrievalMetrics
     from aitasks.model_training.two_tower import TrainConfig, TrainReport
 
 #: Tracks kept in the model's popularity list (the fallback for unknown users).
@@ -27,6 +28,8 @@ POPULARITY_TOP: Final = 1000
 POPULARITY_FILE: Final = "popularity.json"
 #: Largest k of the recall curve; top-k lists are computed to this depth.
 MAX_K: Final = 100
+#: The evaluation protocols (see :class:`HeldOutDay`), the serving mode each one measures.
+PROTOCOLS: Final = ("all", "discovery")
 
 
 def _read(ts_dir: Path, name: str) -> pl.DataFrame:
@@ -47,7 +50,7 @@ def train_recommender(
     rides along as the model's fallback for users it cannot embed.
     """
     from aitasks.model_training.dataset import DEFAULT_SPEC, IdVocab, interactions_from_frame
-    from aitasks.model_training.two_tower import fit_config, save_model, train_two_tower
+    from aitasks.model_training.two_tower import fit_config, row_keys, save_model, train_two_tower
 
     train = _read(ts_dir, "train.parquet")
     users = _read(ts_dir, "users.parquet")
@@ -56,7 +59,10 @@ def train_recommender(
     item_vocab = IdVocab.build(items["track_id"].to_list())
     data = interactions_from_frame(train, DEFAULT_SPEC, user_vocab, item_vocab)
     config = fit_config(data, DEFAULT_SPEC, len(user_vocab), len(item_vocab), **(arch or {}))
-    model, report = train_two_tower(config, data, tcfg)
+    # The epoch order follows what each row is (user, track, time), not its position in the file.
+    times = train["event_timestamp"].dt.epoch("us").fill_null(0).to_numpy()
+    keys = row_keys(train["user_id"].to_list(), train["track_id"].to_list(), times)
+    model, report = train_two_tower(config, data, tcfg, keys=keys)
     save_model(model, out_dir, user_vocab=user_vocab, item_vocab=item_vocab)
     top = items.sort(["train_plays", "track_id"], descending=[True, False]).head(POPULARITY_TOP)
     (out_dir / POPULARITY_FILE).write_text(
@@ -100,15 +106,7 @@ def load_holdout(ts_dir: Path, *, exclude_seen: bool) -> Holdout:
     return Holdout(user_ids, item_ids, targets, exclude, items["train_plays"].to_numpy().astype(np.float64))
 
 
-def popularity_metrics(holdout: Holdout) -> RetrievalMetrics:
-    """The popularity baseline: most played tracks of the training window, same exclusions."""
-    from aitasks.model_training.evaluation import retrieval_metrics, topk_popularity
-
-    top = topk_popularity(holdout.item_plays, len(holdout.user_ids), MAX_K, exclude=holdout.exclude)
-    return retrieval_metrics(top, holdout.targets, len(holdout.item_ids))
-
-
-def embed_for_holdout(model_dir: Path, ts_dir: Path, holdout: Holdout) -> tuple[np.ndarray, np.ndarray]:
+def embed_for_holdout(model_dir: Path, ts_dir: Path, holdout: Holdout | HeldOutDay) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors, item vectors) of the held-out users and the catalog, in ``holdout``'s order."""
     from aitasks.model_training.dataset import tower_inputs
     from aitasks.model_training.two_tower import load_model
@@ -132,10 +130,108 @@ def embed_for_holdout(model_dir: Path, ts_dir: Path, holdout: Holdout) -> tuple[
     return uv, iv
 
 
-def model_metrics(model_dir: Path, ts_dir: Path, holdout: Holdout) -> RetrievalMetrics:
-    """Exact (brute-force) retrieval metrics of the model in ``model_dir`` on the held-out day."""
-    from aitasks.model_training.evaluation import retrieval_metrics, topk_from_embeddings
+@dataclass(frozen=True)
+class HeldOutDay:
+    """The held-out day under both evaluation protocols, as item row indices of ``item_ids``.
 
-    uv, iv = embed_for_holdout(model_dir, ts_dir, holdout)
-    top = topk_from_embeddings(uv, iv, MAX_K, exclude=holdout.exclude)
-    return retrieval_metrics(top, holdout.targets, len(holdout.item_ids))
+    * ``all``: every track the user played (not skipped) on the held-out day is a target, re-listens
+      included, and every ranker ranks the whole catalog.
+    * ``discovery``: only tracks the user had not played before the split are targets, and every
+      ranker leaves the already played tracks out (what serving with ``filter_played`` shows).
+
+    ``favourites`` holds each user's tracks played (not skipped) before the split, most played first
+    (ties: most recent play first, then the lower row): the own-history baseline.
+    """
+
+    user_ids: list[str]
+    item_ids: list[str]
+    targets: dict[str, list[np.ndarray]]
+    played: list[np.ndarray]
+    item_plays: np.ndarray
+    favourites: list[np.ndarray]
+
+    def exclude(self, protocol: str) -> list[np.ndarray] | None:
+        """What rankers must leave out under ``protocol``."""
+        return self.played if protocol == "discovery" else None
+
+
+def load_held_out_day(ts_dir: Path) -> HeldOutDay:
+    """Targets, played tracks and favourites per held-out user, for both protocols."""
+    base = load_holdout(ts_dir, exclude_seen=True)
+    assert base.exclude is not None
+    every = load_holdout(ts_dir, exclude_seen=False).targets
+    row = pl.DataFrame({"track_id": base.item_ids, "_row": np.arange(len(base.item_ids), dtype=np.int64)})
+    held = pl.DataFrame({"user_id": base.user_ids})
+    plays = (
+        _read(ts_dir, "train.parquet")
+        .select("user_id", "track_id", "event_timestamp")
+        .join(held, on="user_id", how="semi")
+        .join(row, on="track_id", how="inner")
+        .group_by("user_id", "_row")
+        .agg(n=pl.len(), last=pl.col("event_timestamp").max())
+        .sort(["user_id", "n", "last", "_row"], descending=[False, True, True, False])
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("_row"))
+    )
+    fav = {u: np.asarray(r, dtype=np.int64) for u, r in zip(plays["user_id"], plays["_row"], strict=True)}
+    empty = np.zeros(0, dtype=np.int64)
+    return HeldOutDay(
+        user_ids=base.user_ids,
+        item_ids=base.item_ids,
+        targets={"all": every, "discovery": base.targets},
+        played=base.exclude,
+        item_plays=base.item_plays,
+        favourites=[fav.get(u, empty) for u in base.user_ids],
+    )
+
+
+def model_lists(model_dir: Path, ts_dir: Path, day: HeldOutDay) -> dict[str, np.ndarray]:
+    """The model's exact top-``MAX_K`` per held-out user under each protocol (brute force)."""
+    from aitasks.model_training.evaluation import topk_from_embeddings
+
+    uv, iv = embed_for_holdout(model_dir, ts_dir, day)
+    return {p: topk_from_embeddings(uv, iv, MAX_K, exclude=day.exclude(p)) for p in PROTOCOLS}
+
+
+def popularity_lists(day: HeldOutDay) -> dict[str, np.ndarray]:
+    """The most played tracks of the training window, under each protocol."""
+    from aitasks.model_training.evaluation import topk_popularity
+
+    n = len(day.user_ids)
+    return {p: topk_popularity(day.item_plays, n, MAX_K, exclude=day.exclude(p)) for p in PROTOCOLS}
+
+
+def own_history_lists(day: HeldOutDay) -> dict[str, np.ndarray]:
+    """Each user's own most played tracks, then popularity, under each protocol."""
+    from aitasks.model_training.evaluation import topk_own_history
+
+    return {p: topk_own_history(day.favourites, day.item_plays, MAX_K, exclude=day.exclude(p)) for p in PROTOCOLS}
+
+
+@dataclass(frozen=True)
+class RankerEvaluation:
+    """One ranker on the held-out day: metrics and per-user scores under each protocol.
+
+    ``filtered_on_all`` scores the discovery lists (played tracks removed) against all next plays:
+    what a listener served with ``filter_played`` gets out of the day's actual listening.
+    """
+
+    metrics: dict[str, RetrievalMetrics]
+    per_user: dict[str, np.ndarray]
+    filtered_on_all: RetrievalMetrics
+    filtered_on_all_per_user: np.ndarray
+
+
+def evaluate_lists(day: HeldOutDay, lists: dict[str, np.ndarray], metric: MetricName) -> RankerEvaluation:
+    """Metrics and per-user ``metric`` of ``lists`` (one top-k array per protocol)."""
+    from aitasks.model_training.evaluation import per_user_scores, retrieval_metrics
+
+    n = len(day.item_ids)
+    metrics = {p: retrieval_metrics(lists[p], day.targets[p], n) for p in PROTOCOLS}
+    per_user = {p: per_user_scores(lists[p], day.targets[p], n, metric) for p in PROTOCOLS}
+    return RankerEvaluation(
+        metrics=metrics,
+        per_user=per_user,
+        filtered_on_all=retrieval_metrics(lists["discovery"], day.targets["all"], n),
+        filtered_on_all_per_user=per_user_scores(lists["discovery"], day.targets["all"], n, metric),
+    )

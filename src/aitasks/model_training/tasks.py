@@ -146,6 +146,11 @@ class TrainParams(TaskModel):
     temperature: float = Field(default=0.05, gt=0, le=10, description="Softmax temperature.")
     logq_correction: bool = Field(default=True, description="Correct in-batch negatives for popularity.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Training device.")
+    average_epochs: int = Field(
+        default=3, ge=1, le=1000, description="Average the weights of checkpoints over the last this many epochs."
+    )
+    checkpoints_per_epoch: int = Field(default=4, ge=1, le=1000, description="Checkpoints averaged per epoch.")
+    lr_decay: Literal["none", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
 
 
 class TrainResult(TaskModel):
@@ -162,7 +167,7 @@ class TrainResult(TaskModel):
         return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
 
 
-@ai_task(name="model.train", version="1.0.0", retry=RetryPolicy(max_attempts=2))
+@ai_task(name="model.train", version="1.1.0", retry=RetryPolicy(max_attempts=2))
 def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
     """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
 
@@ -194,6 +199,9 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         seed=params.seed,
         logq_correction=params.logq_correction,
         device=None if params.device == "auto" else params.device,
+        average_epochs=params.average_epochs,
+        checkpoints_per_epoch=params.checkpoints_per_epoch,
+        lr_decay=params.lr_decay,
     )
     arch = {
         "embedding_dim": params.embedding_dim,
@@ -243,12 +251,25 @@ class EvaluateParams(TaskModel):
     model_name: str = Field(
         default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model whose champion to compare."
     )
-    exclude_seen: bool = Field(default=True, description="Leave already-played tracks out of ranking and targets.")
-    min_lift_over_popularity: float = Field(default=1.2, ge=0, le=100, description="Blessing: model >= lift x pop.")
+    exclude_seen: bool = Field(
+        default=True,
+        description="Deprecated, no effect: both protocols are always evaluated; `serving_mode` sets the gate's.",
+    )
+    serving_mode: Literal["auto", "all", "discovery"] = Field(
+        default="auto",
+        description="Serving mode and gate protocol: all (keep played), discovery (drop played), or auto (the "
+        "one that recovers more next plays).",
+    )
+    min_lift_over_popularity: float = Field(
+        default=1.2, ge=0, le=100, description="Blessing: lower bound of model / popularity >= this."
+    )
     max_regression_vs_champion: float = Field(
-        default=0.02, ge=0, le=1, description="Blessing: model >= champion x (1 - this)."
+        default=0.02, ge=0, le=1, description="Blessing: lower bound of model / champion >= 1 - this."
     )
     metric: Literal["recall_at_10", "ndcg_at_10"] = Field(default="recall_at_10", description="Blessing metric.")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Two-sided coverage of the gate's intervals.")
+    bootstrap_resamples: int = Field(default=2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    bootstrap_seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the bootstrap resampling.")
 
 
 class EvaluateResult(TaskModel):
@@ -257,14 +278,22 @@ class EvaluateResult(TaskModel):
     report_html_uri: OutputArtifact
     blessed: bool
     reasons: list[str]
+    serving_mode: Literal["all", "discovery"] = Field(description="The gate protocol and the serving default.")
+    filter_played: bool = Field(description="The serving default of `recommend` recorded for this model.")
     model: Annotated[dict[str, Any], Metric()]
     popularity: Annotated[dict[str, Any], Metric(prefix="popularity_")]
+    own_history: Annotated[dict[str, Any], Metric(prefix="own_history_")]
     champion: dict[str, Any] | None
     champion_version: int | None
     lift_over_popularity: Annotated[float, Metric()]
+    vs_popularity: Annotated[dict[str, Any], Metric(prefix="vs_popularity_")]
+    vs_champion: Annotated[dict[str, Any] | None, Metric(prefix="vs_champion_")]
+    vs_own_history: Annotated[dict[str, Any], Metric(prefix="vs_own_history_")]
+    protocols: dict[str, dict[str, Any]] = Field(description="Per protocol: model/popularity/own_history/champion.")
+    recall_at_10_by_protocol: Annotated[dict[str, float], Metric(prefix="recall_at_10_")]
 
     def artifact_metadata(self, field: str) -> dict[str, Any]:
-        return {"blessed": self.blessed} if field == "metrics_uri" else {}
+        return {"blessed": self.blessed, "serving_mode": self.serving_mode} if field == "metrics_uri" else {}
 
 
 def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:
@@ -275,30 +304,53 @@ def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:
     return {"champion": None if champion is None else champion.version}
 
 
-@ai_task(name="model.evaluate", version="1.0.0", retry=RetryPolicy(max_attempts=3), state=_champion_state)
+@ai_task(name="model.evaluate", version="2.0.0", retry=RetryPolicy(max_attempts=3), state=_champion_state)
 def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateResult:
-    """Evaluate the model on the held-out day against popularity and the champion; decide blessing.
+    """Evaluate the model on the held-out day under two protocols; choose the serving mode; gate it.
 
-    EN: Computes recall@10, recall@50, NDCG@10 and catalog coverage by exact ranking of the whole catalog
-    for every held-out user, for the model, the popularity baseline and the current `champion` of the
-    registry (re-evaluated on the same day). The blessing rule (beat popularity by a margin, do not
-    regress the champion) is configurable. Writes metrics JSON and a Markdown and HTML report with a
-    comparison table and a recall@k plot. The champion version is part of the idempotency key.
-    FR: Calcule recall@10, recall@50, NDCG@10 et la couverture du catalogue par un classement exact de tout
-    le catalogue pour chaque auditeur réservé, pour le modèle, la référence de popularité et le
-    `champion` actuel du registre (réévalué sur le même jour). La règle de validation (battre la
-    popularité d'une marge, ne pas régresser face au champion) est configurable. Écrit les métriques en
-    JSON et un rapport Markdown et HTML avec un tableau comparatif et une courbe recall@k. La version du
-    champion fait partie de la clé d'idempotence.
-    DE: Berechnet recall@10, recall@50, NDCG@10 und Katalogabdeckung durch exaktes Ranking des ganzen
-    Katalogs für jeden zurückgehaltenen Hörer, für das Modell, die Popularitäts-Baseline und den aktuellen
-    `champion` der Registry (auf demselben Tag neu bewertet). Die Freigaberegel (Popularität um eine
-    Marge schlagen, den Champion nicht verschlechtern) ist konfigurierbar. Schreibt Metriken als JSON und
-    einen Markdown- und HTML-Bericht mit Vergleichstabelle und recall@k-Kurve. Die Champion-Version ist
-    Teil des Idempotenzschlüssels.
+    EN: Ranks the whole catalog exactly for every held-out user with the model, the popularity
+    baseline, the user's own most played tracks and the current `champion` of the registry, under two
+    protocols: all next plays (re-listens count) and discovery (only tracks the user had not played,
+    which every ranker leaves out). Computes recall@10, recall@50, NDCG@10 and catalog coverage. The
+    serving mode (whether `recommend` drops played tracks by default) is the variant that recovers more
+    of the day's plays, or the configured one, and is the gate's protocol. The gate is a paired
+    bootstrap over the same users: blessed only when the lower bound of the interval of model /
+    popularity clears the lift and that of model / champion the allowed regression. Writes metrics JSON
+    and a Markdown and HTML report with both protocols, the intervals and a recall@k plot. The champion
+    version is part of the idempotency key.
+    FR: Classe exactement tout le catalogue pour chaque auditeur réservé avec le modèle, la référence de
+    popularité, les titres les plus écoutés de l'auditeur lui-même et le `champion` actuel du registre,
+    selon deux protocoles : toutes les écoutes suivantes (les réécoutes comptent) et découverte (seuls
+    les titres jamais écoutés, que chaque classement écarte). Calcule recall@10, recall@50, NDCG@10 et la
+    couverture du catalogue. Le mode de service (si `recommend` écarte par défaut les titres déjà
+    écoutés) est la variante qui retrouve le plus d'écoutes du jour, ou celle configurée, et c'est le
+    protocole de la validation. La validation est un bootstrap apparié sur les mêmes auditeurs : validé
+    seulement si la borne inférieure de l'intervalle de modèle / popularité atteint la marge et celle de
+    modèle / champion la régression permise. Écrit les métriques en JSON et un rapport Markdown et HTML
+    avec les deux protocoles, les intervalles et une courbe recall@k. La version du champion fait partie
+    de la clé d'idempotence.
+    DE: Rankt den ganzen Katalog exakt für jeden zurückgehaltenen Hörer mit dem Modell, der
+    Popularitäts-Baseline, den meistgehörten Titeln des Hörers selbst und dem aktuellen `champion` der
+    Registry, nach zwei Protokollen: alle nächsten Wiedergaben (Wiederholungen zählen) und Entdeckung
+    (nur noch nie gehörte Titel, die jedes Ranking auslässt). Berechnet recall@10, recall@50, NDCG@10
+    und Katalogabdeckung. Der Auslieferungsmodus (ob `recommend` gehörte Titel standardmäßig entfernt)
+    ist die Variante, die mehr Wiedergaben des Tages trifft, oder die konfigurierte, und ist das
+    Protokoll der Freigabe. Die Freigabe ist ein gepaarter Bootstrap über dieselben Hörer: freigegeben
+    nur, wenn die untere Grenze des Intervalls von Modell / Popularität die Marge und die von Modell /
+    Champion die erlaubte Verschlechterung erreicht. Schreibt Metriken als JSON und einen Markdown- und
+    HTML-Bericht mit beiden Protokollen, den Intervallen und einer recall@k-Kurve. Die Champion-Version
+    ist Teil des Idempotenzschlüssels.
     """
     from aitasks.model_training import recommender as rec
-    from aitasks.model_training.evaluation import BlessingRule, decide_blessing, render_report
+    from aitasks.model_training.evaluation import (
+        BlessingRule,
+        PairedComparison,
+        ProtocolMetrics,
+        choose_serving,
+        decide_blessing,
+        paired_bootstrap,
+        render_report,
+    )
     from aitasks.platform.registry import download_model, get_version, registry_config
     from aitasks.runtime.bundle import open_bundle
 
@@ -307,44 +359,93 @@ def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateRes
         min_lift_over_popularity=params.min_lift_over_popularity,
         max_regression_vs_champion=params.max_regression_vs_champion,
         metric=params.metric,
+        confidence=params.confidence,
+        resamples=params.bootstrap_resamples,
+        seed=params.bootstrap_seed,
     )
     with (
         open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
         open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, _),
     ):
-        holdout = rec.load_holdout(ts_dir, exclude_seen=params.exclude_seen)
-        model = rec.model_metrics(model_dir, ts_dir, holdout)
-        popularity = rec.popularity_metrics(holdout)
+        day = rec.load_held_out_day(ts_dir)
+        model = rec.evaluate_lists(day, rec.model_lists(model_dir, ts_dir, day), rule.metric)
+        popularity = rec.evaluate_lists(day, rec.popularity_lists(day), rule.metric)
+        own = rec.evaluate_lists(day, rec.own_history_lists(day), rule.metric)
         champion_version = get_version(reg, alias="champion")
         champion = None
         if champion_version is not None:
             with tempfile.TemporaryDirectory(prefix="aitasks-champion-") as tmp:
                 _, champ_dir = download_model(reg, version=champion_version.version, dest=Path(tmp))
-                champion = rec.model_metrics(champ_dir, ts_dir, holdout)
-    blessing = decide_blessing(model, popularity, champion, rule)
+                champion = rec.evaluate_lists(day, rec.model_lists(champ_dir, ts_dir, day), rule.metric)
+
+    serving = choose_serving(
+        float(getattr(model.metrics["all"], rule.metric)),
+        float(getattr(model.filtered_on_all, rule.metric)),
+        metric=rule.metric,
+        configured=None if params.serving_mode == "auto" else params.serving_mode,
+    )
+    gate = serving.protocol
+
+    def versus(reference: rec.RankerEvaluation, name: str) -> PairedComparison:
+        return paired_bootstrap(
+            model.per_user[gate],
+            reference.per_user[gate],
+            reference_name=name,
+            metric=rule.metric,
+            confidence=rule.confidence,
+            resamples=rule.resamples,
+            seed=rule.seed,
+        )
+
+    vs_pop, vs_own = versus(popularity, "popularity"), versus(own, "own history")
+    vs_champ = None if champion is None else versus(champion, "champion")
+    blessing = decide_blessing(vs_pop, vs_champ, rule)
+    protocols = [
+        ProtocolMetrics(
+            protocol=p,
+            model=model.metrics[p],
+            popularity=popularity.metrics[p],
+            own_history=own.metrics[p],
+            champion=None if champion is None else champion.metrics[p],
+        )
+        for p in ("all", "discovery")
+    ]
     facts = {
         "model name": params.model_name,
         "champion version": "none" if champion_version is None else str(champion_version.version),
         "held out from": str(ts_manifest["meta"].get("split_at", "")),
         "data snapshot": str(ts_manifest["meta"].get("snapshot_hash", ""))[:16],
-        "exclude already played": str(params.exclude_seen).lower(),
+        "held-out users": str(len(day.user_ids)),
+        "serving mode": f"{serving.protocol} ({serving.chosen_by}), filter_played={str(serving.filter_played).lower()}",
         "trace id": ctx.trace_id,
         "run id": ctx.runtime.run.run_id,
     }
     markdown, html = render_report(
-        model=model,
-        popularity=popularity,
-        champion=champion,
+        protocols=protocols,
+        serving=serving,
         blessing=blessing,
         title="Recommender evaluation",
         facts=facts,
+        rule=rule,
+        vs_own_history=vs_own,
     )
+    by_protocol = {pm.protocol: pm.model_dump(mode="json", exclude={"protocol"}) for pm in protocols}
+    served = by_protocol[gate]
     payload = {
-        "model": model.model_dump(mode="json"),
-        "popularity": popularity.model_dump(mode="json"),
-        "champion": None if champion is None else champion.model_dump(mode="json"),
+        "model": served["model"],
+        "popularity": served["popularity"],
+        "own_history": served["own_history"],
+        "champion": served["champion"],
         "champion_version": None if champion_version is None else champion_version.version,
-        "blessing": blessing.model_dump(mode="json"),
+        "protocols": by_protocol,
+        "serving": serving.model_dump(mode="json"),
+        "gate": {
+            "rule": rule.model_dump(mode="json"),
+            "vs_popularity": vs_pop.model_dump(mode="json"),
+            "vs_champion": None if vs_champ is None else vs_champ.model_dump(mode="json"),
+            "vs_own_history": vs_own.model_dump(mode="json"),
+        },
+        "blessing": blessing.model_dump(mode="json", exclude={"vs_popularity_test", "vs_champion_test"}),
     }
     metrics_uri = ctx.output_uri("metrics.json")
     md_uri = ctx.output_uri("report.md")
@@ -358,8 +459,11 @@ def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateRes
             p.write_text(text, "utf-8")
     ctx.log.info(
         "model.evaluated",
-        recall_at_10=round(model.recall_at_10, 4),
-        popularity_recall_at_10=round(popularity.recall_at_10, 4),
+        serving_mode=serving.protocol,
+        recall_at_10=round(model.metrics[gate].recall_at_10, 4),
+        popularity_recall_at_10=round(popularity.metrics[gate].recall_at_10, 4),
+        own_history_recall_at_10=round(own.metrics[gate].recall_at_10, 4),
+        lift_lower_bound=round(vs_pop.ratio_low, 4),
         blessed=blessing.blessed,
     )
     return EvaluateResult(
@@ -368,11 +472,23 @@ def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateRes
         report_html_uri=html_uri,
         blessed=blessing.blessed,
         reasons=list(blessing.reasons),
-        model=payload["model"],
-        popularity=payload["popularity"],
-        champion=payload["champion"],
+        serving_mode=serving.protocol,
+        filter_played=serving.filter_played,
+        model=served["model"],
+        popularity=served["popularity"],
+        own_history=served["own_history"],
+        champion=served["champion"],
         champion_version=payload["champion_version"],
         lift_over_popularity=blessing.lift_over_popularity,
+        vs_popularity=payload["gate"]["vs_popularity"],
+        vs_champion=payload["gate"]["vs_champion"],
+        vs_own_history=payload["gate"]["vs_own_history"],
+        protocols=by_protocol,
+        recall_at_10_by_protocol={
+            f"{p}_{r}": float(by_protocol[p][r]["recall_at_10"])
+            for p in ("all", "discovery")
+            for r in ("model", "popularity", "own_history")
+        },
     )
 
 
@@ -394,7 +510,7 @@ class RegisterResult(TaskModel):
     blessed: bool
 
 
-@ai_task(name="model.register", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="model.register", version="1.1.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
 def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterResult:
     """Register the model in MLflow with lineage; the same model never becomes a second version.
 
@@ -427,11 +543,26 @@ def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterRes
         metrics = {
             f"{k}": float(v) for k, v in evaluation["model"].items() if isinstance(v, int | float) and k != "users"
         }
-        metrics |= {
-            f"popularity_{k}": float(v)
-            for k, v in evaluation["popularity"].items()
-            if isinstance(v, int | float) and k != "users"
-        }
+        for ranker in ("popularity", "own_history"):
+            metrics |= {
+                f"{ranker}_{k}": float(v)
+                for k, v in (evaluation.get(ranker) or {}).items()
+                if isinstance(v, int | float) and k != "users"
+            }
+        serving = evaluation.get("serving") or {}
+        gate = evaluation.get("gate") or {}
+        for name in ("vs_popularity", "vs_champion"):
+            test = gate.get(name) or {}
+            metrics |= {f"{name}_{k}": float(test[k]) for k in ("ratio", "ratio_low", "ratio_high") if k in test}
+        # The serving default travels with the version: `recommend` reads it from these tags.
+        serving_tags = (
+            {
+                "aitasks.serving_mode": str(serving["protocol"]),
+                "aitasks.filter_played": str(bool(serving["filter_played"])).lower(),
+            }
+            if "protocol" in serving
+            else {}
+        )
         # Registration only: the pipeline's model.promote step applies the promotion policy.
         version = register_and_promote(
             reg,
@@ -441,6 +572,7 @@ def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterRes
                 "aitasks.data_snapshot": str(meta.get("data_snapshot", "")),
                 "aitasks.feature_service": params.feature_service,
                 "aitasks.blessed": str(blessed).lower(),
+                **serving_tags,
             },
             params=model_params(meta),
             metrics=metrics,

@@ -16,6 +16,14 @@ rows, so they are ``sparse=True`` embeddings updated by SparseAdam while the sma
 Adam (``optimizer="dense"`` is the naive baseline: one Adam for everything, every row every step).
 All inputs become tensors once; a batch is an index slice of a seeded permutation.
 
+Stability: the result should not hinge on one training row. Each epoch orders the rows by a seeded
+hash of what they are (user, track, play time; :func:`row_keys`), not by their position, so one
+added or changed row moves no other row; the learning rate decays (cosine) and the returned weights
+are the mean of checkpoints of the last epochs (checkpoint averaging, as in stochastic weight
+averaging). On the demo data this took the top-10 overlap of two models trained on data that differ
+in one row from 0.86-0.90 to 0.94-0.98 and cut the recall@10 change from up to 4% to under 1% (all
+next plays; see ``docs/en/recommender.md``).
+
 Dense features are transformed with ``sign(x) * log1p(|x|)`` (counts and durations span orders of
 magnitude), standardised with statistics fitted on the training rows and clipped to ``±8``;
 missing values become 0 (the mean) after standardising.
@@ -27,10 +35,11 @@ allocates the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -54,9 +63,11 @@ __all__ = [
     "TrainReport",
     "TwoTowerConfig",
     "TwoTowerModel",
+    "epoch_order",
     "fit_config",
     "in_batch_loss",
     "load_model",
+    "row_keys",
     "save_model",
     "train_two_tower",
 ]
@@ -142,6 +153,12 @@ class TrainConfig(BaseModel):
         max_examples: Train on a seeded random subset of at most this many rows; None for all.
         device: ``auto`` (or None): CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``
             (refused when absent). See :func:`aitasks.platform.compute.resolve_device`.
+        average_epochs: The returned weights are the mean of the checkpoints taken in the last this many
+            epochs (1 with ``checkpoints_per_epoch=1``: the last weights, no averaging).
+        checkpoints_per_epoch: Checkpoints averaged per averaged epoch (evenly spaced, the last at the
+            epoch's end).
+        lr_decay: Learning-rate schedule over all steps: ``none`` (constant), ``linear`` or ``cosine``
+            decay to zero; both learning rates follow it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -156,6 +173,9 @@ class TrainConfig(BaseModel):
     logq_correction: bool = True
     max_examples: int | None = Field(default=None, ge=1)
     device: str | None = Field(default=None, pattern=DEVICE_PATTERN)
+    average_epochs: int = Field(default=3, ge=1, le=1000)
+    checkpoints_per_epoch: int = Field(default=4, ge=1, le=1000)
+    lr_decay: Literal["none", "linear", "cosine"] = "cosine"
 
 
 class TrainReport(BaseModel):
@@ -411,15 +431,65 @@ def _optimizers(model: TwoTowerModel, tcfg: TrainConfig) -> list[torch.optim.Opt
     return [torch.optim.SparseAdam(sparse, lr=tcfg.sparse_lr), torch.optim.Adam(dense, lr=tcfg.lr)]
 
 
+_MIX1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2: Final = np.uint64(0x94D049BB133111EB)
+_GOLDEN: Final = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser, elementwise (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    out: npt.NDArray[np.uint64] = x ^ (x >> np.uint64(31))
+    return out
+
+
+def _string_hashes(values: Sequence[str]) -> npt.NDArray[np.uint64]:
+    uniq, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    table = np.array(
+        [int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little") for v in uniq],
+        dtype=np.uint64,
+    )
+    out: npt.NDArray[np.uint64] = table[inverse.reshape(-1)]
+    return out
+
+
+def row_keys(user_ids: Sequence[str], item_ids: Sequence[str], times_us: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """A stable 64-bit key per training row from what the row is (user, track, play time), not where it is.
+
+    The epoch order of :func:`train_two_tower` sorts rows by a seeded hash of these keys, so adding,
+    removing or changing one row leaves the relative order of every other row unchanged (a position-based
+    shuffle would reorder them all). The string hashes are BLAKE2b, so keys do not depend on the process,
+    the platform or the library version.
+    """
+    t = np.asarray(times_us, dtype=np.int64).astype(np.uint64)
+    u, i = _string_hashes(user_ids), _string_hashes(item_ids)
+    if not (u.shape == i.shape == t.shape):
+        raise InvalidInputError(_TASK, [FieldIssue("row_keys", "user ids, item ids and times differ in length")])
+    return _mix64(_mix64(_mix64(u) ^ i) ^ t)
+
+
+def epoch_order(keys: npt.NDArray[np.uint64], seed: int, epoch: int) -> npt.NDArray[np.int64]:
+    """Row positions in the order of epoch ``epoch`` (1-based) under ``seed``: sorted by a salted key hash."""
+    salt = _mix64(np.array([seed], dtype=np.uint64) * _GOLDEN + np.uint64(epoch))[0]
+    order: npt.NDArray[np.int64] = np.argsort(_mix64(keys ^ salt), kind="stable").astype(np.int64)
+    return order
+
+
 def train_two_tower(
     config: TwoTowerConfig,
     train: Interactions,
     tcfg: TrainConfig,
     *,
+    keys: npt.NDArray[np.uint64] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[TwoTowerModel, TrainReport]:
     """Train a two-tower model with in-batch sampled softmax.
 
+    Rows are visited in the order of :func:`epoch_order`; the learning rates follow ``tcfg.lr_decay``
+    and the returned weights average the checkpoints of the last ``tcfg.average_epochs`` epochs.
     The loss of a batch of ``B`` rows is the cross-entropy of each row's positive track against the
     ``B`` tracks of the batch, with logits ``u . v / temperature``, minus ``log q(track)`` (the
     track's share of the training rows) when ``logq_correction`` is on, and with other copies of the
@@ -430,6 +500,8 @@ def train_two_tower(
         config: Architecture and normalisation (see :func:`fit_config`).
         train: Training rows.
         tcfg: Training settings.
+        keys: One stable key per training row (:func:`row_keys`); each epoch's order sorts the rows
+            by a hash of key, seed and epoch. None: the row positions (then the order depends on them).
         on_epoch: Called after each epoch with that epoch's history entry (e.g. to log metrics).
 
     Returns:
@@ -442,14 +514,19 @@ def train_two_tower(
     """
     _check_train(config, train)
     device = resolve_device(tcfg.device, task=_TASK)
-    gen = torch.Generator().manual_seed(tcfg.seed)
     n_all = len(train)
     rows_np: npt.NDArray[np.int64] | None = None
     if tcfg.max_examples is not None and tcfg.max_examples < n_all:
+        gen = torch.Generator().manual_seed(tcfg.seed)
         rows_np = np.sort(torch.randperm(n_all, generator=gen)[: tcfg.max_examples].numpy())
     users = train.users if rows_np is None else train.users.take(rows_np)
     items = train.items if rows_np is None else train.items.take(rows_np)
     n = len(users)
+    if keys is None:
+        keys = np.arange(n_all, dtype=np.uint64)
+    elif keys.shape != (n_all,):
+        raise InvalidInputError(_TASK, [FieldIssue("keys", f"needs one key per training row ({n_all})")])
+    keys = np.asarray(keys if rows_np is None else keys[rows_np], dtype=np.uint64)
     with torch_threads(tcfg.num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model = TwoTowerModel(config, sparse=tcfg.optimizer == "sparse").to(device)
@@ -458,7 +535,7 @@ def train_two_tower(
         counts = np.bincount(items.idx, minlength=config.num_items).astype(np.float64)
         log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / n).astype(np.float32)).to(device)
         optimizers = _optimizers(model, tcfg)
-        history = _fit(model, optimizers, tcfg, gen, (u_idx, u_dense, u_cat), (i_idx, i_dense, i_cat), log_q, on_epoch)
+        history = _fit(model, optimizers, tcfg, keys, (u_idx, u_dense, u_cat), (i_idx, i_dense, i_cat), log_q, on_epoch)
     model.eval()
     model.cpu()
     examples = n * tcfg.epochs
@@ -493,11 +570,21 @@ def in_batch_loss(
     return F.cross_entropy(logits, torch.arange(item.shape[0], device=item.device))
 
 
+def _lr_factor(kind: str, step: int, total: int) -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total``."""
+    if kind == "none" or total <= 1:
+        return 1.0
+    done = step / total
+    if kind == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 def _fit(
     model: TwoTowerModel,
     optimizers: list[torch.optim.Optimizer],
     tcfg: TrainConfig,
-    gen: torch.Generator,
+    keys: npt.NDArray[np.uint64],
     user_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     item_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     log_q: torch.Tensor,
@@ -507,12 +594,26 @@ def _fit(
     n = user_t[0].shape[0]
     inv_t = 1.0 / model.config.temperature
     history: list[dict[str, float]] = []
+    base_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in optimizers]
+    steps_per_epoch = -(-n // tcfg.batch_size)
+    total_steps = steps_per_epoch * tcfg.epochs
+    first_averaged = tcfg.epochs - min(tcfg.average_epochs, tcfg.epochs) + 1
+    average: dict[str, torch.Tensor] = {}
+    averaged = 0
+    step = 0
+    cpe = min(tcfg.checkpoints_per_epoch, steps_per_epoch)
+    marks = {round(steps_per_epoch * (j + 1) / cpe) for j in range(cpe)}
     model.train()
     for epoch in range(1, tcfg.epochs + 1):
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.from_numpy(epoch_order(keys, tcfg.seed, epoch)).to(device)
         total = torch.zeros((), dtype=torch.float64, device=device)
         for b, start in enumerate(range(0, n, tcfg.batch_size), start=1):
+            factor = _lr_factor(tcfg.lr_decay, step, total_steps)
+            for opt, lrs in zip(optimizers, base_lrs, strict=True):
+                for group, lr in zip(opt.param_groups, lrs, strict=True):
+                    group["lr"] = lr * factor
+            step += 1
             rows = perm[start : start + tcfg.batch_size]
             u = model.user(*(t[rows] for t in user_t))
             v = model.item(*(t[rows] for t in item_t))
@@ -527,6 +628,16 @@ def _fit(
             for opt in optimizers:
                 opt.step()
             total += loss.detach().double() * rows.shape[0]
+            if epoch >= first_averaged and b in marks:
+                # Checkpoint averaging (as in stochastic weight averaging): a running mean of the weights
+                # at checkpoints of the last epochs cancels much of the noise of the final SGD steps.
+                averaged += 1
+                with torch.no_grad():
+                    for name, tensor in model.state_dict().items():
+                        if name not in average:
+                            average[name] = tensor.detach().clone()
+                        else:
+                            average[name] += (tensor.detach() - average[name]) / averaged
         seconds = time.perf_counter() - t0
         entry = {
             "epoch": float(epoch),
@@ -537,6 +648,8 @@ def _fit(
         history.append(entry)
         if on_epoch is not None:
             on_epoch(dict(entry))
+    if averaged > 1:
+        model.load_state_dict(average)
     return history
 
 

@@ -1,10 +1,17 @@
-"""Serving-side recommendations: online features -> user tower -> current index -> filter played.
+"""Serving-side recommendations: online features -> user tower -> current index -> (filter played).
 
 The index version named by ``CURRENT`` decides the model: its manifest records the model version
 whose item tower produced the indexed vectors, and only that model's user tower embeds into the
 same space. (The pipeline publishes an index only for a blessed model, so it is the champion; when
 someone moves the alias without republishing, the index's model still answers and the result says
 which version that was.)
+
+Whether tracks the user already played are dropped is a per-request choice (``filter_played``).
+Its default is the serving mode the evaluation recorded for that model version (registry tag
+``aitasks.filter_played``, written by ``model.register`` from ``model.evaluate``): the evaluation
+keeps played tracks when that recovers more of what listeners actually play next, and drops them
+when discovery serves them better. A version registered before the tag existed filters (the old
+behaviour), and the answer says where its setting came from.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from aitasks.runtime.errors import FieldIssue, InvalidInputError
 from aitasks.runtime.settings import Settings
 
 _TASK: Final = "reco.recommend"
+#: Registry tag of a model version: the serving default its evaluation recorded ("true"/"false").
+FILTER_PLAYED_TAG: Final = "aitasks.filter_played"
 _ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -44,7 +53,12 @@ class Recommendations(BaseModel):
     model_name: str
     model_version: int
     champion_version: int | None
-    filtered_played: int
+    filter_played: bool = Field(description="Whether tracks the user already played were left out.")
+    filter_played_source: Literal["request", "evaluation", "default"] = Field(
+        description="request: the caller chose; evaluation: the model version's recorded serving mode; "
+        "default: no recorded mode (filtered)."
+    )
+    filtered_played: int = Field(description="Played tracks left out (0 when not filtering).")
 
 
 def _model_dir(settings: Settings, model_name: str, version: int) -> Path:
@@ -65,10 +79,12 @@ def recommend(
     index_name: str = "reco-tracks",
     project: str = "aitasks",
     online_store: Literal["sqlite", "redis"] | None = None,
+    filter_played: bool | None = None,
 ) -> Recommendations:
-    """Top-``k`` tracks for ``user_id`` that the user has not played yet.
+    """Top-``k`` tracks for ``user_id``, with or without the tracks the user already played.
 
-    A user known to the model (in its vocabulary, or with online features) is embedded by the user
+    ``filter_played`` None takes the serving mode recorded with the index's model version (see the
+    module docstring). A user known to the model (in its vocabulary, or with online features) is embedded by the user
     tower from the Feast online features and matched in the current index. A user with neither gets
     the model's popularity list, flagged ``source="popularity"`` with the reason.
 
@@ -97,12 +113,22 @@ def recommend(
     root = settings.storage_root
     index, manifest, index_dir = load_current(root, index_name)
     model_name, model_version = manifest.model_name, manifest.model_version
-    champion = get_version(registry_config(settings, model_name=model_name), alias="champion")
+    reg = registry_config(settings, model_name=model_name)
+    champion = get_version(reg, alias="champion")
+    source: Literal["request", "evaluation", "default"] = "request"
+    if filter_played is None:
+        served = champion if champion is not None and champion.version == model_version else None
+        served = served or get_version(reg, version=model_version)
+        recorded = None if served is None else served.tags.get(FILTER_PLAYED_TAG)
+        filter_played = recorded != "false"
+        source = "default" if recorded not in {"true", "false"} else "evaluation"
     model_dir = _model_dir(settings, model_name, model_version)
     model, user_vocab, _ = load_model(model_dir)
 
-    seen_frame = pl.read_parquet(index_dir / SEEN_FILE).filter(pl.col("user_id") == user_id)
-    seen = set(seen_frame["track_id"].to_list())
+    seen: set[str] = set()
+    if filter_played:
+        seen_frame = pl.read_parquet(index_dir / SEEN_FILE).filter(pl.col("user_id") == user_id)
+        seen = set(seen_frame["track_id"].to_list())
 
     cfg = fs.serving_config(settings, project=project, online_store=online_store)
     spec = model.config.spec
@@ -116,6 +142,9 @@ def recommend(
         "model_name": model_name,
         "model_version": model_version,
         "champion_version": None if champion is None else champion.version,
+        "filter_played": filter_played,
+        "filter_played_source": source,
+        "filtered_played": len(seen),
     }
     if not known and not has_features:
         import json
@@ -127,7 +156,6 @@ def recommend(
             items=items,
             source="popularity",
             reason="unknown user: not in the model's vocabulary and no online features; most played tracks",
-            filtered_played=len(seen),
         )
     frame = pl.DataFrame({"user_id": [user_id], **{c: [online.get(c, [None])[0]] for c in spec.user_dense}})
     frame = frame.with_columns(pl.col(c).cast(pl.Float64) for c in spec.user_dense)
@@ -136,7 +164,7 @@ def recommend(
             frame, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical
         )
     )
-    hits = index.query(np.asarray(vec, dtype=np.float32), k, exclude=[seen])[0]
+    hits = index.query(np.asarray(vec, dtype=np.float32), k, exclude=[seen] if seen else None)[0]
     reason = (
         "known user"
         if known and has_features
@@ -147,5 +175,4 @@ def recommend(
         items=[Recommended(track_id=t, score=float(s)) for t, s in hits],
         source="model",
         reason=reason,
-        filtered_played=len(seen),
     )
