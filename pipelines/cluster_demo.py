@@ -77,6 +77,7 @@ class LocalCluster:
         feast_project: The Feast project of this run (its Redis keys end with this name).
         workdir: Everything local: ``kfp/`` (kfp.local's pipeline root), ``steps/`` (one sandbox per
             step process), ``tmp/`` (the launcher's temp files), ``mlflow-server/`` (the server's logs).
+        mlflow_start_s: How long the MLflow server took to become healthy.
     """
 
     storage_root: str
@@ -86,6 +87,7 @@ class LocalCluster:
     redis_url: str
     feast_project: str
     workdir: Path
+    mlflow_start_s: float = 0.0
 
     @property
     def pipeline_root(self) -> Path:
@@ -338,7 +340,8 @@ def local_cluster(
                 {"STORAGE_EMULATOR_HOST": emulator},
             )
         )
-        con.print(f"MLflow server on {mlflow_url} (PostgreSQL backend) in {time.monotonic() - t0:.1f} s")
+        mlflow_start_s = time.monotonic() - t0
+        con.print(f"MLflow server on {mlflow_url} (PostgreSQL backend) in {mlflow_start_s:.1f} s")
         cluster = LocalCluster(
             storage_root=f"gs://{bucket}/runs-{tag}",
             emulator_host=emulator,
@@ -347,6 +350,7 @@ def local_cluster(
             redis_url=redis_url,
             feast_project=project,
             workdir=workdir,
+            mlflow_start_s=round(mlflow_start_s, 1),
         )
         stack.enter_context(environment(cluster.env()))
         yield cluster
