@@ -69,6 +69,47 @@ def test_model_beats_popularity_by_half_again(chain: Chain) -> None:
     assert metrics["blessing"]["blessed"] is True
 
 
+def test_evaluation_reports_both_protocols_own_history_and_the_gate(chain: Chain) -> None:
+    """Issue findings 4 and 5: both protocols, the own-history baseline, the serving mode and the intervals."""
+    ev = chain.evaluation
+    assert set(ev.protocols) == {"all", "discovery"}
+    for protocol in ev.protocols.values():
+        assert {"model", "popularity", "own_history", "champion"} <= set(protocol)
+        assert protocol["model"]["recall_at_10"] > protocol["popularity"]["recall_at_10"]
+    every, new = ev.protocols["all"], ev.protocols["discovery"]
+    # Re-listens make the held-out day easier, and the own history is a strong baseline when they count;
+    # under discovery nothing of the history is left, so it is the popularity list.
+    assert every["own_history"]["recall_at_10"] > every["popularity"]["recall_at_10"]
+    assert new["own_history"] == new["popularity"]
+    # Served with played tracks kept, the model recovers far more of the next day's plays: that is the mode.
+    assert ev.serving_mode == "all" and ev.filter_played is False
+    assert ev.model == every["model"] and ev.own_history == every["own_history"]
+    pop = ev.vs_popularity
+    assert pop["reference"] == "popularity" and pop["users"] == ev.model["users"]
+    assert 1.2 <= pop["ratio_low"] < pop["ratio"] < pop["ratio_high"]
+    assert ev.vs_champion is None and ev.vs_own_history["reference"] == "own history"
+    assert ev.recall_at_10_by_protocol["discovery_model"] == new["model"]["recall_at_10"]
+    md = Path(ev.report_markdown_uri).read_text()
+    for text in ("all next plays", "discovery", "own history", "filter_played=false", "paired percentile bootstrap"):
+        assert text in md
+    assert f"[{pop['ratio_low']:.3f}, {pop['ratio_high']:.3f}]" in md
+    metrics = json.loads(Path(ev.metrics_uri).read_text())
+    assert metrics["serving"]["filter_played"] is False and metrics["gate"]["rule"]["confidence"] == 0.95
+    print(
+        "recall@10 all: model {:.4f} popularity {:.4f} own {:.4f}; discovery: model {:.4f} popularity {:.4f}; "
+        "lift {:.3f} [{:.3f}, {:.3f}]".format(
+            every["model"]["recall_at_10"],
+            every["popularity"]["recall_at_10"],
+            every["own_history"]["recall_at_10"],
+            new["model"]["recall_at_10"],
+            new["popularity"]["recall_at_10"],
+            pop["ratio"],
+            pop["ratio_low"],
+            pop["ratio_high"],
+        )
+    )
+
+
 def test_training_is_logged_and_safe(chain: Chain) -> None:
     tr = chain.train
     assert tr.examples > 0 and tr.loss_curve[-1] < tr.loss_curve[0]
@@ -88,9 +129,10 @@ def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
     tags = v.tags
     assert tags["aitasks.data_snapshot"] == chain.world.training_set.snapshot_hash
     assert tags["aitasks.feature_service"] == "reco_training"
-    assert tags["aitasks.code_version"] == "model.train@1.0.0"
+    assert tags["aitasks.code_version"] == "model.train@1.1.0"
     assert tags["aitasks.kfp_run_id"] == "run-test" and len(tags["aitasks.trace_id"]) == 32
     assert tags["aitasks.blessed"] == "true"
+    assert tags["aitasks.serving_mode"] == "all" and tags["aitasks.filter_played"] == "false"
     assert chain.promoted.moved is True
     champion = get_version(reg, alias="champion")
     assert champion is not None and champion.version == 1
@@ -105,6 +147,8 @@ def test_same_model_never_becomes_a_second_version(chain: Chain) -> None:
     again = evaluate_model_task({"model_uri": chain.train.model_uri, "training_set_uri": ts_uri}, runtime=rt)
     assert again.champion_version == 1 and again.blessed is True
     assert again.champion == again.model, "the champion re-evaluated on the same day is the same model"
+    assert again.vs_champion is not None
+    assert again.vs_champion["ratio_low"] == again.vs_champion["ratio_high"] == 1.0, "identical per user"
     reg = register_model_task({"model_uri": chain.train.model_uri, "metrics_uri": again.metrics_uri}, runtime=rt)
     assert reg.version == chain.registered.version and reg.created is False
 
@@ -116,14 +160,15 @@ def test_index_reaches_the_recall_floor_and_publishes_v1(chain: Chain) -> None:
     assert json.loads((root / "CURRENT").read_text())["version"] == 1
 
 
-def test_recommend_known_user_filters_played_tracks(chain: Chain) -> None:
+def test_recommend_known_user_filters_played_tracks_on_request(chain: Chain) -> None:
     from aitasks.recommendation_update.recommend import recommend
 
     with open_bundle(chain.world.training_set.training_set_uri) as (d, _):
         history = pl.read_parquet(d / "history.parquet")
         user = str(pl.read_parquet(d / "users.parquet")["user_id"].sort()[0])
-    rec = recommend(chain.world.settings, user, k=10)
+    rec = recommend(chain.world.settings, user, k=10, filter_played=True)
     assert rec.source == "model" and rec.reason == "known user"
+    assert rec.filter_played is True and rec.filter_played_source == "request"
     assert len(rec.items) == 10 and len({r.track_id for r in rec.items}) == 10
     played = set(history.filter(pl.col("user_id") == user)["track_id"])
     assert played and not played & {r.track_id for r in rec.items}
@@ -131,6 +176,26 @@ def test_recommend_known_user_filters_played_tracks(chain: Chain) -> None:
     assert rec.index_version == 1 and rec.model_version == 1 and rec.champion_version == 1
     scores = [r.score for r in rec.items]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_recommend_default_is_the_serving_mode_the_evaluation_recorded(chain: Chain) -> None:
+    from aitasks.recommendation_update.recommend import recommend
+
+    with open_bundle(chain.world.training_set.training_set_uri) as (d, _):
+        history = pl.read_parquet(d / "history.parquet")
+        users = pl.read_parquet(d / "users.parquet")["user_id"].sort().to_list()
+    rec = recommend(chain.world.settings, users[0], k=10)
+    assert rec.filter_played is chain.evaluation.filter_played is False
+    assert rec.filter_played_source == "evaluation" and rec.filtered_played == 0
+    kept = recommend(chain.world.settings, users[0], k=10, filter_played=False)
+    assert [r.track_id for r in kept.items] == [r.track_id for r in rec.items]
+    assert kept.filter_played_source == "request"
+    # Kept means the user's favourites can come back: across held-out users some served tracks were played.
+    replayed = 0
+    for user in users[:20]:
+        played = set(history.filter(pl.col("user_id") == user)["track_id"])
+        replayed += len(played & {r.track_id for r in recommend(chain.world.settings, user, k=10).items})
+    assert replayed > 0
 
 
 def test_recommend_unknown_user_falls_back_to_popularity(chain: Chain) -> None:
@@ -194,6 +259,10 @@ def test_cli_recommend_index_and_model_commands(chain: Chain) -> None:
     assert got.returncode == 0, got.stderr
     rec = json.loads(got.stdout)
     assert rec["source"] == "model" and len(rec["items"]) == 5
+    assert rec["filter_played"] is False and rec["filter_played_source"] == "evaluation"
+    filtered = cli("recommend", "--user", user, "--k", "5", "--filter-played")
+    assert filtered.returncode == 0, filtered.stderr
+    assert "played tracks filtered (your choice)" in " ".join(filtered.stdout.split())
     bad = cli("recommend", "--user", "../../etc/passwd")
     assert bad.returncode == 1 and "user" in bad.stderr and "Traceback" not in bad.stderr
     listed = cli("index", "list")
