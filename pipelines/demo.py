@@ -6,7 +6,9 @@ two-tower model -> evaluation against popularity and the champion -> MLflow regi
 champion alias -> HNSW index checked against exact search -> versioned publish. The summary is
 built from the audit trail of this run and the committed task results it points to (what the
 platform recorded, not what the demo hoped), plus one real recommendation read back the way
-`aitasks recommend` serves it.
+`aitasks recommend` serves it. The evaluation lines show both protocols (all next plays, discovery)
+for the model, popularity and the listener's own history, the serving mode the evaluation chose,
+and the gate's paired intervals.
 """
 
 from __future__ import annotations
@@ -126,8 +128,15 @@ def run_demo(
         "failed": run["failed"],
         "ingest": {k: ingest.get(k) for k in ("input_rows", "good_rows", "quarantined_rows", "reasons")},
         "evaluation": {
-            "model": {k: model.get(k) for k in ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10")},
-            "popularity": {k: pop.get(k) for k in ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10")},
+            "model": {k: model.get(k) for k in _METRICS},
+            "popularity": {k: pop.get(k) for k in _METRICS},
+            "own_history": {k: (evaluation.get("own_history") or {}).get(k) for k in _METRICS},
+            "protocols": _protocols(evaluation),
+            "serving_mode": evaluation.get("serving_mode"),
+            "filter_played": evaluation.get("filter_played"),
+            "gate": {
+                name: _interval(evaluation.get(name)) for name in ("vs_popularity", "vs_champion", "vs_own_history")
+            },
             "lift_recall_at_10": None if lift is None else round(lift, 3),
             "champion_version_compared": evaluation.get("champion_version"),
             "blessed": evaluation.get("blessed"),
@@ -169,8 +178,34 @@ def run_demo(
     return summary
 
 
+_METRICS = ("recall_at_10", "recall_at_50", "ndcg_at_10", "coverage_at_10")
+_RANKERS = ("model", "popularity", "own_history", "champion")
+
+
+def _protocols(evaluation: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """recall@10 of every ranker under each evaluation protocol (all next plays, discovery)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for protocol, rankers in (evaluation.get("protocols") or {}).items():
+        out[protocol] = {r: (rankers.get(r) or {}).get("recall_at_10") for r in _RANKERS}
+    return out
+
+
+def _interval(test: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A paired comparison of the gate, reduced to its ratio and interval."""
+    if not test:
+        return None
+    keys = ("ratio", "ratio_low", "ratio_high", "users", "confidence")
+    return {k: test.get(k) for k in keys}
+
+
 def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def _fmt_interval(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "n/a"
+    return f"{t['ratio']:.3f}x [{t['ratio_low']:.3f}, {t['ratio_high']:.3f}]"
 
 
 def _print(con: Console, s: dict[str, Any], elapsed: float, workdir: Path) -> None:
@@ -185,11 +220,25 @@ def _print(con: Console, s: dict[str, Any], elapsed: float, workdir: Path) -> No
         f"{ing.get('input_rows') or 0:,} rows in = {ing.get('good_rows') or 0:,} good + "
         f"{ing.get('quarantined_rows') or 0:,} quarantined {ing.get('reasons') or ''}",
     )
+    labels = {"all": "recall@10, all next plays", "discovery": "recall@10, discovery (unplayed)"}
+    for protocol, r in ev.get("protocols", {}).items():
+        served = " [serving mode]" if protocol == ev.get("serving_mode") else ""
+        champion = "" if r.get("champion") is None else f", champion {_fmt(r['champion'])}"
+        table.add_row(
+            labels.get(protocol, protocol),
+            f"model {_fmt(r['model'])} vs popularity {_fmt(r['popularity'])}, own history "
+            f"{_fmt(r['own_history'])}{champion}{served}",
+        )
     table.add_row(
-        "recall@10",
-        f"model {_fmt(ev['model']['recall_at_10'])} vs popularity {_fmt(ev['popularity']['recall_at_10'])} "
-        f"(x{_fmt(ev['lift_recall_at_10'])}); NDCG@10 {_fmt(ev['model']['ndcg_at_10'])}; "
-        f"coverage@10 {_fmt(ev['model']['coverage_at_10'])}",
+        "serving mode",
+        f"{ev.get('serving_mode')}: recommend defaults to filter_played={str(ev.get('filter_played')).lower()}; "
+        f"model NDCG@10 {_fmt(ev['model']['ndcg_at_10'])}, coverage@10 {_fmt(ev['model']['coverage_at_10'])}",
+    )
+    gate = ev.get("gate", {})
+    table.add_row(
+        "gate (paired)",
+        f"model / popularity {_fmt_interval(gate.get('vs_popularity'))}; model / champion "
+        f"{_fmt_interval(gate.get('vs_champion'))}; model / own history {_fmt_interval(gate.get('vs_own_history'))}",
     )
     table.add_row("blessing", f"{ev['blessed']}: " + " ".join(ev.get("reasons") or []))
     table.add_row(
@@ -236,5 +285,7 @@ def _sample_recommendation(store: Path, results: dict[str, dict[str, Any]]) -> d
         "tracks": [r.track_id for r in rec.items],
         "index_version": rec.index_version,
         "model_version": rec.model_version,
+        "filter_played": rec.filter_played,
+        "filter_played_source": rec.filter_played_source,
         "filtered_played": rec.filtered_played,
     }
