@@ -34,6 +34,10 @@ def main() -> None:
 
     with console.status("two-tower training: sparse vs dense Adam…"):
         records += bench_training()
+    from bench.reco_quality import bench_reco_quality
+
+    with console.status("recommender quality: recall@10 over 5 training seeds, both protocols…"):
+        records += bench_reco_quality()
     try:
         from bench.ann import bench_ann
     except ImportError:  # pragma: no cover - the ANN bench ships with the index module
