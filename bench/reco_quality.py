@@ -56,7 +56,15 @@ def bench_reco_quality(*, seeds: tuple[int, ...] = SEEDS, data: dict[str, int] |
     spec = {**DATA, **(data or {})}
     with tempfile.TemporaryDirectory(prefix="aitasks-bench-reco-") as tmp:
         work = Path(tmp)
-        ds = generate_dataset(work / "raw", start=datetime(2026, 10, 1, tzinfo=UTC), **spec)
+        ds = generate_dataset(
+            work / "raw",
+            seed=spec["seed"],
+            users=spec["users"],
+            tracks=spec["tracks"],
+            events=spec["events"],
+            days=spec["days"],
+            start=datetime(2026, 10, 1, tzinfo=UTC),
+        )
         ts = work / "ts"
         training_set_from_events(pl.read_parquet(ds.events_path), pl.read_parquet(ds.tracks_path), ts)
         day = rec.load_held_out_day(ts)
