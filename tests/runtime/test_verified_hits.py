@@ -133,6 +133,7 @@ def _killed_after_commit(root: Path, src: str) -> None:
     task_mod._finish = die_on_success
     rt = CapturedRuntime(root, run=RunContext(run_id="killed")).rt
     rt.audit_started = True
+    rt.lease_ttl_s = 1.0  # the next call waits for this lease to expire before it adopts the commit
     scale_task({"source": src, "factor": 3.0}, runtime=rt)
 
 
@@ -156,3 +157,43 @@ def test_a_kill_between_commit_and_audit_is_adopted_by_the_next_call(tmp_path: P
     assert [x["status"] for x in c.rt.audit.records()][-1] == "idempotent_hit"
     assert sum(x.get("adopted") is not None for x in c.rt.audit.records()) == 1, "adopted once"
     assert c.rt.audit.verify().ok
+
+
+def test_a_hit_between_a_live_commit_and_its_audit_record_waits_instead_of_adopting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race CI caught: a waiter saw the commit before its committer wrote ``succeeded`` and wrote it too."""
+    import threading
+
+    import aitasks.runtime.task as task_mod
+
+    src = _src(tmp_path)
+    params = {"source": src, "factor": 3.0}
+    committed, go = threading.Event(), threading.Event()
+    finish = task_mod._finish
+
+    def slow_finish(task, rt, span, log, t0, status, entry):  # type: ignore[no-untyped-def]
+        if status == "succeeded" and threading.current_thread().name == "committer":
+            committed.set()
+            assert go.wait(30)  # the committer is alive, holding its lease, not yet audited
+        finish(task, rt, span, log, t0, status, entry)
+
+    monkeypatch.setattr(task_mod, "_finish", slow_finish)
+    a = CapturedRuntime(tmp_path, run=RunContext(run_id="a"))
+    b = CapturedRuntime(tmp_path, run=RunContext(run_id="b"))
+    results: dict[str, float] = {}
+    t_a = threading.Thread(target=lambda: results.update(a=scale_task(params, runtime=a.rt).total), name="committer")
+    t_b = threading.Thread(target=lambda: results.update(b=scale_task(params, runtime=b.rt).total), name="hitter")
+    t_a.start()
+    assert committed.wait(30)
+    t_b.start()
+    t_b.join(0.5)
+    assert t_b.is_alive(), "the hit waits for the live committer's record"
+    go.set()
+    t_a.join(30)
+    t_b.join(30)
+    assert results == {"a": 18.0, "b": 18.0} and _tasks.CALLS == {"default": 1}
+    recs = _records(a, "test.scale")
+    assert sorted(r["outcome"] for r in recs) == ["executed", "reused"], recs
+    assert not [r for r in recs if r.get("adopted")], "nothing adopted: the committer wrote its own record"
+    assert a.rt.audit.verify().ok

@@ -181,6 +181,18 @@ class IdempotencyStore:
         else:
             self.storage.write_bytes(self._audited_uri(task, key), data)
 
+    def claim_audited(self, task: str, key: str, trace_id: str) -> bool:
+        """Create the audited marker only if absent: True for the one caller that created it."""
+        data = _dumps({"trace_id": trace_id, "at": time.time(), "adopted": True})
+        try:
+            if isinstance(self.storage, LocalStorage):
+                self.storage.write_bytes(self._audited_uri(task, key), data, if_absent=True, sync_dir=False)
+            else:
+                self.storage.write_bytes(self._audited_uri(task, key), data, if_absent=True)
+        except PreconditionFailedError:
+            return False
+        return True
+
     # -- leases -----------------------------------------------------------------------------------
     def _lease_uri(self, task: str, key: str) -> str:
         return join_uri(self.root, "_idempotency", task, f"{key}.lease")

@@ -57,7 +57,7 @@ from aitasks.runtime.errors import (
 )
 from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
-from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencyStore, Lease
+from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencyStore, Lease, lease_expired
 from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
 from aitasks.runtime.settings import Settings, load_settings
 from aitasks.runtime.storage import Storage, is_gcs, join_uri, publish_local_file, storage_for
@@ -758,7 +758,7 @@ def _hit(
     """Return a committed (verified) result: audit status ``idempotent_hit``, ``outcome`` reused or lost_race."""
     result = task.result_model.model_validate(committed["result"])
     key = str(audit["idempotency_key"])
-    if not rt.idempotency.audited(task.name, key):
+    if not rt.idempotency.audited(task.name, key) and _committer_gone(task, rt, key, committed):
         _adopt(task, rt, log, audit, committed)
     rt.telemetry.task.idempotent_hits.labels(task.name).inc()
     reused = _reuse_reason(committed, audit["key_parts"])
@@ -777,8 +777,39 @@ def _hit(
     return result
 
 
+def _committer_gone(task: Task[Any, Any], rt: Runtime, key: str, committed: Mapping[str, Any]) -> bool:
+    """Whether the call that committed ``committed`` can no longer write its own ``succeeded`` record.
+
+    The committer appends its record and marks the key audited *before* it releases its lease, so
+    while its lease is live under its token it is still on its way: a hit waits for it (until the
+    marker appears, the lease is released, or it expires because the committer was killed) rather
+    than write the record for it, which would show two executions in the audit. A released lease
+    means the marker was written first (checked again after the wait); an expired lease, or another
+    holder's, means the committer was killed or hung after its commit.
+    """
+    delay = 0.01
+    while True:
+        if rt.idempotency.audited(task.name, key):
+            return False
+        current = rt.idempotency.read_lease(task.name, key)
+        if current is None:
+            break
+        body, _ = current
+        if body.get("token") != committed.get("lease") or lease_expired(body):
+            break
+        time.sleep(min(delay, max(float(body.get("expires_at", 0.0)) - time.time(), 0.0) + 0.01))
+        delay = min(delay * 2, 0.5)
+    return not rt.idempotency.audited(task.name, key)
+
+
 def _adopt(task: Task[Any, Any], rt: Runtime, log: Any, audit: dict[str, Any], committed: Mapping[str, Any]) -> None:
-    """The call that committed ``committed`` died before its ``succeeded`` record: write it now, marked adopted."""
+    """The call that committed ``committed`` died before its ``succeeded`` record: write it now, marked adopted.
+
+    Of several hits that find the same orphaned commit, the one that creates the audited marker first
+    writes the record (create-only), so the adoption is recorded once.
+    """
+    if not rt.idempotency.claim_audited(task.name, str(audit["idempotency_key"]), str(audit.get("trace_id", ""))):
+        return
     when = committed.get("committed_at")
     log.warning("task.commit_adopted", committed_by_run=committed.get("run_id"), note="no succeeded record: adopted")
     rt.audit.append(
@@ -798,7 +829,6 @@ def _adopt(task: Task[Any, Any], rt: Runtime, log: Any, audit: dict[str, Any], c
             },
         }
     )
-    rt.idempotency.mark_audited(task.name, str(audit["idempotency_key"]), str(audit.get("trace_id", "")))
 
 
 def _remove_tree(uri: str, rt: Runtime) -> None:
