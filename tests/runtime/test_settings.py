@@ -17,6 +17,7 @@ PROD = {
     "pushgateway_url": "http://prometheus-pushgateway.monitoring:9091",
     "feast_online_store": "redis",
     "redis_url": "redis://:pw@feast-redis.aitasks:6379/0",
+    "feast_registry": "postgresql://feast:pw@10.20.0.5:5432/feast",
 }
 
 
@@ -41,6 +42,8 @@ def test_complete_production_settings_pass() -> None:
         ({"pushgateway_url": ""}, "AITASKS_PUSHGATEWAY_URL"),
         ({"feast_online_store": "sqlite"}, "AITASKS_FEAST_ONLINE_STORE"),
         ({"redis_url": "redis://127.0.0.1:6379/0"}, "AITASKS_REDIS_URL"),
+        ({"feast_registry": ""}, "AITASKS_FEAST_REGISTRY"),
+        ({"feast_registry": "gs://aitasks-prod/feast/registry.db"}, "AITASKS_FEAST_REGISTRY"),
     ],
 )
 def test_each_embedded_default_is_refused_by_name(override: dict, named: str) -> None:

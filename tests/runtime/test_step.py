@@ -117,3 +117,40 @@ def test_metrics_job_names_follow_the_task_name() -> None:
 def test_an_unknown_task_is_named() -> None:
     with pytest.raises(KeyError, match=r"no task 'data\.ingets'"):
         run_step("data.ingets", {}, ({}, "p", "r", "s"))
+
+
+def test_the_shards_of_a_fan_out_step_push_to_groups_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ParallelFor iterations share a task name: without a shard label each push replaced the others'."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from aitasks.runtime.step import finish_step, step_runtime
+
+    paths: list[str] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AITASKS_PUSHGATEWAY_URL", f"http://127.0.0.1:{server.server_port}")
+        for shard in (0, 1, None):
+            rt = step_runtime({"storage_root": str(tmp_path / "store")}, run_id="r", step="analyze", pipeline="p")
+            finish_step(rt, "audio-analyze", shard)
+    finally:
+        server.shutdown()
+    assert paths == [
+        "/metrics/job/audio-analyze/pipeline/p/shard/0/step/analyze",
+        "/metrics/job/audio-analyze/pipeline/p/shard/1/step/analyze",
+        "/metrics/job/audio-analyze/pipeline/p/step/analyze",
+    ]

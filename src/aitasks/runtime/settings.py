@@ -118,6 +118,11 @@ class Settings(BaseSettings):
             problems.append("AITASKS_PSEUDONYMIZATION_KEY is the public dev key (set it from the step Secret)")
         if not self.pushgateway_url:
             problems.append("AITASKS_PUSHGATEWAY_URL is empty (step metrics would be lost)")
+        if not self.feast_registry.startswith(("postgresql://", "postgresql+psycopg://")):
+            problems.append(
+                "AITASKS_FEAST_REGISTRY is not a postgresql:// URL (a file registry has no locking under "
+                "concurrent applies; set it in the step Secret)"
+            )
         if self.feast_online_store == "sqlite":
             problems.append("AITASKS_FEAST_ONLINE_STORE=sqlite (a file inside one pod; needs redis)")
         elif self.redis_url == DEV_REDIS_URL:

@@ -141,15 +141,27 @@ def write_json(path: str, payload: Any) -> None:
     dest.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str), "utf-8")
 
 
-def finish_step(rt: Runtime, job: str) -> None:
+def push_grouping(rt: Runtime, shard: Any = None) -> dict[str, str]:
+    """The Pushgateway grouping key of a step: ``{pipeline, step}``, plus ``shard`` for a fan-out step.
+
+    One group per pipeline step, replaced by each push: gauges show the latest run, and the gateway holds
+    a bounded set of groups (a run id in the key would grow it forever and freeze old alerts). The
+    iterations of a ``ParallelFor`` share one task name, so a sharded step adds its shard index: without
+    it, each shard's push would replace the others' counters.
+    """
+    grouping = {"pipeline": rt.run.pipeline or "none", "step": rt.run.step or "none"}
+    if shard is not None:
+        grouping["shard"] = str(shard)
+    return grouping
+
+
+def finish_step(rt: Runtime, job: str, shard: Any = None) -> None:
     """Hand the step's metrics on (Pushgateway / textfile per settings) and flush spans."""
     rt.telemetry.push(
         job,
         gateway=rt.settings.pushgateway_url,
         textfile_dir=rt.settings.metrics_textfile_dir,
-        # One group per pipeline step, replaced by each push: gauges show the latest run, and the gateway
-        # holds a bounded set of groups (a run id in the key would grow it forever and freeze old alerts).
-        grouping={"pipeline": rt.run.pipeline or "none", "step": rt.run.step or "none"},
+        grouping=push_grouping(rt, shard),
     )
     rt.telemetry.provider.force_flush()
 
@@ -185,6 +197,7 @@ def run_step(
     t = get_task(task)
     rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
     job = metrics_job(task)
+    shard = params.get("shard_index")  # a fan-out step: one Pushgateway group per shard
     try:
         inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
         res: TaskModel = t(inputs, runtime=rt)
@@ -202,10 +215,10 @@ def run_step(
     except BaseException:
         # The failure counters still reach the Pushgateway; a push error must not hide the task's error.
         try:
-            finish_step(rt, job)
+            finish_step(rt, job, shard)
         except Exception as push_error:  # telemetry is best effort on the failure path
             get_logger(task=task).warning("step.metrics_push_failed", error=str(push_error))
         raise
     # On success a push error fails the step: KFP's retry then returns the committed result and pushes again.
-    finish_step(rt, job)
+    finish_step(rt, job, shard)
     return res
