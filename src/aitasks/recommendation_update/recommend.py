@@ -62,10 +62,24 @@ class Recommendations(BaseModel):
 
 
 def _model_dir(settings: Settings, model_name: str, version: int) -> Path:
-    """The model version's files, downloaded once into the storage root's cache (checksums verified)."""
-    from aitasks.platform.registry import download_model, registry_config
+    """The model version's files, downloaded once into a local cache (checksums verified).
 
-    cache = Path(settings.storage_root) / "cache" / "models" / model_name / f"v{version}"
+    A local storage root keeps its cache beside the runs; a ``gs://`` root caches on this machine's temp
+    directory, one folder per root (``Path("gs://b")`` would be the relative path ``gs:/b``).
+    """
+    import tempfile
+
+    from aitasks.platform.registry import download_model, registry_config
+    from aitasks.runtime.hashing import sha256_text
+    from aitasks.runtime.storage import is_gcs
+
+    root = settings.storage_root
+    base = (
+        Path(tempfile.gettempdir()) / "aitasks-model-cache" / sha256_text(root)[:16]
+        if is_gcs(root)
+        else Path(root) / "cache"
+    )
+    cache = base / "models" / model_name / f"v{version}"
     reg = registry_config(settings, model_name=model_name)
     _, path = download_model(reg, version=version, dest=cache)
     return path
