@@ -26,8 +26,8 @@ from tests.manifests._k8s import ROOT
 TELEMETRY = ROOT / "src" / "aitasks" / "runtime" / "telemetry.py"
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
 #: Labels Prometheus or the Pushgateway add: the grouping key of aitasks.runtime.step.finish_step
-#: (job, pipeline, step, and shard for a fan-out step), instance, le. No run_id: a run id in the grouping key made the gateway grow
-#: without bound and froze every gauge of a past run (issue 12).
+#: (job, pipeline, step, and shard for a fan-out step), instance, le. No run_id: a run id in the
+#: grouping key made the gateway grow without bound and froze every gauge of a past run (issue 12).
 GROUPING = {"job", "pipeline", "step", "shard"}
 EXTRA_LABELS = GROUPING | {"instance", "le", "__name__"}
 #: Metrics the Pushgateway sets for every pushed group (its README, "Exposed metrics").

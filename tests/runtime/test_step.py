@@ -131,7 +131,7 @@ def test_the_shards_of_a_fan_out_step_push_to_groups_of_their_own(
     paths: list[str] = []
 
     class Gateway(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+        def do_PUT(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             paths.append(self.path)
             self.send_response(200)
