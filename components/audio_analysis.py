@@ -222,6 +222,8 @@ def write_audio_features(
     project: str,
     online_store: str,
     as_of: str,
+    scheduled_time: str,
+    run_created_time: str,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -239,6 +241,8 @@ def write_audio_features(
             "project": project,
             "online_store": online_store,
             "as_of": as_of,
+            "scheduled_time": scheduled_time,
+            "run_created_time": run_created_time,
         },
         (run_context, pipeline, run_id, step),
     )

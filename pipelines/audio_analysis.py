@@ -50,7 +50,39 @@ def audio_analysis(
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_toleration: dict = GPU_TOLERATION,
 ) -> None:
-    """The catalog's audio analysis (on new uploads or on a schedule; kfp.local runs it in tests)."""
+    """The catalog's audio analysis (on new uploads or on a schedule; kfp.local runs it in tests).
+
+    Args:
+        run_context: Who and what started the run (storage root override, submitter, git revision,
+            pipeline version, traceparent); filled by `python -m pipelines run/upload/schedule`.
+        catalog_root: The audio catalog: a gs:// prefix or a directory. Empty: a generated demo catalog.
+        labelled_root: Labelled clips for the classifier: labels.csv (path,label) or <label>/<files>.
+            Empty: the generated labelled set.
+        catalog_manifest: Optional list of the files to analyse: plain text (one path per line),
+            .csv/.tsv (columns path, optional track_id) or .jsonl. Empty: every audio file under the root.
+        track_ids: Track ids of files without a manifest track_id: stem (the file stem when it is a
+            valid id, else a normalised id) or key (always a slug plus a hash of the path).
+        demo: Settings of the generated catalog, used only when catalog_root is empty (tracks, seed,
+            min_seconds, max_seconds, labelled_per_class).
+        shards: Split the catalog into at most this many shards, analysed in parallel (up to 8 at once).
+        limit: Analyse only the first N files, by path (0: all).
+        sample_rate: Sample rate in Hz every file is resampled to before feature extraction.
+        max_channels: Files with more channels are quarantined.
+        contamination: Expected share of feature outliers (the anomaly detector's threshold).
+        duplicate_threshold: Fingerprint similarity (0-1) above which two tracks are duplicates.
+        classifier_name: MLflow registered-model name of the genre classifier.
+        classifier_epochs: Maximum training epochs of the classifier (early stopping on validation).
+        classifier_clip_seconds: Length in seconds of the audio crop the classifier sees.
+        classifier_seed: Seed of the classifier's splits, initialisation and augmentation.
+        min_classifier_accuracy: Test accuracy a new classifier needs to become champion.
+        feast_project: Feast project the track_audio features are written to.
+        online_store: Feast online store: redis (clusters) or sqlite (one machine).
+        as_of: Event time of the features written (ISO 8601, UTC). Empty: the run's scheduled or
+            creation time.
+        report_title: Title of the HTML report shown in the run's artifacts.
+        gpu_node_selector: Node selector of the GPU steps (classifier training and inference).
+        gpu_toleration: Toleration of the GPU steps (the taint of the GPU node pool).
+    """
     run = PipelineRun(NAME, run_context, gpu_node_selector=gpu_node_selector, gpu_toleration=gpu_toleration)
     summary = steps.SUMMARY(run)
 

@@ -101,7 +101,9 @@ CLASSIFY = StepSpec(
     classify_tracks, "audio.classify", "classify", cpu="2", memory="4Gi", memory_limit="8Gi", retries=1, gpu=True
 )
 # Writes to the Feast stores: state the cache cannot see.
-FEAST_WRITE = StepSpec(write_audio_features, "audio.feast_write", "feast-write", memory="2Gi", retries=3, cache=False)
+FEAST_WRITE = StepSpec(
+    write_audio_features, "audio.feast_write", "feast-write", memory="2Gi", retries=3, cache=False, logical_time=True
+)
 AUDIO_REPORT = StepSpec(audio_report, "audio.report", "report", memory="2Gi")
 
 #: Every declared step (tests check each against its component and the task registry).

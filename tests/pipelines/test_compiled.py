@@ -201,3 +201,19 @@ def test_every_step_reads_the_settings_config_map_and_the_step_secret(name: str,
     every = {f"AITASKS_{f.upper()}" for f in Settings.model_fields}
     assert set(settings_env().values()) | set(SECRET_ENV.values()) == every
     assert not set(settings_env().values()) & set(SECRET_ENV.values())
+
+
+def test_every_step_with_a_data_time_takes_the_run_s_logical_time() -> None:
+    """A step whose task has an ``as_of`` resolves an empty one from the run's scheduled/creation time.
+
+    Otherwise a retry or rerun of the same run that crosses an hour boundary is a new idempotency key
+    (and a new feature event time) for the same run (issue 13, finding 6).
+    """
+    from aitasks.runtime.task import LogicalTimeParams, get_task
+    from pipelines.steps import ALL_STEPS
+
+    timed = [s for s in ALL_STEPS if "as_of" in get_task(s.task).params_model.model_fields]
+    assert timed, "no step has an as_of: the check below would prove nothing"
+    for spec in timed:
+        assert spec.logical_time, f"{spec.name}: as_of without the run's logical time"
+        assert issubclass(get_task(spec.task).params_model, LogicalTimeParams), spec.task

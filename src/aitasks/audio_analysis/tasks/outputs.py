@@ -10,6 +10,7 @@ from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
     AsOfTime,
     InputArtifact,
+    LogicalTimeParams,
     OutputArtifact,
     TaskContext,
     TaskModel,
@@ -20,7 +21,7 @@ from aitasks.runtime.task import (
 # -------------------------------------------------------------------------------- Feast write
 
 
-class FeastWriteParams(TaskModel):
+class FeastWriteParams(LogicalTimeParams):
     analysis_uri: InputArtifact = Field(description="Catalog analysis bundle.")
     anomalies_uri: InputArtifact = Field(description="Anomalies bundle (flag counts per track).")
     predictions_uri: InputArtifact = Field(description="Classifier predictions (Parquet).")
@@ -28,7 +29,8 @@ class FeastWriteParams(TaskModel):
     online_store: str = Field(default="", pattern=r"^(|sqlite|redis)$", description="Empty: from settings.")
     as_of: AsOfTime = Field(
         default_factory=current_hour,
-        description="Analysis time (ISO 8601 with timezone): the rows' event time. Empty: the current hour (UTC).",
+        description="Analysis time (ISO 8601 with timezone): the rows' event time. Empty: the run's scheduled "
+        "time, else its creation time, else the current hour (UTC).",
     )
 
 
@@ -40,7 +42,7 @@ class FeastWriteResult(TaskModel):
     online_store: str
 
 
-@ai_task(name="audio.feast_write", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="audio.feast_write", version="1.1.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
 def feast_write_task(params: FeastWriteParams, ctx: TaskContext) -> FeastWriteResult:
     """Publish track audio features to Feast (the ``track_audio`` view), offline and online.
 
