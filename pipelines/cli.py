@@ -8,6 +8,7 @@ host from `--host` or `AITASKS_KFP_HOST`, token from `KFP_TOKEN` or the in-clust
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -109,17 +110,34 @@ def with_dict_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_local(name: str, params: dict[str, Any], workdir: Path) -> Any:
-    """Run a pipeline with kfp.local, listing the settings kfp.local cannot honour."""
+def run_local(name: str, params: dict[str, Any], workdir: Path, *, verbose: bool | None = None) -> Any:
+    """Run a pipeline with kfp.local: the settings it cannot honour as one table, then one line per step.
+
+    The executors' raw output goes to ``<workdir>/logs/<pipeline>-<time>.log`` (its path is printed;
+    on failure its last lines are shown), unless ``verbose`` (default: ``AITASKS_LOCAL_VERBOSE=1``)
+    streams it to the terminal as kfp.local does.
+    """
     from kfp import local
 
+    from aitasks.runtime.audit import open_audit
+    from aitasks.runtime.settings import load_settings
+    from pipelines.local_console import quiet_run, unsupported_table
     from pipelines.unsupported import unsupported_locally
 
-    for line in unsupported_locally(name):
-        console.print(f"[yellow]not honoured locally:[/yellow] {line}")
+    console.print(unsupported_table(unsupported_locally(name)))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workdir / "kfp"))
-    with run_time_placeholders():
-        return pipelines()[name](**with_dict_defaults(name, params))
+    full = with_dict_defaults(name, params)
+    if verbose is None:
+        verbose = os.environ.get("AITASKS_LOCAL_VERBOSE", "") == "1"
+    if verbose:
+        with run_time_placeholders():
+            return pipelines()[name](**full)
+    root = (full.get("run_context") or {}).get("storage_root") or load_settings().storage_root
+    settings = load_settings(storage_root=root)
+    audit = open_audit(settings.resolved_audit_root())
+    log = workdir / "logs" / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.log"
+    with quiet_run(log, audit, root, console), run_time_placeholders():
+        return pipelines()[name](**full)
 
 
 @contextmanager
@@ -154,6 +172,9 @@ def run_time_placeholders(created: datetime | None = None) -> Iterator[None]:
 def run_cmd(
     name: str,
     local: Annotated[bool, typer.Option("--local", help="Run with kfp.local on this machine.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="With --local: stream the executors' raw logs (default: to a file).")
+    ] = False,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed).")] = None,
     workdir: Annotated[Path, typer.Option(help="Local outputs directory.")] = Path(".aitasks"),
     host: Annotated[str | None, typer.Option(help="KFP API host (default: $AITASKS_KFP_HOST).")] = None,
@@ -195,7 +216,7 @@ def run_cmd(
     context.setdefault("submitter", submitter or "local")
     if git_revision:
         context.setdefault("git_revision", git_revision)
-    run_local(name, {**params, "run_context": context}, workdir.resolve())
+    run_local(name, {**params, "run_context": context}, workdir.resolve(), verbose=verbose or None)
 
 
 @app.command("upload")
