@@ -29,16 +29,42 @@ _LABEL = {"succeeded": "ran", "idempotent_hit": "reused", "failed": "failed", "r
 TAIL_LINES = 40
 
 
+#: Short names of the kubernetes settings, as the table shows them.
+_K8S_SHORT = {
+    "nodeSelector": "node selector",
+    "tolerations": "tolerations",
+    "podMetadata": "pod labels",
+    "configMapAsEnv": "settings env",
+    "secretAsEnv": "secret env",
+}
+
+
 def unsupported_table(rows: dict[str, dict[str, str]]) -> Table:
-    """Step x setting: what the compiled pipeline asks for that kfp.local does not honour."""
-    table = Table(title="Not honoured by kfp.local (the cluster applies them)", title_justify="left", box=None)
-    table.add_column("step", style="bold")
-    table.add_column("cpu / memory")
-    for key in K8S_SETTINGS:
-        table.add_column(key)
+    """Step x setting: what the compiled pipeline asks for that kfp.local does not honour (fits 80 columns)."""
+    everywhere = [k for k in K8S_SETTINGS if rows and all(r.get(k) for r in rows.values())]
+    title = "Not honoured by kfp.local (the cluster applies them)"
+    if everywhere:
+        title += "; every step: " + ", ".join(_K8S_SHORT[k] for k in everywhere)
+    table = Table(title=title, title_justify="left", box=None)
+    table.add_column("step", style="bold", no_wrap=True)
+    table.add_column("cpu", no_wrap=True)
+    table.add_column("memory", no_wrap=True)
+    table.add_column("gpu", no_wrap=True)
+    table.add_column("kubernetes")
     for step, settings in sorted(rows.items()):
-        table.add_row(escape(step), settings.get("resources", ""), *(settings.get(k, "") for k in K8S_SETTINGS))
+        cpu, memory, gpu = _resources(settings.get("resources", ""))
+        k8s = ", ".join(_K8S_SHORT[k] for k in K8S_SETTINGS if settings.get(k) and k not in everywhere)
+        table.add_row(escape(step), cpu, memory, gpu, k8s)
     return table
+
+
+def _resources(short: str) -> tuple[str, str, str]:
+    """``"1-2 / 4Gi-8Gi + 1 nvidia.com/gpu"`` -> ``("1-2", "4Gi-8Gi", "1")``."""
+    if not short:
+        return "", "", ""
+    main, _, gpu = short.partition(" + ")
+    cpu, _, memory = main.partition(" / ")
+    return cpu, memory, gpu.split(" ")[0] if gpu else ""
 
 
 def _key_figures(task: str, result: dict[str, Any], limit: int = 4) -> str:

@@ -86,9 +86,13 @@ def test_the_unsupported_settings_are_one_table_row_per_step() -> None:
     assert rows["train-model"]["resources"].endswith("nvidia.com/gpu")
     assert rows["train-model"]["nodeSelector"] and rows["ingest-events"]["secretAsEnv"] == "yes"
     out = io.StringIO()
-    Console(file=out, width=200).print(unsupported_table(rows))
+    Console(file=out, width=80).print(unsupported_table(rows))
     lines = out.getvalue().splitlines()
-    assert len(lines) == len(rows) + 2, "a title, a header, a row per step: not ~50 lines of raw dicts"
+    header = lines.index(next(ln for ln in lines if ln.lstrip().startswith("step ")))
+    assert len(lines) - header - 1 == len(rows), "a row per step, in 80 columns: not ~50 lines of raw dicts"
+    assert "every step: pod labels, settings env, secret env" in " ".join(" ".join(lines[:header]).split())
+    [train] = [ln for ln in lines if ln.lstrip().startswith("train-model")]
+    assert "8Gi-16Gi" in train and "node selector" in train
 
 
 class _FigParams(TaskModel):
