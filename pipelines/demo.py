@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -213,12 +214,15 @@ def _print(con: Console, s: dict[str, Any], elapsed: float, workdir: Path) -> No
     table = Table(title=f"aitasks demo summary ({elapsed:.0f} s)", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("tasks", ", ".join(f"{t}: {st}" for t, st in s["tasks"].items()))
+    statuses = Counter(s["tasks"].values())
+    counts = ", ".join(f"{n} {st}" for st, n in sorted(statuses.items()))
+    table.add_row("tasks", f"{len(s['tasks'])}: {counts} (one line each above)")
     ing = s["ingest"]
+    reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted((ing.get("reasons") or {}).items()))
     table.add_row(
         "ingest",
         f"{ing.get('input_rows') or 0:,} rows in = {ing.get('good_rows') or 0:,} good + "
-        f"{ing.get('quarantined_rows') or 0:,} quarantined {ing.get('reasons') or ''}",
+        f"{ing.get('quarantined_rows') or 0:,} quarantined" + (f" ({reasons})" if reasons else ""),
     )
     labels = {"all": "recall@10, all next plays", "discovery": "recall@10, discovery (unplayed)"}
     for protocol, r in ev.get("protocols", {}).items():
