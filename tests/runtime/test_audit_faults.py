@@ -246,3 +246,37 @@ def test_random_sigkills_during_appends_never_break_the_chain(tmp_path: Path) ->
         assert rec["seq"] == len(recs) - 1 and [r["seq"] for r in recs] == list(range(len(recs)))
         assert log.verify().ok and log.verify().notes == []
         log.close()
+
+
+def test_a_full_audit_volume_fails_the_task_before_its_result_commits(
+    tiny_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The result is not committed when its audit record might not follow (issue 14, finding 10).
+
+    The volume keeps room for the ``started`` record but less than the commit threshold: the task fails
+    at the space check, before its commit, so a rerun executes instead of reusing an unaudited result.
+    """
+    from aitasks.runtime.settings import Settings
+    from aitasks.runtime.task import RunContext, Runtime
+    from tests.runtime._tasks import scale_task
+
+    monkeypatch.setattr(audit_mod, "MIN_FREE_BYTES", 32 * 1024)
+    src = tmp_path / "n.txt"
+    src.write_text("1 2 3")
+    settings = Settings(storage_root=str(tmp_path / "store"), audit_root=str(tiny_fs / "audit"), audit_key=KEY)
+    rt = Runtime.create(settings, run=RunContext(run_id="full"))
+    filler = tiny_fs / "filler"
+    with filler.open("wb") as fh:  # another tenant leaves less than the threshold free
+        while (st := os.statvfs(tiny_fs)).f_bavail * st.f_frsize >= 24 * 1024:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+    with pytest.raises(AuditWriteError, match="refusing to commit"):
+        scale_task({"source": str(src), "factor": 2.0}, runtime=rt)
+    assert not list((tmp_path / "store" / "_idempotency").rglob("*.json")), "nothing committed"
+    assert [r["status"] for r in rt.audit.records()][0] == "started"
+    filler.unlink()
+    rt = Runtime.create(settings, run=RunContext(run_id="after"))
+    assert scale_task({"source": str(src), "factor": 2.0}, runtime=rt).total == 12.0
+    outcomes = [r.get("outcome") for r in rt.audit.records() if r["status"] == "succeeded"]
+    assert outcomes == ["executed"], "the rerun executed (no unaudited commit to reuse)"
+    assert rt.audit.verify().ok

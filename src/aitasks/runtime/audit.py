@@ -287,11 +287,13 @@ class AuditLog:
         with self._locked():
             return self._recover()[2]
 
-    def check_space(self, min_free: int = MIN_FREE_BYTES) -> None:
+    def check_space(self, min_free: int | None = None) -> None:
         """Raise :class:`AuditWriteError` when the audit volume has less than ``min_free`` bytes free.
 
         Call it before committing a result, so a task does not commit and then fail to audit it.
+        ``min_free`` None: :data:`MIN_FREE_BYTES`.
         """
+        min_free = MIN_FREE_BYTES if min_free is None else min_free
         self.root.mkdir(parents=True, exist_ok=True)
         st = os.statvfs(self.root)
         free = st.f_bavail * st.f_frsize

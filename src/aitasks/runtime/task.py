@@ -723,6 +723,11 @@ def _run_leased(
         "committed_at": time.time(),
         "key_parts": audit["key_parts"],
     }
+    # Never commit a result whose succeeded record cannot be written: a full audit volume fails the
+    # task here (nothing committed, a rerun executes) rather than after the commit.
+    check_space = getattr(rt.audit, "check_space", None)
+    if check_space is not None:
+        check_space()
     committed_rec, won = rt.idempotency.commit(task.name, key, record)
     if not won:
         # Only after a lease takeover of a holder that was still alive: its commit won; ours is dropped.
