@@ -88,7 +88,7 @@ def test_invalid_input_exits_3_and_names_the_field(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "field"),
-    [('"5"', "warmup_days"), ("true", "warmup_days"), ("5.0", "warmup_days"), ("9" * 5000, "warmup_days")],
+    [('"5"', "warmup_days"), ("true", "warmup_days"), ("5.5", "warmup_days"), ("9" * 5000, "warmup_days")],
 )
 def test_inputs_are_strict_and_huge_integers_name_their_field(tmp_path: Path, value: str, field: str) -> None:
     params = '{"features_uri": "/nope", "warmup_days": ' + value + "}"

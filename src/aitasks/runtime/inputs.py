@@ -1,10 +1,12 @@
 """Strict task inputs: JSON types are taken as they are, never coerced.
 
 Task models validate in pydantic's lax mode, which turns ``"5"`` and ``true`` into the integer ``5`` and
-``1``, ``5.0`` into ``5`` and ``1`` or ``"yes"`` into ``True``. The task contract promises strict inputs:
-:func:`strict_issues` names every field whose value is a number, a string or a boolean of the wrong
-JSON type (an integer for a float field is fine). Conversions JSON cannot avoid stay allowed: an ISO
-string for a datetime or a date, a string for an enum or a literal, a list for a tuple.
+``1``, or ``1`` and ``"yes"`` into ``True``. The task contract promises strict inputs: :func:`strict_issues`
+names every field whose value is a number, a string or a boolean of the wrong JSON type. JSON has one
+number type, so an integer for a float field and an integral float (``5.0``) for an integer field are
+the same number: KFP hands every number over as a double (protobuf ``Struct``), ``kfp.local`` included.
+Conversions JSON cannot avoid stay allowed too: an ISO string for a datetime or a date, a string for an
+enum or a literal, a list for a tuple.
 
 :func:`loads_json` reads the command line's JSON inputs without failing on an integer too long to
 convert (Python refuses more than ``sys.get_int_max_str_digits()`` digits): the value becomes an
@@ -49,7 +51,7 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int):
         return "an integer"
     if isinstance(value, float):
-        return "a number with a fraction" if not value.is_integer() else "a float"
+        return "a number with a fraction"
     if isinstance(value, str):
         return "a string"
     return ""
@@ -67,8 +69,10 @@ def strict_issues(model: type[BaseModel], data: Mapping[str, Any]) -> list[Field
         issues = []
         for err in exc.errors():
             wanted = _SCALAR_ERRORS.get(err["type"])
-            got = _json_type(err.get("input"))
-            if wanted and got:
+            value = err.get("input")
+            got = _json_type(value)
+            integral = isinstance(value, float) and value.is_integer() and err["type"] == "int_type"
+            if wanted and got and not integral:
                 loc = ".".join(str(x) for x in err.get("loc", ())) or "<input>"
                 issues.append(FieldIssue(loc, f"must be {wanted}, got {got} (inputs are strict: no coercion)"))
         return issues
