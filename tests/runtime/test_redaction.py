@@ -61,7 +61,9 @@ def test_user_ids_are_pseudonymised_in_free_text() -> None:
     text = rlog.redact("no features for user 'u_000042'; user_id=alice-01, mail bob.smith@example.org")
     assert "u_000042" not in text and "alice-01" not in text and "bob.smith@example.org" not in text
     assert rlog.pseudonymize("u_000042") in text and rlog.pseudonymize("alice-01") in text
+    assert rlog.redact(text) == text, "redaction is idempotent"
     assert rlog.redact("user features of 3 users") == "user features of 3 users", "plain words stay"
+    assert "x9Q" not in rlog.redact("İstanbul USER_ID=x9Q"), "case-insensitive, non-ASCII text included"
     rlog.register_user_id("carol_77")
     assert rlog.redact("carol_77 skipped 3 tracks; carol_777 did not") == (
         f"{rlog.pseudonymize('carol_77')} skipped 3 tracks; carol_777 did not"
