@@ -149,3 +149,15 @@ def test_redacted_span_keeps_its_structure(captured: CapturedRuntime) -> None:
     note = f"token={rlog.REDACTED} hex={rlog.REDACTED} for {rlog.pseudonymize(USER)}"
     assert span.attributes["debug.note"] == note
     assert json.loads(span.to_json())["events"][0]["name"] == "call"
+
+
+@pytest.mark.parametrize("exporter", ["console", "otlp"])
+def test_every_configured_exporter_sits_behind_the_redacting_one(exporter: str) -> None:
+    from aitasks.runtime.telemetry import RedactingSpanExporter, Telemetry
+
+    tel = Telemetry(exporter, otlp_endpoint="http://127.0.0.1:9/v1/traces")
+    try:
+        [processor] = tel.provider._active_span_processor._span_processors
+        assert isinstance(processor.span_exporter, RedactingSpanExporter)  # type: ignore[attr-defined]
+    finally:
+        tel.shutdown()  # no span was made: nothing to send
