@@ -40,7 +40,7 @@ def test_bad_input_gives_one_clear_line(tmp_path: Path) -> None:
 
     env = {**os.environ, "AITASKS_STORAGE_ROOT": str(tmp_path)}
     out = run("tasks", "run", "data.drift", "--params", '{"features_uri": "/nope", "psi_threshold": -1}', env=env)
-    assert out.returncode == 1
+    assert out.returncode == 3, "invalid input (exit 1 is a failed task, 2 a usage error)"
     lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "psi_threshold" in lines[0] and "Traceback" not in out.stderr
 

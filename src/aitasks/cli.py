@@ -1,7 +1,10 @@
 """The ``aitasks`` command line.
 
-Every command exits non-zero with one clear line on error; ``--debug`` shows the traceback.
-Commands that take longer than a second show progress.
+Every command exits non-zero with one clear line on error; ``--debug`` shows the traceback. Exit codes:
+0 success, 1 the task or command failed, 2 usage error, 3 invalid input (the field is named), 130
+interrupted. Error text is printed as text (never rendered as rich markup or emoji codes), with secrets
+redacted and user ids pseudonymised, chained exceptions included. Commands that take longer than a
+second show progress.
 """
 
 from __future__ import annotations
@@ -14,9 +17,25 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-app = typer.Typer(help="aitasks: the AI task platform of a music-streaming service.", no_args_is_help=True)
+#: Exit codes of every command (also in ``--help`` and the docs).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the task or command failed; 2 usage error (unknown command or option, "
+    "bad option value, unknown task, --params not JSON); 3 invalid input (a task input failed validation: "
+    "the field is named); 130 interrupted."
+)
+
+app = typer.Typer(
+    help="aitasks: the AI task platform of a music-streaming service.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    # Our error boundary prints errors (redacted); typer's pretty tracebacks would show raw values and locals.
+    pretty_exceptions_enable=False,
+)
 tasks_app = typer.Typer(help="List, show and run registered tasks.", no_args_is_help=True)
 audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
 data_app = typer.Typer(help="Synthetic data and data tools.", no_args_is_help=True)
@@ -30,8 +49,9 @@ app.add_typer(model_app, name="model")
 audio_app = typer.Typer(help="Audio files: check/analyse them, write a synthetic catalog.", no_args_is_help=True)
 app.add_typer(audio_app, name="audio")
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: a path with ``:x:`` in it is shown as it is. Dynamic text goes through ``escape`` or Text.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 _STATE = {"debug": False}
 
 
@@ -69,7 +89,9 @@ def tasks_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
         table.add_column(col, overflow="fold")
     for n, t in tasks.items():
         summary = parse_languages(t.doc).get("en", t.doc.splitlines()[0] if t.doc else "")
-        table.add_row(n, t.version, _schema_summary(t.params_model), _schema_summary(t.result_model), summary[:80])
+        table.add_row(
+            n, t.version, _schema_summary(t.params_model), _schema_summary(t.result_model), escape(summary[:80])
+        )
     console.print(table)
 
 
@@ -96,24 +118,32 @@ def tasks_show(name: str) -> None:
     )
 
 
-@tasks_app.command("run")
+@tasks_app.command("run", epilog=EXIT_CODES_HELP)
 def tasks_run(
     name: str,
     params: Annotated[str, typer.Option(help="Inputs as JSON, or @file.json.")] = "{}",
 ) -> None:
-    """Run one task with JSON inputs on the settings of the environment (AITASKS_*)."""
-    from aitasks.runtime.task import load_builtin_tasks
+    """Run one task with JSON inputs on the settings of the environment (AITASKS_*).
 
-    tasks = load_builtin_tasks()
-    if name not in tasks:
-        raise typer.BadParameter(f"unknown task {name!r}; known: {', '.join(tasks)}")
-    raw = Path(params[1:]).read_text() if params.startswith("@") else params
+    Inputs are strict: JSON types are taken as they are ("5" or true is not an integer).
+    """
+    from aitasks.runtime.inputs import loads_json
+    from aitasks.runtime.task import get_task
+
     try:
-        payload = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--params is not valid JSON: {exc}") from None
-    with console.status(f"running {name}…"):
-        result = tasks[name](payload)
+        task = get_task(name)
+    except KeyError:
+        raise typer.BadParameter(f"unknown task {name!r} (see `aitasks tasks list`)", param_hint="NAME") from None
+    try:
+        raw = Path(params[1:]).read_text("utf-8") if params.startswith("@") else params
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {params[1:]!r}: {exc}", param_hint="--params") from None
+    try:
+        payload = loads_json(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--params") from None
+    with console.status(f"running {escape(name)}…"):
+        result = task(payload)
     typer.echo(result.model_dump_json(indent=2))
 
 
@@ -276,7 +306,7 @@ def data_generate(
             fmt=fmt,  # type: ignore[arg-type]
             dirty_rows=min(dirty_rows, events),
         )
-    console.print(f"[green]wrote[/green] {ds}")
+    console.print(f"[green]wrote[/green] {escape(str(ds))}", soft_wrap=True)
 
 
 def _settings(storage_root: str | None) -> Any:
@@ -307,7 +337,9 @@ def recommend_cmd(
 ) -> None:
     """Top-k tracks for a user: Feast online features, the index's model, the current index."""
     from aitasks.recommendation_update.recommend import recommend
+    from aitasks.runtime.logging import register_user_id
 
+    register_user_id(user)  # pseudonymised in any log or error line from here on
     with console.status("recommending…"):
         rec = recommend(
             _settings(storage_root), user, k=k, index_name=index, project=project, filter_played=filter_played
@@ -317,14 +349,17 @@ def recommend_cmd(
         return
     flag = "[yellow]popularity fallback[/yellow]" if rec.source == "popularity" else "[green]model[/green]"
     console.print(
-        f"{flag} ({rec.reason}); index {rec.index_name} v{rec.index_version}, model {rec.model_name} "
-        f"v{rec.model_version} (champion v{rec.champion_version}); "
-        + (f"{rec.filtered_played} played tracks filtered" if rec.filter_played else "played tracks kept")
-        + f" ({'your choice' if rec.filter_played_source == 'request' else rec.filter_played_source + ' default'})"
+        f"{flag} "
+        + escape(
+            f"({rec.reason}); index {rec.index_name} v{rec.index_version}, model {rec.model_name} "
+            f"v{rec.model_version} (champion v{rec.champion_version}); "
+            + (f"{rec.filtered_played} played tracks filtered" if rec.filter_played else "played tracks kept")
+            + f" ({'your choice' if rec.filter_played_source == 'request' else rec.filter_played_source + ' default'})"
+        )
     )
     table = Table("rank", "track", "score")
     for i, item in enumerate(rec.items, 1):
-        table.add_row(str(i), item.track_id, f"{item.score:.4f}")
+        table.add_row(str(i), escape(item.track_id), f"{item.score:.4f}")
     console.print(table)
 
 
@@ -343,7 +378,7 @@ def index_list(
         table.add_row(
             f"v{m.version}",
             "*" if m.version == current else "",
-            f"{m.model_name} v{m.model_version}",
+            escape(f"{m.model_name} v{m.model_version}"),
             f"{m.recall_at_k:.4f}",
             str(m.count),
             str(m.created_at),
@@ -361,7 +396,7 @@ def index_rollback(
     from aitasks.recommendation_update.publish import rollback
 
     version = rollback(_settings(storage_root).storage_root, name, to=to)
-    console.print(f"[green]{name}: CURRENT -> v{version}[/green]")
+    console.print(Text(f"{name}: CURRENT -> v{version}", style="green"))
 
 
 @model_app.command("show")
@@ -375,7 +410,7 @@ def model_show(
 
     version = get_version(registry_config(_settings(storage_root), model_name=name), alias=alias)
     if version is None:
-        err_console.print(f"[red]{name} has no alias {alias!r}[/red]")
+        err_console.print(Text(f"{name} has no alias {alias!r}", style="red"))
         raise typer.Exit(1)
     typer.echo(version.model_dump_json(indent=2))
 
@@ -390,7 +425,7 @@ def model_rollback(
     from aitasks.platform.registry import registry_config, rollback_alias
 
     version = rollback_alias(registry_config(_settings(storage_root), model_name=name), alias=alias)
-    console.print(f"[green]{name}: {alias} -> v{version}[/green]")
+    console.print(Text(f"{name}: {alias} -> v{version}", style="green"))
 
 
 @audio_app.command("check")
@@ -423,10 +458,12 @@ def audio_check(
         r = analyze_file(f, CatalogEntry(track_id=f.stem or "x", key=f.name, uri=str(f), size=0), cfg)
         if not r.ok:
             refused += 1
-            table.add_row(str(f), f"[red]{r.reason}[/red]", "", "", "", "", r.detail)
+            table.add_row(escape(str(f)), f"[red]{escape(r.reason)}[/red]", "", "", "", "", escape(r.detail))
             continue
-        flags = "; ".join(f"{fl.code}: {fl.reason}" for fl in r.flags) or "[green]clean[/green]"
-        table.add_row(str(f), "ok", r.format, str(r.source_rate), str(r.channels), f"{r.duration_s:.1f}", flags)
+        flags = escape("; ".join(f"{fl.code}: {fl.reason}" for fl in r.flags)) or "[green]clean[/green]"
+        table.add_row(
+            escape(str(f)), "ok", escape(r.format), str(r.source_rate), str(r.channels), f"{r.duration_s:.1f}", flags
+        )
     console.print(table)
     if refused:
         raise typer.Exit(1)
@@ -445,7 +482,7 @@ def audio_synth(
     with console.status(f"writing {tracks} tracks..."):
         truth = write_demo_catalog(out, tracks=tracks, seed=seed, planted=planted)
     console.print(
-        f"wrote {out} ({tracks} tracks, planted: {truth['planted']}) and {out.parent / (out.name + '-labelled')}"
+        Text(f"wrote {out} ({tracks} tracks, planted: {truth['planted']}) and {out.parent / (out.name + '-labelled')}")
     )
 
 
@@ -462,7 +499,7 @@ def docs(
     lacking = {n: missing_languages(t.doc) for n, t in tasks.items() if missing_languages(t.doc)}
     if lacking:
         for n, langs in lacking.items():
-            err_console.print(f"[red]task {n} lacks docstring text for: {', '.join(langs)}[/red]")
+            err_console.print(Text(f"task {n} lacks docstring text for: {', '.join(langs)}", style="red"))
         raise typer.Exit(1)
     stale = []
     for path, text in render_all(tasks, docs_dir).items():
@@ -472,14 +509,36 @@ def docs(
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, "utf-8")
-            console.print(f"wrote {path}")
+            console.print(Text(f"wrote {path}"))
     if stale:
-        err_console.print(f"[red]stale task docs (run `make docs`): {', '.join(stale)}[/red]")
+        err_console.print(Text(f"stale task docs (run `make docs`): {', '.join(stale)}", style="red"))
         raise typer.Exit(1)
 
 
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code of an error that reached the CLI's boundary."""
+    from aitasks.runtime.errors import InvalidInputError, UnsafePathError
+
+    if isinstance(exc, InvalidInputError | UnsafePathError):
+        return EXIT_INVALID_INPUT
+    return EXIT_FAILED
+
+
+def _print_error(exc: BaseException) -> None:
+    """One line, as text (never markup), redacted; with ``--debug`` the redacted traceback first."""
+    from aitasks.runtime.logging import error_summary, format_exception
+
+    if _STATE["debug"] or "--debug" in sys.argv:
+        sys.stderr.write(format_exception(exc))
+        sys.stderr.flush()
+    err_console.print(Text.assemble(("error:", "red"), " ", error_summary(exc)), soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: one clear line on error, traceback only with --debug."""
+    """Entry point: one clear line on error, traceback only with --debug; exit codes per ``EXIT_CODES_HELP``."""
+    from aitasks.runtime.logging import install_excepthook, scrub_text
+
+    install_excepthook()
     try:
         rc = app(standalone_mode=False)
         # In non-standalone mode click returns an Exit's code instead of raising it.
@@ -488,17 +547,18 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.TyperException as exc:  # click's usage errors (exit 2) and other command-line errors
+        exc.message = scrub_text(exc.message)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err_console.print(Text.assemble(("error:", "red"), " ", exc.message), soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
     except Exception as exc:  # the CLI's single error boundary
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if _STATE["debug"] or "--debug" in sys.argv:
-            raise
-        err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
-        sys.exit(1)
+        _print_error(exc)
+        sys.exit(exit_code_for(exc))
 
 
 if __name__ == "__main__":

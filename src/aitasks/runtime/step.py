@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
-from aitasks.runtime.logging import get_logger
+from aitasks.runtime.logging import get_logger, install_excepthook
 from aitasks.runtime.settings import load_settings
 from aitasks.runtime.storage import is_gcs, storage_for
 from aitasks.runtime.task import RunContext, Runtime, TaskModel, get_task, metric_values
@@ -194,6 +194,8 @@ def run_step(
             ``confusion_matrix()`` (labels, rows).
     """
     run_context, pipeline, run_id, step = context
+    # The step's last words (an uncaught traceback in the pod log) are redacted, chained causes included.
+    install_excepthook()
     t = get_task(task)
     rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
     job = metrics_job(task)

@@ -58,6 +58,7 @@ from aitasks.runtime.errors import (
 from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
 from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencyStore, Lease, lease_expired
+from aitasks.runtime.inputs import validate_strict
 from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
 from aitasks.runtime.settings import Settings, load_settings
 from aitasks.runtime.storage import Storage, is_gcs, join_uri, publish_local_file, storage_for
@@ -274,6 +275,7 @@ class Runtime:
         # In production a runtime never starts on an embedded default (local disk, sqlite, dev key).
         s.check_production()
         rlog.configure_logging(s.log_level, s.log_format, s.pseudonymization_key.get_secret_value())
+        rlog.register_settings(s)  # its secrets (keys, URL passwords) never leave the process
         st = storage or storage_for(s.storage_root)
         return cls(
             settings=s,
@@ -387,7 +389,7 @@ class Task(Generic[P, R]):
                 )
             if not isinstance(params, Mapping):
                 raise InvalidInputError(self.name, [FieldIssue("<input>", "expected a mapping of fields")])
-            return self.params_model.model_validate(dict(params))
+            return validate_strict(self.name, self.params_model, params)
         except ValidationError as exc:
             raise _issues(self.name, exc) from None
 
@@ -503,6 +505,7 @@ def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
         )
         # Resetting the first token restores the state before all of this call's secrets.
         tokens = [rlog.register_secret(s) for s in secrets]
+        rlog.register_user_fields(task.canonical_inputs(params))  # user ids in inputs: pseudonymised in any text
         try:
             return _run_keyed(task, params, rt, span, log, t0, base_audit, trace_id, secrets)
         finally:

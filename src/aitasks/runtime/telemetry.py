@@ -5,6 +5,10 @@ Trace context: a task continues the W3C ``traceparent`` it is given (run context
 every step of one pipeline run shares one trace without extra plumbing. Child processes get the
 current span's ``traceparent`` through :func:`child_env`.
 
+Every exporter sits behind :class:`RedactingSpanExporter`: span names, attributes, status descriptions,
+events (the exception events' message and stack trace) and links leave the process with secrets
+redacted and user ids pseudonymised, as logs do (:mod:`aitasks.runtime.logging`).
+
 Metrics live in a registry owned by :class:`Telemetry` (not the process-global default one), so
 tests and several runtimes in one process do not collide. Batch steps push to a Pushgateway or
 write a textfile at the end; long-running processes serve ``/metrics``.
@@ -15,18 +19,20 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
+    SpanExportResult,
 )
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, Status, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -64,6 +70,55 @@ def child_env(span: Any, base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _redact_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    from aitasks.runtime.logging import redact
+
+    out: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        clean = redact(list(value) if isinstance(value, tuple) else value, key=key)
+        out[key] = tuple(clean) if isinstance(clean, list) else clean
+    return out
+
+
+def redact_span(span: ReadableSpan) -> ReadableSpan:
+    """A copy of ``span`` whose text (name, attributes, status, events, links) is redacted."""
+    from aitasks.runtime.logging import scrub_text
+
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, scrub_text(status.description))
+    return ReadableSpan(
+        name=scrub_text(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_redact_attributes(span.attributes),
+        events=[Event(scrub_text(e.name), _redact_attributes(e.attributes), e.timestamp) for e in span.events],
+        links=[Link(link.context, _redact_attributes(link.attributes)) for link in span.links],
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class RedactingSpanExporter(SpanExporter):
+    """Hands the wrapped exporter redacted copies of the spans (console, OTLP, in-memory, ...)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([redact_span(s) for s in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 @dataclass
 class TaskMetrics:
     runs: Counter
@@ -96,7 +151,7 @@ class Telemetry:
             exp = OTLPSpanExporter(endpoint=otlp_endpoint)
         if exp is not None:
             # Simple (synchronous) processor: batch steps are short-lived and must not lose spans.
-            self.provider.add_span_processor(SimpleSpanProcessor(exp))
+            self.provider.add_span_processor(SimpleSpanProcessor(RedactingSpanExporter(exp)))
         self.tracer = self.provider.get_tracer("aitasks")
         self.registry = CollectorRegistry(auto_describe=True)
         self.task = TaskMetrics(
