@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     #: Turn "service unreachable" into a failure instead of a skip or a fallback (set in CI).
     require_services: bool = False
 
-    #: Storage confinement (docs/en/confinement.md). Every URI a task reads (artifacts, catalog roots,
+    #: Storage confinement (docs/en/storage.md). Every URI a task reads (artifacts, catalog roots,
     #: manifests) must resolve, after normalisation and symlink resolution, inside the storage root or one
     #: of these roots: local directories or gs:// prefixes, comma-separated. Empty: the storage root only.
     input_roots: Annotated[tuple[str, ...], NoDecode] = ()
