@@ -28,7 +28,7 @@ def skip_or_fail(reason: str) -> None:
 class CapturedRuntime:
     """A runtime on a temp storage root whose logs go to a buffer and whose spans are kept in memory."""
 
-    def __init__(self, root: Path, run: RunContext | None = None) -> None:
+    def __init__(self, root: Path, run: RunContext | None = None, *, inputs: tuple[Path, ...] = ()) -> None:
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
         from aitasks.runtime import logging as rlog
@@ -37,7 +37,9 @@ class CapturedRuntime:
         self.logs = io.StringIO()
         self.spans = InMemorySpanExporter()
         self.sleeps: list[float] = []
-        self.settings = Settings(storage_root=str(root / "store"), actor="pytest")
+        # Tests write their inputs beside the store: ``root`` (and ``inputs``) are allowed input roots.
+        roots = tuple(str(r) for r in (root, *inputs))
+        self.settings = Settings(storage_root=str(root / "store"), input_roots=roots, actor="pytest")
         rlog.configure_logging("debug", "json", stream=self.logs)
         self.rt = Runtime.create(
             self.settings, run=run or RunContext(run_id="run-test"), telemetry=Telemetry(span_exporter=self.spans)

@@ -41,7 +41,7 @@ audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_hel
 data_app = typer.Typer(help="Synthetic data and data tools.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(audit_app, name="audit")
-index_app = typer.Typer(help="Published ANN indexes: list versions, roll back.", no_args_is_help=True)
+index_app = typer.Typer(help="Published ANN indexes: list versions, roll back, prune.", no_args_is_help=True)
 model_app = typer.Typer(help="Registered models: show the champion, roll the alias back.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
@@ -122,10 +122,19 @@ def tasks_show(name: str) -> None:
 def tasks_run(
     name: str,
     params: Annotated[str, typer.Option(help="Inputs as JSON, or @file.json.")] = "{}",
+    input_root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-root",
+            help="Also let the task read inputs under this directory or gs:// prefix (repeatable; '.': the "
+            "working directory). Default: only the storage root and AITASKS_INPUT_ROOTS.",
+        ),
+    ] = None,
 ) -> None:
     """Run one task with JSON inputs on the settings of the environment (AITASKS_*).
 
-    Inputs are strict: JSON types are taken as they are ("5" or true is not an integer).
+    Inputs are strict: JSON types are taken as they are ("5" or true is not an integer). Inputs must lie
+    under the storage root or AITASKS_INPUT_ROOTS; ``--input-root`` adds a root for this run.
     """
     from aitasks.runtime.inputs import loads_json
     from aitasks.runtime.task import get_task
@@ -142,8 +151,15 @@ def tasks_run(
         payload = loads_json(raw)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--params") from None
+    runtime = None
+    if input_root:
+        from aitasks.runtime.settings import load_settings
+        from aitasks.runtime.task import Runtime
+
+        env_roots = load_settings().input_roots
+        runtime = Runtime.create(load_settings(input_roots=(*env_roots, *input_root)))
     with console.status(f"running {escape(name)}…"):
-        result = task(payload)
+        result = task(payload, runtime=runtime)
     typer.echo(result.model_dump_json(indent=2))
 
 
@@ -397,6 +413,34 @@ def index_rollback(
 
     version = rollback(_settings(storage_root).storage_root, name, to=to)
     console.print(Text(f"{name}: CURRENT -> v{version}", style="green"))
+
+
+@index_app.command("prune")
+def index_prune(
+    keep: Annotated[int, typer.Option("--keep", min=1, help="How many of the newest versions to keep.")],
+    name: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+) -> None:
+    """Delete old versions: keep the N newest, the current one and its rollback target, never the live one.
+
+    Also removes killed publishers' temp directories and abandoned GCS claims older than
+    AITASKS_INDEX_SWEEP_AFTER_S (default one hour).
+    """
+    from rich.markup import escape
+
+    from aitasks.recommendation_update.publish import prune
+
+    s = _settings(storage_root)
+    res = prune(s.storage_root, name, keep=keep, sweep_after_s=s.index_sweep_after_s, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for v in res.removed:
+        console.print(f"{verb} v{v}")
+    for v in res.restored:
+        console.print(f"[yellow]kept v{v}: it became current while being pruned[/yellow]")
+    for leftover in res.swept:
+        console.print(f"{verb} leftover {escape(leftover)}")
+    console.print(f"[green]{name}: kept {', '.join(f'v{v}' for v in res.kept)}[/green]")
 
 
 @model_app.command("show")

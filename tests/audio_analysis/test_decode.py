@@ -282,10 +282,12 @@ def test_manifest_lists_only_its_keys_and_refuses_escapes(catalog) -> None:
     assert listing.skipped_non_audio == 0
 
 
-def test_list_task_reads_a_manifest_and_its_content_joins_the_key(catalog, captured) -> None:
+def test_list_task_reads_a_manifest_and_its_content_joins_the_key(catalog, tmp_path) -> None:
     from aitasks.audio_analysis.tasks import list_catalog_task
+    from tests.conftest import CapturedRuntime
 
     cat, _, _ = catalog
+    captured = CapturedRuntime(tmp_path, inputs=(cat,))  # the session's catalog is an allowed input root
     manifest = captured.root / "tonight.txt"
     manifest.write_text("good/good_flac.flac\n")
     one = list_catalog_task({"catalog_root": str(cat), "manifest_uri": str(manifest)}, runtime=captured.rt)

@@ -275,8 +275,11 @@ def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-def test_every_documented_format_goes_through_source_ingest_and_features(tmp_path: Path, fmt: str) -> None:
+def test_every_documented_format_goes_through_source_ingest_and_features(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Events and catalog in any documented format: ingest normalises the catalog to Parquet for later steps."""
+    monkeypatch.setenv("AITASKS_INPUT_ROOTS", str(tmp_path / "external"))  # the raw data lies outside the store
     from datetime import UTC, datetime
 
     import pyarrow.parquet as pq

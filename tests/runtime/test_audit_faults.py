@@ -103,7 +103,9 @@ def test_a_task_whose_audit_cannot_be_written_fails(tmp_path: Path, monkeypatch:
 
     src = tmp_path / "numbers.txt"
     src.write_text("1 2 3")
-    rt = Runtime.create(Settings(storage_root=str(tmp_path / "store")), run=RunContext(run_id="full"))
+    rt = Runtime.create(
+        Settings(storage_root=str(tmp_path / "store"), input_roots=str(tmp_path)), run=RunContext(run_id="full")
+    )
     with monkeypatch.context() as m:
         _short_then_full(m)
         with pytest.raises(AuditWriteError):

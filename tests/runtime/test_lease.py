@@ -58,7 +58,8 @@ def _runtime(root: str, run_id: str, *, ttl: float = 60.0, wait: float = 120.0) 
     from aitasks.runtime import logging as rlog
 
     rlog.configure_logging(stream=open(os.devnull, "w"))  # noqa: SIM115
-    rt = Runtime.create(Settings(storage_root=root), run=RunContext(run_id=run_id))
+    # The inputs lie beside the store: its parent is an allowed input root.
+    rt = Runtime.create(Settings(storage_root=root, input_roots=str(Path(root).parent)), run=RunContext(run_id=run_id))
     rt.lease_ttl_s, rt.lease_wait_s = ttl, wait
     return rt
 

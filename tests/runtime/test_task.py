@@ -174,8 +174,8 @@ def test_trace_context_continues_given_traceparent(tmp_path: Path) -> None:
 
 def test_trace_id_derived_from_run_id_without_traceparent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRACEPARENT", raising=False)
-    a = CapturedRuntime(tmp_path / "a", run=RunContext(run_id="kfp-run-42", step="ingest"))
-    b = CapturedRuntime(tmp_path / "b", run=RunContext(run_id="kfp-run-42", step="features"))
+    a = CapturedRuntime(tmp_path / "a", run=RunContext(run_id="kfp-run-42", step="ingest"), inputs=(tmp_path,))
+    b = CapturedRuntime(tmp_path / "b", run=RunContext(run_id="kfp-run-42", step="features"), inputs=(tmp_path,))
     scale_task({"source": _source(tmp_path), "factor": 1.0}, runtime=a.rt)
     scale_task({"source": _source(tmp_path), "factor": 2.0}, runtime=b.rt)
     ta = a.spans.get_finished_spans()[0].context.trace_id
@@ -193,7 +193,7 @@ def _race(root: str, src: str, barrier: mp.synchronize.Barrier, q: mp.Queue) -> 
     from aitasks.runtime import logging as rlog
 
     rlog.configure_logging(stream=open("/dev/null", "w"))  # noqa: SIM115
-    rt = Runtime.create(Settings(storage_root=root), run=RunContext(run_id="race"))
+    rt = Runtime.create(Settings(storage_root=root, input_roots=str(Path(src).parent)), run=RunContext(run_id="race"))
     barrier.wait()
     r = scale_task({"source": src, "factor": 5.0}, runtime=rt)
     q.put(r.model_dump_json())
@@ -288,7 +288,7 @@ def test_retryable_failures_and_local_calls_are_never_refused(tmp_path: Path) ->
     _tasks.CALLS["flaky-run"] = 0
     assert scale_task({**flaky, "fail_times": 0}, runtime=rt).total == 12.0
     # Run id "local": a person at a shell may retry freely.
-    local = CapturedRuntime(tmp_path / "local", run=RunContext(run_id="local")).rt
+    local = CapturedRuntime(tmp_path / "local", run=RunContext(run_id="local"), inputs=(tmp_path,)).rt
     bad = {"source": src, "factor": 2, "fatal": True, "label": "fatal-local"}
     for _ in range(2):
         with pytest.raises(Exception, match="cannot work with token"):

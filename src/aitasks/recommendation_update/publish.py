@@ -26,6 +26,21 @@ Why a reader never sees a half-written version, even when the publisher is SIGKI
 
 ``CURRENT`` also remembers the versions a rollback moved away from (``rolled_back``): re-publishing
 such a version's content does not silently undo the operator's rollback (``rollback(to=N)`` does).
+
+Cleanup (:func:`sweep`, run by every publish, and :func:`prune`, ``aitasks index prune --keep N``):
+
+- A killed local publisher leaves its ``.v-tmp-*`` directory (the size of the index); a killed GCS
+  publisher leaves a claimed, manifest-less ``v<N>/`` prefix. The sweep removes them once nothing in
+  them changed for ``older_than_s`` (default one hour, ``AITASKS_INDEX_SWEEP_AFTER_S``): a live
+  publisher keeps writing, so its files stay young. A swept GCS claim is deleted, or, when it holds the
+  highest number in use, replaced by a tombstone so that the number is never claimed again; a
+  publisher re-checks its claim before writing its manifest, so one that stalled past the age fails
+  (and its retry takes the next number) instead of completing a version whose files were swept.
+- Pruning keeps the ``keep`` newest versions, the version ``CURRENT`` points at and the one a plain
+  rollback would return to. A version is first made invisible (renamed to a hidden ``.v-del-*``
+  directory; on GCS its manifest is deleted first), ``CURRENT`` is read again (a publisher may have
+  switched to it meanwhile: it is then put back) and only then are its files deleted. Its number is
+  never reused: new versions take the highest number in use plus one, and the newest is never pruned.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -66,6 +82,9 @@ NAME_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,62}$"
 _NAME = re.compile(NAME_PATTERN)
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,8})$")
 _TMP_PREFIX: Final = ".v-tmp-"
+_TRASH_PREFIX: Final = ".v-del-"
+#: Default age after which a killed publisher's leftovers are swept (seconds).
+SWEEP_AFTER_S: Final = 3600.0
 _MAX_RACES: Final = 50
 _KEEP_HISTORY: Final = 100
 _CHUNK: Final = 1 << 20
@@ -113,6 +132,8 @@ class PublishResult(BaseModel):
     manifest: IndexManifest
     created: bool
     current: bool
+    #: What the sweep before this publish removed (killed publishers' temp dirs, abandoned GCS claims).
+    swept: list[str] = Field(default_factory=list)
 
 
 class CurrentPointer(BaseModel):
@@ -299,27 +320,39 @@ def _write_local_version(
     tmp = base / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()  # honours the umask, unlike mkdtemp's 0700: serving processes must read the version
     try:
-        _stage(source_dir, tmp, files)
-        for _ in range(_MAX_RACES):
-            n = max(_local_numbers(base, complete=False), default=0) + 1
-            manifest = tmp / MANIFEST
-            manifest.unlink(missing_ok=True)
-            with manifest.open("x", encoding="utf-8") as fh:
-                fh.write(manifest_for(n).model_dump_json(indent=2))
-                fh.flush()
-                os.fsync(fh.fileno())
-            fsync_path(tmp)
-            try:
-                tmp.rename(base / f"v{n}")  # fails when v<N> exists: a racing publisher took N
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    continue
-                raise
-            fsync_path(base)
-            return n
-        raise PreconditionFailedError(f"could not claim a version under {base}: {_MAX_RACES} lost races")
+        return _rename_into_place(base, tmp, source_dir, files, manifest_for)
+    except FileNotFoundError as exc:
+        if tmp.exists():
+            raise
+        # Stalled past the sweep age: a sweep took the temp dir. Retryable: the retry starts afresh.
+        raise PreconditionFailedError(f"{tmp} was swept while this publisher stalled") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename
+
+
+def _rename_into_place(
+    base: Path, tmp: Path, source_dir: Path, files: dict[str, str], manifest_for: Callable[[int], IndexManifest]
+) -> int:
+    """Stage the files in ``tmp``, write the manifest of the next free number and rename ``tmp`` to it."""
+    _stage(source_dir, tmp, files)
+    for _ in range(_MAX_RACES):
+        n = max(_local_numbers(base, complete=False), default=0) + 1
+        manifest = tmp / MANIFEST
+        manifest.unlink(missing_ok=True)
+        with manifest.open("x", encoding="utf-8") as fh:
+            fh.write(manifest_for(n).model_dump_json(indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_path(tmp)
+        try:
+            tmp.rename(base / f"v{n}")  # fails when v<N> exists: a racing publisher took N
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise
+        fsync_path(base)
+        return n
+    raise PreconditionFailedError(f"could not claim a version under {base}: {_MAX_RACES} lost races")
 
 
 def _write_gcs_version(
@@ -346,12 +379,16 @@ def _write_gcs_version(
         ).encode("utf-8")
         for n in range(start, start + _MAX_RACES):
             prefix = join_uri(base, f"v{n}")
+            claim_uri = join_uri(prefix, CLAIM)
             try:
-                st.write_bytes(join_uri(prefix, CLAIM), claim, if_absent=True)
+                st.write_bytes(claim_uri, claim, if_absent=True)
             except (PreconditionFailedError, FileExistsError):
                 continue  # another publisher owns v<N> (or a killed one abandoned it)
+            mine = st.version(claim_uri)
             for rel in files:
                 st.put_file(staging / rel, join_uri(prefix, rel), if_absent=True)
+            if st.version(claim_uri) != mine:  # stalled past the sweep age: the claim was swept
+                raise PreconditionFailedError(f"{claim_uri} was swept while this publisher stalled")
             st.write_bytes(
                 join_uri(prefix, MANIFEST), manifest_for(n).model_dump_json(indent=2).encode(), if_absent=True
             )
@@ -376,6 +413,7 @@ def publish_index(
     model_version: int,
     extra: dict[str, str] | None = None,
     storage: Storage | None = None,
+    sweep_after_s: float | None = SWEEP_AFTER_S,
 ) -> PublishResult:
     """Publish the files of ``source_dir`` as the next version of ``name`` and switch CURRENT to it.
 
@@ -393,6 +431,8 @@ def publish_index(
         model_name, model_version: The model whose embeddings were indexed.
         extra: Lineage (data snapshot hash, trace id, run id, ...): recorded, not part of the content hash.
         storage: Storage serving ``root`` (default: :func:`storage_for`).
+        sweep_after_s: First remove killed publishers' leftovers untouched for this long (see
+            :func:`sweep`; best effort: a failure is logged, never fails the publish). None: no sweep.
 
     Raises:
         InvalidInputError: A bad name, source directory or build fact, or an id map that disagrees
@@ -434,6 +474,7 @@ def publish_index(
     except ValidationError as exc:
         issues = [FieldIssue(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         raise InvalidInputError(_TASK, issues) from None
+    swept = _sweep_best_effort(root, name, st, sweep_after_s)
 
     for v in _version_numbers(root, name, st):
         existing = _read_manifest(root, name, v, st)
@@ -445,13 +486,16 @@ def publish_index(
                 manifest=existing,
                 created=False,
                 current=pointer is not None and pointer.version == v,
+                swept=swept,
             )
     if is_gcs(root):
         n = _write_gcs_version(st, root, name, source_dir, files, manifest_for)
     else:
         n = _write_local_version(Path(base), source_dir, files, manifest_for)
     _update_pointer(root, name, st, lambda p: None if p is not None and p.version == n else _moved(p, n))
-    return PublishResult(version=n, uri=join_uri(base, f"v{n}"), manifest=manifest_for(n), created=True, current=True)
+    return PublishResult(
+        version=n, uri=join_uri(base, f"v{n}"), manifest=manifest_for(n), created=True, current=True, swept=swept
+    )
 
 
 def _switch_to_existing(
@@ -624,3 +668,196 @@ def rollback(root: str, name: str, *, to: int | None = None, storage: Storage | 
     pointer = _update_pointer(root, name, st, decide)
     assert pointer is not None  # decide raises when CURRENT is absent
     return pointer.version
+
+
+# ---------------------------------------------------------------------------------------- cleanup
+class PruneResult(BaseModel):
+    """Outcome of :func:`prune`: the versions kept and removed, and what the sweep removed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kept: list[int]
+    removed: list[int]
+    restored: list[int] = Field(default_factory=list)  # became current while being pruned: put back
+    swept: list[str] = Field(default_factory=list)
+    dry_run: bool = False
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and everything under it (links not followed)."""
+    newest = path.lstat().st_mtime
+    for dirpath, dirs, files in os.walk(path):
+        for entry in (*dirs, *files):
+            try:
+                newest = max(newest, (Path(dirpath) / entry).lstat().st_mtime)
+            except FileNotFoundError:
+                continue
+    return newest
+
+
+def _claim_time(st: Storage, uri: str) -> float | None:
+    """When a GCS claim was written (its ``at``; a tombstone: 0, already swept); None when unreadable (kept)."""
+    try:
+        body = json.loads(st.read_bytes(uri))
+        if "swept_at" in body:
+            return 0.0
+        return datetime.fromisoformat(str(body["at"])).timestamp()
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def sweep(
+    root: str,
+    name: str,
+    *,
+    older_than_s: float = SWEEP_AFTER_S,
+    storage: Storage | None = None,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Remove what killed publishers and prunes left behind, once it has been untouched for ``older_than_s``.
+
+    Local: hidden ``.v-tmp-*`` (publish) and ``.v-del-*`` (prune) directories whose newest file is older
+    than that. GCS: ``v<N>/`` prefixes without a manifest whose claim is older than that (or that lost
+    their claim): their objects are deleted, and the claim too unless N is the highest number in use,
+    whose claim becomes a tombstone (N must never be claimed again, see the module docstring). Complete
+    versions are never touched. Returns the removed directories or prefixes.
+    """
+    _check_name(name)
+    st = _st(root, storage)
+    t = time.time() if now is None else now
+    if is_gcs(root):
+        return _sweep_gcs(root, name, st, older_than_s, t, dry_run)
+    removed: list[str] = []
+    base = Path(_base(root, name))
+    if not base.is_dir():
+        return removed
+    for child in sorted(base.iterdir()):
+        if not child.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) or child.is_symlink() or not child.is_dir():
+            continue
+        try:
+            if t - _newest_mtime(child) < older_than_s:
+                continue
+        except FileNotFoundError:
+            continue  # renamed into place or removed meanwhile
+        if not dry_run:
+            shutil.rmtree(child)
+        removed.append(str(child))
+    return removed
+
+
+def _sweep_gcs(root: str, name: str, st: Storage, older_than_s: float, t: float, dry_run: bool) -> list[str]:
+    removed: list[str] = []
+    base = _base(root, name)
+    by_version: dict[int, set[str]] = {}
+    for uri in st.list(base + "/"):
+        parts = uri[len(base) + 1 :].split("/", 1)
+        if len(parts) == 2 and (m := _VERSION_DIR.match(parts[0])):
+            by_version.setdefault(int(m.group(1)), set()).add(parts[1])
+    top = max(by_version, default=0)
+    for n, names in sorted(by_version.items()):
+        if MANIFEST in names:
+            continue
+        prefix = join_uri(base, f"v{n}")
+        claim_uri = join_uri(prefix, CLAIM)
+        if CLAIM in names:
+            claimed = _claim_time(st, claim_uri)
+            if claimed is None or t - claimed < older_than_s:
+                continue  # a live publisher's claim, or one it cannot date
+            if claimed == 0.0 and names == {CLAIM} and n == top:
+                continue  # a bare tombstone on the highest number in use stays
+        removed.append(prefix + "/")
+        if dry_run:
+            continue
+        for rel in sorted(names - {CLAIM}):
+            st.delete(join_uri(prefix, rel))
+        if n < top:
+            st.delete(claim_uri)
+        elif CLAIM in names and _claim_time(st, claim_uri) != 0.0:
+            tombstone = {"swept_at": _now(), "note": "abandoned claim swept; this number is never reused"}
+            st.write_bytes(claim_uri, json.dumps(tombstone).encode("utf-8"))
+    return removed
+
+
+def _sweep_best_effort(root: str, name: str, st: Storage, older_than_s: float | None) -> list[str]:
+    if older_than_s is None:
+        return []
+    try:
+        return sweep(root, name, older_than_s=older_than_s, storage=st)
+    except Exception as exc:  # cleanup must never fail a publish
+        from aitasks.runtime.logging import get_logger
+
+        get_logger().warning("index.sweep_failed", index=name, error_kind=type(exc).__name__, error=str(exc))
+        return []
+
+
+def _remove_version(root: str, name: str, version: int, st: Storage) -> bool:
+    """Make ``version`` invisible, re-read CURRENT, then delete it; False when it became current (put back)."""
+    base = _base(root, name)
+    if not is_gcs(root):
+        src = Path(base) / f"v{version}"
+        trash = Path(base) / f"{_TRASH_PREFIX}{version}-{uuid.uuid4().hex}"
+        src.rename(trash)
+        fsync_path(Path(base))
+        pointer, _ = _read_pointer(root, name, st)
+        if pointer is not None and pointer.version == version:
+            trash.rename(src)  # the number is never reused, so v<N> is still free
+            fsync_path(Path(base))
+            return False
+        shutil.rmtree(trash)
+        return True
+    prefix = join_uri(base, f"v{version}")
+    manifest_uri = join_uri(prefix, MANIFEST)
+    manifest = st.read_bytes(manifest_uri)
+    st.delete(manifest_uri)  # readers and publishers no longer see the version
+    pointer, _ = _read_pointer(root, name, st)
+    if pointer is not None and pointer.version == version:
+        st.write_bytes(manifest_uri, manifest, if_absent=True)
+        return False
+    for uri in st.list(prefix + "/"):
+        if not uri.endswith("/" + CLAIM):
+            st.delete(uri)
+    st.delete(join_uri(prefix, CLAIM))  # last: the number stays in use until the files are gone
+    return True
+
+
+def prune(
+    root: str,
+    name: str,
+    *,
+    keep: int,
+    storage: Storage | None = None,
+    sweep_after_s: float | None = SWEEP_AFTER_S,
+    dry_run: bool = False,
+) -> PruneResult:
+    """Delete old versions of ``name``: keep the ``keep`` newest, CURRENT's and its rollback target.
+
+    Also sweeps killed publishers' leftovers older than ``sweep_after_s`` (None: no sweep). With
+    ``dry_run`` nothing is deleted: the result says what would be.
+
+    Raises:
+        InvalidInputError: ``keep`` is not a number >= 1, or a bad name.
+        NoPublishedIndexError: Nothing was published under that name.
+    """
+    _check_name(name)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise InvalidInputError("index.prune", [FieldIssue("keep", f"must be a number >= 1, got {keep!r}")])
+    st = _st(root, storage)
+    swept = [] if sweep_after_s is None else sweep(root, name, older_than_s=sweep_after_s, storage=st, dry_run=dry_run)
+    pointer, _ = _read_pointer(root, name, st)
+    if pointer is None:
+        raise NoPublishedIndexError(root, name)
+    versions = _version_numbers(root, name, st)
+    protected = {pointer.version, *pointer.history[-1:]}
+    kept = sorted(set(versions[-keep:]) | (protected & set(versions)))
+    victims = [v for v in versions if v not in kept]
+    removed: list[int] = []
+    restored: list[int] = []
+    for v in victims:
+        if dry_run or _remove_version(root, name, v, st):
+            removed.append(v)
+        else:
+            restored.append(v)
+    return PruneResult(
+        kept=sorted([*kept, *restored]), removed=removed, restored=restored, swept=swept, dry_run=dry_run
+    )

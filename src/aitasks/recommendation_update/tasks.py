@@ -17,7 +17,15 @@ from pydantic import Field
 
 from aitasks.platform.registry import MODEL_NAME_PATTERN
 from aitasks.runtime.retry import RetryPolicy
-from aitasks.runtime.task import InputArtifact, Metric, OutputArtifact, TaskContext, TaskModel, ai_task
+from aitasks.runtime.task import (
+    InputArtifact,
+    Metric,
+    OutputArtifact,
+    PublishLocation,
+    TaskContext,
+    TaskModel,
+    ai_task,
+)
 
 #: Index names: the directory under ``<root>/indexes/``.
 INDEX_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -137,7 +145,11 @@ class PublishIndexParams(TaskModel):
     name: str = Field(default="reco-tracks", pattern=INDEX_NAME_PATTERN, description="Published index name.")
     model_name: str = Field(default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model.")
     model_version: int = Field(ge=1, description="Model version whose item tower made the embeddings.")
-    root: str = Field(default="", description="Publish root (local dir or gs://); empty: the storage root.")
+    root: PublishLocation = Field(
+        default="",
+        description="Publish root (local dir or gs://) inside the storage root or AITASKS_PUBLISH_ROOTS; "
+        "empty: the storage root.",
+    )
 
 
 class PublishIndexResult(TaskModel):
@@ -156,15 +168,24 @@ def publish_index_task(params: PublishIndexParams, ctx: TaskContext) -> PublishI
     EN: Writes `<root>/indexes/<name>/v<N>/` (index, id map, already-played pairs, manifest with the model
     version, recall and checksums) so that no reader ever sees a half-written version, then moves the
     `CURRENT` pointer with a compare-and-swap. Publishing identical content again creates no version;
-    `aitasks index rollback` moves the pointer back.
+    `aitasks index rollback` moves the pointer back. The root must lie inside the storage root or
+    AITASKS_PUBLISH_ROOTS. Each publish first removes what killed publishers left (temp directories,
+    abandoned claims) untouched for AITASKS_INDEX_SWEEP_AFTER_S; `aitasks index prune` drops old versions.
     FR: Écrit `<root>/indexes/<name>/v<N>/` (index, table des identifiants, paires déjà écoutées, manifeste
     avec la version du modèle, le rappel et les sommes de contrôle) sans qu'aucun lecteur ne voie jamais
     une version à moitié écrite, puis déplace le pointeur `CURRENT` par compare-and-swap. Republier un
-    contenu identique ne crée pas de version ; `aitasks index rollback` ramène le pointeur en arrière.
+    contenu identique ne crée pas de version ; `aitasks index rollback` ramène le pointeur en arrière. La
+    racine doit se trouver dans la racine de stockage ou dans AITASKS_PUBLISH_ROOTS. Chaque publication
+    supprime d'abord ce que des publications tuées ont laissé (répertoires temporaires, réservations
+    abandonnées) intact depuis AITASKS_INDEX_SWEEP_AFTER_S ; `aitasks index prune` retire les anciennes
+    versions.
     DE: Schreibt `<root>/indexes/<name>/v<N>/` (Index, Id-Zuordnung, bereits gehörte Paare, Manifest mit
     Modellversion, Recall und Prüfsummen), sodass kein Leser je eine halb geschriebene Version sieht, und
     setzt dann den Zeiger `CURRENT` per Compare-and-Swap um. Identische Inhalte erneut zu veröffentlichen
-    erzeugt keine Version; `aitasks index rollback` setzt den Zeiger zurück.
+    erzeugt keine Version; `aitasks index rollback` setzt den Zeiger zurück. Die Wurzel muss in der
+    Speicherwurzel oder in AITASKS_PUBLISH_ROOTS liegen. Jede Veröffentlichung entfernt zuerst, was
+    abgebrochene Veröffentlichungen hinterlassen haben (temporäre Verzeichnisse, verwaiste Reservierungen)
+    und seit AITASKS_INDEX_SWEEP_AFTER_S unverändert ist; `aitasks index prune` löscht alte Versionen.
     """
     from aitasks.recommendation_update.publish import publish_index
     from aitasks.runtime.bundle import open_bundle
@@ -188,7 +209,10 @@ def publish_index_task(params: PublishIndexParams, ctx: TaskContext) -> PublishI
             model_name=params.model_name,
             model_version=params.model_version,
             extra={"trace_id": ctx.trace_id, "run_id": run.run_id, "git_revision": run.git_revision},
+            sweep_after_s=ctx.settings.index_sweep_after_s,
         )
+    if result.swept:
+        ctx.log.info("index.swept", name=params.name, removed=result.swept, note="killed publishers' leftovers")
     ctx.log.info("index.published", name=params.name, version=result.version, created=result.created)
     if result.created:
         # Index staleness alerts read this; re-publishing identical content is not a refresh.

@@ -8,10 +8,10 @@ real services (GCS, Redis, PostgreSQL, an MLflow server, an OTLP collector).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The pseudonymisation key of laptops and tests; production refuses it.
 DEV_PSEUDONYMIZATION_KEY = "aitasks-dev-only-key"
@@ -84,6 +84,28 @@ class Settings(BaseSettings):
 
     #: Turn "service unreachable" into a failure instead of a skip or a fallback (set in CI).
     require_services: bool = False
+
+    #: Storage confinement (docs/en/storage.md). Every URI a task reads (artifacts, catalog roots,
+    #: manifests) must resolve, after normalisation and symlink resolution, inside the storage root or one
+    #: of these roots: local directories or gs:// prefixes, comma-separated. Empty: the storage root only.
+    input_roots: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Roots index.publish may publish under besides the storage root (same form). Empty: the storage root only.
+    publish_roots: Annotated[tuple[str, ...], NoDecode] = ()
+    #: index.publish and `aitasks index prune` remove temp directories of killed publishers (local) and
+    #: abandoned version claims (GCS) once they are older than this, in seconds.
+    index_sweep_after_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("input_roots", "publish_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            roots = tuple(str(v).strip() for v in value if str(v).strip())
+            if any("\x00" in r for r in roots):
+                raise ValueError("must not contain NUL bytes")
+            return roots
+        return value
 
     @field_validator("storage_root", "audit_root", "audit_head_root")
     @classmethod

@@ -67,17 +67,27 @@ def run_context_params(run_context: Mapping[str, Any] | None) -> RunContextParam
         raise InvalidInputError("step", issues) from None
 
 
-def step_runtime(run_context: Mapping[str, Any] | None, *, run_id: str, step: str, pipeline: str = "") -> Runtime:
+def step_runtime(
+    run_context: Mapping[str, Any] | None,
+    *,
+    run_id: str,
+    step: str,
+    pipeline: str = "",
+    input_roots: tuple[str, ...] = (),
+) -> Runtime:
     """A runtime for one pipeline step; service addresses still come from the environment's settings.
 
     An empty ``storage_root`` means the environment's ``AITASKS_STORAGE_ROOT`` (set per deployment by
     the manifests' ConfigMap; dev and prod are separate KFP deployments with separate caches).
+    ``input_roots`` join ``AITASKS_INPUT_ROOTS`` for this step (the paths KFP gave its input artifacts).
     """
     ctx = run_context_params(run_context)
     overrides: dict[str, Any] = {"storage_root": ctx.storage_root} if ctx.storage_root else {}
     if ctx.submitter:
         overrides["actor"] = ctx.submitter
     settings = load_settings(**overrides)
+    if input_roots:
+        settings = settings.model_copy(update={"input_roots": (*settings.input_roots, *input_roots)})
     run = RunContext(
         run_id=run_id or "local",
         pipeline=pipeline,
@@ -197,11 +207,15 @@ def run_step(
     # The step's last words (an uncaught traceback in the pod log) are redacted, chained causes included.
     install_excepthook()
     t = get_task(task)
-    rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline)
+    inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
+    # An input artifact without a storage URI is the local copy KFP itself placed: allowed to be read.
+    kfp_paths = tuple(
+        inputs[k] for k, v in params.items() if _is_artifact(v) and not (v.metadata or {}).get("stable_uri")
+    )
+    rt = step_runtime(run_context, run_id=run_id, step=step, pipeline=pipeline, input_roots=kfp_paths)
     job = metrics_job(task)
     shard = params.get("shard_index")  # a fan-out step: one Pushgateway group per shard
     try:
-        inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
         res: TaskModel = t(inputs, runtime=rt)
         for field, artifact in (outputs or {}).items():
             uri = getattr(res, field)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -58,6 +59,84 @@ def join_uri(root: str, *keys: str) -> str:
     if is_gcs(root):
         return "/".join([root.rstrip("/"), *keys])
     return str(Path(root).joinpath(*keys))
+
+
+# ------------------------------------------------------------------------------------ confinement
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+FILE_SCHEME = "file://"
+
+
+def normalize_uri(uri: str) -> str:
+    """The form in which ``uri`` is opened: ``gs://`` kept, ``file:///path`` turned into ``/path``.
+
+    Nothing is percent-decoded (the storage opens the same string). ``file://`` URIs with a host and
+    every other scheme are refused: the local storage would open them as odd relative paths.
+
+    Raises:
+        UnsafePathError: A NUL byte, an unsupported scheme, a ``file://`` URI that is not ``file:///abs``,
+            or a ``gs://`` URI with an empty bucket or ``.``/``..`` segments.
+    """
+    if "\x00" in uri:
+        raise UnsafePathError("URI contains a NUL byte")
+    if is_gcs(uri):
+        bucket, _, key = uri[len(GCS_SCHEME) :].partition("/")
+        if not bucket or any(part in (".", "..") for part in key.split("/")):
+            raise UnsafePathError(f"{uri!r}: a gs:// URI needs a bucket and no '.' or '..' segments")
+        return uri
+    if uri.startswith(FILE_SCHEME):
+        path = uri[len(FILE_SCHEME) :]
+        if not path.startswith("/"):
+            raise UnsafePathError(f"{uri!r}: only file:///absolute/path is supported (no host, no relative path)")
+        return path
+    m = _SCHEME.match(uri)
+    if m:
+        raise UnsafePathError(f"{uri!r}: unsupported URI scheme {m.group(1)!r} (a local path, file:/// or gs://)")
+    return uri
+
+
+def _gcs_parts(uri: str) -> tuple[str, list[str]]:
+    bucket, _, key = uri[len(GCS_SCHEME) :].partition("/")
+    return bucket, [p for p in key.split("/") if p]
+
+
+def _within(target: str, root: str) -> bool:
+    """Whether the normalised ``target`` lies at or under ``root`` (local: both fully resolved)."""
+    if is_gcs(target) != is_gcs(root):
+        return False
+    if is_gcs(target):
+        (tb, tparts), (rb, rparts) = _gcs_parts(target), _gcs_parts(root)
+        return tb == rb and tparts[: len(rparts)] == rparts
+    return os.path.commonpath([target, root]) == root
+
+
+def resolve_location(uri: str) -> str:
+    """``uri`` normalised (see :func:`normalize_uri`); a local path made absolute with every symlink resolved."""
+    norm = normalize_uri(uri)
+    return norm if is_gcs(norm) else os.path.realpath(norm)
+
+
+def confine(uri: str, roots: Sequence[str]) -> str:
+    """Check that ``uri`` lies inside one of ``roots``, after normalisation and symlink resolution.
+
+    A local path is resolved the way the kernel will open it (``..`` collapsed, every symbolic link
+    followed, relative paths against the working directory), so ``root/../etc``, ``/etc/passwd``,
+    ``file:///etc/shadow`` and a link inside the root that points outside are all refused. Empty roots
+    are ignored. The message names the URI and the roots, never anything read from a file.
+
+    Returns:
+        The resolved location (an absolute real path, or the ``gs://`` URI).
+
+    Raises:
+        UnsafePathError: ``uri`` is malformed (see :func:`normalize_uri`) or lies outside every root.
+    """
+    target = resolve_location(uri)
+    resolved = [resolve_location(r.rstrip("/") or "/") for r in roots if r]
+    if any(_within(target, r) for r in resolved):
+        return target
+    shown = ", ".join(r for r in roots if r) or "(none)"
+    lexical = os.path.normpath(os.path.join(os.getcwd(), normalize_uri(uri)))  # noqa: PTH109, PTH118
+    how = "" if is_gcs(target) or target == lexical else " (through a symbolic link)"
+    raise UnsafePathError(f"{uri!r} resolves outside the allowed roots{how}: {shown}")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from aitasks.runtime.errors import (
     InvalidOutputError,
     NotRetriedError,
     PreconditionFailedError,
+    UnsafePathError,
 )
 from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
@@ -61,7 +62,7 @@ from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencySt
 from aitasks.runtime.inputs import validate_strict
 from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
 from aitasks.runtime.settings import Settings, load_settings
-from aitasks.runtime.storage import Storage, is_gcs, join_uri, publish_local_file, storage_for
+from aitasks.runtime.storage import Storage, confine, is_gcs, join_uri, publish_local_file, storage_for
 from aitasks.runtime.telemetry import (
     Telemetry,
     child_env,
@@ -197,6 +198,65 @@ class ArtifactRef:
 InputArtifact = Annotated[str, ArtifactRef("input")]
 #: An output URI in a result; a committed result is reused only while its outputs still exist.
 OutputArtifact = Annotated[str, ArtifactRef("output")]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Marks a ``str`` field as a location the task reads (``read``) or publishes under (``write``)."""
+
+    access: str
+
+
+#: A directory, prefix or file the task reads without hashing it as an artifact (a catalog root, a manifest).
+InputLocation = Annotated[str, Location("read")]
+#: A root the task publishes under (e.g. an index publish root).
+PublishLocation = Annotated[str, Location("write")]
+
+
+def _confined_fields(model: type[BaseModel]) -> dict[str, str]:
+    """``{field: "read" | "write"}``: every artifact or location field, optional ones included."""
+
+    def access(meta: Any) -> str | None:
+        if isinstance(meta, ArtifactRef):
+            return "read" if meta.direction == "input" else None
+        return meta.access if isinstance(meta, Location) else None
+
+    def find(tp: Any) -> str | None:
+        for m in getattr(tp, "__metadata__", ()):
+            if (a := access(m)) is not None:
+                return a
+        return next((a for arg in typing.get_args(tp) if (a := find(arg)) is not None), None)
+
+    out = {}
+    for name, info in model.model_fields.items():
+        found = next((a for m in info.metadata if (a := access(m)) is not None), None) or find(info.annotation)
+        if found is not None:
+            out[name] = found
+    return out
+
+
+def confine_inputs(task: str, model: type[BaseModel], params: BaseModel, settings: Settings) -> None:
+    """Refuse any artifact or location input outside the storage root and the allowed roots (not retried).
+
+    Reads: the storage root and ``AITASKS_INPUT_ROOTS``; publish roots: the storage root and
+    ``AITASKS_PUBLISH_ROOTS``. Checked after normalisation and symlink resolution, before anything is
+    read (the content hashes of the key included); the error names the field and never a file's content.
+    """
+    issues = []
+    for f, access in _confined_fields(model).items():
+        uri = getattr(params, f)
+        if not uri:
+            continue
+        extra = settings.input_roots if access == "read" else settings.publish_roots
+        setting = "AITASKS_INPUT_ROOTS" if access == "read" else "AITASKS_PUBLISH_ROOTS"
+        for i, one in enumerate(uri if isinstance(uri, list | tuple) else [uri]):
+            try:
+                confine(str(one), [settings.storage_root, *extra])
+            except UnsafePathError as exc:
+                where = f"{f}.{i}" if isinstance(uri, list | tuple) else f
+                issues.append(FieldIssue(where, f"{exc} (the storage root, or add a root to {setting})"))
+    if issues:
+        raise InvalidInputError(task, issues)
 
 
 def _artifact_fields(model: type[BaseModel], direction: str) -> list[str]:
@@ -483,6 +543,7 @@ def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
         log = rlog.get_logger(task=task.name, version=task.version, run_id=run.run_id, trace_id=trace_id)
         try:
             params = task.validate(raw)
+            confine_inputs(task.name, task.params_model, params, rt.settings)
         except InvalidInputError as exc:
             _finish(
                 task,

@@ -14,6 +14,7 @@ from aitasks.audio_analysis.tasks.inputs import _no_nul
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
+    InputLocation,
     Metric,
     OutputArtifact,
     Runtime,
@@ -176,7 +177,9 @@ def analyze_audio_task(params: AnalyzeAudioParams, ctx: TaskContext) -> AnalyzeA
 
 
 class CollectParams(TaskModel):
-    shard_uris: list[str] = Field(min_length=1, max_length=4096, description="Shard bundles of audio.analyze.")
+    shard_uris: list[InputLocation] = Field(
+        min_length=1, max_length=4096, description="Shard bundles of audio.analyze."
+    )
 
     @field_validator("shard_uris")
     @classmethod

@@ -14,6 +14,7 @@ from aitasks.audio_analysis.tasks.inputs import ListCatalogParams, _catalog_stat
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
+    InputLocation,
     Metric,
     OutputArtifact,
     Runtime,
@@ -30,7 +31,7 @@ CLASSIFIER_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 
 
 class TrainClassifierParams(TaskModel):
-    labelled_root: str = Field(
+    labelled_root: InputLocation = Field(
         min_length=1, description="Labelled folder: labels.csv (path,label) or <label>/<files>; local directory."
     )
     labels: list[str] = Field(

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 
 from aitasks.runtime.retry import RetryPolicy
 from aitasks.runtime.task import (
+    InputLocation,
     Metric,
     OutputArtifact,
     Runtime,
@@ -33,8 +34,10 @@ def _no_nul(value: str) -> str:
 
 
 class SourceParams(TaskModel):
-    catalog_root: str = Field(default="", description="Existing catalog root; empty: generate the demo catalog.")
-    labelled_root: str = Field(default="", description="Existing labelled folder; empty: the generated one.")
+    catalog_root: InputLocation = Field(
+        default="", description="Existing catalog root; empty: generate the demo catalog."
+    )
+    labelled_root: InputLocation = Field(default="", description="Existing labelled folder; empty: the generated one.")
     tracks: int = Field(default=48, ge=1, le=100_000, description="Generated tracks (demo catalog only).")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the generated catalog.")
     min_seconds: float = Field(default=20.0, gt=0, le=600, description="Shortest generated track.")
@@ -116,10 +119,10 @@ def source_task(params: SourceParams, ctx: TaskContext) -> SourceResult:
 
 
 class ListCatalogParams(TaskModel):
-    catalog_root: str = Field(min_length=1, description="Catalog root: a local directory or a gs:// prefix.")
+    catalog_root: InputLocation = Field(min_length=1, description="Catalog root: a local directory or a gs:// prefix.")
     shards: int = Field(default=4, ge=1, le=256, description="Split the catalog into at most this many shards.")
     limit: int = Field(default=0, ge=0, description="Analyse only the first N files by key (0: all).")
-    manifest_uri: str = Field(
+    manifest_uri: InputLocation = Field(
         default="",
         description="Optional manifest of the keys (paths under the root) to analyse: plain text (one per line), "
         ".csv/.tsv (header with 'path' and optional 'track_id') or .jsonl (objects with 'path', 'track_id').",

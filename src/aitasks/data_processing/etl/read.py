@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,24 +103,50 @@ class _Chunk:
     rejects: list[tuple[int, str, str, dict[str, str | None]]] = field(default_factory=list)
 
 
-def _check_columns(found: Sequence[str], expected: Sequence[str], uri: str) -> None:
-    dupes = sorted({c for c in found if list(found).count(c) > 1})
+def _positions(indices: Sequence[int]) -> str:
+    shown = ", ".join(str(i + 1) for i in indices[:10])
+    return shown + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+
+
+def _check_columns(found: Sequence[str], expected: Sequence[str], uri: str, where: str) -> None:
+    """Refuse a header that is not the contract's columns.
+
+    Missing columns are named (the names come from the contract); duplicate and unknown ones are given
+    by position in ``where`` (``header line 1``, ``the schema``, ``the object on line 3``) and never by
+    name: a file that is not what it claims (a password file, a key) must not have its first line
+    echoed into logs, errors and the audit.
+    """
+    found = list(found)
+    dupes = [i for i, c in enumerate(found) if found.index(c) != i]
     missing = [c for c in expected if c not in found]
-    unknown = [c for c in found if c not in expected]
+    unknown = [i for i, c in enumerate(found) if c not in expected and found.index(c) == i]
     problems = []
     if dupes:
-        problems.append("duplicate columns: " + ", ".join(dupes))
+        problems.append(f"duplicate columns at positions {_positions(dupes)} of {where}")
     if missing:
         problems.append("missing columns: " + ", ".join(missing))
     if unknown:
-        problems.append("unknown columns: " + ", ".join(unknown))
+        problems.append(f"unknown columns at positions {_positions(unknown)} of {where}")
     if problems:
         raise DataFormatError(uri, "; ".join(problems))
 
 
+#: Reader error texts worth keeping, rebuilt from their numbers only (the rest of a reader's message may
+#: quote the file, e.g. Arrow's "Expected 6 columns, got 1: <the line>").
+_SAFE_REASONS: Final = (
+    (re.compile(r"Expected (\d+) columns, got (\d+)"), "expected {} columns, got {}"),
+    (re.compile(r"Parquet magic bytes not found"), "Parquet magic bytes not found"),
+    (re.compile(r"[Dd]eserializ\w* thrift"), "unreadable Parquet metadata"),
+)
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """A content-free reason for a reader error: a known message rebuilt from its numbers, else its type."""
+    text = str(err)
+    for pattern, template in _SAFE_REASONS:
+        if m := pattern.search(text):
+            return template.format(*m.groups())
+    return type(err).__name__
 
 
 def _check_types(schema: pa.Schema, uri: str) -> None:
@@ -145,7 +172,7 @@ def _iter_parquet(path: Path, uri: str, columns: Sequence[str], chunk_rows: int)
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataFormatError(uri, f"unreadable Parquet file: {_first_line(exc)}") from None
-    _check_columns(pf.schema_arrow.names, columns, uri)
+    _check_columns(pf.schema_arrow.names, columns, uri, "the schema")
     _check_types(pa.schema([pf.schema_arrow.field(c) for c in columns]), uri)
     offset = 0
     batches = pf.iter_batches(batch_size=chunk_rows, columns=list(columns), use_threads=False)
@@ -247,7 +274,7 @@ def _iter_csv(path: Path, uri: str, columns: Sequence[str], chunk_rows: int) -> 
     """
     _check_utf8_file(path, uri)
     names = _csv_header(path, uri)
-    _check_columns(names, columns, uri)
+    _check_columns(names, columns, uri, "header line 1")
     mapper = _RowMapper()
     rejects: list[tuple[int, str, str, dict[str, str | None]]] = []
     located = True
@@ -348,13 +375,13 @@ def _iter_jsonl(path: Path, uri: str, columns: Sequence[str], chunk_rows: int, c
 
 def _check_json_header(numbered: list[tuple[int, bytes]], columns: Sequence[str], uri: str) -> bool:
     """The first line that is a JSON object plays the header: its keys must be the contract columns."""
-    for _, raw in numbered:
+    for n, raw in numbered:
         try:
             obj = json.loads(raw)
         except ValueError:
             continue
         if isinstance(obj, dict):
-            _check_columns(list(obj), columns, uri)
+            _check_columns(list(obj), columns, uri, f"the object on line {n + 1}")
             return True
     return False
 
