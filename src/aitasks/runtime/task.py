@@ -701,7 +701,9 @@ def _run_keyed(
         got = _acquire(task, params, key, rt, log, deadline)
     except DeadlineExceededError as exc:
         log.error("task.failed", attempt=0, error_kind=exc.kind, error=str(exc), retryable=True)
-        _finish(task, rt, span, log, t0, "failed", {**audit, "attempt": 0, "error": {"kind": exc.kind, "message": str(exc)}})
+        _finish(
+            task, rt, span, log, t0, "failed", {**audit, "attempt": 0, "error": {"kind": exc.kind, "message": str(exc)}}
+        )
         raise
     if not isinstance(got, Lease):
         return _hit(task, rt, span, log, t0, audit, got, "lost_race")
