@@ -368,10 +368,15 @@ def test_unknown_entities_online_are_nulls_not_errors(applied: fst.FeastConfig) 
     assert row(got, 1, TRACK_FEATURE_NAMES) == expected("track", "t0", 2)
 
 
-def test_online_read_before_materialize_is_all_nulls(applied: fst.FeastConfig) -> None:
-    got = fst.online_features(applied, track_ids=["t0"])
-    assert got["track_id"] == ["t0"]
-    assert all(got[n] == [None] for n in TRACK_FEATURE_NAMES)
+def test_online_read_before_materialize_is_not_ready(applied: fst.FeastConfig) -> None:
+    # An empty store is "not ready", never "no features" (issue 14, finding 12).
+    with pytest.raises(fst.StoreNotReadyError, match="no complete materialization") as info:
+        fst.online_features(applied, track_ids=["t0"])
+    assert info.value.retryable
+    fst.materialize(applied, SNAPSHOTS[0])
+    got = fst.online_features(applied, track_ids=["t404"])
+    assert got["track_id"] == ["t404"]
+    assert all(got[n] == [None] for n in TRACK_FEATURE_NAMES)  # an unknown id: no features, no error
     assert not any(n in got for n in USER_FEATURE_NAMES)  # only the track part of the service was read
 
 

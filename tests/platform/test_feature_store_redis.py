@@ -41,9 +41,10 @@ def test_redis_online_values_equal_sqlite(tmp_path: Path, feature_files: Path, r
     assert got_redis == got_sqlite
     assert got_redis["user_plays_7d"][3] is None  # unknown user: nulls, no error
     assert got_redis["track_plays_28d"][0] is not None
-    # Feast really wrote to this server: one hash per entity.
+    # Feast really wrote to this server: one hash per entity, plus the completeness sentinel.
     client = redis.Redis.from_url(redis_server)
-    assert client.dbsize() == 3 + 4
+    assert client.dbsize() == 3 + 4 + 1
+    assert client.exists(fst.sentinel_key(on_redis.project))
     client.close()
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator
 
-from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.retry import SERVICE_RETRY, RetryPolicy
 from aitasks.runtime.storage import local_copy
 from aitasks.runtime.task import (
     AsOfTime,
@@ -24,6 +24,7 @@ from aitasks.runtime.task import (
     LogicalTimeParams,
     Metric,
     OutputArtifact,
+    Runtime,
     TaskContext,
     TaskModel,
     ai_task,
@@ -367,24 +368,58 @@ class MaterializeResult(TaskModel):
     feature_views: Annotated[list[str], Metric()]
     feature_services: list[str]
     materialized_until_epoch_s: Annotated[float, Metric()]
+    #: Entities this call wrote to the online store (0 when everything was already there).
+    entities_written: Annotated[int, Metric()] = 0
+    #: The online store did not hold what the registry said (lost, restarted empty, half-written): rewritten.
+    online_rewritten: bool = False
 
 
-@ai_task(name="feast.materialize", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+def _online_store_intact(params: MaterializeParams, result: MaterializeResult, rt: Runtime) -> str | None:
+    """A committed materialization is reused only while the online store still holds it (its sentinel)."""
+    from aitasks.platform import feature_store as fs
+
+    cfg = fs.config_for(
+        settings=rt.settings,
+        project=params.project,
+        user_features=params.user_features_uri,
+        track_features=params.track_features_uri,
+        online_store=params.online_store,
+    )
+    sentinel = fs.read_sentinel(cfg)
+    if sentinel is None:
+        return "online store holds no completeness sentinel (data lost, or a materialize died part way)"
+    if float(sentinel.get("end_epoch", 0.0)) < result.materialized_until_epoch_s - 1e-3:
+        return "online store holds an older materialization than the committed result"
+    return None
+
+
+@ai_task(
+    name="feast.materialize",
+    version="1.1.0",
+    retry=SERVICE_RETRY,
+    deadline_s=3600,
+    verify=_online_store_intact,
+)
 def materialize_features_task(params: MaterializeParams, ctx: TaskContext) -> MaterializeResult:
     """Apply the Feast feature repository and materialize features incrementally to the online store.
 
     EN: Builds the Feast repository (entities user and track, feature views, the reco_training and
     reco_serving feature services) over the feature snapshots, applies it and materializes
     incrementally up to `end` into the online store (sqlite by default, Redis by configuration).
-    Unreachable Redis is a retryable error.
+    Unreachable Redis is a retryable error. A sentinel written last marks the store complete; an online
+    store that lost it (restarted empty, half-written) is rewritten, also on an idempotent hit.
     FR: Construit le dépôt Feast (entités user et track, vues de caractéristiques, services
     reco_training et reco_serving) sur les instantanés de caractéristiques, l'applique et matérialise de
     façon incrémentale jusqu'à `end` dans le magasin en ligne (sqlite par défaut, Redis sur
-    configuration). Un Redis injoignable est une erreur transitoire, donc reprise.
+    configuration). Un Redis injoignable est une erreur transitoire, donc reprise. Une sentinelle écrite
+    en dernier marque le magasin complet ; un magasin en ligne qui l'a perdue (redémarré vide, écrit à
+    moitié) est réécrit, y compris lors d'un résultat idempotent.
     DE: Baut das Feast-Repository (Entitäten user und track, Feature-Views, die Feature-Services
     reco_training und reco_serving) über den Merkmals-Momentaufnahmen, wendet es an und materialisiert
     inkrementell bis `end` in den Online-Store (standardmäßig sqlite, per Konfiguration Redis). Ein
-    unerreichbares Redis ist ein vorübergehender Fehler und wird wiederholt.
+    unerreichbares Redis ist ein vorübergehender Fehler und wird wiederholt. Ein zuletzt geschriebener
+    Sentinel markiert den Store als vollständig; ein Online-Store, der ihn verloren hat (leer neu
+    gestartet, halb geschrieben), wird neu geschrieben, auch bei einem idempotenten Treffer.
     """
     from aitasks.platform import feature_store as fs
 
@@ -399,12 +434,21 @@ def materialize_features_task(params: MaterializeParams, ctx: TaskContext) -> Ma
     with fs.local_offline(cfg) as offline:
         applied = fs.apply_repo(cfg, offline=offline)
         mat = fs.materialize(cfg, params.end, offline=offline)
-    ctx.log.info("feast.materialized", project=params.project, online_store=params.online_store)
+    ctx.log.info(
+        "feast.materialized",
+        project=params.project,
+        online_store=params.online_store,
+        entities_written=mat.entities_written,
+        rewritten=mat.rewritten,
+        rewrite_reason=mat.rewrite_reason,
+    )
     return MaterializeResult(
         repo_uri=cfg.resolved_data_root(),
         feature_views=list(applied.feature_views),
         feature_services=list(applied.feature_services),
         materialized_until_epoch_s=mat.end.timestamp(),
+        entities_written=mat.entities_written,
+        online_rewritten=mat.rewritten,
     )
 
 

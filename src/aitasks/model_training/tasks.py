@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, field_validator
 
 from aitasks.platform.registry import MODEL_NAME_PATTERN
-from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.retry import SERVICE_RETRY, RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
     Metric,
@@ -510,7 +510,7 @@ class RegisterResult(TaskModel):
     blessed: bool
 
 
-@ai_task(name="model.register", version="1.1.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="model.register", version="1.1.0", retry=SERVICE_RETRY, deadline_s=1200)
 def register_model_task(params: RegisterParams, ctx: TaskContext) -> RegisterResult:
     """Register the model in MLflow with lineage; the same model never becomes a second version.
 
@@ -606,7 +606,7 @@ class PromoteResult(TaskModel):
     moved: bool
 
 
-@ai_task(name="model.promote", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="model.promote", version="1.0.0", retry=SERVICE_RETRY, deadline_s=300)
 def promote_model_task(params: PromoteParams, ctx: TaskContext) -> PromoteResult:
     """Move the model's `champion` alias to a blessed version (never to an unblessed one).
 

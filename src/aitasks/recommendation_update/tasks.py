@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from aitasks.platform.registry import MODEL_NAME_PATTERN
-from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.retry import SERVICE_RETRY, RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
     Metric,
@@ -161,7 +161,7 @@ class PublishIndexResult(TaskModel):
     model_version: int
 
 
-@ai_task(name="index.publish", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="index.publish", version="1.0.0", retry=SERVICE_RETRY, deadline_s=3600)
 def publish_index_task(params: PublishIndexParams, ctx: TaskContext) -> PublishIndexResult:
     """Publish the index as a new immutable version and switch `CURRENT` to it atomically.
 

@@ -38,6 +38,10 @@ _T: dict[str, dict[str, str]] = {
         "yes": "yes",
         "no": "no",
         "attempts": "attempts at most, for retryable errors",
+        "budget": "while within {budget:g} s of the first failure",
+        "deadline": "Deadline",
+        "deadline_value": "{seconds:g} s for the whole call (settings: `AITASKS_TASK_DEADLINES_S`)",
+        "deadline_default": "the default (`AITASKS_TASK_DEADLINE_DEFAULT_S`)",
     },
     "fr": {
         "title": "Référence des tâches",
@@ -60,6 +64,10 @@ _T: dict[str, dict[str, str]] = {
         "yes": "oui",
         "no": "non",
         "attempts": "tentatives au plus, pour les erreurs transitoires",
+        "budget": "tant que moins de {budget:g} s ont passé depuis le premier échec",
+        "deadline": "Échéance",
+        "deadline_value": "{seconds:g} s pour tout l'appel (réglage : `AITASKS_TASK_DEADLINES_S`)",
+        "deadline_default": "celle par défaut (`AITASKS_TASK_DEADLINE_DEFAULT_S`)",
     },
     "de": {
         "title": "Aufgabenreferenz",
@@ -82,6 +90,10 @@ _T: dict[str, dict[str, str]] = {
         "yes": "ja",
         "no": "nein",
         "attempts": "Versuche höchstens, bei vorübergehenden Fehlern",
+        "budget": "solange seit dem ersten Fehler weniger als {budget:g} s vergangen sind",
+        "deadline": "Frist",
+        "deadline_value": "{seconds:g} s für den ganzen Aufruf (Einstellung: `AITASKS_TASK_DEADLINES_S`)",
+        "deadline_default": "die Standardfrist (`AITASKS_TASK_DEADLINE_DEFAULT_S`)",
     },
 }
 
@@ -141,7 +153,14 @@ def render_tasks_markdown(tasks: dict[str, Any], lang: str) -> str:
             f"## `{name}`",
             "",
             f"- {t['version']}: `{task.version}`",
-            f"- {t['retries']}: {task.retry.max_attempts} {t['attempts']}",
+            f"- {t['retries']}: {task.retry.max_attempts} {t['attempts']}, "
+            + t["budget"].format(budget=task.retry.budget_s),
+            f"- {t['deadline']}: "
+            + (
+                t["deadline_default"]
+                if task.deadline_s is None
+                else t["deadline_value"].format(seconds=task.deadline_s)
+            ),
             "",
             texts.get(lang, ""),
             "",

@@ -107,6 +107,45 @@ class Settings(BaseSettings):
             return roots
         return value
 
+    # -- Fault budgets: how long a task may take and how long it keeps retrying (see the runbook). --
+    #: Wall-clock deadline of a task call (every attempt and backoff), by task name, overriding the task's
+    #: own (``ai_task(deadline_s=...)``); key ``"*"`` for every task not named. Env: JSON, e.g.
+    #: ``AITASKS_TASK_DEADLINES_S='{"model.train": 28800}'``.
+    task_deadlines_s: dict[str, float] = Field(default_factory=dict)
+    #: Deadline of tasks that declare none and are not named in :attr:`task_deadlines_s`.
+    task_deadline_default_s: float = Field(default=4 * 3600.0, gt=0)
+    #: Retry budget by task name (``"*"``: every task), overriding the task's ``RetryPolicy.budget_s``: how
+    #: long after its first retryable failure a task keeps retrying (size it for a service restart).
+    task_retry_budgets_s: dict[str, float] = Field(default_factory=dict)
+    #: MLflow client: timeout of one HTTP request (connect and each read), and MLflow's own retries of it.
+    #: 0 retries: the task runtime is the one retry layer (MLflow's default, 7 with backoff factor 2, made
+    #: one unreachable-server call take about 4 minutes).
+    mlflow_http_timeout_s: int = Field(default=30, ge=1, le=3600)
+    mlflow_http_max_retries: int = Field(default=0, ge=0, le=10)
+    #: Redis online store clients (Feast's and the checks): connect and read/write timeouts; redis-py's own
+    #: retries are off (the task runtime retries, a long-lived reader fails fast and decides).
+    redis_connect_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0, le=600)
+
+    @field_validator("task_deadlines_s", "task_retry_budgets_s")
+    @classmethod
+    def _positive_seconds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not v > 0)
+        if bad:
+            raise ValueError(f"seconds must be > 0 (task {', '.join(bad)})")
+        return value
+
+    def task_deadline_s(self, task: str, declared: float | None = None) -> float:
+        """The deadline of ``task``: settings by name, else settings' ``*``, else the task's own, else the default."""
+        for name in (task, "*"):
+            if name in self.task_deadlines_s:
+                return float(self.task_deadlines_s[name])
+        return float(self.task_deadline_default_s if declared is None else declared)
+
+    def task_retry_budget_s(self, task: str, declared: float) -> float:
+        """The retry budget of ``task``: settings by name, else settings' ``*``, else the task's policy."""
+        return float(self.task_retry_budgets_s.get(task, self.task_retry_budgets_s.get("*", declared)))
+
     @field_validator("storage_root", "audit_root", "audit_head_root")
     @classmethod
     def _no_nul(cls, value: str) -> str:

@@ -16,16 +16,19 @@ Calling ``ingest_events_task(params)`` then:
 3. returns the committed result if the key was committed before (and its output artifacts still
    exist), logging and auditing an ``idempotent_hit`` that says why the result was reused;
 4. otherwise runs the function inside a span, retrying only retryable errors with bounded
-   exponential backoff and jitter;
+   exponential backoff and jitter, within the task's retry budget and wall-clock deadline (the body
+   runs in a worker thread the call stops waiting for at the deadline: see :func:`_call_body`);
 5. validates the output, commits it create-only (a lost race returns the winner's result), writes
    an audit record and updates the metrics.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import os
 import random
+import threading
 import time
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -60,7 +63,7 @@ from aitasks.runtime.fingerprint import code_fingerprint
 from aitasks.runtime.hashing import sha256_json
 from aitasks.runtime.idempotency import LEASE_TTL_S, LEASE_WAIT_S, IdempotencyStore, Lease, lease_expired
 from aitasks.runtime.inputs import validate_strict
-from aitasks.runtime.retry import RetryPolicy, error_kind, is_retryable
+from aitasks.runtime.retry import DeadlineExceededError, RetryPolicy, error_kind, is_retryable
 from aitasks.runtime.settings import Settings, load_settings
 from aitasks.runtime.storage import Storage, confine, is_gcs, join_uri, publish_local_file, storage_for
 from aitasks.runtime.telemetry import (
@@ -360,6 +363,9 @@ class TaskContext:
     span: Any
     workdir: str
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Set when the call stopped waiting for this attempt (its deadline passed): a long body may check
+    #: it between steps and stop early; nothing it returns afterwards is used.
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def settings(self) -> Settings:
@@ -420,12 +426,16 @@ class Task(Generic[P, R]):
         params_model: type[P],
         result_model: type[R],
         state: Callable[[P, Runtime], Mapping[str, Any]] | None = None,
+        verify: Callable[[P, R, Runtime], str | None] | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.version = version
         self.retry = retry
         self.state = state
+        self.verify = verify
+        self.deadline_s = deadline_s
         self.params_model = params_model
         self.result_model = result_model
         self.doc = inspect.getdoc(fn) or ""
@@ -509,6 +519,16 @@ class Task(Generic[P, R]):
     def run(self, params: P | Mapping[str, Any], *, runtime: Runtime | None = None) -> R:
         return self(params, runtime=runtime)
 
+    # -- fault budget -------------------------------------------------------------------------
+    def deadline(self, settings: Settings) -> float:
+        """Seconds this task's call may take in all (settings by name or ``*``, else its own, else the default)."""
+        return settings.task_deadline_s(self.name, self.deadline_s)
+
+    def retry_policy(self, settings: Settings) -> RetryPolicy:
+        """The retry policy with the retry budget the settings give this task (else the declared one)."""
+        budget = settings.task_retry_budget_s(self.name, self.retry.budget_s)
+        return self.retry if budget == self.retry.budget_s else self.retry.model_copy(update={"budget_s": budget})
+
 
 def storage_of(uri: str, rt: Runtime) -> Storage:
     """The runtime's storage when ``uri`` is of its kind, else the storage serving ``uri``."""
@@ -518,8 +538,137 @@ def storage_of(uri: str, rt: Runtime) -> Storage:
 _storage_of = storage_of
 
 
+class _Deadline:
+    """A call's wall-clock deadline: ``seconds`` from now (monotonic clock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def passed(self) -> bool:
+        return self.remaining() <= 0
+
+    def error(self, task: str, during: str) -> DeadlineExceededError:
+        return DeadlineExceededError(f"task {task!r} passed its deadline of {self.seconds:g} s {during}")
+
+
+class _RetryBudget:
+    """Which bound, if any, stops the retries of a failed attempt: kind, attempts, budget, deadline.
+
+    Time spent retrying counts from the first failure; it is the larger of the wall clock and the sum of
+    backoffs (a runtime with a fake ``sleep``, as in tests, then still sees its budget run out).
+    """
+
+    def __init__(self, policy: RetryPolicy, deadline: _Deadline) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self.first_failure: float | None = None
+        self.slept = 0.0
+
+    def used(self) -> float:
+        if self.first_failure is None:
+            return 0.0
+        return max(time.monotonic() - self.first_failure, self.slept)
+
+    def stop(self, err: BaseException, attempt: int, delay: float) -> str | None:
+        """``None`` to retry after ``delay``, else why not: a reason recorded in the audit."""
+        if self.first_failure is None:
+            self.first_failure = time.monotonic()
+        if isinstance(err, DeadlineExceededError):
+            return "deadline"
+        if not is_retryable(err):
+            return "not_retryable"
+        if attempt >= self.policy.max_attempts:
+            return "max_attempts"
+        if self.used() + delay > self.policy.budget_s:
+            return "budget"
+        if self.deadline.remaining() <= delay:
+            return "deadline"
+        return None
+
+    def waited(self, delay: float) -> None:
+        self.slept += delay
+
+    def summary(self, stopped: str | None, attempts: int) -> dict[str, Any]:
+        return {
+            "stopped_by": stopped or "",
+            "attempts": attempts,
+            "retrying_for_s": round(self.used(), 3),
+            "budget_s": self.policy.budget_s,
+            "max_attempts": self.policy.max_attempts,
+            "deadline_s": self.deadline.seconds,
+        }
+
+
+def _call_body(task: Task[P, R], params: P, ctx: TaskContext, deadline: _Deadline) -> Any:
+    """Run one attempt of the task's body, waiting for it at most until the call's deadline.
+
+    The body runs in a daemon worker thread with a copy of the caller's context (span, log binding,
+    registered secrets), and the caller waits on an event with a timeout. This interrupts any body, in
+    any thread of the caller (a signal alarm works only in the main thread and would raise inside
+    arbitrary code, half-written files and held locks included). When the deadline passes the caller
+    stops waiting: it sets ``ctx.cancelled``, fails the attempt with :class:`DeadlineExceededError`
+    (audited ``failed``) and releases the key's lease. The abandoned body is not killed (Python cannot
+    stop a thread): it runs on until its blocked call returns, which the explicit client timeouts
+    bound, and whatever it returns is dropped. It never commits (only the caller does), it writes only
+    into this attempt's private working directory, and its service side effects carry their own
+    idempotency keys, so a later attempt finishes or reuses them. In a step pod the process exits
+    after the failure and the daemon thread ends with it.
+    """
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise deadline.error(task.name, f"before attempt {ctx.attempt}")
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def body() -> None:
+        try:
+            outcome.append((True, context.run(task.fn, params, ctx)))
+        except BaseException as exc:  # handed to the caller, whatever it is
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=body, name=f"task-{task.name}-{ctx.attempt}", daemon=True)
+    worker.start()
+    if not done.wait(remaining):
+        ctx.cancelled.set()
+        ctx.log.error(
+            "task.deadline_exceeded",
+            deadline_s=deadline.seconds,
+            note="attempt abandoned: its worker thread runs on until its blocked call returns; its result is dropped",
+        )
+        raise deadline.error(task.name, f"during attempt {ctx.attempt} (the body did not return)")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _verified(task: Task[P, Any], params: P, committed: Mapping[str, Any], rt: Runtime) -> str | None:
+    """Why a committed record cannot be reused (``None``: it can): :func:`_damage`, then the task's own check.
+
+    A task declares ``verify`` when its result stands for state outside its outputs (rows in an online
+    store, ...): a lost or partial outside state is then run again, like a damaged output. A check that
+    fails (its service unreachable) counts as "cannot verify": the body runs and meets the same service
+    inside the retry loop, with its budget.
+    """
+    reason = _damage(task, committed, rt)
+    if reason is not None or task.verify is None:
+        return reason
+    try:
+        return task.verify(params, task.result_model.model_validate(committed["result"]), rt)
+    except Exception as exc:
+        return f"outside state could not be verified ({error_kind(exc)}): running again"
+
+
 def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
     t0 = time.perf_counter()
+    deadline = _Deadline(task.deadline(rt.settings))
     tel = rt.telemetry
     run = rt.run
     base_audit = {
@@ -568,7 +717,7 @@ def _execute(task: Task[P, R], raw: P | Mapping[str, Any], rt: Runtime) -> R:
         tokens = [rlog.register_secret(s) for s in secrets]
         rlog.register_user_fields(task.canonical_inputs(params))  # user ids in inputs: pseudonymised in any text
         try:
-            return _run_keyed(task, params, rt, span, log, t0, base_audit, trace_id, secrets)
+            return _run_keyed(task, params, rt, span, log, t0, base_audit, trace_id, secrets, deadline)
         finally:
             if tokens:
                 rlog.reset_secrets(tokens[0])
@@ -584,6 +733,7 @@ def _run_keyed(
     base_audit: dict[str, Any],
     trace_id: str,
     secrets: tuple[str, ...],
+    deadline: _Deadline,
 ) -> R:
     state = task.external_state(params, rt)
     parts = task.key_parts(params, rt, state=state)
@@ -606,31 +756,41 @@ def _run_keyed(
     committed = rt.idempotency.get(task.name, key)
     rerun_reason: str | None = None
     if committed is not None:
-        rerun_reason = _damage(task, committed, rt)
+        rerun_reason = _verified(task, params, committed, rt)
         if rerun_reason is None:
             return _hit(task, rt, span, log, t0, audit, committed, "reused")
 
     # One execution per key: take the key's lease, or wait for its holder's commit.
-    got = _acquire(task, key, rt, log)
+    try:
+        got = _acquire(task, params, key, rt, log, deadline)
+    except DeadlineExceededError as exc:
+        log.error("task.failed", attempt=0, error_kind=exc.kind, error=str(exc), retryable=True)
+        _finish(
+            task, rt, span, log, t0, "failed", {**audit, "attempt": 0, "error": {"kind": exc.kind, "message": str(exc)}}
+        )
+        raise
     if not isinstance(got, Lease):
         return _hit(task, rt, span, log, t0, audit, got, "lost_race")
     lease = got
     try:
-        return _run_leased(task, params, rt, span, log, t0, audit, secrets, key, lease, rerun_reason)
+        return _run_leased(task, params, rt, span, log, t0, audit, secrets, key, lease, rerun_reason, deadline)
     finally:
         lease.release()
 
 
-def _acquire(task: Task[Any, Any], key: str, rt: Runtime, log: Any) -> Lease | dict[str, Any]:
+def _acquire(
+    task: Task[P, Any], params: P, key: str, rt: Runtime, log: Any, call_deadline: _Deadline
+) -> Lease | dict[str, Any]:
     """The key's lease, or the verified committed record another holder left while we waited.
 
-    Waits with capped exponential backoff and jitter, up to ``rt.lease_wait_s``; a lease whose holder
-    stopped renewing it (killed, hung) is taken over once it expires.
+    Waits with capped exponential backoff and jitter, up to ``rt.lease_wait_s`` (and never past the
+    call's deadline); a lease whose holder stopped renewing it (killed, hung) is taken over once it expires.
 
     Raises:
         PreconditionFailedError: Another live holder kept the lease for the whole wait (retryable).
+        DeadlineExceededError: The call's deadline passed while waiting.
     """
-    deadline = time.monotonic() + rt.lease_wait_s
+    deadline = min(time.monotonic() + rt.lease_wait_s, call_deadline.at)
     delay = 0.02
     waited = False
     while True:
@@ -650,11 +810,13 @@ def _acquire(task: Task[Any, Any], key: str, rt: Runtime, log: Any) -> Lease | d
             waited = True
             log.info("task.waiting_for_lease", holder_run=got.get("run_id"), holder_host=got.get("host"))
         committed = rt.idempotency.get(task.name, key)
-        if committed is not None and _damage(task, committed, rt) is None:
+        if committed is not None and _verified(task, params, committed, rt) is None:
             return committed
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             holder = got or {}
+            if call_deadline.passed():
+                raise call_deadline.error(task.name, f"waiting for the lease of run {holder.get('run_id', '?')}")
             raise PreconditionFailedError(
                 f"task {task.name!r}: another attempt (run {holder.get('run_id', '?')}, host "
                 f"{holder.get('host', '?')}) holds the lease of this key and did not commit within "
@@ -676,11 +838,12 @@ def _run_leased(
     key: str,
     lease: Lease,
     rerun_reason: str | None,
+    deadline: _Deadline,
 ) -> R:
     # Committed while we looked the other way (its holder released the lease after its commit).
     committed = rt.idempotency.get(task.name, key)
     if committed is not None:
-        reason = _damage(task, committed, rt)
+        reason = _verified(task, params, committed, rt)
         if reason is None:
             return _hit(task, rt, span, log, t0, audit, committed, "reused")
         rerun_reason = reason
@@ -716,11 +879,13 @@ def _run_leased(
         # Before the body: a call killed or hung from here on leaves this trace.
         rt.audit.append({**audit, "status": "started", "attempt": 0, "workdir": workdir})
     attempt = 0
+    policy = task.retry_policy(rt.settings)
+    budget = _RetryBudget(policy, deadline)
     while True:
         attempt += 1
         ctx = TaskContext(rt, task.name, task.version, key, attempt, log.bind(attempt=attempt), span, workdir, secrets)
         try:
-            out = task.fn(params, ctx)
+            out = _call_body(task, params, ctx, deadline)
             if isinstance(out, Mapping):
                 out = task.result_model.model_validate(dict(out))
             if not isinstance(out, task.result_model):
@@ -736,8 +901,10 @@ def _run_leased(
         except Exception as exc:
             err = exc
         kind = error_kind(err)
-        if is_retryable(err) and attempt < task.retry.max_attempts:
-            delay = task.retry.backoff(attempt)
+        delay = policy.backoff(attempt)
+        stopped = budget.stop(err, attempt, delay)
+        if stopped is None:
+            budget.waited(delay)
             rt.telemetry.task.retries.labels(task.name, kind).inc()
             log.warning("task.retrying", attempt=attempt, error_kind=kind, error=str(err), backoff_s=round(delay, 3))
             rt.audit.append(
@@ -752,6 +919,10 @@ def _run_leased(
             continue
         span.record_exception(err)
         log.error("task.failed", attempt=attempt, error_kind=kind, error=str(err), retryable=is_retryable(err))
+        if is_retryable(err):
+            # Why a retryable error ended the call: which bound stopped the retries, and how long they ran.
+            audit = {**audit, "retry": budget.summary(stopped, attempt)}
+            log.error("task.retries_stopped", **audit["retry"])
         if in_run and not is_retryable(err):
             rt.idempotency.record_failure(
                 task.name,
@@ -1035,6 +1206,8 @@ def ai_task(
     version: str,
     retry: RetryPolicy | None = None,
     state: Callable[[Any, Runtime], Mapping[str, Any]] | None = None,
+    verify: Callable[[Any, Any, Runtime], str | None] | None = None,
+    deadline_s: float | None = None,
 ) -> Callable[[Callable[[P, TaskContext], R]], Task[P, R]]:
     """Register ``fn(params, ctx) -> result`` as platform task ``name`` at ``version``.
 
@@ -1045,7 +1218,14 @@ def ai_task(
         state: Reads outside state the result depends on (a registry alias, ...) before the call; its
             JSON-able result joins the idempotency key and the audit record, so a changed outside world
             means new work instead of a stale committed result.
+        verify: ``verify(params, committed_result, runtime) -> reason | None``: re-checks, on every
+            idempotent hit, outside state the committed result stands for (an online store's rows); a
+            reason runs the task again and is recorded as ``rerun_reason``.
+        deadline_s: Wall-clock limit of a call (every attempt and backoff); settings override it
+            (``AITASKS_TASK_DEADLINES_S``); ``None``: ``AITASKS_TASK_DEADLINE_DEFAULT_S``.
     """
+    if deadline_s is not None and not deadline_s > 0:
+        raise ValueError(f"task {name!r}: deadline_s must be > 0")
 
     def deco(fn: Callable[[P, TaskContext], R]) -> Task[P, R]:
         hints = typing.get_type_hints(fn)
@@ -1066,6 +1246,8 @@ def ai_task(
             params_model=typing.cast(type[P], p_model),
             result_model=typing.cast(type[R], r_model),
             state=state,
+            verify=verify,
+            deadline_s=deadline_s,
         )
         _REGISTRY[name] = task
         return task

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from aitasks.audio_analysis.tasks.analysis import _workers
 from aitasks.audio_analysis.tasks.inputs import ListCatalogParams, _catalog_state, _no_nul
-from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.retry import SERVICE_RETRY, RetryPolicy
 from aitasks.runtime.task import (
     InputArtifact,
     InputLocation,
@@ -200,7 +200,7 @@ class RegisterClassifierResult(TaskModel):
     accuracy: float
 
 
-@ai_task(name="audio.register_classifier", version="1.0.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="audio.register_classifier", version="1.0.0", retry=SERVICE_RETRY, deadline_s=1200)
 def register_classifier_task(params: RegisterClassifierParams, ctx: TaskContext) -> RegisterClassifierResult:
     """Register the audio classifier in MLflow and make it champion when it is good enough.
 

@@ -6,7 +6,7 @@ import json
 
 from pydantic import Field
 
-from aitasks.runtime.retry import RetryPolicy
+from aitasks.runtime.retry import SERVICE_RETRY, RetryPolicy
 from aitasks.runtime.task import (
     AsOfTime,
     InputArtifact,
@@ -42,7 +42,7 @@ class FeastWriteResult(TaskModel):
     online_store: str
 
 
-@ai_task(name="audio.feast_write", version="1.1.0", retry=RetryPolicy(max_attempts=4, initial_backoff_s=1.0))
+@ai_task(name="audio.feast_write", version="1.1.0", retry=SERVICE_RETRY, deadline_s=1800)
 def feast_write_task(params: FeastWriteParams, ctx: TaskContext) -> FeastWriteResult:
     """Publish track audio features to Feast (the ``track_audio`` view), offline and online.
 

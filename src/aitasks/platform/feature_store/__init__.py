@@ -36,14 +36,17 @@ Semantics worth knowing:
   valid snapshot (Feast's file offline store alone would drop such rows; see there).
 * A Redis online store is checked with a short-timeout, no-retry ``PING`` before Feast touches it:
   an unreachable server is a retryable :class:`~aitasks.runtime.errors.ServiceUnavailableError`
-  that names ``host:port``, never a raw redis traceback. Feast's own Redis client gets socket
-  timeouts too (it keeps redis-py's default of 3 retries with backoff), so a server that dies
-  mid-call fails the call in seconds instead of hanging the task.
+  that names ``host:port``, never a raw redis traceback. Feast's own Redis client is replaced by one
+  with explicit socket timeouts and no redis-py retries (the task runtime is the one retry layer), so
+  a server that dies mid-call fails the call at once, a silent one after ``socket_timeout_s``.
+* Completeness (:mod:`.completeness`): materialize writes a sentinel last into the online store;
+  a store without it (lost, restarted empty, half-written) is rewritten by the next materialize and
+  makes :func:`online_features` raise :class:`StoreNotReadyError` instead of returning ``None``.
 * Feast's file registry has no locking: run apply from one step at a time (the pipeline does), or
   use the SQL registry.
 
 Modules: :mod:`.schema` (names), :mod:`.config`, :mod:`.repo`, :mod:`.store` (open, check,
-errors), :mod:`.apply`, :mod:`.materialization`, :mod:`.retrieval`.
+errors), :mod:`.apply`, :mod:`.materialization`, :mod:`.completeness` (sentinel), :mod:`.retrieval`.
 
 Importing this package is cheap: ``feast`` (≈ 5 s, it imports torch and dask) is imported only inside
 the functions that need it. What Feast prints (materialization banners, progress bars) is captured
@@ -51,6 +54,13 @@ instead of reaching the task's output.
 """
 
 from aitasks.platform.feature_store.apply import ApplyReport, ObjectChange, apply_repo
+from aitasks.platform.feature_store.completeness import (
+    StoreNotReadyError,
+    clear_sentinel,
+    read_sentinel,
+    require_ready,
+    sentinel_key,
+)
 from aitasks.platform.feature_store.config import (
     OFFLINE_DIR,
     REDIS_PASSWORD_ENV,
@@ -82,6 +92,7 @@ from aitasks.platform.feature_store.store import (
     local_offline,
     open_store,
     quiet,
+    redis_client,
     require_offline_files,
     service_errors,
 )
@@ -105,11 +116,13 @@ __all__ = [
     "ObjectChange",
     "RedisOnline",
     "SqliteOnline",
+    "StoreNotReadyError",
     "ViewMaterialization",
     "apply_repo",
     "build_feature_repo",
     "check_online_store",
     "check_registry",
+    "clear_sentinel",
     "config_for",
     "historical_features",
     "is_sql_registry",
@@ -119,7 +132,11 @@ __all__ = [
     "online_features",
     "open_store",
     "quiet",
+    "read_sentinel",
+    "redis_client",
     "require_offline_files",
+    "require_ready",
+    "sentinel_key",
     "service_errors",
     "serving_config",
 ]

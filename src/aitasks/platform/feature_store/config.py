@@ -494,7 +494,11 @@ def config_for(
         registry = settings.feast_registry
     online: SqliteOnline | RedisOnline
     if kind == "redis":
-        online = RedisOnline(connection_string=settings.redis_url)
+        online = RedisOnline(
+            connection_string=settings.redis_url,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+        )
     else:
         online = SqliteOnline(path=repo_dir / "data" / "online.db")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from aitasks.platform.feature_store.completeness import READY_CACHE_S, require_ready
 from aitasks.platform.feature_store.config import FeastConfig
 from aitasks.platform.feature_store.schema import SERVING_SERVICE, TASK, TIMESTAMP_FIELD, TRAINING_SERVICE
 from aitasks.platform.feature_store.store import local_offline, open_store, quiet, service_errors
@@ -111,12 +112,15 @@ def online_features(
     track_ids: Sequence[str] = (),
     feature_service: str = SERVING_SERVICE,
     store: FeatureStore | None = None,
+    ready_cache_s: float = READY_CACHE_S,
 ) -> dict[str, list[Any]]:
     """Latest materialized features for users and/or tracks (Feast ``get_online_features``).
 
     Rows pair ``user_ids`` and ``track_ids`` position by position; a single user is broadcast over
     every track (one user, many candidates). When only one kind of id is given, only the service's
-    features of that entity are read. Unknown ids get ``None`` values.
+    features of that entity are read. Unknown ids get ``None`` values, but only from a store that holds
+    a complete materialization (its sentinel, :mod:`.completeness`): an empty or half-written store
+    raises :class:`~aitasks.platform.feature_store.completeness.StoreNotReadyError` instead.
 
     Args:
         cfg: The configuration.
@@ -124,12 +128,14 @@ def online_features(
         track_ids: Track ids.
         feature_service: Feature service name.
         store: An open store to reuse (:func:`open_store`); opened (and checked) per call otherwise.
+        ready_cache_s: How long a positive readiness check is trusted in this process (0: every call).
 
     Returns:
         Column name -> list of values, the join keys first.
 
     Raises:
         InvalidInputError: No ids, or lists of lengths that cannot be paired.
+        StoreNotReadyError: The online store holds no complete materialization (retryable).
         ServiceUnavailableError: The Redis online store is unreachable.
     """
     users, tracks = list(user_ids), list(track_ids)
@@ -148,6 +154,7 @@ def online_features(
             row["track_id"] = tracks[i]
         rows.append(row)
     store = store or open_store(cfg)
+    require_ready(cfg, cache_s=ready_cache_s)
     service = store.get_feature_service(feature_service)
     keys = set(rows[0])
     parts = _service_parts(store, service)

@@ -4,8 +4,11 @@ A Redis online store is checked with a short-timeout, no-retry ``PING`` before F
 SQL registry with one short connection: an unreachable server is a retryable
 :class:`~aitasks.runtime.errors.ServiceUnavailableError` that names ``host:port``, never a raw
 traceback; refused credentials are a :class:`~aitasks.runtime.errors.FatalError`. Feast's own Redis
-client gets socket timeouts too (it keeps redis-py's default of 3 retries with backoff), so a server
-that dies mid-call fails the call in seconds instead of hanging the task.
+client is replaced by one with explicit socket timeouts and redis-py's retries turned off
+(:func:`redis_client`): redis-py 7 retries 3 times with up to 10 s of backoff by default, which made a
+long-lived reader take 6 s (server down) to 26 s (server silent) to fail, under the task's own retries.
+Now a down server fails a call at once and a silent one after ``socket_timeout_s``; the task runtime
+is the one retry layer.
 
 Offline reads go through :func:`local_offline`: a temp directory whose ``offline/`` holds a link to
 each local file and a download of each ``gs://`` object, which :func:`open_store` makes the store's
@@ -38,6 +41,7 @@ from aitasks.runtime.errors import DataFormatError, FatalError, ServiceUnavailab
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from redis import Redis
 
 __all__ = [
     "check_online_store",
@@ -45,6 +49,7 @@ __all__ = [
     "local_offline",
     "open_store",
     "quiet",
+    "redis_client",
     "require_offline_files",
     "service_errors",
 ]
@@ -105,24 +110,9 @@ def check_online_store(cfg: FeastConfig) -> None:
     if not isinstance(cfg.online_store, RedisOnline):
         return
     import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     store = cfg.online_store
-    opts = {k: feast_value(v) for k, v in store.options().items()}
-    client = redis.Redis(
-        host=store.host,
-        port=store.port,
-        db=int(opts.get("db", 0)),
-        username=opts.get("username"),
-        password=store.password.get_secret_value() if store.password else None,
-        ssl=opts.get("ssl") is True or str(opts.get("ssl", "")).lower() == "true",
-        socket_connect_timeout=store.connect_timeout_s,
-        socket_timeout=store.connect_timeout_s,
-        # redis-py 7 retries 3 times with up to 10 s of backoff by default; the task runtime owns
-        # retries, so one short attempt here.
-        retry=Retry(NoBackoff(), retries=0),
-    )
+    client = redis_client(store, socket_timeout_s=store.connect_timeout_s)
     try:
         client.ping()
     except redis.exceptions.AuthenticationError:
@@ -139,6 +129,37 @@ def check_online_store(cfg: FeastConfig) -> None:
         ) from None
     finally:
         client.close()
+
+
+def redis_client(store: RedisOnline, *, socket_timeout_s: float | None = None) -> Redis:
+    """A redis-py client of ``store`` with explicit timeouts and no retries of its own.
+
+    The connection string's own ``socket_timeout`` / ``socket_connect_timeout`` options win over
+    ``store``'s fields, as in Feast's client. redis-py 7 retries 3 times with up to 10 s of backoff by
+    default: off here, the task runtime owns retries.
+
+    Args:
+        store: The Redis online store.
+        socket_timeout_s: Read/write timeout; default ``store.socket_timeout_s``.
+    """
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    opts = {k: feast_value(v) for k, v in store.options().items()}
+    return redis.Redis(
+        host=store.host,
+        port=store.port,
+        db=int(opts.get("db", 0)),
+        username=opts.get("username"),
+        password=store.password.get_secret_value() if store.password else None,
+        ssl=opts.get("ssl") is True or str(opts.get("ssl", "")).lower() == "true",
+        socket_connect_timeout=float(opts.get("socket_connect_timeout", store.connect_timeout_s)),
+        socket_timeout=float(
+            opts.get("socket_timeout", store.socket_timeout_s if socket_timeout_s is None else socket_timeout_s)
+        ),
+        retry=Retry(NoBackoff(), retries=0),
+    )
 
 
 @contextlib.contextmanager
@@ -210,7 +231,14 @@ def open_store(cfg: FeastConfig, *, check: bool = True, offline: Path | None = N
     # Feast resolves a source's relative path against repo_path: the local copies of this call.
     config.repo_path = offline or repo_dir
     with _registry_errors(cfg):  # a SQL registry connects (and creates its tables) here
-        return FeatureStore(repo_path=str(repo_dir), config=config)
+        store = FeatureStore(repo_path=str(repo_dir), config=config)
+    if isinstance(cfg.online_store, RedisOnline):
+        # Feast builds redis-py's default client (3 retries, backoff up to 10 s) from the connection
+        # string, which cannot express a Retry object: hand it ours instead (same server, no retries).
+        online = getattr(store._get_provider(), "online_store", None)  # no public hook for the client
+        if online is not None and hasattr(online, "_client"):
+            online._client = redis_client(cfg.online_store)
+    return store
 
 
 @contextlib.contextmanager

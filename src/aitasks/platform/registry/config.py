@@ -5,9 +5,17 @@ the process-wide ``mlflow.set_tracking_uri`` is never touched, so two configs in
 leak into each other.
 
 Errors: an unreachable tracking server or database (connection refused, timeouts, HTTP 5xx/429,
-SQL ``OperationalError``) raises :class:`ServiceUnavailableError` (retryable) naming the tracking URI
-with any ``user:password@`` replaced by ``***@``; the original exception is not chained because its
-text carries the credentials.
+SQL ``OperationalError``) raises :class:`ServiceUnavailableError` (retryable): one summary line naming
+the tracking URI with any ``user:password@`` replaced by ``***@`` and the exception's type; the detail
+(redacted) goes to the logs. The original exception is not chained because its text carries the
+credentials.
+
+Timeouts and retries: every client this module makes sets MLflow's HTTP request timeout and retries
+explicitly (:attr:`RegistryConfig.http_timeout_s`, :attr:`RegistryConfig.http_max_retries`, from
+``AITASKS_MLFLOW_HTTP_TIMEOUT_S`` / ``AITASKS_MLFLOW_HTTP_MAX_RETRIES``). MLflow's defaults (7 retries,
+backoff factor 2, 120 s timeout) made one call to an unreachable server take about 4 minutes and a server
+that accepts and never answers hang for 16+ minutes; the task runtime owns the retries instead (its
+retry budget and deadline), so MLflow retries 0 times by default.
 """
 
 from __future__ import annotations
@@ -69,6 +77,8 @@ class RegistryConfig(BaseModel):
     artifact_location: str | None = Field(default=None, description="New experiments' artifact root.")
     model_name: str = Field(default="reco-two-tower", pattern=MODEL_NAME_PATTERN)
     experiment: str = Field(default="reco-training", min_length=1, max_length=500, pattern=r"^[^\x00-\x1f]+$")
+    http_timeout_s: int = Field(default=30, ge=1, le=3600, description="MLflow HTTP request timeout.")
+    http_max_retries: int = Field(default=0, ge=0, le=10, description="MLflow's own HTTP retries (0: the task's).")
 
 
 class RegisteredVersion(BaseModel):
@@ -122,7 +132,13 @@ def registry_config(settings: Settings, *, model_name: str = "reco-two-tower") -
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
         uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")
     try:
-        return RegistryConfig(tracking_uri=uri, artifact_location=artifacts, model_name=model_name)
+        return RegistryConfig(
+            tracking_uri=uri,
+            artifact_location=artifacts,
+            model_name=model_name,
+            http_timeout_s=settings.mlflow_http_timeout_s,
+            http_max_retries=settings.mlflow_http_max_retries,
+        )
     except ValidationError as exc:
         issues = [FieldIssue(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         raise InvalidInputError(TASK, issues) from None
@@ -139,7 +155,14 @@ def client(cfg: RegistryConfig) -> MlflowClient:
     * ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true``: ending a run on a server prints "View run at
       <tracking URI>" to stdout, password included when the URI carries one.
     * ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false`` unless set: progress bars garble the JSON logs.
+    * ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from ``cfg`` and a backoff
+      factor of 1 with no jitter (used only if retries are turned back on): one retry layer, the task's.
+      MLflow reads them per request, so they hold for every client of the process (the last config wins).
     """
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -189,11 +212,35 @@ def service(cfg: RegistryConfig) -> Iterator[None]:
     except Exception as exc:
         if not is_transient(exc):
             raise
-        detail = redact_uri(str(exc))[:400]
+        from aitasks.runtime import logging as rlog
+
+        # The summary is one line; MLflow's text (urllib3's retry chain, several lines) goes to the logs.
+        rlog.get_logger().warning(
+            "registry.unreachable",
+            tracking_uri=redact_uri(cfg.tracking_uri),
+            error_kind=type(exc).__name__,
+            detail=redact_uri(str(exc))[:2000],
+        )
         # ``from None``: the chained exceptions' text holds the URI with its credentials.
         raise ServiceUnavailableError(
-            f"MLflow registry at {redact_uri(cfg.tracking_uri)} is unreachable ({type(exc).__name__}): {detail}"
+            f"MLflow registry at {redact_uri(cfg.tracking_uri)} is unreachable ({type(exc).__name__}: "
+            f"{_cause(exc)}; timeout {cfg.http_timeout_s} s, {cfg.http_max_retries} client retries)"
         ) from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost transport error's type (``ConnectionRefusedError``, ``ReadTimeout``): the summary's why."""
+    import requests
+
+    seen: set[int] = set()
+    found = type(exc).__name__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | requests.RequestException):
+            found = type(current).__name__
+        current = current.__cause__ or current.__context__
+    return found
 
 
 def error_code(exc: Exception) -> str:
