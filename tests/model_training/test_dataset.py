@@ -143,7 +143,7 @@ def test_default_spec_matches_the_feature_contract() -> None:
     assert feature_spec(49).user_dense == DEFAULT_SPEC.user_dense
 
 
-def _vocab(genres: list[str]):  # noqa: ANN202 - a Vocabulary
+def _vocab(genres: list[str]):
     return build_genre_vocabulary(pl.DataFrame({"track_id": [f"t{i}" for i in range(len(genres))], "genre": genres}))
 
 
