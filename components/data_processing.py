@@ -88,9 +88,11 @@ def compute_features(
     step: str,
     user_features: Output[Dataset],
     track_features: Output[Dataset],
+    vocabulary: Output[Dataset],
     metrics: Output[Metrics],
 ) -> str:
-    """Point-in-time daily user and track feature snapshots. Returns the last snapshot time (ISO)."""
+    """Point-in-time daily user and track feature snapshots and the run's genre/context vocabulary
+    (JSON, also in both files' metadata). Returns the last snapshot time (ISO)."""
     from aitasks.runtime.step import run_step
 
     res = run_step(
@@ -102,7 +104,11 @@ def compute_features(
             "half_life_days": half_life_days,
         },
         (run_context, pipeline, run_id, step),
-        outputs={"user_features_uri": user_features, "track_features_uri": track_features},
+        outputs={
+            "user_features_uri": user_features,
+            "track_features_uri": track_features,
+            "vocabulary_uri": vocabulary,
+        },
         metrics=metrics,
     )
     return res.last_snapshot

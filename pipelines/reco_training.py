@@ -35,11 +35,20 @@ def reco_training(
     sparse_lr: float = 0.03,
     train_seed: int = 0,
     embedding_dim: int = 64,
+    id_dim: int = 32,
+    hidden_dim: int = 128,
     temperature: float = 0.05,
+    logq_correction: bool = True,
+    train_device: str = "auto",
+    average_epochs: int = 3,
+    checkpoints_per_epoch: int = 4,
+    lr_decay: str = "cosine",
     model_name: str = MODEL_NAME,
-    exclude_seen: bool = True,
+    serving_mode: str = "auto",
     min_lift_over_popularity: float = 1.2,
     max_regression_vs_champion: float = 0.02,
+    gate_confidence: float = 0.95,
+    bootstrap_resamples: int = 2000,
     index_name: str = "reco-tracks",
     index_backend: str = "hnswlib",
     hnsw_m: int = 16,
@@ -49,7 +58,13 @@ def reco_training(
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_toleration: dict = GPU_TOLERATION,
 ) -> None:
-    """The recommender's training pipeline (daily recurring run; `make demo` runs it with kfp.local)."""
+    """The recommender's training pipeline (daily recurring run; `make demo` runs it with kfp.local).
+
+    ``events_uri``/``catalog_uri``: Parquet, CSV or JSON Lines (both empty: synthetic data). Genres and
+    contexts come from the data (no closed list). ``serving_mode``: ``auto`` (the evaluation picks
+    whether ``recommend`` filters played tracks by default), ``all`` or ``discovery``; it is also the
+    gate's protocol. The training settings are those of ``model.train``.
+    """
     run = PipelineRun(NAME, run_context, gpu_node_selector=gpu_node_selector, gpu_toleration=gpu_toleration)
     summary = steps.SUMMARY(run)
 
@@ -87,16 +102,25 @@ def reco_training(
             sparse_lr=sparse_lr,
             seed=train_seed,
             embedding_dim=embedding_dim,
+            id_dim=id_dim,
+            hidden_dim=hidden_dim,
             temperature=temperature,
+            logq_correction=logq_correction,
+            device=train_device,
+            average_epochs=average_epochs,
+            checkpoints_per_epoch=checkpoints_per_epoch,
+            lr_decay=lr_decay,
         )
         evaluation = steps.EVALUATE(
             run,
             model=train.outputs["model"],
             training_set=tset.outputs["training_set"],
             model_name=model_name,
-            exclude_seen=exclude_seen,
+            serving_mode=serving_mode,
             min_lift_over_popularity=min_lift_over_popularity,
             max_regression_vs_champion=max_regression_vs_champion,
+            confidence=gate_confidence,
+            bootstrap_resamples=bootstrap_resamples,
         )
         registered = steps.REGISTER(
             run,

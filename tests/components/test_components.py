@@ -169,9 +169,12 @@ def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
         step="compute-features",
         user_features=users,
         track_features=track_feats,
+        vocabulary=(vocab := _artifact(Dataset, tmp_path, "vocabulary")),
         metrics=fmetrics,
     )
     assert last.startswith("2026-10-") and fmetrics.metadata["snapshots"] >= 1
+    # The run's genre vocabulary is an output of its own, described by its metadata.
+    assert vocab.metadata["genres"] == fmetrics.metadata["genres"] > 0 and Path(vocab.path).exists()
     report, dmetrics = _artifact(Markdown, tmp_path, "report"), _artifact(Metrics, tmp_path, "dmetrics")
     drifted = check_drift.python_func(
         features=users,
@@ -341,6 +344,7 @@ def test_every_documented_format_goes_through_source_ingest_and_features(
         step="compute-features",
         user_features=users,
         track_features=track_feats,
+        vocabulary=_artifact(Dataset, tmp_path, "vocabulary"),
         metrics=_artifact(Metrics, tmp_path, "fmetrics"),
     )
     assert last.startswith("2026-10-") and pq.read_table(track_feats.path).num_rows > 0

@@ -10,19 +10,23 @@ import pytest
 
 from aitasks.data_processing import etl
 from aitasks.data_processing.contract import (
-    CONTEXTS,
     CONTRACT_VERSION,
     EVENTS_SCHEMA,
     FUTURE_TOLERANCE_S,
-    GENRES,
+    GENRE_AFFINITY_COLUMNS,
+    GENRE_SLOTS,
     ID_PATTERN,
+    MAX_CONTEXT_CHARS,
     MAX_DURATION_MS,
+    MAX_GENRE_CHARS,
     MAX_MS_PLAYED,
+    MAX_VOCABULARY,
     MIN_RELEASE_YEAR,
     QUARANTINE_EXTRA_COLUMNS,
     QUARANTINE_REASONS,
     TRACKS_SCHEMA,
 )
+from aitasks.data_processing.vocabulary import POLICY, VOCABULARY_FILE, fold
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 LANGS = ("en", "fr", "de")
@@ -62,10 +66,6 @@ def test_every_reason_code_is_documented_in_precedence_order(lang: str) -> None:
 @pytest.mark.parametrize("lang", LANGS)
 def test_values_and_limits_are_documented(lang: str) -> None:
     text = _page(lang)
-    for value in (*GENRES, *CONTEXTS):
-        assert f"`{value}`" in text, f"{lang}: {value} missing"
-    flat = " ".join(text.split())
-    assert ", ".join(f"`{g}`" for g in GENRES) in flat, f"{lang}: genres not listed in contract order"
     assert f"**{CONTRACT_VERSION}**" in text
     assert ID_PATTERN in text
     for number in (MAX_MS_PLAYED, MAX_DURATION_MS):
@@ -78,3 +78,19 @@ def test_reason_codes_are_exported_where_the_ingest_uses_them() -> None:
     assert etl.QUARANTINE_REASONS is QUARANTINE_REASONS
     assert len(set(QUARANTINE_REASONS)) == len(QUARANTINE_REASONS)
     assert etl.QUARANTINE_SCHEMA.field("_source_row").type == pa.int64()
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_open_vocabularies_are_documented(lang: str) -> None:
+    """The shape rules, the normalisation policy with its examples, the slots and the artifact."""
+    flat = " ".join(_page(lang).split())
+    for number in (MAX_GENRE_CHARS, MAX_CONTEXT_CHARS, GENRE_SLOTS):
+        assert f" {number} " in flat, f"{lang}: {number} missing"
+    assert f"{MAX_VOCABULARY:,}".replace(",", " ") in flat
+    assert f"`{POLICY}`" in flat and f"`{VOCABULARY_FILE}`" in flat
+    for column in (GENRE_AFFINITY_COLUMNS[0], GENRE_AFFINITY_COLUMNS[GENRE_SLOTS - 1], GENRE_AFFINITY_COLUMNS[-1]):
+        assert f"`{column}`" in flat, f"{lang}: {column} missing"
+    # The page's folding examples are what the code does.
+    for raw in ("Hip-Hop", "hip hop", "HipHop"):
+        assert f"`{raw}`" in flat and fold(raw) == "hiphop"
+    assert "`hiphop`" in flat

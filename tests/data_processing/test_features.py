@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from aitasks.data_processing.contract import GENRES, genre_affinity_column
+from aitasks.data_processing.contract import GENRE_AFFINITY_COLUMNS, genre_affinity_column
 from aitasks.data_processing.features import (
     TRACK_FEATURES_SCHEMA,
     USER_FEATURES_SCHEMA,
@@ -25,7 +25,10 @@ from aitasks.data_processing.features import (
     daily_snapshots,
     track_features_frame,
     user_features_frame,
+    vocabularies_frame,
 )
+from aitasks.data_processing.generator import GENRES
+from aitasks.data_processing.vocabulary import fold
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
 
 T = datetime(2026, 10, 11, tzinfo=UTC)
@@ -42,7 +45,8 @@ USER_COLUMNS = [
     "user_active_days_28d",
     "user_days_since_last_play",
     "user_avg_ms_played_28d",
-    *(f"user_genre_affinity_{g}" for g in GENRES),
+    *(f"user_genre_affinity_{i:02d}" for i in range(16)),
+    "user_genre_affinity_other",
 ]
 TRACK_COLUMNS = [
     "track_id",
@@ -94,6 +98,16 @@ def catalog() -> pl.DataFrame:
     )
 
 
+def genre_id(ev: pl.DataFrame, genre: str, tracks: pl.DataFrame | None = None) -> int:
+    """The id of ``genre`` in the vocabulary built from the catalog (ranked by tracks, then key)."""
+    return vocabularies_frame(ev, catalog() if tracks is None else tracks).genres.keys.index(fold(genre))
+
+
+def affinity(ev: pl.DataFrame, genre: str) -> str:
+    """The affinity column of ``genre`` in features computed from ``ev`` and :func:`catalog`."""
+    return genre_affinity_column(genre_id(ev, genre))
+
+
 def tiny_events() -> list[Event]:
     return [
         # user a: the hand-computed case
@@ -127,7 +141,8 @@ def write_inputs(tmp_path: Path, events: pl.DataFrame, tracks: pl.DataFrame | No
 
 
 def test_user_features_hand_computed() -> None:
-    out = user_features_frame(events_frame(tiny_events()), catalog(), snapshots=[T])
+    ev = events_frame(tiny_events())
+    out = user_features_frame(ev, catalog(), snapshots=[T])
     assert out.columns == USER_COLUMNS
     assert sorted(out["user_id"].to_list()) == ["a", "c"], "b has no event in the window: no row"
 
@@ -141,16 +156,17 @@ def test_user_features_hand_computed() -> None:
     assert a["user_days_since_last_play"] == pytest.approx(1.0)
     assert a["user_avg_ms_played_28d"] == pytest.approx(160_000 / 3, rel=1e-6)
     w_pop, w_rock = 0.5 ** (1 / 14), 0.5 ** (15 / 14)
-    assert a[genre_affinity_column("pop")] == pytest.approx(w_pop / (w_pop + w_rock), rel=1e-6)
-    assert a[genre_affinity_column("rock")] == pytest.approx(w_rock / (w_pop + w_rock), rel=1e-6)
-    assert a[genre_affinity_column("jazz")] == 0.0, "jazz play is outside the window"
-    assert sum(a[genre_affinity_column(g)] for g in GENRES) == pytest.approx(1.0, rel=1e-6)
+    assert a[affinity(ev, "pop")] == pytest.approx(w_pop / (w_pop + w_rock), rel=1e-6)
+    assert a[affinity(ev, "rock")] == pytest.approx(w_rock / (w_pop + w_rock), rel=1e-6)
+    assert a[affinity(ev, "jazz")] == 0.0, "jazz play is outside the window"
+    assert a["user_genre_affinity_other"] == 0.0, "12 genres: every one has its own slot"
+    assert sum(a[c] for c in GENRE_AFFINITY_COLUMNS) == pytest.approx(1.0, rel=1e-6)
 
     c = row_of(out, "user_id", "c")
     assert c["user_plays_28d"] == 2
     assert c["user_skip_rate_28d"] == 1.0
     assert c["user_days_since_last_play"] == pytest.approx(3.0)
-    assert all(c[genre_affinity_column(g)] == 0.0 for g in GENRES), "no unskipped plays: all affinities 0"
+    assert all(c[col] == 0.0 for col in GENRE_AFFINITY_COLUMNS), "no unskipped plays: all affinities 0"
 
 
 def test_half_life_and_lookback_parameters() -> None:
@@ -161,7 +177,7 @@ def test_half_life_and_lookback_parameters() -> None:
     total = sum(w.values())
     assert a["user_plays_28d"] == 4, "the 35-day window now holds the jazz play"
     for g, wg in w.items():
-        assert a[genre_affinity_column(g)] == pytest.approx(wg / total, rel=1e-5)
+        assert a[affinity(ev, g)] == pytest.approx(wg / total, rel=1e-5)
 
 
 def test_days_since_last_play_is_the_last_play_before_t() -> None:
@@ -173,7 +189,8 @@ def test_days_since_last_play_is_the_last_play_before_t() -> None:
 
 def test_track_features_hand_computed() -> None:
     rows = [*tiny_events(), ("d", "t_pop", T - 2 * DAY, 5_000, False)]
-    out = track_features_frame(events_frame(rows), catalog(), snapshots=[T])
+    ev = events_frame(rows)
+    out = track_features_frame(ev, catalog(), snapshots=[T])
     assert out.columns == TRACK_COLUMNS
     assert out["track_id"].to_list() == ["t_pop", "t_rock"], "jazz is outside the window, sorted by id"
 
@@ -182,7 +199,8 @@ def test_track_features_hand_computed() -> None:
     assert pop["track_listeners_28d"] == 3
     assert pop["track_skip_rate_28d"] == pytest.approx(0.5)
     assert pop["track_popularity"] == pytest.approx(1.0)
-    assert pop["track_genre_id"] == GENRES.index("pop")
+    # One track per genre: ranked by key (ambient 0 ... pop 9, rnb 10, rock 11).
+    assert pop["track_genre_id"] == genre_id(ev, "pop") == 9
     assert pop["track_duration_ms"] == 180_000
     assert pop["track_release_year"] == 2000
     assert pop["track_explicit"] == 0
@@ -192,7 +210,7 @@ def test_track_features_hand_computed() -> None:
     assert rock["track_plays_28d"] == 2
     assert rock["track_listeners_28d"] == 2
     assert rock["track_popularity"] == pytest.approx(math.log1p(2) / math.log1p(4), rel=1e-6)
-    assert rock["track_genre_id"] == 1
+    assert rock["track_genre_id"] == genre_id(ev, "rock") == 11
     assert rock["track_explicit"] == 1
     assert out.schema["track_popularity"] == pl.Float32
     assert out.select(pl.col("track_popularity").is_between(0, 1).all()).item()
@@ -205,7 +223,7 @@ def test_track_missing_from_catalog_keeps_null_attributes() -> None:
     users = user_features_frame(ev, catalog(), snapshots=[T])
     a = row_of(users, "user_id", "a")
     assert a["user_plays_28d"] == 2
-    assert a[genre_affinity_column("pop")] == pytest.approx(1.0), "a play without a genre adds no affinity"
+    assert a[affinity(ev, "pop")] == pytest.approx(1.0), "a play without a genre adds no affinity"
 
 
 # ------------------------------------------------------------------------------------ snapshots
@@ -353,9 +371,9 @@ def test_report_is_strict() -> None:
 
     from aitasks.data_processing.features import FeatureReport
 
-    r = FeatureReport(rows=1, entities=1, snapshots=[], columns=[], sha256="x")
+    r = FeatureReport(rows=1, entities=1, snapshots=[], columns=[], sha256="x", genre_vocabulary="v")
     with pytest.raises(ValidationError):
-        FeatureReport(rows=1, entities=1, snapshots=[], columns=[], sha256="x", extra=1)  # type: ignore[call-arg]
+        FeatureReport(rows=1, entities=1, snapshots=[], columns=[], sha256="x", genre_vocabulary="v", extra=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         r.rows = 2  # type: ignore[misc]
 
@@ -389,7 +407,7 @@ def test_bad_events_name_the_column(column: str, mutate: object) -> None:
     ("column", "mutate"),
     [
         ("genre", lambda f: f.drop("genre")),
-        ("genre", lambda f: f.with_columns(pl.lit("polka").alias("genre"))),
+        ("genre", lambda f: f.with_columns(pl.lit(" -- ").alias("genre"))),  # no letter or digit
         ("track_id", lambda f: pl.concat([f, f.head(1)])),
         ("duration_ms", lambda f: f.with_columns(pl.lit(None, dtype=pl.Int64).alias("duration_ms"))),
     ],

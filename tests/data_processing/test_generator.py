@@ -13,17 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from aitasks.data_processing.contract import (
-    CONTEXTS,
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
-    GENRES,
     ID_PATTERN,
     MAX_DURATION_MS,
     MIN_RELEASE_YEAR,
     TRACK_COLUMNS,
     TRACKS_SCHEMA,
 )
-from aitasks.data_processing.generator import GeneratedDataset, generate_dataset
+from aitasks.data_processing.generator import CONTEXTS, GENRES, GeneratedDataset, generate_dataset
 from aitasks.runtime.errors import InvalidInputError
 from aitasks.runtime.hashing import sha256_file
 

@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from aitasks.data_processing.contract import GENRES
+from aitasks.data_processing.contract import GENRE_AFFINITY_COLUMNS, MAX_VOCABULARY
 from aitasks.data_processing.features import AUDIO_PLACEHOLDER_COLUMNS, USER_FEATURES_SCHEMA
+from aitasks.data_processing.vocabulary import build_genre_vocabulary
 from aitasks.model_training.dataset import (
     DEFAULT_SPEC,
     FeatureSpec,
     IdVocab,
+    align_genres,
+    feature_spec,
     interactions_from_frame,
     tower_inputs,
 )
@@ -132,8 +135,40 @@ def test_default_spec_matches_the_feature_contract() -> None:
     assert list(DEFAULT_SPEC.user_dense) == expected_user
     assert DEFAULT_SPEC.user_categorical == ()
     assert set(AUDIO_PLACEHOLDER_COLUMNS) <= set(DEFAULT_SPEC.item_dense)
-    assert DEFAULT_SPEC.item_categorical == (("track_genre_id", len(GENRES)),)
+    assert DEFAULT_SPEC.item_categorical == (("track_genre_id", MAX_VOCABULARY + 1),), "any vocabulary fits"
     assert "track_genre_id" not in DEFAULT_SPEC.item_dense
+    assert set(GENRE_AFFINITY_COLUMNS) <= set(DEFAULT_SPEC.user_dense)
+    # A model trained on a vocabulary has one genre row per id plus `other`.
+    assert feature_spec(49).item_categorical == (("track_genre_id", 49),)
+    assert feature_spec(49).user_dense == DEFAULT_SPEC.user_dense
+
+
+def _vocab(genres: list[str]):
+    return build_genre_vocabulary(pl.DataFrame({"track_id": [f"t{i}" for i in range(len(genres))], "genre": genres}))
+
+
+def test_align_genres_moves_ids_and_shares_to_the_same_genre() -> None:
+    # source ranks: rock 0, pop 1, jazz 2; target ranks: pop 0, folk 1, rock 2 (no jazz: other = 3).
+    source = _vocab(["rock"] * 3 + ["pop"] * 2 + ["jazz"])
+    target = _vocab(["pop"] * 3 + ["folk"] * 2 + ["rock"])
+    slots = {c: [0.0, None] for c in GENRE_AFFINITY_COLUMNS}
+    slots["user_genre_affinity_00"] = [0.5, None]  # rock
+    slots["user_genre_affinity_01"] = [0.2, None]  # pop
+    slots["user_genre_affinity_02"] = [0.2, None]  # jazz
+    slots["user_genre_affinity_other"] = [0.1, None]
+    frame = pl.DataFrame({"track_genre_id": [0, 1, 2, 3, None], **{k: v * 2 + [0.0] for k, v in slots.items()}})
+    frame = frame.with_columns(pl.col(c).cast(pl.Float32) for c in GENRE_AFFINITY_COLUMNS)
+    out = align_genres(frame, source=source, target=target)
+    assert out["track_genre_id"].to_list() == [2, 0, 3, 3, None], "rock->2, pop->0, jazz and other->other"
+    row = out.row(0, named=True)
+    assert row["user_genre_affinity_00"] == pytest.approx(0.2)  # pop
+    assert row["user_genre_affinity_02"] == pytest.approx(0.5)  # rock
+    assert row["user_genre_affinity_01"] == 0.0  # folk: nobody had it
+    assert row["user_genre_affinity_other"] == pytest.approx(0.3)  # jazz + source other
+    assert sum(row[c] for c in GENRE_AFFINITY_COLUMNS) == pytest.approx(1.0)
+    assert out.row(1, named=True)["user_genre_affinity_00"] is None, "a missing snapshot stays missing"
+    assert out.schema == frame.schema
+    assert align_genres(frame, source=source, target=source) is frame
 
 
 def test_feature_spec_is_strict() -> None:

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from aitasks.data_processing.generator import generate_dataset
+from aitasks.data_processing.vocabulary import VOCABULARY_FILE
 from aitasks.model_training import recommender as rec
 from aitasks.model_training.offline_set import training_set_from_events
 from aitasks.model_training.training_set import FILES
@@ -31,7 +32,7 @@ def test_layout_split_and_no_leak_from_the_held_out_day(
 ) -> None:
     events, tracks, ts, split = world
     assert split == datetime(2026, 4, 10, tzinfo=UTC)
-    assert {p.name for p in ts.iterdir()} == set(FILES)
+    assert {p.name for p in ts.iterdir()} == {*FILES, VOCABULARY_FILE}
     train = pl.read_parquet(ts / "train.parquet")
     assert (
         train["event_timestamp"].max() < split

@@ -120,6 +120,22 @@ def test_training_is_logged_and_safe(chain: Chain) -> None:
         assert manifest["meta"]["data_snapshot"] == chain.world.training_set.snapshot_hash
 
 
+def test_the_registered_model_carries_the_genre_vocabulary_it_was_trained_with(chain: Chain, tmp_path: Path) -> None:
+    """Serving downloads the version's files: the vocabulary is among them, the training set's one, and
+    the genre embedding has one row per id plus `other`."""
+    from aitasks.data_processing.vocabulary import VOCABULARY_FILE, Vocabularies
+    from aitasks.platform.registry import download_model, registry_config
+
+    _, model_dir = download_model(
+        registry_config(chain.world.settings), version=chain.registered.version, dest=tmp_path
+    )
+    served = Vocabularies.read(model_dir / VOCABULARY_FILE)
+    with open_bundle(chain.world.training_set.training_set_uri, kind="training_set") as (ts_dir, _):
+        assert served == Vocabularies.read(ts_dir / VOCABULARY_FILE)
+    spec = json.loads((model_dir / "model.json").read_text())["config"]["spec"]
+    assert spec["item_categorical"] == [["track_genre_id", served.genres.size]]
+
+
 def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
     from aitasks.platform.registry import get_version, registry_config
 
@@ -129,7 +145,7 @@ def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
     tags = v.tags
     assert tags["aitasks.data_snapshot"] == chain.world.training_set.snapshot_hash
     assert tags["aitasks.feature_service"] == "reco_training"
-    assert tags["aitasks.code_version"] == "model.train@1.1.0"
+    assert tags["aitasks.code_version"] == "model.train@1.2.0"
     assert tags["aitasks.kfp_run_id"] == "run-test" and len(tags["aitasks.trace_id"]) == 32
     assert tags["aitasks.blessed"] == "true"
     assert tags["aitasks.serving_mode"] == "all" and tags["aitasks.filter_played"] == "false"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from aitasks.data_processing.vocabulary import VOCABULARY_FILE
 from aitasks.model_training.training_set import FILES
 from aitasks.runtime.bundle import open_bundle, read_manifest
 from aitasks.runtime.errors import InvalidInputError
@@ -17,7 +18,7 @@ def test_time_split_and_files(reco_world: RecoWorld) -> None:
     ts = reco_world.training_set
     assert ts.split_at == datetime(2026, 10, 30, tzinfo=UTC)  # last day of the 30-day window held out
     manifest = read_manifest(ts.training_set_uri, kind="training_set")
-    assert set(manifest["files"]) == set(FILES)
+    assert set(manifest["files"]) == {*FILES, VOCABULARY_FILE}, "the features' vocabulary travels on"
     with open_bundle(ts.training_set_uri) as (d, _):
         train = pl.read_parquet(d / "train.parquet")
         targets = pl.read_parquet(d / "targets.parquet")
@@ -35,7 +36,9 @@ def test_time_split_and_files(reco_world: RecoWorld) -> None:
     assert items["train_plays"].sum() == train.height
     # Already-played pairs cover skips too (a skipped track was still played).
     assert history.height == events.filter(pl.col("ts") < ts.split_at).select("user_id", "track_id").unique().height
-    assert {"user_plays_28d", "track_popularity", "user_genre_affinity_rock"} <= set(train.columns)
+    assert {"user_plays_28d", "track_popularity", "user_genre_affinity_00", "user_genre_affinity_other"} <= set(
+        train.columns
+    )
 
 
 def test_training_rows_see_only_past_snapshots(reco_world: RecoWorld) -> None:

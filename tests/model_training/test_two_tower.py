@@ -241,7 +241,7 @@ def test_bad_training_data_is_rejected(world: World) -> None:
     with pytest.raises(InvalidInputError) as err:
         train_two_tower(cfg, Interactions(narrow, items), QUICK)
     assert err.value.fields == ("users.dense",)
-    bad_cat = TowerInputs(items.idx, items.dense, np.full_like(items.cat, 12))
+    bad_cat = TowerInputs(items.idx, items.dense, np.full_like(items.cat, cfg.spec.item_categorical[0][1]))
     with pytest.raises(InvalidInputError) as err:
         train_two_tower(cfg, Interactions(users, bad_cat), QUICK)
     assert err.value.fields == ("items.cat[track_genre_id]",)

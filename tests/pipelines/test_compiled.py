@@ -217,3 +217,21 @@ def test_every_step_with_a_data_time_takes_the_run_s_logical_time() -> None:
     for spec in timed:
         assert spec.logical_time, f"{spec.name}: as_of without the run's logical time"
         assert issubclass(get_task(spec.task).params_model, LogicalTimeParams), spec.task
+
+
+def test_reco_training_passes_every_training_setting_and_the_serving_mode(fresh: dict[str, str]) -> None:
+    """Every setting `model.train` accepts is a pipeline parameter; `exclude_seen` is gone, `serving_mode` reaches
+    `model.evaluate` (issue 13)."""
+    from aitasks.model_training.tasks import EvaluateParams, TrainParams
+
+    spec, _ = _docs(fresh["reco-training"])
+    tasks = _all_tasks(spec)
+    pipeline_params = set(spec["root"]["inputDefinitions"]["parameters"])
+    assert "exclude_seen" not in pipeline_params and "serving_mode" in pipeline_params
+    train = tasks["train-model"]["inputs"]["parameters"]
+    for field in set(TrainParams.model_fields) - {"training_set_uri"}:
+        assert "componentInputParameter" in train.get(field, {}), f"model.train's {field} is not a pipeline parameter"
+    evaluate = tasks["evaluate-model"]["inputs"]["parameters"]
+    assert "exclude_seen" not in evaluate and "exclude_seen" not in EvaluateParams.model_fields
+    for field in ("serving_mode", "confidence", "bootstrap_resamples"):
+        assert "componentInputParameter" in evaluate[field], field

@@ -237,7 +237,7 @@ def test_schedule_settings_round_trip(server: FakeKfpServer, packages: Path) -> 
         "catchup": True,
         "enabled": False,
         "max_concurrency": 3,
-        "parameters": {"epochs": 2, "lr": 0.01, "exclude_seen": False, "gpu_node_selector": {"b": "1", "a": "2"}},
+        "parameters": {"epochs": 2, "lr": 0.01, "logq_correction": False, "gpu_node_selector": {"b": "1", "a": "2"}},
     }
     assert kfp_api.apply_schedules(client, _spec(reco=reco)).created
     (run,) = [r for r in server.state.recurring_runs.values() if r["display_name"] == "aitasks-reco"]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from aitasks.data_processing.contract import CONTRACT_VERSION, GENRES, genre_affinity_column
+from aitasks.data_processing.contract import CONTRACT_VERSION, GENRE_AFFINITY_COLUMNS
 from aitasks.data_processing.features import TRACK_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
 from aitasks.platform import feature_store as fst
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
@@ -225,7 +225,7 @@ def test_feature_views_have_explicit_typed_schema(cfg: fst.FeastConfig) -> None:
         assert view.batch_source is not None
         assert view.batch_source.timestamp_field == "event_timestamp"
         assert view.batch_source.created_timestamp_column == "created_timestamp"
-    assert [genre_affinity_column(g) for g in GENRES] == [n for n in USER_FEATURE_NAMES if "affinity" in n]
+    assert list(GENRE_AFFINITY_COLUMNS) == [n for n in USER_FEATURE_NAMES if "affinity" in n]
 
 
 _TIMES = ("event_timestamp", "created_timestamp")

@@ -10,26 +10,21 @@ from typing import Final
 
 import pyarrow as pa
 
-CONTRACT_VERSION: Final = "1.0.0"
+CONTRACT_VERSION: Final = "2.0.0"
 
-#: Genres of the catalog. Order matters: feature columns ``user_genre_affinity_<genre>`` follow it.
-GENRES: Final[tuple[str, ...]] = (
-    "pop",
-    "rock",
-    "hip_hop",
-    "electronic",
-    "jazz",
-    "classical",
-    "country",
-    "rnb",
-    "metal",
-    "folk",
-    "latin",
-    "ambient",
-)
+# Genres and contexts are open vocabularies: the contract fixes their shape, the data their values
+# (see :mod:`aitasks.data_processing.vocabulary`). The built-in lists live with the synthetic generator.
 
-#: Where a play started from.
-CONTEXTS: Final[tuple[str, ...]] = ("playlist", "album", "artist", "search", "radio", "library")
+#: A genre is at most this long (characters) and must hold a letter or a digit.
+MAX_GENRE_CHARS: Final = 128
+#: A context is at most this long (characters) and must hold a letter or a digit.
+MAX_CONTEXT_CHARS: Final = 64
+#: At most this many genres (and contexts) get their own id; the rest share ``other``.
+MAX_VOCABULARY: Final = 1000
+#: Width of the user genre affinity: the top ``GENRE_SLOTS`` genres of the vocabulary have a column
+#: each (``user_genre_affinity_00`` = the genre with the most catalog tracks), the rest share
+#: ``user_genre_affinity_other``.
+GENRE_SLOTS: Final = 16
 
 #: Identifier rule for user, track, artist and event ids: 1-64 chars of ``[A-Za-z0-9_-]``.
 ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
@@ -106,13 +101,28 @@ QUARANTINE_REASONS: Final[tuple[str, ...]] = (
     "naive_timestamp",
     *(f"bad_id:{c}" for c in EVENT_ID_COLUMNS),
     "out_of_range:ms_played",
-    "unknown_context",
+    "bad_context",
     "unknown_track_id",
     "future_timestamp",
     "duplicate_event_id",
 )
 
 
-def genre_affinity_column(genre: str) -> str:
-    """Name of the user feature holding the recency-weighted affinity for ``genre``."""
-    return f"user_genre_affinity_{genre}"
+def genre_affinity_column(slot: int | None) -> str:
+    """Name of the user feature holding the recency-weighted affinity share of genre rank ``slot``.
+
+    ``slot`` is a rank in the run's genre vocabulary (0 = the most tracks), below :data:`GENRE_SLOTS`;
+    None names the share of every other genre.
+    """
+    if slot is None:
+        return "user_genre_affinity_other"
+    if not 0 <= slot < GENRE_SLOTS:
+        raise ValueError(f"genre slot {slot} outside [0, {GENRE_SLOTS})")
+    return f"user_genre_affinity_{slot:02d}"
+
+
+#: The user genre affinity columns, in order: one per slot, then ``other``.
+GENRE_AFFINITY_COLUMNS: Final[tuple[str, ...]] = (
+    *(genre_affinity_column(i) for i in range(GENRE_SLOTS)),
+    genre_affinity_column(None),
+)

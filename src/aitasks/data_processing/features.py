@@ -15,6 +15,15 @@ the genre affinity). Events whose track is missing from the catalog still count 
 no genre (they add nothing to the genre affinity), and their track rows carry null catalog
 attributes.
 
+Genres are an open vocabulary (:mod:`aitasks.data_processing.vocabulary`): the run's genre vocabulary
+(built from the catalog unless one is given) ranks the genres by their number of tracks. A track's
+``track_genre_id`` is its genre's rank (``other`` past the vocabulary's cap). The user genre affinity
+has a fixed width, whatever the vocabulary: ``user_genre_affinity_00`` .. ``_15`` are the shares of the
+16 largest genres, ``user_genre_affinity_other`` the share of all the others, so the Feast schema
+never changes when genres come and go; which genre a slot means is in the vocabulary. Both feature
+files carry the vocabulary they were computed with in their Parquet schema metadata, so a file and
+the ids in it never part.
+
 How it runs: events are sorted by time once; for each snapshot the window is a zero-copy slice found
 by binary search, aggregated by a vectorized polars ``group_by``; all snapshots are aggregated in one
 parallel lazy query. Work is proportional to ``events x snapshots-per-window``, never to a Python
@@ -38,7 +47,13 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from aitasks.data_processing.contract import GENRES, MAX_MS_PLAYED, genre_affinity_column
+from aitasks.data_processing.contract import GENRE_AFFINITY_COLUMNS, GENRE_SLOTS, MAX_MS_PLAYED
+from aitasks.data_processing.vocabulary import (
+    Vocabularies,
+    Vocabulary,
+    build_context_vocabulary,
+    build_genre_vocabulary,
+)
 from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputError
 from aitasks.runtime.hashing import sha256_file
 
@@ -47,11 +62,13 @@ __all__ = [
     "TRACK_FEATURES_SCHEMA",
     "USER_FEATURES_SCHEMA",
     "FeatureReport",
+    "build_vocabularies",
     "compute_track_features",
     "compute_user_features",
     "daily_snapshots",
     "track_features_frame",
     "user_features_frame",
+    "vocabularies_frame",
 ]
 
 _TASK: Final = "data.features"
@@ -78,7 +95,7 @@ USER_FEATURES_SCHEMA: Final = pa.schema(
         pa.field("user_active_days_28d", pa.int64(), nullable=False),
         pa.field("user_days_since_last_play", pa.float32(), nullable=False),
         pa.field("user_avg_ms_played_28d", pa.float32(), nullable=False),
-        *(pa.field(genre_affinity_column(g), pa.float32(), nullable=False) for g in GENRES),
+        *(pa.field(c, pa.float32(), nullable=False) for c in GENRE_AFFINITY_COLUMNS),
     ]
 )
 
@@ -111,7 +128,7 @@ _USER_DTYPES: Final[dict[str, pl.DataType]] = {
     "user_active_days_28d": pl.Int64(),
     "user_days_since_last_play": pl.Float32(),
     "user_avg_ms_played_28d": pl.Float32(),
-    **{genre_affinity_column(g): pl.Float32() for g in GENRES},
+    **dict.fromkeys(GENRE_AFFINITY_COLUMNS, pl.Float32()),
 }
 _TRACK_DTYPES: Final[dict[str, pl.DataType]] = {
     "track_id": pl.String(),
@@ -150,6 +167,7 @@ class FeatureReport(BaseModel):
         snapshots: Snapshot times ``T`` (ISO 8601, UTC), including those that produced no rows.
         columns: Output columns, in order.
         sha256: Hex sha256 of the written Parquet file.
+        genre_vocabulary: Version of the genre vocabulary the ids and affinity slots follow.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -159,6 +177,7 @@ class FeatureReport(BaseModel):
     snapshots: list[str]
     columns: list[str]
     sha256: str
+    genre_vocabulary: str
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -234,17 +253,14 @@ def _validate_events(events: pl.DataFrame, uri: str) -> pl.DataFrame:
     )
 
 
-def _validate_tracks(tracks: pl.DataFrame, uri: str) -> pl.DataFrame:
-    """Check the catalog columns the features need; return them with ``genre_id`` (index in GENRES)."""
+def _validate_tracks(tracks: pl.DataFrame, uri: str, vocab: Vocabulary) -> pl.DataFrame:
+    """Check the catalog columns the features need; return them with ``track_genre_id`` (id in ``vocab``)."""
     _require_columns(tracks, _TRACK_COLUMNS, uri)
     track_id = _as_string(tracks, "track_id", uri)
     dupes = track_id.len() - track_id.n_unique()
     if dupes:
         raise _bad(uri, "track_id", f"{dupes} duplicate id(s)")
     genre = _as_string(tracks, "genre", uri)
-    unknown = genre.filter(~genre.is_in(list(GENRES))).unique().sort()
-    if unknown.len():
-        raise _bad(uri, "genre", f"unknown genre(s): {', '.join(unknown.head(5).to_list())}")
     duration = _as_count(tracks, "duration_ms", uri, low=0, high=2**62)
     year = _as_count(tracks, "release_year", uri, low=0, high=9999)
     explicit = tracks["explicit"]
@@ -254,7 +270,8 @@ def _validate_tracks(tracks: pl.DataFrame, uri: str) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "track_id": track_id,
-            "track_genre_id": genre.cast(pl.Enum(GENRES)).to_physical().cast(pl.Int64),
+            # Unseen genres (and those past the vocabulary's cap) get the vocabulary's `other` id.
+            "track_genre_id": vocab.ids(genre),
             "track_duration_ms": duration,
             "track_release_year": year,
             "track_explicit": explicit.cast(pl.Int64),
@@ -310,12 +327,30 @@ def _resolve_snapshots(events: pl.DataFrame, snapshots: Sequence[datetime] | Non
     return sorted({t.astimezone(UTC) for t in snapshots})
 
 
+def _genre_vocabulary(events: pl.DataFrame, tracks: pl.DataFrame, uri_tracks: str) -> Vocabulary:
+    """The genre vocabulary of these inputs (ranked by catalog tracks; ``events`` only count plays)."""
+    _require_columns(tracks, ("track_id", "genre"), uri_tracks)
+    _as_string(tracks, "genre", uri_tracks)
+    plays = events["track_id"] if "track_id" in events.columns else None
+    try:
+        return build_genre_vocabulary(tracks, plays)
+    except DataFormatError as exc:
+        raise DataFormatError(uri_tracks, exc.problem) from None
+
+
 def _prepare(
-    events: pl.DataFrame, tracks: pl.DataFrame, uri_events: str, uri_tracks: str
+    events: pl.DataFrame, tracks: pl.DataFrame, uri_events: str, uri_tracks: str, vocab: Vocabulary | None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     ev = _validate_events(events, uri_events)
-    cat = _validate_tracks(tracks, uri_tracks)
-    ev = ev.join(cat.select("track_id", "track_genre_id"), on="track_id", how="left")
+    vocab = vocab or _genre_vocabulary(ev, tracks, uri_tracks)
+    cat = _validate_tracks(tracks, uri_tracks, vocab)
+    genre = pl.col("track_genre_id")
+    # Affinity slot of each play: the genre's rank below GENRE_SLOTS, else GENRE_SLOTS (`other`, which
+    # also holds the vocabulary's own `other` id); null for a track missing from the catalog.
+    slot = pl.when((genre >= GENRE_SLOTS) | (genre == vocab.other_id)).then(pl.lit(GENRE_SLOTS)).otherwise(genre)
+    ev = ev.join(cat.select("track_id", "track_genre_id"), on="track_id", how="left").with_columns(
+        slot.cast(pl.Int64).alias("_slot")
+    )
     # A full sort key (not just ts) fixes the order of float sums, so the output bytes are stable.
     ev = ev.sort(["ts_us", "user_id", "track_id", "ms_played", "skipped"])
     return ev, cat
@@ -339,7 +374,9 @@ def _user_snapshot(events: pl.DataFrame, t: datetime, lookback_days: int, half_l
     in_7 = ts >= t_us - _SHORT_WINDOW_DAYS * _US_PER_DAY
     age_days = (pl.lit(t_us) - ts).cast(pl.Float64) / _US_PER_DAY
     weight = pl.when(in_lb & ~pl.col("skipped")).then(pl.lit(0.5).pow(age_days / half_life_days)).otherwise(0.0)
-    genre_w = [f"_w{i}" for i in range(len(GENRES))]
+    # Slot i < GENRE_SLOTS: the genre of rank i; slot GENRE_SLOTS: every other genre (see _prepare).
+    genre_w = [f"_w{i}" for i in range(GENRE_SLOTS + 1)]
+    slot = pl.col("_slot")
     window = _window(events, t_us, max(lookback_days, _SHORT_WINDOW_DAYS))
     agg = (
         window.group_by("user_id")
@@ -352,10 +389,7 @@ def _user_snapshot(events: pl.DataFrame, t: datetime, lookback_days: int, half_l
             # the window's newest event is also the newest event ever before T.
             ts.max().alias("last_us"),
             pl.col("ms_played").filter(in_lb).mean().alias("avg_ms"),
-            *(
-                pl.when(pl.col("track_genre_id") == i).then(weight).otherwise(0.0).sum().alias(w)
-                for i, w in enumerate(genre_w)
-            ),
+            *(pl.when(slot == i).then(weight).otherwise(0.0).sum().alias(w) for i, w in enumerate(genre_w)),
         )
         .filter(pl.col("plays") > 0)
     )
@@ -371,8 +405,8 @@ def _user_snapshot(events: pl.DataFrame, t: datetime, lookback_days: int, half_l
         ((pl.lit(t_us) - pl.col("last_us")) / _US_PER_DAY).cast(pl.Float32).alias("user_days_since_last_play"),
         pl.col("avg_ms").cast(pl.Float32).alias("user_avg_ms_played_28d"),
         *(
-            pl.when(total > 0).then(pl.col(w) / total).otherwise(0.0).cast(pl.Float32).alias(genre_affinity_column(g))
-            for g, w in zip(GENRES, genre_w, strict=True)
+            pl.when(total > 0).then(pl.col(w) / total).otherwise(0.0).cast(pl.Float32).alias(c)
+            for c, w in zip(GENRE_AFFINITY_COLUMNS, genre_w, strict=True)
         ),
     )
 
@@ -386,6 +420,7 @@ def user_features_frame(
     half_life_days: float = 14.0,
     events_uri: str = "<events>",
     tracks_uri: str = "<tracks>",
+    genre_vocabulary: Vocabulary | None = None,
 ) -> pl.DataFrame:
     """Daily point-in-time user feature snapshots, in memory.
 
@@ -397,6 +432,7 @@ def user_features_frame(
         half_life_days: Half-life of the recency weight of the genre affinity, in days.
         events_uri: Name of the events input in error messages.
         tracks_uri: Name of the catalog input in error messages.
+        genre_vocabulary: Whose ranks the affinity slots follow; None: built from ``tracks`` and ``events``.
 
     Returns:
         One row per (user, T) with columns of :data:`USER_FEATURES_SCHEMA`, sorted by user then T.
@@ -405,7 +441,9 @@ def user_features_frame(
         DataFormatError: An input misses a column or holds a value the contract forbids.
         InvalidInputError: A parameter is out of range or a snapshot time is naive.
     """
-    return _user_features(events, tracks, snapshots, lookback_days, half_life_days, events_uri, tracks_uri)[0]
+    return _user_features(
+        events, tracks, snapshots, lookback_days, half_life_days, events_uri, tracks_uri, genre_vocabulary
+    )[0]
 
 
 def _user_features(
@@ -416,9 +454,10 @@ def _user_features(
     half_life_days: float,
     events_uri: str,
     tracks_uri: str,
+    vocab: Vocabulary | None,
 ) -> tuple[pl.DataFrame, list[datetime]]:
     _check_params(lookback_days, half_life_days)
-    ev, _ = _prepare(events, tracks, events_uri, tracks_uri)
+    ev, _ = _prepare(events, tracks, events_uri, tracks_uri, vocab)
     times = _resolve_snapshots(ev, snapshots)
     parts = [_user_snapshot(ev, t, lookback_days, half_life_days) for t in times]
     return _finish(parts, _USER_DTYPES, "user_id"), times
@@ -457,6 +496,7 @@ def track_features_frame(
     lookback_days: int = 28,
     events_uri: str = "<events>",
     tracks_uri: str = "<tracks>",
+    genre_vocabulary: Vocabulary | None = None,
 ) -> pl.DataFrame:
     """Daily point-in-time track feature snapshots, in memory.
 
@@ -467,6 +507,7 @@ def track_features_frame(
         lookback_days: Length of the windowed (``*_28d``) features, in days.
         events_uri: Name of the events input in error messages.
         tracks_uri: Name of the catalog input in error messages.
+        genre_vocabulary: Whose ids ``track_genre_id`` holds; None: built from ``tracks`` and ``events``.
 
     Returns:
         One row per (track, T) with columns of :data:`TRACK_FEATURES_SCHEMA`, sorted by track then T.
@@ -476,7 +517,7 @@ def track_features_frame(
         DataFormatError: An input misses a column or holds a value the contract forbids.
         InvalidInputError: A parameter is out of range or a snapshot time is naive.
     """
-    return _track_features(events, tracks, snapshots, lookback_days, events_uri, tracks_uri)[0]
+    return _track_features(events, tracks, snapshots, lookback_days, events_uri, tracks_uri, genre_vocabulary)[0]
 
 
 def _track_features(
@@ -486,9 +527,10 @@ def _track_features(
     lookback_days: int,
     events_uri: str,
     tracks_uri: str,
+    vocab: Vocabulary | None,
 ) -> tuple[pl.DataFrame, list[datetime]]:
     _check_params(lookback_days)
-    ev, cat = _prepare(events, tracks, events_uri, tracks_uri)
+    ev, cat = _prepare(events, tracks, events_uri, tracks_uri, vocab)
     times = _resolve_snapshots(ev, snapshots)
     parts = [_track_snapshot(ev, t, lookback_days) for t in times]
     frame = _finish(parts, {c: _TRACK_DTYPES[c] for c in _TRACK_AGG_COLUMNS}, "track_id")
@@ -520,27 +562,53 @@ def _read_parquet(path: Path, columns: Sequence[str]) -> pl.DataFrame:
         raise DataFormatError(uri, f"not a readable Parquet file: {exc}") from exc
 
 
-def _write_parquet_atomic(frame: pl.DataFrame, schema: pa.Schema, out: Path) -> str:
-    """Write ``frame`` with ``schema`` to ``out`` atomically (temp beside + fsync + replace); return sha256."""
+def _write_parquet_atomic(frame: pl.DataFrame, schema: pa.Schema, out: Path, vocab: Vocabularies) -> str:
+    """Write ``frame`` with ``schema`` (and ``vocab`` in its metadata) to ``out`` atomically; return sha256."""
     import pyarrow.parquet as pq
 
     from aitasks.platform.files import atomic_path
 
-    table = frame.to_arrow().select(schema.names).cast(schema)
+    table = frame.to_arrow().select(schema.names).cast(schema.with_metadata(vocab.parquet_metadata()))
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
         digest = sha256_file(tmp)
     return digest  # noqa: RET504 - returned once the block has published the file
 
 
-def _report(frame: pl.DataFrame, key: str, times: list[datetime], digest: str) -> FeatureReport:
+def _report(frame: pl.DataFrame, key: str, times: list[datetime], digest: str, vocab: Vocabularies) -> FeatureReport:
     return FeatureReport(
         rows=frame.height,
         entities=frame[key].n_unique(),
         snapshots=[t.isoformat() for t in times],
         columns=list(frame.columns),
         sha256=digest,
+        genre_vocabulary=vocab.genres.version,
     )
+
+
+def build_vocabularies(events: Path, tracks: Path) -> Vocabularies:
+    """The genre and context vocabularies of a run, from its validated events and catalog (Parquet).
+
+    Genres are ranked by catalog tracks (then key; plays are counted for people), contexts by events.
+
+    Raises:
+        DataFormatError: An input is unreadable, misses a column, or a genre has no letter or digit.
+    """
+    return vocabularies_frame(
+        _read_parquet(events, ("track_id", "context")),
+        _read_parquet(tracks, ("track_id", "genre")),
+        events_uri=str(events),
+        tracks_uri=str(tracks),
+    )
+
+
+def vocabularies_frame(
+    events: pl.DataFrame, tracks: pl.DataFrame, *, events_uri: str = "<events>", tracks_uri: str = "<tracks>"
+) -> Vocabularies:
+    """:func:`build_vocabularies` of in-memory frames (events need ``track_id`` and ``context``)."""
+    _require_columns(events, ("track_id", "context"), events_uri)
+    genres = _genre_vocabulary(events, tracks, tracks_uri)
+    return Vocabularies(genres=genres, contexts=build_context_vocabulary(_as_string(events, "context", events_uri)))
 
 
 def compute_user_features(
@@ -551,6 +619,7 @@ def compute_user_features(
     snapshots: Sequence[datetime] | None = None,
     lookback_days: int = 28,
     half_life_days: float = 14.0,
+    vocabularies: Vocabularies | None = None,
 ) -> FeatureReport:
     """Compute user feature snapshots from Parquet files and write them to ``out`` (Parquet, atomic).
 
@@ -561,19 +630,23 @@ def compute_user_features(
         snapshots: Snapshot times (timezone-aware); None for the daily default.
         lookback_days: Length of the windowed features, in days.
         half_life_days: Half-life of the recency weight of the genre affinity, in days.
+        vocabularies: The run's vocabularies; None: :func:`build_vocabularies` of the inputs.
 
     Returns:
-        What was written.
+        What was written (the file's metadata holds the vocabularies).
 
     Raises:
         DataFormatError: An input is unreadable, misses a column or breaks the contract.
         InvalidInputError: A parameter is out of range.
     """
+    vocab = vocabularies or build_vocabularies(events, tracks)
     ev = _read_parquet(events, _EVENT_COLUMNS)
     cat = _read_parquet(tracks, _TRACK_COLUMNS)
-    frame, times = _user_features(ev, cat, snapshots, lookback_days, half_life_days, str(events), str(tracks))
-    digest = _write_parquet_atomic(frame, USER_FEATURES_SCHEMA, out)
-    return _report(frame, "user_id", times, digest)
+    frame, times = _user_features(
+        ev, cat, snapshots, lookback_days, half_life_days, str(events), str(tracks), vocab.genres
+    )
+    digest = _write_parquet_atomic(frame, USER_FEATURES_SCHEMA, out, vocab)
+    return _report(frame, "user_id", times, digest, vocab)
 
 
 def compute_track_features(
@@ -583,6 +656,7 @@ def compute_track_features(
     *,
     snapshots: Sequence[datetime] | None = None,
     lookback_days: int = 28,
+    vocabularies: Vocabularies | None = None,
 ) -> FeatureReport:
     """Compute track feature snapshots from Parquet files and write them to ``out`` (Parquet, atomic).
 
@@ -592,16 +666,18 @@ def compute_track_features(
         out: Output Parquet path; replaced atomically.
         snapshots: Snapshot times (timezone-aware); None for the daily default.
         lookback_days: Length of the windowed features, in days.
+        vocabularies: The run's vocabularies; None: :func:`build_vocabularies` of the inputs.
 
     Returns:
-        What was written.
+        What was written (the file's metadata holds the vocabularies).
 
     Raises:
         DataFormatError: An input is unreadable, misses a column or breaks the contract.
         InvalidInputError: A parameter is out of range.
     """
+    vocab = vocabularies or build_vocabularies(events, tracks)
     ev = _read_parquet(events, _EVENT_COLUMNS)
     cat = _read_parquet(tracks, _TRACK_COLUMNS)
-    frame, times = _track_features(ev, cat, snapshots, lookback_days, str(events), str(tracks))
-    digest = _write_parquet_atomic(frame, TRACK_FEATURES_SCHEMA, out)
-    return _report(frame, "track_id", times, digest)
+    frame, times = _track_features(ev, cat, snapshots, lookback_days, str(events), str(tracks), vocab.genres)
+    digest = _write_parquet_atomic(frame, TRACK_FEATURES_SCHEMA, out, vocab)
+    return _report(frame, "track_id", times, digest, vocab)

@@ -50,10 +50,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from aitasks.data_processing.contract import (
-    CONTEXTS,
     EVENT_COLUMNS,
     EVENTS_SCHEMA,
-    GENRES,
     MAX_DURATION_MS,
     MIN_RELEASE_YEAR,
     TRACK_COLUMNS,
@@ -61,7 +59,26 @@ from aitasks.data_processing.contract import (
 )
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
-__all__ = ["GeneratedDataset", "generate_dataset"]
+__all__ = ["CONTEXTS", "GENRES", "GeneratedDataset", "generate_dataset"]
+
+#: The generator's genres (the contract has none: genres are an open vocabulary). Order matters for
+#: the generator only: shares fall off along it, and the per-genre tables below follow it.
+GENRES: Final[tuple[str, ...]] = (
+    "pop",
+    "rock",
+    "hip_hop",
+    "electronic",
+    "jazz",
+    "classical",
+    "country",
+    "rnb",
+    "metal",
+    "folk",
+    "latin",
+    "ambient",
+)
+#: The generator's contexts (open in the contract too).
+CONTEXTS: Final[tuple[str, ...]] = ("playlist", "album", "artist", "search", "radio", "library")
 
 _TASK: Final = "data.generate"
 _DIM: Final = 16
@@ -511,7 +528,7 @@ DIRTY_KINDS: Final[tuple[tuple[str, str], ...]] = (
     ("negative_ms_played", "out_of_range:ms_played"),
     ("future_timestamp", "future_timestamp"),
     ("malformed_user_id", "bad_id:user_id"),
-    ("unknown_context", "unknown_context"),
+    ("bad_context", "bad_context"),
 )
 
 
@@ -532,8 +549,8 @@ def _with_dirty_rows(good: pa.Table, n: int, *, seed: int, end_ms: int) -> pa.Ta
             bad["ts"][i] = datetime.fromtimestamp(end_ms / 1000 + 30 * 86_400 + i, tz=UTC)
         elif kind == "malformed_user_id":
             bad["user_id"][i] = f"user {i}!"
-        elif kind == "unknown_context":
-            bad["context"][i] = "carplay"
+        elif kind == "bad_context":
+            bad["context"][i] = "--"  # no letter or digit: contexts are open, but not shapeless
     dirty = pa.Table.from_pydict(bad, schema=EVENTS_SCHEMA)
     # Bad rows land after the good row they copy, so a re-sent id always comes second.
     order = np.argsort(np.concatenate([np.arange(good.num_rows) * 2, src * 2 + 1]), kind="stable")

@@ -59,7 +59,7 @@ class GenerateDataResult(TaskModel):
     contract_version: str
 
 
-@ai_task(name="data.generate", version="1.0.0")
+@ai_task(name="data.generate", version="1.1.0")
 def generate_data_task(params: GenerateDataParams, ctx: TaskContext) -> GenerateDataResult:
     """Generate a synthetic catalog and listening events that follow the data contract.
 
@@ -139,7 +139,7 @@ class SourceDataResult(TaskModel):
         return {"sha256": sha, "synthetic": self.synthetic}
 
 
-@ai_task(name="data.source", version="1.0.0", retry=RetryPolicy(max_attempts=3))
+@ai_task(name="data.source", version="1.1.0", retry=RetryPolicy(max_attempts=3))
 def source_data_task(params: SourceDataParams, ctx: TaskContext) -> SourceDataResult:
     """Bring the run's input data into its storage: external files as they are, or synthetic data.
 
@@ -209,7 +209,7 @@ class IngestResult(TaskModel):
         return {"rows": self.good_rows}
 
 
-@ai_task(name="data.ingest", version="1.0.0", retry=RetryPolicy(max_attempts=3))
+@ai_task(name="data.ingest", version="1.1.0", retry=RetryPolicy(max_attempts=3))
 def ingest_events_task(params: IngestParams, ctx: TaskContext) -> IngestResult:
     """Validate listening events in chunks; write good rows and a quarantine file with a reason per row.
 
@@ -286,9 +286,14 @@ class FeaturesParams(TaskModel):
 class FeaturesResult(TaskModel):
     user_features_uri: OutputArtifact
     track_features_uri: OutputArtifact
+    #: The run's genre and context vocabularies (``vocabulary.json``); also in both files' metadata.
+    vocabulary_uri: OutputArtifact
     user_rows: Annotated[int, Metric(name="user_feature_rows")]
     track_rows: Annotated[int, Metric(name="track_feature_rows")]
     snapshots: Annotated[list[str], Metric()]
+    genres: Annotated[int, Metric()] = Field(description="Genres with their own id (the rest share `other`).")
+    contexts: Annotated[int, Metric()] = Field(description="Contexts seen in the events.")
+    genre_vocabulary: str = Field(description="Version (sha256) of the genre vocabulary.")
 
     @property
     def last_snapshot(self) -> str:
@@ -296,50 +301,80 @@ class FeaturesResult(TaskModel):
         return self.snapshots[-1]
 
     def artifact_metadata(self, field: str) -> dict[str, Any]:
-        return {"rows": self.user_rows if field == "user_features_uri" else self.track_rows}
+        if field == "vocabulary_uri":
+            return {"genres": self.genres, "contexts": self.contexts, "genre_vocabulary": self.genre_vocabulary}
+        rows = self.user_rows if field == "user_features_uri" else self.track_rows
+        return {"rows": rows, "genre_vocabulary": self.genre_vocabulary}
 
 
-@ai_task(name="data.features", version="1.0.0")
+@ai_task(name="data.features", version="2.0.0")
 def compute_features_task(params: FeaturesParams, ctx: TaskContext) -> FeaturesResult:
     """Compute point-in-time daily user and track feature snapshots.
 
     EN: Computes daily snapshots of user features (play counts, skip rate, recency-weighted genre
     affinity, active days, recency) and track features (popularity, skip rate, listeners, catalog
     attributes, audio placeholders) with polars. A snapshot at time T uses only events strictly before T.
+    Genres and contexts come from the data: a versioned vocabulary (genres ranked by catalog tracks,
+    spellings folded to one key) is written beside the features; the affinity is the share of the 16
+    largest genres plus one `other` share, so the feature columns stay fixed as genres come and go.
     FR: Calcule des instantanés quotidiens des caractéristiques des auditeurs (nombre d'écoutes, taux de
     titres passés, affinité de genre pondérée par la récence, jours actifs, récence) et des titres
     (popularité, taux de titres passés, auditeurs, attributs du catalogue, emplacements audio) avec
-    polars. Un instantané à l'instant T n'utilise que les événements strictement antérieurs à T.
+    polars. Un instantané à l'instant T n'utilise que les événements strictement antérieurs à T. Genres
+    et contextes viennent des données : un vocabulaire versionné (genres classés par nombre de titres,
+    graphies ramenées à une clé) est écrit à côté des caractéristiques ; l'affinité est la part des 16
+    plus grands genres plus une part `other`, si bien que les colonnes restent fixes quand les genres changent.
     DE: Berechnet tägliche Momentaufnahmen der Hörermerkmale (Wiedergaben, Überspringrate, nach Aktualität
     gewichtete Genre-Affinität, aktive Tage, Aktualität) und der Titelmerkmale (Popularität,
     Überspringrate, Hörer, Katalogattribute, Audio-Platzhalter) mit polars. Eine Momentaufnahme zum
-    Zeitpunkt T nutzt nur Ereignisse strikt vor T.
+    Zeitpunkt T nutzt nur Ereignisse strikt vor T. Genres und Kontexte kommen aus den Daten: ein
+    versioniertes Vokabular (Genres nach Zahl der Titel geordnet, Schreibweisen auf einen Schlüssel
+    zurückgeführt) wird neben die Merkmale geschrieben; die Affinität ist der Anteil der 16 größten
+    Genres plus ein Anteil `other`, sodass die Merkmalsspalten fest bleiben, wenn Genres kommen und gehen.
     """
-    from aitasks.data_processing.features import compute_track_features, compute_user_features
+    from aitasks.data_processing.features import build_vocabularies, compute_track_features, compute_user_features
 
     user_uri = ctx.output_uri("user_features.parquet")
     track_uri = ctx.output_uri("track_features.parquet")
+    vocab_uri = ctx.output_uri("vocabulary.json")
     with (
         local_copy(params.events_uri, ctx.storage) as events,
         local_copy(params.catalog_uri, ctx.storage) as catalog,
         ctx.publish(user_uri) as user_out,
         ctx.publish(track_uri) as track_out,
+        ctx.publish(vocab_uri) as vocab_out,
     ):
+        vocab = build_vocabularies(events, catalog)
+        vocab_out.write_text(vocab.to_json(), "utf-8")
         users = compute_user_features(
             events,
             catalog,
             user_out,
             lookback_days=params.lookback_days,
             half_life_days=params.half_life_days,
+            vocabularies=vocab,
         )
-        tracks = compute_track_features(events, catalog, track_out, lookback_days=params.lookback_days)
-    ctx.log.info("data.features", user_rows=users.rows, track_rows=tracks.rows, snapshots=len(users.snapshots))
+        tracks = compute_track_features(
+            events, catalog, track_out, lookback_days=params.lookback_days, vocabularies=vocab
+        )
+    ctx.log.info(
+        "data.features",
+        user_rows=users.rows,
+        track_rows=tracks.rows,
+        snapshots=len(users.snapshots),
+        genres=len(vocab.genres.terms),
+        genre_vocabulary=vocab.genres.version[:16],
+    )
     return FeaturesResult(
         user_features_uri=user_uri,
         track_features_uri=track_uri,
+        vocabulary_uri=vocab_uri,
         user_rows=users.rows,
         track_rows=tracks.rows,
         snapshots=list(users.snapshots),
+        genres=len(vocab.genres.terms),
+        contexts=len(vocab.contexts.terms),
+        genre_vocabulary=vocab.genres.version,
     )
 
 

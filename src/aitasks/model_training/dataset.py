@@ -5,6 +5,12 @@ vocabulary indices of the ids, a float32 matrix of dense features (NaN where a v
 an int64 matrix of categorical codes (-1 where missing). :class:`Interactions` pairs the user and
 item side of the training rows (one positive play per row).
 
+Genres come from the run's vocabulary (:mod:`aitasks.data_processing.vocabulary`): the item tower's
+genre embedding has one row per vocabulary id plus ``other`` (:func:`feature_spec`), and the user
+tower reads the fixed-width affinity slots. The vocabulary travels with the model
+(``vocabulary.json`` in its bundle); features computed with another vocabulary are re-expressed in
+the model's ids by :func:`align_genres` before they reach a tower.
+
 Missing values are normal here: the training set comes from a point-in-time join, so a play on a
 user's first day has no user snapshot yet, and the audio columns stay null until the audio-analysis
 family fills them. They are imputed by the model (see :mod:`aitasks.model_training.two_tower`), never
@@ -24,12 +30,14 @@ import numpy.typing as npt
 import polars as pl
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from aitasks.data_processing.contract import GENRES
+from aitasks.data_processing.contract import GENRE_AFFINITY_COLUMNS, GENRE_SLOTS, MAX_VOCABULARY
 from aitasks.data_processing.features import AUDIO_PLACEHOLDER_COLUMNS, USER_FEATURES_SCHEMA
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from aitasks.data_processing.vocabulary import Vocabulary
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -37,6 +45,8 @@ __all__ = [
     "IdVocab",
     "Interactions",
     "TowerInputs",
+    "align_genres",
+    "feature_spec",
     "interactions_from_frame",
     "tower_inputs",
 ]
@@ -82,23 +92,83 @@ class FeatureSpec(BaseModel):
 
 
 _USER_META: Final = ("user_id", "event_timestamp", "created_timestamp")
+_GENRE_ID: Final = "track_genre_id"
 
-#: The features the platform trains on: every user feature, the track statistics and catalog attributes.
-DEFAULT_SPEC: Final = FeatureSpec(
-    user_dense=tuple(n for n in USER_FEATURES_SCHEMA.names if n not in _USER_META),
-    user_categorical=(),
-    item_dense=(
-        "track_plays_28d",
-        "track_listeners_28d",
-        "track_skip_rate_28d",
-        "track_popularity",
-        "track_duration_ms",
-        "track_release_year",
-        "track_explicit",
-        *AUDIO_PLACEHOLDER_COLUMNS,
-    ),
-    item_categorical=(("track_genre_id", len(GENRES)),),
-)
+
+def feature_spec(genre_ids: int) -> FeatureSpec:
+    """The features the platform trains on, with a genre embedding of ``genre_ids`` rows.
+
+    Every user feature (the genre affinity slots included), the track statistics and catalog
+    attributes, and ``track_genre_id`` as a categorical. ``genre_ids`` is the vocabulary's
+    :attr:`~aitasks.data_processing.vocabulary.Vocabulary.size` (its ids plus ``other``).
+    """
+    return FeatureSpec(
+        user_dense=tuple(n for n in USER_FEATURES_SCHEMA.names if n not in _USER_META),
+        user_categorical=(),
+        item_dense=(
+            "track_plays_28d",
+            "track_listeners_28d",
+            "track_skip_rate_28d",
+            "track_popularity",
+            "track_duration_ms",
+            "track_release_year",
+            "track_explicit",
+            *AUDIO_PLACEHOLDER_COLUMNS,
+        ),
+        item_categorical=((_GENRE_ID, genre_ids),),
+    )
+
+
+#: :func:`feature_spec` for the largest vocabulary (every genre id fits); a model trained on a training
+#: set sizes its genre embedding from the set's own vocabulary instead.
+DEFAULT_SPEC: Final = feature_spec(MAX_VOCABULARY + 1)
+
+
+def align_genres(frame: pl.DataFrame, *, source: Vocabulary, target: Vocabulary) -> pl.DataFrame:
+    """Re-express the genre columns of ``frame``, computed with ``source``, in ``target``'s ids.
+
+    ``track_genre_id``: the id of the same genre key in ``target``, or ``target``'s ``other`` (a genre
+    it does not know or keeps past its cap). Affinity slots: each ``source`` slot's share moves to the
+    ``target`` slot of the same genre, or to ``other``; ``source``'s ``other`` share stays ``other``
+    (which genres it held is not in the features). Columns absent from ``frame`` are left alone; the
+    same vocabulary (same version) returns ``frame`` unchanged.
+    """
+    if source.version == target.version:
+        return frame
+    where = {k: i for i, k in enumerate(target.keys)}
+    to_target = [where.get(k, target.other_id) for k in source.keys]
+    out = frame
+    if _GENRE_ID in frame.columns:
+        mapping = pl.DataFrame(
+            {"_src": list(range(source.size)), "_dst": [*to_target, target.other_id]},
+            schema=[("_src", pl.Int64), ("_dst", pl.Int64)],
+        )
+        ids = pl.DataFrame({"_src": frame[_GENRE_ID].cast(pl.Int64)}).join(
+            mapping, on="_src", how="left", maintain_order="left"
+        )
+        # An id outside the source vocabulary is not a genre of it: `other` in the target too.
+        dst = ids.select(
+            pl.when(pl.col("_src").is_null()).then(None).otherwise(pl.col("_dst").fill_null(target.other_id))
+        ).to_series()
+        out = out.with_columns(dst.cast(frame.schema[_GENRE_ID]).alias(_GENRE_ID))
+    if all(c in frame.columns for c in GENRE_AFFINITY_COLUMNS):
+        # The target slot of each source slot: the same genre's rank when it has a slot, else `other`.
+        slot_of = [GENRE_SLOTS] * GENRE_SLOTS
+        for i, t in enumerate(to_target[:GENRE_SLOTS]):
+            if t < GENRE_SLOTS and t != target.other_id:
+                slot_of[i] = t
+        src = [pl.col(c).cast(pl.Float64) for c in GENRE_AFFINITY_COLUMNS]
+        dst_exprs = []
+        for j, name in enumerate(GENRE_AFFINITY_COLUMNS):
+            parts = [src[i] for i in range(GENRE_SLOTS) if slot_of[i] == j]
+            if j == GENRE_SLOTS:
+                parts.append(src[GENRE_SLOTS])
+            total = pl.sum_horizontal(parts) if parts else pl.lit(0.0)
+            # A row without a user snapshot has every slot missing: it stays missing (the model imputes).
+            total = pl.when(src[GENRE_SLOTS].is_null()).then(None).otherwise(total)
+            dst_exprs.append(total.cast(frame.schema[name]).alias(name))
+        out = out.with_columns(dst_exprs)
+    return out
 
 
 class IdVocab:

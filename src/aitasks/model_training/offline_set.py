@@ -41,7 +41,7 @@ def _as_of(frame: pl.DataFrame, feats: pl.DataFrame, key: str, on: str) -> pl.Da
 def training_set_from_events(
     events: pl.DataFrame, tracks: pl.DataFrame, out_dir: Path, *, holdout_days: int = 1
 ) -> datetime:
-    """Write ``train``/``users``/``items``/``targets``/``history`` Parquet files into ``out_dir``.
+    """Write ``train``/``users``/``items``/``targets``/``history`` Parquet files and ``vocabulary.json``.
 
     Args:
         events: Contract events (``user_id, track_id, ts, ms_played, skipped`` at least).
@@ -55,7 +55,8 @@ def training_set_from_events(
     Raises:
         InvalidInputError: No training plays or no held-out plays.
     """
-    from aitasks.data_processing.features import track_features_frame, user_features_frame
+    from aitasks.data_processing.features import track_features_frame, user_features_frame, vocabularies_frame
+    from aitasks.data_processing.vocabulary import VOCABULARY_FILE
 
     last = events["ts"].max()
     assert isinstance(last, datetime)
@@ -66,10 +67,13 @@ def training_set_from_events(
     targets = future.filter(~pl.col("skipped")).select("user_id", "track_id").unique().sort("user_id", "track_id")
     if positives.height == 0 or targets.height == 0:
         raise InvalidInputError(_TASK, [FieldIssue("holdout_days", "no training plays or no held-out plays")])
-    # Features from history only: a snapshot at split_at must not see the held-out day.
-    user_feats = user_features_frame(history, tracks)
-    track_feats = track_features_frame(history, tracks)
+    # Features (and the genre vocabulary) from history only: a snapshot at split_at must not see the
+    # held-out day.
+    vocab = vocabularies_frame(history, tracks)
+    user_feats = user_features_frame(history, tracks, genre_vocabulary=vocab.genres)
+    track_feats = track_features_frame(history, tracks, genre_vocabulary=vocab.genres)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / VOCABULARY_FILE).write_text(vocab.to_json(), "utf-8")
 
     train = positives.select("user_id", "track_id", "ts")
     train = _as_of(_as_of(train, user_feats, "user_id", "ts"), track_feats, "track_id", "ts")

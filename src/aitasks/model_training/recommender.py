@@ -20,6 +20,7 @@ import polars as pl
 from aitasks.runtime.errors import DataFormatError
 
 if TYPE_CHECKING:
+    from aitasks.data_processing.vocabulary import Vocabularies
     from aitasks.model_training.evaluation import MetricName, RetrievalMetrics
     from aitasks.model_training.two_tower import TrainConfig, TrainReport
 
@@ -40,16 +41,32 @@ def _read(ts_dir: Path, name: str) -> pl.DataFrame:
         raise DataFormatError(str(path), f"not a readable training-set file: {exc}") from None
 
 
+def read_vocabularies(directory: Path) -> Vocabularies | None:
+    """The vocabularies of a training set or a model bundle (``vocabulary.json``); None when it has none
+    (made before vocabularies: the model then has the largest genre embedding and no mapping to check).
+
+    Raises:
+        DataFormatError: The file exists but is not a valid vocabulary artifact.
+    """
+    from aitasks.data_processing.vocabulary import VOCABULARY_FILE, Vocabularies
+
+    path = directory / VOCABULARY_FILE
+    return Vocabularies.read(path) if path.is_file() else None
+
+
 def train_recommender(
     ts_dir: Path, out_dir: Path, tcfg: TrainConfig, *, arch: dict[str, Any] | None = None
 ) -> TrainReport:
     """Train the two-tower model on ``ts_dir/train.parquet`` and save it (safetensors + JSON) in ``out_dir``.
 
     The user vocabulary holds every user of the training rows and of the held-out users; the item
-    vocabulary every catalog track. ``popularity.json`` (most played tracks of the training window)
-    rides along as the model's fallback for users it cannot embed.
+    vocabulary every catalog track. The genre embedding has one row per id of the training set's
+    genre vocabulary plus ``other``, and the vocabularies (``vocabulary.json``) are saved beside the
+    weights, so whoever embeds with the model maps genres as training did. ``popularity.json`` (most
+    played tracks of the training window) rides along as the model's fallback for users it cannot embed.
     """
-    from aitasks.model_training.dataset import DEFAULT_SPEC, IdVocab, interactions_from_frame
+    from aitasks.data_processing.vocabulary import VOCABULARY_FILE
+    from aitasks.model_training.dataset import DEFAULT_SPEC, IdVocab, feature_spec, interactions_from_frame
     from aitasks.model_training.two_tower import fit_config, row_keys, save_model, train_two_tower
 
     train = _read(ts_dir, "train.parquet")
@@ -57,13 +74,17 @@ def train_recommender(
     items = _read(ts_dir, "items.parquet")
     user_vocab = IdVocab.build([*train["user_id"].to_list(), *users["user_id"].to_list()])
     item_vocab = IdVocab.build(items["track_id"].to_list())
-    data = interactions_from_frame(train, DEFAULT_SPEC, user_vocab, item_vocab)
-    config = fit_config(data, DEFAULT_SPEC, len(user_vocab), len(item_vocab), **(arch or {}))
+    vocab = read_vocabularies(ts_dir)
+    spec = DEFAULT_SPEC if vocab is None else feature_spec(vocab.genres.size)
+    data = interactions_from_frame(train, spec, user_vocab, item_vocab)
+    config = fit_config(data, spec, len(user_vocab), len(item_vocab), **(arch or {}))
     # The epoch order follows what each row is (user, track, time), not its position in the file.
     times = train["event_timestamp"].dt.epoch("us").fill_null(0).to_numpy()
     keys = row_keys(train["user_id"].to_list(), train["track_id"].to_list(), times)
     model, report = train_two_tower(config, data, tcfg, keys=keys)
     save_model(model, out_dir, user_vocab=user_vocab, item_vocab=item_vocab)
+    if vocab is not None:
+        (out_dir / VOCABULARY_FILE).write_text(vocab.to_json(), "utf-8")
     top = items.sort(["train_plays", "track_id"], descending=[True, False]).head(POPULARITY_TOP)
     (out_dir / POPULARITY_FILE).write_text(
         json.dumps({"tracks": top["track_id"].to_list(), "plays": top["train_plays"].to_list()}), "utf-8"
@@ -107,14 +128,23 @@ def load_holdout(ts_dir: Path, *, exclude_seen: bool) -> Holdout:
 
 
 def embed_for_holdout(model_dir: Path, ts_dir: Path, holdout: Holdout | HeldOutDay) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors, item vectors) of the held-out users and the catalog, in ``holdout``'s order."""
-    from aitasks.model_training.dataset import tower_inputs
+    """(user vectors, item vectors) of the held-out users and the catalog, in ``holdout``'s order.
+
+    When the model and the training set carry different genre vocabularies (a champion trained on
+    an earlier day), the set's genre ids and affinity slots are first re-expressed in the model's
+    (:func:`~aitasks.model_training.dataset.align_genres`).
+    """
+    from aitasks.model_training.dataset import align_genres, tower_inputs
     from aitasks.model_training.two_tower import load_model
 
     model, user_vocab, item_vocab = load_model(model_dir)
     spec = model.config.spec
     users = _read(ts_dir, "users.parquet")
     items = _read(ts_dir, "items.parquet")
+    model_vocab, set_vocab = read_vocabularies(model_dir), read_vocabularies(ts_dir)
+    if model_vocab is not None and set_vocab is not None:
+        users = align_genres(users, source=set_vocab.genres, target=model_vocab.genres)
+        items = align_genres(items, source=set_vocab.genres, target=model_vocab.genres)
     uv = model.embed_users(
         tower_inputs(
             users, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical

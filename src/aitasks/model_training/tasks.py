@@ -67,7 +67,7 @@ class TrainingSetResult(TaskModel):
         return {"snapshot_hash": self.snapshot_hash}
 
 
-@ai_task(name="reco.training_set", version="1.0.0", retry=RetryPolicy(max_attempts=3))
+@ai_task(name="reco.training_set", version="1.1.0", retry=RetryPolicy(max_attempts=3))
 def training_set_task(params: TrainingSetParams, ctx: TaskContext) -> TrainingSetResult:
     """Build the recommender's training set from Feast with a time-based split.
 
@@ -86,7 +86,7 @@ def training_set_task(params: TrainingSetParams, ctx: TaskContext) -> TrainingSe
     Trainingszeilen, zurückgehaltene Hörer und Ziele, den Katalogstand und bereits gehörte Paare als ein
     Bündel von Parquet-Dateien.
     """
-    from aitasks.model_training.training_set import build_training_set
+    from aitasks.model_training.training_set import build_training_set, read_feature_vocabularies
     from aitasks.platform import feature_store as fs
     from aitasks.runtime.bundle import publish_bundle
     from aitasks.runtime.storage import local_copy
@@ -105,10 +105,17 @@ def training_set_task(params: TrainingSetParams, ctx: TaskContext) -> TrainingSe
             track_features=track_features,
             online_store=params.online_store,
         )
+        # The vocabularies the features were computed with travel on to the model.
+        vocab = read_feature_vocabularies(user_features, track_features)
         # Applying is idempotent; it points the registry's offline sources at this step's files.
         fs.apply_repo(cfg)
         report = build_training_set(
-            cfg, events=events, tracks=catalog, out_dir=Path(tmp), holdout_days=params.holdout_days
+            cfg,
+            events=events,
+            tracks=catalog,
+            out_dir=Path(tmp),
+            holdout_days=params.holdout_days,
+            vocabularies=vocab,
         )
         uri = publish_bundle(
             ctx.storage,
@@ -167,7 +174,7 @@ class TrainResult(TaskModel):
         return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
 
 
-@ai_task(name="model.train", version="1.1.0", retry=RetryPolicy(max_attempts=2))
+@ai_task(name="model.train", version="1.2.0", retry=RetryPolicy(max_attempts=2))
 def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
     """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
 
@@ -251,10 +258,6 @@ class EvaluateParams(TaskModel):
     model_name: str = Field(
         default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="Registered model whose champion to compare."
     )
-    exclude_seen: bool = Field(
-        default=True,
-        description="Deprecated, no effect: both protocols are always evaluated; `serving_mode` sets the gate's.",
-    )
     serving_mode: Literal["auto", "all", "discovery"] = Field(
         default="auto",
         description="Serving mode and gate protocol: all (keep played), discovery (drop played), or auto (the "
@@ -304,7 +307,7 @@ def _champion_state(params: Any, rt: Runtime) -> dict[str, Any]:
     return {"champion": None if champion is None else champion.version}
 
 
-@ai_task(name="model.evaluate", version="2.0.0", retry=RetryPolicy(max_attempts=3), state=_champion_state)
+@ai_task(name="model.evaluate", version="2.1.0", retry=RetryPolicy(max_attempts=3), state=_champion_state)
 def evaluate_model_task(params: EvaluateParams, ctx: TaskContext) -> EvaluateResult:
     """Evaluate the model on the held-out day under two protocols; choose the serving mode; gate it.
 

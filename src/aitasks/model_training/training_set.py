@@ -14,6 +14,8 @@ Outputs (Parquet, one directory):
 - ``targets.parquet``: distinct (``user_id``, ``track_id``) played, not skipped, in the held-out days.
 - ``history.parquet``: distinct (``user_id``, ``track_id``) played before ``split_at`` (skips
   included): what serving filters out as "already played".
+- ``vocabulary.json``: the genre and context vocabularies the features were computed with (when
+  given): which genre each ``track_genre_id`` and affinity slot means.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputErro
 from aitasks.runtime.hashing import sha256_file, sha256_json
 
 if TYPE_CHECKING:
+    from aitasks.data_processing.vocabulary import Vocabularies
     from aitasks.platform.feature_store import FeastConfig
 
 _TASK: Final = "reco.training_set"
@@ -64,6 +67,7 @@ def build_training_set(
     out_dir: Path,
     holdout_days: int = 1,
     feature_service: str = "reco_training",
+    vocabularies: Vocabularies | None = None,
 ) -> TrainingSetReport:
     """Write the training set, the held-out targets and the catalog snapshot to ``out_dir``.
 
@@ -74,6 +78,7 @@ def build_training_set(
         out_dir: Output directory (created).
         holdout_days: Number of final days held out for evaluation.
         feature_service: Feast feature service with the user and track features.
+        vocabularies: The vocabularies of the feature files, written as ``vocabulary.json``.
 
     Returns:
         The report, with the sha256 of every file and a snapshot hash over them.
@@ -130,7 +135,13 @@ def build_training_set(
     seen = history.group_by("user_id", "track_id").agg(plays=pl.len()).sort("user_id", "track_id")
     seen.write_parquet(out_dir / "history.parquet")
 
-    files = {name: sha256_file(out_dir / name) for name in FILES}
+    names = list(FILES)
+    if vocabularies is not None:
+        from aitasks.data_processing.vocabulary import VOCABULARY_FILE
+
+        (out_dir / VOCABULARY_FILE).write_text(vocabularies.to_json(), "utf-8")
+        names.append(VOCABULARY_FILE)
+    files = {name: sha256_file(out_dir / name) for name in names}
     snapshot = sha256_json({"events": sha256_file(events), "tracks": sha256_file(tracks)})
     return TrainingSetReport(
         split_at=split_at,
@@ -155,3 +166,25 @@ def _read(path: Path, columns: tuple[str, ...]) -> pl.DataFrame:
     if missing:
         raise DataFormatError(str(path), f"missing columns: {', '.join(missing)}")
     return frame.select(columns)
+
+
+def read_feature_vocabularies(user_features: Path, track_features: Path) -> Vocabularies:
+    """The vocabularies both feature files were computed with (their Parquet metadata).
+
+    Raises:
+        DataFormatError: A file carries no vocabulary, or the two files carry different genre
+            vocabularies (their slots and ids would mean different genres); the message names both
+            versions and the rule.
+    """
+    from aitasks.data_processing.vocabulary import read_parquet_vocabularies
+
+    users = read_parquet_vocabularies(user_features)
+    tracks = read_parquet_vocabularies(track_features)
+    if users.genres.version != tracks.genres.version:
+        raise DataFormatError(
+            str(track_features),
+            f"genre vocabulary {tracks.genres.version[:16]} differs from the user features' "
+            f"{users.genres.version[:16]} ({user_features}); rule: user and track features of one training "
+            "set come from one data.features run",
+        )
+    return users

@@ -19,7 +19,8 @@ Rules, in precedence order (a bad row gets the reason of the first rule it break
    Parquet timestamp type without a zone). Zoned timestamps are converted to UTC.
 5. ``bad_id:<col>``: ``event_id``, ``user_id`` or ``track_id`` breaks ``ID_PATTERN``.
 6. ``out_of_range:ms_played``: outside ``[0, MAX_MS_PLAYED]``.
-7. ``unknown_context``: not one of ``CONTEXTS``.
+7. ``bad_context``: no letter or digit (an empty key under the vocabulary's ``fold-v1`` policy) or
+   longer than ``MAX_CONTEXT_CHARS``. Contexts are an open vocabulary: any other value is good.
 8. ``unknown_track_id``: not in the catalog.
 9. ``future_timestamp``: later than ``now + FUTURE_TOLERANCE_S``.
 10. ``duplicate_event_id``: a row that passes every rule above but whose ``event_id`` already

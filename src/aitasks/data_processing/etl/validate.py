@@ -12,17 +12,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aitasks.data_processing.contract import (
-    CONTEXTS,
     EVENT_COLUMNS,
     EVENT_ID_COLUMNS,
     EVENTS_SCHEMA,
     FALSE_TEXTS,
     ID_PATTERN,
+    MAX_CONTEXT_CHARS,
     MAX_MS_PLAYED,
     QUARANTINE_EXTRA_COLUMNS,
     TRUE_TEXTS,
 )
 from aitasks.data_processing.etl.read import _Chunk
+from aitasks.data_processing.vocabulary import fold_series
 
 #: Quarantine file schema: every contract column as text, then the extra columns.
 QUARANTINE_SCHEMA: Final = pa.schema(
@@ -46,6 +47,7 @@ _SPILL_SCHEMA: Final = pa.schema(
 _ZONED_TS: Final = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:?\d{2})$"
 _NAIVE_TS: Final = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?$"
 _INT_TEXT: Final = r"^[+-]?\d+$"
+_CONTEXT_KEY: Final = "_context_key"
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -201,7 +203,11 @@ def _event_rules(track_ids: pl.Series, limit: datetime) -> list[tuple[str, pl.Ex
     rules += [(f"bad_id:{c}", ~pl.col(c).str.contains(ID_PATTERN)) for c in EVENT_ID_COLUMNS]
     ms = pl.col("ms_played")
     rules.append(("out_of_range:ms_played", _breaks("ms_played", "overflow") | (ms < 0) | (ms > MAX_MS_PLAYED)))
-    rules.append(("unknown_context", ~pl.col("context").is_in(list(CONTEXTS))))
+    # Contexts are an open vocabulary: any value with a letter or digit (its fold-v1 key is not empty),
+    # at most MAX_CONTEXT_CHARS long.
+    rules.append(
+        ("bad_context", (pl.col(_CONTEXT_KEY) == "") | (pl.col("context").str.len_chars() > MAX_CONTEXT_CHARS))
+    )
     rules.append(("unknown_track_id", ~pl.col("track_id").is_in(track_ids.implode())))
     rules.append(("future_timestamp", pl.col("ts") > pl.lit(limit, _UTC)))
     return rules
@@ -226,6 +232,7 @@ class _Validated:
 def _validate_chunk(chunk: _Chunk, track_ids: pl.Series, limit: datetime) -> _Validated:
     table = chunk.table
     parsed = _parse_frame(table, _EVENT_KINDS)
+    parsed = parsed.with_columns(fold_series(parsed["context"]).alias(_CONTEXT_KEY))
     reason = parsed.select(_reason_expr(_event_rules(track_ids, limit)).alias("_reason"))["_reason"]
     is_bad = reason.is_not_null()
     is_good = ~is_bad

@@ -1,8 +1,9 @@
 """Names and typed schemas of the recommender's feature repository (no Feast import).
 
 The feature columns follow the Parquet files written by :mod:`aitasks.data_processing.features`
-(and through :func:`~aitasks.data_processing.contract.genre_affinity_column` the events contract);
-every other module of this package takes its names from here.
+(the genre affinity columns come from :data:`~aitasks.data_processing.contract.GENRE_AFFINITY_COLUMNS`:
+a fixed width of vocabulary ranks, so the views never change when genres come and go); every other
+module of this package takes its names from here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from aitasks.data_processing.contract import GENRES, genre_affinity_column
+from aitasks.data_processing.contract import GENRE_AFFINITY_COLUMNS
 
 __all__ = [
     "CREATED_FIELD",
@@ -45,7 +46,8 @@ USER_FEATURES: Final[tuple[tuple[str, str], ...]] = (
     ("user_active_days_28d", "Int64"),
     ("user_days_since_last_play", "Float32"),
     ("user_avg_ms_played_28d", "Float32"),
-    *((genre_affinity_column(g), "Float32") for g in GENRES),
+    # Shares of the 16 most played genres of the run's vocabulary (by rank), then of all the others.
+    *((c, "Float32") for c in GENRE_AFFINITY_COLUMNS),
 )
 
 #: Feature columns of ``track_features`` and their Feast dtype names. The ``audio_*`` columns are
@@ -55,7 +57,7 @@ TRACK_FEATURES: Final[tuple[tuple[str, str], ...]] = (
     ("track_listeners_28d", "Int64"),
     ("track_skip_rate_28d", "Float32"),
     ("track_popularity", "Float32"),
-    ("track_genre_id", "Int64"),
+    ("track_genre_id", "Int64"),  # rank in the run's genre vocabulary; its size = `other`
     ("track_duration_ms", "Int64"),
     ("track_release_year", "Int64"),
     ("track_explicit", "Int64"),
