@@ -879,9 +879,10 @@ def _recall_markdown(curves: dict[str, list[tuple[int, float]]], *, at: int = 10
     values = {name: next((r for k, r in pts if k == at), float("nan")) for name, pts in curves.items()}
     finite = [v for v in values.values() if math.isfinite(v)]
     if finite:
-        top = max(finite) or 1.0
+        top = _nice_ceiling(max(finite))
         pad = max(len(n) for n in values)
-        out += ["", f"recall@{at}, one bar per ranker and protocol (full width = {top:.4f}):", "", "```text"]
+        out += ["", f"recall@{at}, one bar per ranker and protocol (bars start at 0; full width = {top:g}):"]
+        out += ["", "```text"]
         out += [
             f"{name.ljust(pad)}  {text_bar(v, top)}  {_fmt(v) if math.isfinite(v) else 'n/a'}"
             for name, v in values.items()
