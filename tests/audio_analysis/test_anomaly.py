@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from aitasks.audio_analysis.anomaly import (
-    Z_CAP,
     FP_BYTES_PER_MINUTE,
+    Z_CAP,
     DuplicatePair,
     Flag,
     OutlierScore,
@@ -23,8 +23,8 @@ from aitasks.audio_analysis.anomaly import (
     fingerprint_similarity,
     near_duplicates,
     outlier_flags,
-    robust_z,
     quarantine_flag,
+    robust_z,
     signal_stats,
 )
 from aitasks.runtime.errors import DataFormatError, InvalidInputError

@@ -13,6 +13,7 @@ frame, console and navigations are then seen by the one page session.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -54,6 +55,10 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
+
+
+#: Events that announce a navigation of a frame (besides ``Page.frameNavigated``, which carries a frame).
+_NAVIGATING = {"Page.frameRequestedNavigation", "Page.frameStartedNavigating", "Page.navigatedWithinDocument"}
 
 
 class BrowserError(RuntimeError):
@@ -147,9 +152,7 @@ class Page:
             p = e.get("params", {})
             if e["method"] == "Page.frameNavigated":
                 out.append((p["frame"]["id"], p["frame"].get("url", "")))
-            elif e["method"] in {"Page.frameRequestedNavigation", "Page.frameStartedNavigating"}:
-                out.append((p["frameId"], p.get("url", "")))
-            elif e["method"] == "Page.navigatedWithinDocument":
+            elif e["method"] in _NAVIGATING:
                 out.append((p["frameId"], p.get("url", "")))
         return out
 
@@ -229,10 +232,8 @@ class Browser:
     def settle(self, seconds: float) -> None:
         """Read events for ``seconds`` (navigations a click may have started)."""
         end = time.monotonic() + seconds
-        try:
+        with contextlib.suppress(BrowserError):
             self.wait(lambda: time.monotonic() >= end, seconds + 1.0)
-        except BrowserError:
-            pass
 
     def new_page(self, width: int = 1200, height: int = 900) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -255,10 +256,8 @@ class Browser:
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:
-                try:
+                with contextlib.suppress(Exception):  # already gone: the process is ended below
                     self.ws.send(json.dumps({"id": 10**9, "method": "Browser.close"}))
-                except Exception:  # already gone: the process is ended below
-                    pass
                 self.ws.close()
         finally:
             try:

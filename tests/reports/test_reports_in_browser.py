@@ -32,8 +32,9 @@ MODES = ("standalone", "kfp")
 #: sandboxed with allow-scripts only, at least 600 px high, its document set through ``srcdoc``).
 KFP_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Kubeflow Pipelines: run details</title>
-<style>body{{margin:0;font-family:sans-serif}}header{{background:#1a73e8;color:#fff;padding:14px 20px;font-size:18px}}
-main{{padding:12px 20px}}iframe{{border:1px solid rgba(0,0,0,.12);box-sizing:border-box;width:100%;height:640px}}</style>
+<style>body{{margin:0;font-family:sans-serif}}
+header{{background:#1a73e8;color:#fff;padding:14px 20px;font-size:18px}}main{{padding:12px 20px}}
+iframe{{border:1px solid rgba(0,0,0,.12);box-sizing:border-box;width:100%;height:640px}}</style>
 </head><body><header>Kubeflow Pipelines · Run details · {name}</header>
 <main><p>Visualization: Static HTML</p><iframe sandbox="allow-scripts" srcdoc="{srcdoc}"></iframe></main>
 </body></html>
@@ -43,7 +44,8 @@ main{{padding:12px 20px}}iframe{{border:1px solid rgba(0,0,0,.12);box-sizing:bor
 MARKDOWN_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:16px 24px;color:#202124;font-size:14px}}
-.markdown-viewer h1,.markdown-viewer h2{{padding-bottom:.3em;border-bottom:1px solid #eee;font-size:initial;font-weight:700}}
+.markdown-viewer h1,.markdown-viewer h2{{padding-bottom:.3em;border-bottom:1px solid #eee;font-size:initial;
+font-weight:700}}
 .markdown-viewer code,.markdown-viewer pre{{background-color:#f8f8f8;border-radius:5px}}
 .markdown-viewer pre{{border:solid 1px #eee;margin:7px 0;padding:7px}}
 table{{border-collapse:collapse}}th,td{{border:1px solid #ddd;padding:3px 8px}}</style></head>
@@ -55,7 +57,8 @@ PROBE = """(() => {
   const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
     return {x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height}; };
   const counts = {};
-  for (const e of document.querySelectorAll('[data-count]')) (counts[e.dataset.count] ||= []).push(e.textContent.trim());
+  for (const e of document.querySelectorAll('[data-count]'))
+    (counts[e.dataset.count] ||= []).push(e.textContent.trim());
   return {
     title: document.title, url: location.href, scroll: [scrollX, scrollY],
     imgs: [...document.images].map(i => ({cls: i.className, alt: i.alt, complete: i.complete,
@@ -64,7 +67,8 @@ PROBE = """(() => {
     figures: [...document.querySelectorAll('figure[data-track]')].map(f => ({track: f.dataset.track, box: box(f),
       spec: box(f.querySelector('img.spec')), bar: box(f.querySelector('img.colourbar'))})),
     counts,
-    tables: [...document.querySelectorAll('table')].map(t => [...t.rows].map(r => [...r.cells].map(c => c.textContent.trim()))),
+    tables: [...document.querySelectorAll('table')].map(
+      t => [...t.rows].map(r => [...r.cells].map(c => c.textContent.trim()))),
     pres: [...document.querySelectorAll('pre')].map(p => p.textContent),
     links: [...document.querySelectorAll('a[href], area[href], [onclick]')].map(a => a.getAttribute('href')),
     text: document.body.innerText,
@@ -131,7 +135,8 @@ def agreeing_counts(probe: dict[str, Any]) -> dict[str, int]:
 def table(probe: dict[str, Any], first_header: str) -> list[list[str]]:
     found = [t for t in probe["tables"] if t and t[0] and t[0][0] == first_header]
     assert found, f"no table headed {first_header!r}"
-    return found[0]
+    rows: list[list[str]] = found[0]
+    return rows
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -201,11 +206,13 @@ def test_audio_report_reads_right(browser: Browser, site: Site, audio_report: Au
             audio_report.flags,
         )
         codes = table(probe, "code")
-        assert sum(int(r[2]) for r in codes[1:-1]) == c["errors"] and sum(int(r[3]) for r in codes[1:-1]) == c["warnings"]
+        assert (
+            sum(int(r[2]) for r in codes[1:-1]) == c["errors"] and sum(int(r[3]) for r in codes[1:-1]) == c["warnings"]
+        )
         reasons = table(probe, "reason")
         assert sum(int(r[1]) for r in reasons[1:-1]) == c["quarantined"]
         # Run metadata is a table of plain values, never a Python dict; robust z-scores stay bounded.
-        assert table(probe, "key")[1:] and "{'" not in probe["text"] and "{\"" not in probe["text"]
+        assert table(probe, "key")[1:] and "{'" not in probe["text"] and '{"' not in probe["text"]
         zs = [float(z) for z in re.findall(r"z=([+-]\d+(?:\.\d+)?)", probe["text"])]
         assert zs and max(abs(z) for z in zs) < 30
         # Histograms carry a count axis and a labelled median.
@@ -271,7 +278,9 @@ def check_evaluation_numbers(probe: dict[str, Any]) -> None:
             from_tables[f"{ranker} · {protocol}"] = recall[header.index(ranker)]
     assert from_curves == from_tables
     (bars,) = [p for p in probe["pres"] if "█" in p]
-    from_bars = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^(.+?)\s+[█▉▊▋▌▍▎▏ ]*\s(\d\.\d{4})$", bars, re.M)}
+    from_bars = {
+        m.group(1).strip(): m.group(2) for m in re.finditer(r"^(.+?)\s+[█▉▊▋▌▍▎▏ ]*\s(\d\.\d{4})$", bars, re.M)
+    }
     assert from_bars == from_tables
 
 
