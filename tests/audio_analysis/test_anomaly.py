@@ -10,6 +10,7 @@ import pytest
 
 from aitasks.audio_analysis.anomaly import (
     FP_BYTES_PER_MINUTE,
+    Z_CAP,
     DuplicatePair,
     Flag,
     OutlierScore,
@@ -23,6 +24,7 @@ from aitasks.audio_analysis.anomaly import (
     near_duplicates,
     outlier_flags,
     quarantine_flag,
+    robust_z,
     signal_stats,
 )
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
@@ -331,6 +333,20 @@ def test_planted_outliers_rank_top_and_are_explained() -> None:
     assert {t for t, _ in flags} >= set(planted)
     odd = dict(flags)["odd_1"]
     assert odd.code == "outlier" and names[5] in odd.reason
+
+
+def test_robust_z_of_a_near_constant_feature_does_not_explode() -> None:
+    """A catalog where most tracks share one flatness and one silent track is at 1.0 (the report's z=+1620)."""
+    rng = np.random.default_rng(3)
+    flat = 0.001 + 1e-5 * rng.standard_normal(27)
+    flat[5] = 1.0
+    tempo = rng.normal(120.0, 10.0, 27)
+    z, kept = robust_z(np.column_stack([flat, tempo, np.full(27, 2.0)]))
+    assert list(kept) == [0, 1]  # the constant column is dropped
+    assert abs(z[5, 0]) <= Z_CAP and z[5, 0] > 5  # far out, but a bounded, readable number
+    assert np.all(np.abs(np.delete(z[:, 0], 5)) < 1)  # the ordinary tracks are ordinary
+    gaussian = z[:, 1]
+    assert 0.5 < float(np.std(gaussian)) < 1.5  # MAD scale: about one standard deviation
 
 
 def test_non_finite_features_are_refused_naming_row_and_feature() -> None:

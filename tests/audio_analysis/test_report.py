@@ -1,4 +1,7 @@
-"""The HTML report: sections, counts, inline SVG/PNG, escaping, no external resources."""
+"""The HTML report: sections, counts, inline SVG/PNG, escaping, no external resources.
+
+How it looks in a browser (standalone and in KFP's sandboxed iframe) is tested in tests/reports/.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,19 @@ import numpy as np
 import pytest
 
 from aitasks.audio_analysis.anomaly import DuplicatePair, Flag, OutlierScore
-from aitasks.audio_analysis.report import colormap, encode_png, histogram_svg, render_report, spectrogram_png
+from aitasks.audio_analysis.report import (
+    ReportCounts,
+    SpectrogramScale,
+    colormap,
+    encode_png,
+    histogram_svg,
+    render_report,
+    spectrogram_png,
+)
 
 HOSTILE = "<script>alert(1)</script>"
+IDS = [f"t{i:03d}" for i in range(40)]
+SCALE = SpectrogramScale(full_scale_db=40.0)
 
 
 def png_size(png: bytes) -> tuple[int, int]:
@@ -72,9 +85,13 @@ def page() -> str:
         DuplicatePair(a="t010", b="t011", similarity=0.9312),
         DuplicatePair(a=HOSTILE, b="t020", similarity=0.85),
     ]
-    spectrograms = [("t010", rng.normal(-40, 10, (64, 256)).astype(np.float16)), (HOSTILE, np.full((128, 900), -30.0))]
+    spectrograms = [
+        ("t010", rng.normal(-40, 10, (64, 256)).astype(np.float16), 12.0),
+        (HOSTILE, np.full((128, 900), -30.0)),  # no duration: a frame axis
+    ]
     return render_report(
         title=f"Catalog analysis {HOSTILE}",
+        track_ids=[*IDS[:39], "weird01"],
         feature_table=table,
         flags=flags,
         quarantine=quarantine,
@@ -82,14 +99,15 @@ def page() -> str:
         duplicates=duplicates,
         spectrograms=spectrograms,
         classes={"rock": 12, "jazz": 5, HOSTILE: 1},
-        meta={"run": "run-42", "git": "abc123", "note": HOSTILE},
+        meta={"run": "run-42", "git": "abc123", "note": HOSTILE, "config": {"rules": {"min_duration_s": 10.0}}},
+        spectrogram_scale=SCALE,
         max_rows=25,
     )
 
 
 def test_sections_and_counts(page: str) -> None:
     assert page.startswith("<!DOCTYPE html>")
-    for anchor in (
+    for anchor in (  # sections are named (ids), though nothing links to them
         "summary",
         "anomalies",
         "quarantine",
@@ -100,17 +118,25 @@ def test_sections_and_counts(page: str) -> None:
         "classes",
     ):
         assert f'id="{anchor}"' in page
-    # summary cards: tracks, quarantined, flagged tracks, errors, warnings, outliers, duplicate pairs
-    cards = {label: int(v) for v, label in re.findall(r'<div class="card"><b>(\d+)</b>([^<]+)</div>', page)}
-    assert cards == {
-        "tracks analysed": 40,
-        "quarantined files": 61,
-        "flagged tracks": 4,
-        "error flags": 1,
-        "warning flags": 3,
+    counts = {k: set(re.findall(rf'data-count="{k}">(\d+)<', page)) for k in ReportCounts.__dataclass_fields__}
+    assert {k: int(v.pop()) for k, v in counts.items() if len(v) == 1} == {
+        "files": 101,
+        "analysed": 40,
+        "quarantined": 61,
+        "flagged_tracks": 3,
+        "flags": 4,
+        "flags_on_tracks": 3,
+        "flags_on_quarantined": 1,  # the hostile id is no analysed track: a quarantined file's flag
+        "errors": 1,
+        "warnings": 3,
         "outliers": 1,
-        "duplicate pairs": 2,
-    }
+        "duplicate_pairs": 2,
+    }, "every count shows one value wherever it appears"
+    # metadata: a table with dotted keys, never a Python dict
+    assert "<td>config.rules.min_duration_s</td><td>10</td>" in page and "{" not in page.split("<body>")[1]
+    # no in-page links (they would load the parent page inside KFP's srcdoc iframe); sections fold instead
+    assert "<a " not in page and 'href="#' not in page
+    assert page.count("<details open") == 8
     # anomaly counts by code: silence has one error and one warning on two tracks
     assert re.search(
         r"<td>silence</td><td>[^<]*</td><td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">2</td>", page
@@ -122,7 +148,7 @@ def test_sections_and_counts(page: str) -> None:
     # outliers: the top one first, with its explaining features
     assert page.index("weird01") < page.index("t029")
     assert "loudness_lufs (z=-9.50), rms_mean (z=+4.25)" in page
-    assert "1 of 31 tracks are outliers." in page
+    assert '<span data-count="outliers">1</span> of <span data-count="analysed">40</span> analysed' in page
     assert "0.931" in page  # duplicate similarity
     assert "1 non-finite left out" in page  # tempo_bpm's NaN
     assert '<td>rock</td><td class="num">12</td>' in page
@@ -130,12 +156,53 @@ def test_sections_and_counts(page: str) -> None:
 
 
 def test_inline_svg_and_png(page: str) -> None:
-    assert page.count("<svg") == 3  # tempo_bpm, loudness_lufs, duration_s present; the others absent
-    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # tempo_bpm, loudness_lufs, duration_s histograms (the others absent) + the axes of 2 spectrograms
+    assert page.count("<svg") == 5
+    uris = re.findall(r'class="spec" alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(uris) == 2
     sizes = [png_size(base64.b64decode(u)) for u in uris]
     assert sizes[0] == (256, 128)  # 64 bands repeated to 128 rows
     assert sizes[1] == (450, 128)  # 900 frames averaged 2:1 under the 512-pixel limit
+    assert page.count('class="colourbar"') == 2
+    # every spectrogram is drawn at the same size, with its axes and colour bar labelled
+    assert page.count("width:320px;height:150px") == 2
+    assert "time (s)" in page and "frequency (Hz, mel scale)" in page and page.count(">dBFS<") == 2
+    # histograms: a count axis and a labelled median
+    assert page.count(">tracks</text>") == 3 and page.count(">median ") == 3
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """The RGB pixels of a PNG written by :func:`encode_png` (filter type 0 on every row)."""
+    width, height = png_size(png)
+    idat = b"".join(
+        png[pos + 8 : pos + 8 + struct.unpack(">I", png[pos : pos + 4])[0]]
+        for pos in _chunks(png)
+        if png[pos + 4 : pos + 8] == b"IDAT"
+    )
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + 3 * width)
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def _chunks(png: bytes) -> list[int]:
+    pos, out = 8, []
+    while pos < len(png):
+        out.append(pos)
+        pos += 12 + struct.unpack(">I", png[pos : pos + 4])[0]
+    return out
+
+
+def test_spectrogram_colours_are_on_one_fixed_dbfs_range() -> None:
+    floor = tuple(colormap(np.array([0.0]))[0])
+    top = tuple(colormap(np.array([1.0]))[0])
+    # Digital silence (librosa's amin floor, -100 dB) is the bottom colour, not its own peak's yellow.
+    silent = png_pixels(spectrogram_png(np.full((64, 40), -100.0), full_scale_db=40.0))
+    assert {tuple(p) for p in silent.reshape(-1, 3)} == {floor}
+    # A full-scale tone reaches the top colour; the same tone 40 dB down sits mid-range.
+    loud = png_pixels(spectrogram_png(np.full((64, 40), 40.0), full_scale_db=40.0))
+    quiet = png_pixels(spectrogram_png(np.full((64, 40), 0.0), full_scale_db=40.0))
+    assert tuple(loud[0, 0]) == top and tuple(quiet[0, 0]) == tuple(colormap(np.array([0.5]))[0])
+    # A short clip (10 frames) is widened to the minimum width, not drawn as a sliver.
+    assert png_size(spectrogram_png(np.zeros((64, 10)))) == (260, 128)
 
 
 def test_data_is_escaped_and_nothing_external(page: str) -> None:
@@ -150,6 +217,7 @@ def test_data_is_escaped_and_nothing_external(page: str) -> None:
 def test_empty_report_renders() -> None:
     page = render_report(
         title="empty",
+        track_ids=["a"],
         feature_table={},
         flags=[],
         quarantine=[],
@@ -159,6 +227,7 @@ def test_empty_report_renders() -> None:
         duplicates=[],
         spectrograms=[],
         meta={},
+        spectrogram_scale=SCALE,
     )
     for text in (
         "No anomaly flags.",
@@ -178,7 +247,7 @@ def test_png_encoder_and_colormap() -> None:
     rgb = colormap(np.array([0.0, 0.5, 1.0, np.nan]))
     assert rgb.shape == (4, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0]) == (68, 1, 84) and tuple(rgb[2]) == (253, 231, 37) and tuple(rgb[3]) == (68, 1, 84)
-    assert png_size(spectrogram_png(np.full((40, 10), np.nan))) == (10, 160)
+    assert png_size(spectrogram_png(np.full((40, 10), np.nan))) == (260, 160)
     with pytest.raises(ValueError):
         encode_png(np.zeros((0, 3), np.uint8))
     assert "no finite values" in histogram_svg("x", [float("nan")])

@@ -590,6 +590,13 @@ def duplicate_flags(pairs: Sequence[DuplicatePair], *, threshold: float = 0.8) -
 MIN_OUTLIER_ROWS: Final = 10
 #: Share of the forest's splits that go to the two summary columns (largest ``|z|``, RMS of ``z``).
 SUMMARY_SHARE: Final = 0.2
+#: Robust z-scores are capped here: further out the number carries no more meaning, and one
+#: near-constant feature must not dominate the forest's summary columns.
+Z_CAP: Final = 30.0
+#: The robust scale of a feature is at least this share of its standard deviation ...
+SCALE_FLOOR_STD: Final = 0.1
+#: ... and at least this share of its ``|median|`` (a feature with float noise around one value).
+SCALE_FLOOR_REL: Final = 1e-3
 
 
 class OutlierScore(BaseModel):
@@ -610,10 +617,14 @@ class OutlierScore(BaseModel):
 
 
 def robust_z(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Robust z-scores of each column: ``(x - median) / (IQR / 1.349)``.
+    """Robust z-scores of each column: ``(x - median) / scale``, capped at ``±``:data:`Z_CAP`.
 
-    A column with a zero IQR (mostly one value) falls back to its standard deviation; a constant
-    column is dropped.
+    ``scale`` is the median absolute deviation (``1.4826 · MAD``: one standard deviation for a
+    Gaussian column) floored at :data:`SCALE_FLOOR_STD` of the column's standard deviation and
+    :data:`SCALE_FLOOR_REL` of its ``|median|``. Without the floor a column where most tracks share
+    one value (the flatness of clean tonal music, say) has a MAD near 0, and one silent track lands
+    at ``z = +1620``: a number that says nothing and drowns every other feature. A constant column
+    is dropped.
 
     Args:
         matrix: ``(n, d)`` finite values.
@@ -621,16 +632,14 @@ def robust_z(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(z, kept)``: float32 z-scores of the kept columns, and the kept column indices.
     """
-    x = np.asarray(matrix, dtype=np.float32)
-    q25, med, q75 = np.percentile(x, [25.0, 50.0, 75.0], axis=0)
-    # 1.349 = IQR of a standard normal: z is then in standard deviations for Gaussian columns.
-    scale = (q75 - q25) / 1.349
-    zero = scale <= 0
-    if zero.any():
-        scale[zero] = x[:, zero].std(axis=0, dtype=np.float64)
-    kept = np.flatnonzero(scale > 0)
-    z = (x[:, kept] - med[kept].astype(np.float32)) / scale[kept].astype(np.float32)
-    return z.astype(np.float32, copy=False), kept
+    x = np.asarray(matrix, dtype=np.float32)  # float32 throughout: a big catalog's matrix is not copied wider
+    med = np.median(x, axis=0)
+    mad = 1.4826 * np.median(np.abs(x - med), axis=0).astype(np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    scale = np.maximum.reduce([mad, SCALE_FLOOR_STD * std, SCALE_FLOOR_REL * np.abs(med.astype(np.float64))])
+    kept = np.flatnonzero((std > 0) & (scale > 0))
+    z = (x[:, kept] - med[kept]) / scale[kept].astype(np.float32)
+    return np.clip(z, -Z_CAP, Z_CAP).astype(np.float32, copy=False), kept
 
 
 def forest_input(z: np.ndarray) -> np.ndarray:
@@ -753,7 +762,11 @@ def outlier_flags(scores: Sequence[OutlierScore]) -> list[tuple[str, Flag]]:
     for s in scores:
         if not s.is_outlier:
             continue
-        why = ", ".join(f"{name} z={z:+.1f}" for name, z in s.top_features) or "no single feature stands out"
+        why = ", ".join(
+            f"{name} z{'≥' if z >= Z_CAP else '≤' if z <= -Z_CAP else '='}{max(-Z_CAP, min(Z_CAP, z)):+.1f}"
+            for name, z in s.top_features
+        )
+        why = why or "no single feature stands out"
         out.append(
             (
                 s.id,

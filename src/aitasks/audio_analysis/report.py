@@ -1,10 +1,20 @@
 """A self-contained HTML report of a catalog analysis (the pipeline's KFP HTML artifact).
 
-One file, no external resources: no CDN, no JavaScript, no web fonts. Histograms are inline SVG
-drawn here; spectrograms are inline ``data:image/png;base64`` images from a small PNG encoder
-(zlib + struct) with a viridis-like colour ramp applied in numpy, which is much faster than
-matplotlib and needs no font cache. A Content-Security-Policy meta tag forbids anything but inline
-styles and ``data:`` images, so even a bug in escaping could not load or run anything.
+One file, no external resources: no CDN, no JavaScript, no web fonts. Histograms and the axes of the
+spectrograms are inline SVG drawn here; spectrograms and their colour bar are inline
+``data:image/png;base64`` images from a small PNG encoder (zlib + struct) with a viridis-like colour
+ramp applied in numpy, which is much faster than matplotlib and needs no font cache. A
+Content-Security-Policy meta tag forbids anything but inline styles and ``data:`` images, so even a
+bug in escaping could not load or run anything.
+
+The page must read right where people open it: the KFP UI shows an HTML artifact inside an
+``<iframe sandbox="allow-scripts" srcdoc=...>``. A ``srcdoc`` document takes its parent's base URL,
+so an in-page link ``href="#x"`` would load the KFP page itself into the frame: the report has no
+links at all, its sections are ``<details>`` that fold without JavaScript.
+
+Every count on the page comes from one :class:`ReportCounts`, computed once from the data and shown
+as a table; every element that shows a count carries ``data-count="<name>"`` so a test (or a reader's
+script) can check that the page agrees with itself.
 
 Every string that comes from data (track ids, URIs, reasons, feature names, labels, metadata) goes
 through :func:`html.escape`; only markup built here is marked safe (:class:`_Html`).
@@ -13,17 +23,19 @@ through :func:`html.escape`; only markup built here is marked safe (:class:`_Htm
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
 import struct
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 
-from aitasks.audio_analysis.anomaly import FLAG_CODES, DuplicatePair, Flag, OutlierScore
+from aitasks.audio_analysis.anomaly import FLAG_CODES, Z_CAP, DuplicatePair, Flag, OutlierScore
 
 #: Features whose distributions are drawn when present (others can be asked for by name).
 DEFAULT_DISTRIBUTIONS: Final[tuple[str, ...]] = (
@@ -51,18 +63,27 @@ _RAMP: Final = np.array(
     dtype=np.float64,
 )
 
+#: Geometry of a spectrogram figure (pixels): plot area, colour bar, whole box.
+_SPEC_LEFT, _SPEC_TOP, _SPEC_W, _SPEC_H = 56, 8, 320, 150
+_BAR_LEFT, _BAR_W = _SPEC_LEFT + _SPEC_W + 14, 12
+_SPEC_BOX_W, _SPEC_BOX_H = _BAR_LEFT + _BAR_W + 62, _SPEC_TOP + _SPEC_H + 40
+
 _CSS: Final = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1100px;color:#222;
 padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+h1{font-size:1.6em;margin-bottom:.2em}
+details{margin-top:1.2em}summary{cursor:pointer;border-bottom:1px solid #ccc;padding-bottom:.2em}
+summary h2{display:inline;font-size:1.3em;margin:0}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:.8em}
+tr.total td{font-weight:600;background:#fafafa}
+.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:.6em 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:8em}
 .card b{display:block;font-size:1.5em}.muted{color:#777}.error{color:#b00020;font-weight:600}.warning{color:#a36a00}
 .grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:.85em;color:#555;word-break:break-all}
-.bar{background:#3b518b;height:.9em}img.spec{image-rendering:pixelated;border:1px solid #ccc;max-width:520px}
+.bar{background:#3b518b;height:.9em}
+.specbox{position:relative}.specbox img{position:absolute;image-rendering:pixelated}
 """
 
 
@@ -89,25 +110,137 @@ def _tag(name: str, *children: object, attrs: str = "") -> _Html:
     return _Html(f"{open_}{_join(children)}</{name}>")
 
 
-def _num(value: float, fmt: str = ".3g") -> _Html:
-    return _tag("td", format(value, fmt) if math.isfinite(value) else str(value), attrs='class="num"')
+def _num(value: float, fmt: str = ".3g", *, count: str = "") -> _Html:
+    """A right-aligned number cell; ``count`` names the :class:`ReportCounts` field it shows."""
+    attrs = 'class="num"' + (f' data-count="{count}"' if count else "")
+    return _tag("td", format(value, fmt) if math.isfinite(value) else str(value), attrs=attrs)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, max_rows: int | None = None) -> _Html:
+def _count(name: str, value: int, tag: str = "span") -> _Html:
+    """An inline count, marked with the name of the :class:`ReportCounts` field it shows."""
+    return _tag(tag, str(value), attrs=f'data-count="{name}"')
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    max_rows: int | None = None,
+    total: Sequence[object] | None = None,
+) -> _Html:
     """A table; cells that are not markup are escaped; rows past ``max_rows`` are summarised."""
     shown = rows if max_rows is None else rows[:max_rows]
+
+    def cells(row: Sequence[object]) -> _Html:
+        return _join(c if isinstance(c, _Html) and c.startswith("<td") else _tag("td", c) for c in row)
+
     head = _tag("tr", *(_tag("th", h) for h in headers))
-    body = [
-        _tag("tr", *(c if isinstance(c, _Html) and c.startswith("<td") else _tag("td", c) for c in row))
-        for row in shown
-    ]
+    body = [_tag("tr", cells(row)) for row in shown]
+    if total is not None:
+        body.append(_tag("tr", cells(total), attrs='class="total"'))
     more = len(rows) - len(shown)
     tail = _tag("p", f"… and {more} more", attrs='class="muted"') if more > 0 else _Html("")
     return _join([_tag("table", head, *body), tail])
 
 
 def _section(anchor: str, heading: str, *content: object) -> _Html:
-    return _tag("section", _tag("h2", heading), *content, attrs=f'id="{anchor}"')
+    """A section that folds without JavaScript (``<details open>``); ``id`` only names it, nothing links to it."""
+    return _tag(
+        "details",
+        _tag("summary", _tag("h2", heading)),
+        *content,
+        attrs=f'open id="{anchor}"',
+    )
+
+
+def _muted(text: str) -> _Html:
+    return _tag("p", text, attrs='class="muted"')
+
+
+# ------------------------------------------------------------------------------ counts
+
+
+@dataclass(frozen=True)
+class ReportCounts:
+    """Every count the report shows, computed once from the data (the page's single source).
+
+    ``files = analysed + quarantined``; flags are split by where they sit: on an analysed track
+    (``flags_on_tracks``, spread over ``flagged_tracks`` tracks) or on a quarantined file (the
+    decoder's refusal, ``flags_on_quarantined``); ``flags = errors + warnings``.
+    """
+
+    files: int
+    analysed: int
+    quarantined: int
+    flagged_tracks: int
+    flags: int
+    flags_on_tracks: int
+    flags_on_quarantined: int
+    errors: int
+    warnings: int
+    outliers: int
+    duplicate_pairs: int
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        track_ids: Sequence[str],
+        flags: Sequence[tuple[str, Flag]],
+        quarantine: Sequence[tuple[str, str, str]],
+        outliers: Sequence[OutlierScore],
+        duplicates: Sequence[DuplicatePair],
+    ) -> ReportCounts:
+        """Count the report's inputs; a flag whose id is not an analysed track sits on a quarantined file."""
+        analysed = set(track_ids)
+        on_tracks = [t for t, _ in flags if t in analysed]
+        severity = Counter(f.severity for _, f in flags)
+        return cls(
+            files=len(track_ids) + len(quarantine),
+            analysed=len(track_ids),
+            quarantined=len(quarantine),
+            flagged_tracks=len(set(on_tracks)),
+            flags=len(flags),
+            flags_on_tracks=len(on_tracks),
+            flags_on_quarantined=len(flags) - len(on_tracks),
+            errors=severity.get("error", 0),
+            warnings=severity.get("warning", 0),
+            outliers=sum(1 for o in outliers if o.is_outlier and o.id in analysed),
+            duplicate_pairs=len(duplicates),
+        )
+
+    def rows(self) -> list[tuple[str, str, int]]:
+        """``(field, label, value)`` in reading order."""
+        share = f" ({100.0 * self.flagged_tracks / self.analysed:.0f}% of analysed)" if self.analysed else ""
+        return [
+            ("files", "files in the catalog listing (analysed + quarantined)", self.files),
+            ("analysed", "analysed tracks", self.analysed),
+            ("quarantined", "quarantined files (refused, not analysed)", self.quarantined),
+            ("flagged_tracks", f"analysed tracks with at least one flag{share}", self.flagged_tracks),
+            ("flags", "flags in all (errors + warnings)", self.flags),
+            ("flags_on_tracks", "flags on analysed tracks", self.flags_on_tracks),
+            ("flags_on_quarantined", "flags on quarantined files (the decoder's refusal)", self.flags_on_quarantined),
+            ("errors", "error flags", self.errors),
+            ("warnings", "warning flags", self.warnings),
+            ("outliers", "statistical outliers among analysed tracks", self.outliers),
+            ("duplicate_pairs", "near-duplicate pairs", self.duplicate_pairs),
+        ]
+
+
+def _flatten(meta: Mapping[str, object], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested metadata as ``(dotted key, text)`` rows: never a Python ``repr`` of a dict."""
+    rows: list[tuple[str, str]] = []
+    for key, value in meta.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows.extend(_flatten(value, f"{name}.") if value else [(name, "")])
+        elif isinstance(value, list | tuple):
+            rows.append((name, ", ".join(str(v) for v in value)))
+        elif isinstance(value, float):
+            rows.append((name, format(value, ".6g")))
+        else:
+            rows.append((name, "" if value is None else str(value)))
+    return rows
 
 
 # ------------------------------------------------------------------------------ images
@@ -149,18 +282,75 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
-def spectrogram_png(
-    log_mel_db: np.ndarray, *, top_db: float = 80.0, max_width: int = 512, min_height: int = 128
-) -> bytes:
-    """A log-mel spectrogram as a PNG: low bands at the bottom, ``top_db`` of range under the peak.
+@dataclass(frozen=True)
+class SpectrogramScale:
+    """How log-mel thumbnails are coloured and labelled: one fixed dBFS range for every image.
 
-    Wide spectrograms are averaged down to ``max_width`` columns; short ones are repeated up to
-    ``min_height`` rows (pixelated, not blurred).
+    Attributes:
+        full_scale_db: The log-mel dB value of a full-scale sine (0 dBFS); the feature extractor's
+            dB are relative to an unnormalised STFT power, so this anchors them.
+        floor_dbfs: Bottom of the colour range; the top is 0 dBFS. A silent track is all floor colour.
+        sample_rate: Rate the analysis resampled to (the top of the frequency axis is its Nyquist).
+        fmin: Lowest mel band edge in Hz.
+        fmax: Highest mel band edge in Hz; ``None`` is Nyquist.
+    """
+
+    full_scale_db: float = 0.0
+    floor_dbfs: float = -80.0
+    sample_rate: int = 22050
+    fmin: float = 0.0
+    fmax: float | None = None
+
+    @property
+    def top_hz(self) -> float:
+        return float(self.fmax) if self.fmax is not None else self.sample_rate / 2.0
+
+
+@functools.lru_cache(maxsize=8)
+def measure_spectrogram_scale(sample_rate: int = 22050, *, floor_dbfs: float = -80.0) -> SpectrogramScale:
+    """The scale of the analysis's log-mel thumbnails at ``sample_rate`` (default feature settings).
+
+    The 0 dBFS anchor is measured, not assumed: a full-scale 1 kHz sine goes through the same
+    :func:`~aitasks.audio_analysis.features.extract_features` and its loudest log-mel value is 0 dBFS.
+    """
+    from aitasks.audio_analysis.features import FeatureConfig, extract_features
+
+    cfg = FeatureConfig()
+    t = np.arange(sample_rate, dtype=np.float64) / sample_rate
+    sine = np.sin(2.0 * np.pi * 1000.0 * t).astype(np.float32)
+    log_mel = extract_features(sine, sample_rate, cfg, frames=True).log_mel
+    assert log_mel is not None
+    return SpectrogramScale(
+        full_scale_db=float(np.max(log_mel)),
+        floor_dbfs=floor_dbfs,
+        sample_rate=sample_rate,
+        fmin=cfg.fmin,
+        fmax=cfg.fmax,
+    )
+
+
+def spectrogram_png(
+    log_mel_db: np.ndarray,
+    *,
+    full_scale_db: float = 0.0,
+    floor_dbfs: float = -80.0,
+    max_width: int = 512,
+    min_width: int = 256,
+    min_height: int = 128,
+) -> bytes:
+    """A log-mel spectrogram as a PNG on a fixed colour range: ``floor_dbfs`` .. 0 dBFS.
+
+    The range is the same for every image (never each image's own peak), so silence is the
+    bottom colour and a quiet track looks quiet. Low bands are at the bottom. Wide spectrograms
+    are averaged down to ``max_width`` columns; narrow ones (short clips) are repeated up to
+    ``min_width`` columns and short ones up to ``min_height`` rows (pixelated, not blurred).
 
     Args:
-        log_mel_db: ``(n_mels, frames)`` in dB.
-        top_db: Dynamic range shown.
+        log_mel_db: ``(n_mels, frames)`` in the feature extractor's dB.
+        full_scale_db: The dB value that is 0 dBFS (see :class:`SpectrogramScale`).
+        floor_dbfs: dBFS at the bottom of the colour range (negative).
         max_width: Widest image in pixels.
+        min_width: Narrowest image in pixels.
         min_height: Smallest image height in pixels.
 
     Returns:
@@ -168,16 +358,17 @@ def spectrogram_png(
     """
     spec = np.asarray(log_mel_db, dtype=np.float32)
     if spec.ndim != 2 or spec.size == 0:
-        spec = np.zeros((1, 1), np.float32)
-    finite = np.isfinite(spec)
-    peak = float(spec[finite].max()) if finite.any() else 0.0
-    norm = np.where(finite, (spec - (peak - top_db)) / top_db, 0.0)
+        spec = np.full((1, 1), np.nan, np.float32)
+    dbfs = spec.astype(np.float64) - full_scale_db
+    norm = np.where(np.isfinite(dbfs), (dbfs - floor_dbfs) / -floor_dbfs, 0.0)
     frames = norm.shape[1]
     if frames > max_width:
         group = math.ceil(frames / max_width)
         pad = (-frames) % group
         padded = np.pad(norm, ((0, 0), (0, pad)), mode="edge")
         norm = padded.reshape(norm.shape[0], -1, group).mean(axis=2)
+    elif frames < min_width:
+        norm = np.repeat(norm, math.ceil(min_width / frames), axis=1)
     norm = norm[::-1]
     if norm.shape[0] < min_height:
         norm = np.repeat(norm, math.ceil(min_height / norm.shape[0]), axis=0)
@@ -188,8 +379,111 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 5 x 10^k steps) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = first
+    while v <= hi + 1e-9 * step:
+        ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _mel(hz: float) -> float:
+    """Slaney mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    if hz < 1000.0:
+        return 3.0 * hz / 200.0
+    return 15.0 + 27.0 * math.log(hz / 1000.0) / math.log(6.4)
+
+
+def _hz_label(hz: float) -> str:
+    return f"{hz / 1000:.3g}k" if hz >= 1000 else f"{hz:.0f}"
+
+
+def _colour_bar_png(height: int = 128) -> bytes:
+    return encode_png(colormap(np.linspace(1.0, 0.0, height)[:, None].repeat(4, axis=1)))
+
+
+def spectrogram_figure(
+    track: str, log_mel_db: np.ndarray, duration_s: float | None, scale: SpectrogramScale, *, note: str = ""
+) -> _Html:
+    """A spectrogram with its time and frequency axes and a dBFS colour bar, at a fixed size.
+
+    Every figure has the same plot size whatever the clip's length (a 0.5 s clip is as wide as a
+    5-minute track), the same colour range, and says what it shows in its caption.
+    """
+    png = spectrogram_png(log_mel_db, full_scale_db=scale.full_scale_db, floor_dbfs=scale.floor_dbfs)
+    x0, y0, w, h = _SPEC_LEFT, _SPEC_TOP, _SPEC_W, _SPEC_H
+    parts = [
+        f'<svg width="{_SPEC_BOX_W}" height="{_SPEC_BOX_H}" viewBox="0 0 {_SPEC_BOX_W} {_SPEC_BOX_H}" '
+        'font-size="10" font-family="sans-serif" aria-hidden="true">',
+        f'<rect x="{x0 - 0.5}" y="{y0 - 0.5}" width="{w + 1}" height="{h + 1}" fill="none" stroke="#444"/>',
+    ]
+    # time axis: the thumbnail spans the whole track
+    frames = log_mel_db.shape[1] if log_mel_db.ndim == 2 else 0
+    span, unit = (float(duration_s), "time (s)") if duration_s and duration_s > 0 else (float(frames), "frame")
+    for t in _nice_ticks(0.0, span, 6) if span > 0 else [0.0]:
+        x = x0 + (t / span * w if span > 0 else 0.0)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{y0 + h}" x2="{x:.1f}" y2="{y0 + h + 4}" stroke="#444"/>'
+            f'<text x="{x:.1f}" y="{y0 + h + 14}" text-anchor="middle">{t:g}</text>'
+        )
+    parts.append(f'<text x="{x0 + w / 2:.1f}" y="{y0 + h + 28}" text-anchor="middle">{unit}</text>')
+    # frequency axis: mel-spaced, labelled in Hz
+    lo, hi = _mel(scale.fmin), _mel(scale.top_hz)
+
+    def y_of(hz: float) -> float:
+        return y0 + h - (_mel(hz) - lo) / (hi - lo) * h
+
+    top_y = y_of(scale.top_hz)
+    placed: list[float] = []
+    for hz in (scale.fmin, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, scale.top_hz):
+        y = y_of(hz)
+        # Keep labels 11 px apart (the Nyquist label at the top wins over a tick just under it).
+        if not scale.fmin <= hz <= scale.top_hz or any(abs(y - p) < 11 for p in placed):
+            continue
+        if hz != scale.top_hz and abs(y - top_y) < 11:
+            continue
+        placed.append(y)
+        parts.append(
+            f'<line x1="{x0 - 4}" y1="{y:.1f}" x2="{x0}" y2="{y:.1f}" stroke="#444"/>'
+            f'<text x="{x0 - 6}" y="{y + 3.5:.1f}" text-anchor="end">{_hz_label(hz)}</text>'
+        )
+    parts.append(
+        f'<text x="10" y="{y0 + h / 2:.1f}" text-anchor="middle" transform="rotate(-90 10 {y0 + h / 2:.1f})">'
+        "frequency (Hz, mel scale)</text>"
+    )
+    # colour bar: fixed range, floor..0 dBFS
+    for db in _nice_ticks(scale.floor_dbfs, 0.0, 5):
+        y = y0 + (db / scale.floor_dbfs) * h
+        parts.append(
+            f'<line x1="{_BAR_LEFT + _BAR_W}" y1="{y:.1f}" x2="{_BAR_LEFT + _BAR_W + 4}" y2="{y:.1f}" stroke="#444"/>'
+            f'<text x="{_BAR_LEFT + _BAR_W + 6}" y="{y + 3.5:.1f}">{db:g}</text>'
+        )
+    parts.append(f'<text x="{_BAR_LEFT - 2}" y="{y0 + h + 28}">dBFS</text></svg>')
+    alt = f"log-mel spectrogram of {track}"
+    box = _Html(
+        f'<div class="specbox" style="width:{_SPEC_BOX_W}px;height:{_SPEC_BOX_H}px">'
+        + "".join(parts)
+        + f'<img class="spec" alt="{_esc(alt)}" src="{_data_uri(png)}" '
+        f'style="left:{x0}px;top:{y0}px;width:{w}px;height:{h}px">'
+        f'<img class="colourbar" alt="colour bar {scale.floor_dbfs:g} to 0 dBFS" src="{_data_uri(_colour_bar_png())}" '
+        f'style="left:{_BAR_LEFT}px;top:{y0}px;width:{_BAR_W}px;height:{h}px">'
+        "</div>"
+    )
+    length = f"{duration_s:.1f} s" if duration_s else f"{frames} frames"
+    caption = _join([_tag("b", track), f" · {length}", f" · {note}" if note else ""])
+    return _tag("figure", box, _tag("figcaption", caption), attrs=f'data-track="{_esc(track)}"')
+
+
 def histogram_svg(name: str, values: Sequence[float] | np.ndarray, *, bins: int = 30) -> _Html:
-    """An inline SVG histogram of the finite ``values`` with min, median and max marked.
+    """An inline SVG histogram of the finite ``values``: count axis, value axis, labelled median.
 
     Args:
         name: Feature name (escaped).
@@ -202,61 +496,90 @@ def histogram_svg(name: str, values: Sequence[float] | np.ndarray, *, bins: int 
     v = np.asarray(values, dtype=np.float64).ravel()
     finite = v[np.isfinite(v)]
     dropped = v.size - finite.size
-    width, height, pad = 320, 150, 22
+    width, height = 340, 190
+    left, right, top, bottom = 40, 12, 26, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
     if finite.size == 0:
         caption = f"{name}: no finite values ({v.size} tracks)"
         return _tag("figure", _tag("figcaption", caption))
     counts, edges = np.histogram(finite, bins=bins)
-    top = max(int(counts.max()), 1)
-    bar_w = (width - 2 * pad) / len(counts)
-    rects = []
+    y_max = max(int(counts.max()), 1)
+    y_ticks = [int(t) for t in _nice_ticks(0, y_max, 4) if float(t).is_integer()] or [0, y_max]
+    y_top = max(y_max, y_ticks[-1])
+    bar_w = plot_w / len(counts)
+    parts = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'font-size="10" font-family="sans-serif">',
+        f"<title>{_esc(name)}</title>",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa"/>',
+        f'<text x="{left}" y="12" font-weight="bold">{_esc(name)}</text>',
+    ]
+    for t in y_ticks:
+        y = top + plot_h - plot_h * t / y_top
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+            f'<text x="{left - 4}" y="{y + 3.5:.1f}" text-anchor="end">{t}</text>'
+        )
     for i, c in enumerate(counts.tolist()):
-        h = (height - 2 * pad) * c / top
-        x = pad + i * bar_w
-        y = height - pad - h
-        rects.append(
-            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar_w - 1, 0.5):.1f}" height="{h:.1f}" fill="#3b518b">'
-            f"<title>{edges[i]:.4g} to {edges[i + 1]:.4g}: {c}</title></rect>"
+        bh = plot_h * c / y_top
+        x = left + i * bar_w
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top + plot_h - bh:.1f}" width="{max(bar_w - 1, 0.5):.1f}" height="{bh:.1f}" '
+            f'fill="#3b518b"><title>{edges[i]:.4g} to {edges[i + 1]:.4g}: {c} tracks</title></rect>'
         )
     lo, hi = float(edges[0]), float(edges[-1])
     med = float(np.median(finite))
-    mx = pad + (med - lo) / (hi - lo) * (width - 2 * pad) if hi > lo else width / 2
-    svg = _Html(
-        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'font-size="10" font-family="sans-serif">'
-        f"<title>{_esc(name)}</title>"
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fafafa"/>'
-        + "".join(rects)
-        + f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>'
-        f'<line x1="{mx:.1f}" y1="{pad - 6}" x2="{mx:.1f}" y2="{height - pad}" stroke="#b00020" '
-        f'stroke-dasharray="3,2"/>'
-        f'<text x="{pad}" y="{height - 6}">{lo:.4g}</text>'
-        f'<text x="{width - pad}" y="{height - 6}" text-anchor="end">{hi:.4g}</text>'
-        f'<text x="{pad}" y="12">{_esc(name)} (max bin {top})</text>'
-        "</svg>"
-    )
+    mx = left + (med - lo) / (hi - lo) * plot_w if hi > lo else left + plot_w / 2
+    anchor = "end" if mx > left + plot_w * 0.6 else "start"
+    dx = -3 if anchor == "end" else 3
+    parts += [
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#444"/>',
+        f'<line x1="{mx:.1f}" y1="{top - 4}" x2="{mx:.1f}" y2="{top + plot_h}" stroke="#b00020" '
+        'stroke-dasharray="3,2"/>',
+        f'<text x="{mx + dx:.1f}" y="{top + 4}" text-anchor="{anchor}" fill="#b00020">median {med:.4g}</text>',
+        f'<text x="{left}" y="{top + plot_h + 13}">{lo:.4g}</text>',
+        f'<text x="{left + plot_w}" y="{top + plot_h + 13}" text-anchor="end">{hi:.4g}</text>',
+        f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 28}" text-anchor="middle">{_esc(name)}</text>',
+        f'<text x="11" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 11 {top + plot_h / 2:.1f})">tracks</text>',
+        "</svg>",
+    ]
     p5, p95 = np.percentile(finite, [5.0, 95.0])
-    caption = f"n={finite.size} · median {med:.4g} · p5 {p5:.4g} · p95 {p95:.4g}" + (
+    caption = f"n={finite.size} · median {med:.4g} (dashed) · p5 {p5:.4g} · p95 {p95:.4g}" + (
         f" · {dropped} non-finite left out" if dropped else ""
     )
-    return _tag("figure", svg, _tag("figcaption", caption))
+    return _tag("figure", _Html("".join(parts)), _tag("figcaption", caption))
+
+
+def _z_text(z: float) -> str:
+    """A robust z as text; at the cap it says so (``z≥+30``) rather than pretend to a precise value."""
+    if z >= Z_CAP:
+        return f"z≥{Z_CAP:+g}"
+    if z <= -Z_CAP:
+        return f"z≤{-Z_CAP:+g}"
+    return f"z={z:+.2f}"
 
 
 # ------------------------------------------------------------------------------ the report
+
+Spectrogram = tuple[str, np.ndarray] | tuple[str, np.ndarray, float]
 
 
 def render_report(
     *,
     title: str,
+    track_ids: Sequence[str],
     feature_table: Mapping[str, Sequence[float] | np.ndarray],
     flags: Sequence[tuple[str, Flag]],
     quarantine: Sequence[tuple[str, str, str]],
     outliers: Sequence[OutlierScore],
     duplicates: Sequence[DuplicatePair],
-    spectrograms: Sequence[tuple[str, np.ndarray]],
+    spectrograms: Sequence[Spectrogram],
     classes: Mapping[str, int] | None = None,
-    meta: Mapping[str, str],
+    meta: Mapping[str, object],
     distribution_features: Sequence[str] | None = None,
+    spectrogram_scale: SpectrogramScale | None = None,
     max_rows: int = 50,
     max_spectrograms: int = 12,
 ) -> str:
@@ -264,62 +587,84 @@ def render_report(
 
     Args:
         title: Page title.
+        track_ids: The analysed tracks (rows of ``feature_table``, in order).
         feature_table: Feature name -> values over the analysed tracks.
-        flags: ``(track id, flag)`` of every anomaly.
+        flags: ``(track id, flag)`` of every anomaly; a flag on a quarantined file carries its URI.
         quarantine: ``(uri, reason code, detail)`` of every refused file.
         outliers: Outlier scores of the analysed tracks (any order).
         duplicates: Near-duplicate pairs.
-        spectrograms: ``(track id, log-mel dB)`` examples.
+        spectrograms: ``(track id, log-mel dB)`` or ``(track id, log-mel dB, duration in s)`` examples.
         classes: Predicted label -> count, when a classifier ran.
-        meta: Run metadata shown at the top (pipeline run, versions, ...).
+        meta: Run metadata shown at the top (pipeline run, versions, ...); nested mappings are
+            flattened into dotted keys.
         distribution_features: Features to draw; default :data:`DEFAULT_DISTRIBUTIONS` that are
             present, or the first six features when none is.
+        spectrogram_scale: Colour range and axes of the spectrograms; default
+            :func:`measure_spectrogram_scale` at 22,050 Hz.
         max_rows: Longest table; the rest is summarised as "… and K more".
         max_spectrograms: Most spectrogram images.
 
     Returns:
         The HTML document.
-    """
-    n_tracks = max((len(v) for v in feature_table.values()), default=0)
-    by_severity = Counter(f.severity for _, f in flags)
-    n_outliers = sum(1 for o in outliers if o.is_outlier)
 
-    # --- summary
+    Raises:
+        ValueError: A feature column is not one value per analysed track.
+    """
+    for name, col in feature_table.items():
+        if len(col) != len(track_ids):
+            raise ValueError(f"feature {name!r} has {len(col)} values for {len(track_ids)} analysed tracks")
+    counts = ReportCounts.of(
+        track_ids=track_ids, flags=flags, quarantine=quarantine, outliers=outliers, duplicates=duplicates
+    )
+    scale = spectrogram_scale or measure_spectrogram_scale()
+
+    # --- summary: a few cards, then every count in one table, then the run's metadata
     cards = [
-        ("tracks analysed", n_tracks),
-        ("quarantined files", len(quarantine)),
-        ("flagged tracks", len({t for t, _ in flags})),
-        ("error flags", by_severity.get("error", 0)),
-        ("warning flags", by_severity.get("warning", 0)),
-        ("outliers", n_outliers),
-        ("duplicate pairs", len(duplicates)),
+        ("analysed", "tracks analysed", ""),
+        ("quarantined", "files quarantined", ""),
+        ("flagged_tracks", "analysed tracks flagged", f" of {counts.analysed}"),
+        ("outliers", "outliers", f" of {counts.analysed}"),
+        ("duplicate_pairs", "near-duplicate pairs", ""),
     ]
+    value = {name: v for name, _, v in counts.rows()}
     summary = _section(
         "summary",
         "Summary",
         _tag(
             "div",
-            *(_tag("div", _tag("b", str(v)), label, attrs='class="card"') for label, v in cards),
+            *(
+                _tag("div", _tag("b", _count(name, value[name]), of), label, attrs='class="card"')
+                for name, label, of in cards
+            ),
             attrs='class="cards"',
         ),
-        _table(["key", "value"], [[k, v] for k, v in meta.items()]) if meta else _Html(""),
+        _table(["count", "value"], [[label, _num(v, "d", count=name)] for name, label, v in counts.rows()]),
+        _tag("h3", "Run") if meta else "",
+        _table(["key", "value"], [list(r) for r in _flatten(meta)]) if meta else "",
     )
 
     # --- anomalies
     per_code: dict[str, Counter[str]] = {}
-    tracks_per_code: dict[str, set[str]] = {}
+    ids_per_code: dict[str, set[str]] = {}
     for track, flag in flags:
         per_code.setdefault(flag.code, Counter())[flag.severity] += 1
-        tracks_per_code.setdefault(flag.code, set()).add(track)
+        ids_per_code.setdefault(flag.code, set()).add(track)
     code_rows = [
         [
             code,
             FLAG_CODES.get(code, ""),
             _num(c["error"], "d"),
             _num(c["warning"], "d"),
-            _num(len(tracks_per_code[code]), "d"),
+            _num(len(ids_per_code[code]), "d"),
         ]
         for code, c in sorted(per_code.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
+    ]
+    code_total = [
+        "all codes",
+        _Html(f'<td><span data-count="flags">{counts.flags}</span> flags</td>'),
+        _num(counts.errors, "d", count="errors"),
+        _num(counts.warnings, "d", count="warnings"),
+        _tag("td", "", attrs='class="num"'),
     ]
     ranked = sorted(flags, key=lambda tf: (tf[1].severity != "error", -tf[1].score, tf[0]))
     flag_rows = [
@@ -329,11 +674,27 @@ def render_report(
     anomalies = _section(
         "anomalies",
         "Anomalies by code",
-        _table(["code", "meaning", "errors", "warnings", "tracks"], code_rows)
+        _tag(
+            "p",
+            "Flags: ",
+            _count("flags", counts.flags),
+            " in all; ",
+            _count("flags_on_tracks", counts.flags_on_tracks),
+            " on ",
+            _count("flagged_tracks", counts.flagged_tracks),
+            " of the ",
+            _count("analysed", counts.analysed),
+            " analysed tracks and ",
+            _count("flags_on_quarantined", counts.flags_on_quarantined),
+            " on quarantined files. The last column counts the tracks or files with that code.",
+        ),
+        _table(["code", "meaning", "errors", "warnings", "tracks / files"], code_rows, total=code_total)
         if code_rows
-        else _tag("p", "No anomaly flags.", attrs='class="muted"'),
-        _tag("h3", "Flags, errors first then by score") if flag_rows else _Html(""),
-        _table(["track", "code", "severity", "score", "reason"], flag_rows, max_rows=max_rows) if flag_rows else "",
+        else _muted("No anomaly flags."),
+        _tag("h3", "Flags, errors first then by score") if flag_rows else "",
+        _table(["track or file", "code", "severity", "score", "reason"], flag_rows, max_rows=max_rows)
+        if flag_rows
+        else "",
     )
 
     # --- quarantine
@@ -342,10 +703,12 @@ def render_report(
         "quarantine",
         "Quarantine",
         _table(
-            ["reason", "files"], [[r, _num(c, "d")] for r, c in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
+            ["reason", "files"],
+            [[r, _num(c, "d")] for r, c in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))],
+            total=["all reasons", _num(counts.quarantined, "d", count="quarantined")],
         )
         if quarantine
-        else _tag("p", "No file was quarantined.", attrs='class="muted"'),
+        else _muted("No file was quarantined."),
         _table(["uri", "reason", "detail"], [list(q) for q in quarantine], max_rows=max_rows) if quarantine else "",
     )
 
@@ -357,18 +720,32 @@ def render_report(
             o.id,
             _num(o.score),
             "yes" if o.is_outlier else "no",
-            ", ".join(f"{name} (z={z:+.2f})" for name, z in o.top_features),
+            ", ".join(f"{name} ({_z_text(z)})" for name, z in o.top_features),
         ]
         for o in top
     ]
     outlier_section = _section(
         "outliers",
         "Top outliers",
-        *(_tag("p", n, attrs='class="muted"') for n in notes),
-        _tag("p", f"{n_outliers} of {len(outliers)} tracks are outliers.") if outliers else "",
+        *(_muted(n) for n in notes),
+        _tag(
+            "p",
+            _count("outliers", counts.outliers),
+            " of ",
+            _count("analysed", counts.analysed),
+            " analysed tracks are outliers.",
+        )
+        if outliers
+        else "",
+        _muted(
+            "Robust z: (value − catalog median) / (1.4826 × median absolute deviation), the scale floored "
+            f"so near-constant features do not explode, capped at ±{Z_CAP:g}."
+        )
+        if outlier_rows
+        else "",
         _table(["track", "score", "outlier", "explaining features (robust z)"], outlier_rows, max_rows=max_rows)
         if outlier_rows
-        else _tag("p", "No outlier scores.", attrs='class="muted"'),
+        else _muted("No outlier scores."),
     )
 
     # --- duplicates
@@ -378,9 +755,10 @@ def render_report(
     duplicate_section = _section(
         "duplicates",
         "Near-duplicate pairs",
+        _tag("p", _count("duplicate_pairs", counts.duplicate_pairs), " pairs.") if dup_rows else "",
         _table(["track a", "track b", "similarity"], dup_rows, max_rows=max_rows)
         if dup_rows
-        else _tag("p", "No near-duplicates.", attrs='class="muted"'),
+        else _muted("No near-duplicates."),
     )
 
     # --- distributions
@@ -391,30 +769,31 @@ def render_report(
     distributions = _section(
         "distributions",
         "Feature distributions",
+        _muted("Tracks per bin over the analysed tracks; the dashed line is the median.") if chosen else "",
         _tag("div", *(histogram_svg(f, feature_table[f]) for f in chosen), attrs='class="grid"')
         if chosen
-        else _tag("p", "No features to draw.", attrs='class="muted"'),
+        else _muted("No features to draw."),
     )
 
     # --- spectrograms
-    figures = [
-        _tag(
-            "figure",
-            _Html(f'<img class="spec" alt="log-mel of {_esc(track)}" src="{_data_uri(spectrogram_png(spec))}">'),
-            _tag("figcaption", track),
-        )
-        for track, spec in spectrograms[:max_spectrograms]
-    ]
+    codes_of: dict[str, list[str]] = {}
+    for track, f in flags:
+        codes_of.setdefault(track, []).append(f.code)
+    figures = []
+    for item in spectrograms[:max_spectrograms]:
+        track, spec = item[0], np.asarray(item[1], dtype=np.float32)
+        duration = float(item[2]) if len(item) > 2 else None  # type: ignore[misc]
+        note = ", ".join(dict.fromkeys(codes_of.get(track, [])))
+        figures.append(spectrogram_figure(track, spec, duration, scale, note=f"flags: {note}" if note else ""))
     spectrogram_section = _section(
         "spectrograms",
         "Example spectrograms",
-        _tag(
-            "p", "Log-mel power, low frequencies at the bottom, 80 dB under each image's peak.", attrs='class="muted"'
+        _muted(
+            f"Log-mel power over the whole track, low frequencies at the bottom, on one fixed colour range for "
+            f"every image: {scale.floor_dbfs:g} dBFS (silence) to 0 dBFS (a full-scale sine). Flagged tracks first."
         ),
-        _tag("div", *figures, attrs='class="grid"') if figures else _tag("p", "None.", attrs='class="muted"'),
-        _tag("p", f"… and {len(spectrograms) - max_spectrograms} more", attrs='class="muted"')
-        if len(spectrograms) > max_spectrograms
-        else "",
+        _tag("div", *figures, attrs='class="grid"') if figures else _muted("None."),
+        _muted(f"… and {len(spectrograms) - max_spectrograms} more") if len(spectrograms) > max_spectrograms else "",
     )
 
     # --- classes
@@ -432,27 +811,9 @@ def render_report(
         ]
         class_body: object = _table(["label", "tracks", "%", ""], class_rows, max_rows=max_rows)
     else:
-        class_body = _tag("p", "No class predictions.", attrs='class="muted"')
+        class_body = _muted("No class predictions.")
     class_section = _section("classes", "Predicted classes", class_body)
 
-    nav = _tag(
-        "nav",
-        _Html(
-            " · ".join(
-                f'<a href="#{a}">{label}</a>'
-                for a, label in (
-                    ("summary", "Summary"),
-                    ("anomalies", "Anomalies"),
-                    ("quarantine", "Quarantine"),
-                    ("outliers", "Outliers"),
-                    ("duplicates", "Duplicates"),
-                    ("distributions", "Distributions"),
-                    ("spectrograms", "Spectrograms"),
-                    ("classes", "Classes"),
-                )
-            )
-        ),
-    )
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     head = _Html(
         '<meta charset="utf-8">'
@@ -463,7 +824,6 @@ def render_report(
     body = _join(
         [
             _tag("h1", title),
-            nav,
             summary,
             anomalies,
             quarantine_section,

@@ -27,7 +27,6 @@ day and blesses only when the lower bounds of the bootstrap intervals clear the 
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Sequence
@@ -857,6 +856,42 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+#: Eighths of a block, for bars drawn in text (index = eighths).
+_EIGHTHS: Final = " ▏▎▍▌▋▊▉"
+
+
+def text_bar(value: float, top: float, width: int = 30) -> str:
+    """``value`` as a bar of Unicode blocks, ``width`` characters for ``top`` (eighth-block resolution)."""
+    eighths = 0 if top <= 0 or not math.isfinite(value) else round(max(0.0, min(value / top, 1.0)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def _recall_markdown(curves: dict[str, list[tuple[int, float]]], *, at: int = 10) -> list[str]:
+    """The recall@k curves as Markdown a viewer cannot drop: a table, then recall@``at`` as text bars.
+
+    Many Markdown viewers (KFP's among them) drop ``data:`` images, so the chart is text: readable raw,
+    rendered as a table and a ``<pre>`` block.
+    """
+    ks = sorted({k for pts in curves.values() for k, _ in pts if k >= 1})
+    rows = [[name, *(next((_fmt(r) for kk, r in pts if kk == k), "") for k in ks)] for name, pts in curves.items()]
+    out = _md_table(["ranker · protocol", *(f"k={k}" for k in ks)], rows)
+    values = {name: next((r for k, r in pts if k == at), float("nan")) for name, pts in curves.items()}
+    finite = [v for v in values.values() if math.isfinite(v)]
+    if finite:
+        top = _nice_ceiling(max(finite))
+        pad = max(len(n) for n in values)
+        out += ["", f"recall@{at}, one bar per ranker and protocol (bars start at 0; full width = {top:g}):"]
+        out += ["", "```text"]
+        out += [
+            f"{name.ljust(pad)}  {text_bar(v, top)}  {_fmt(v) if math.isfinite(v) else 'n/a'}"
+            for name, v in values.items()
+        ]
+        out += ["```"]
+    out += ["", "The HTML report draws the same curves (log-scaled k)."]
+    return out
+
+
 def render_report(
     *,
     protocols: Sequence[ProtocolMetrics],
@@ -873,8 +908,9 @@ def render_report(
     the rule its lower bound must clear), the serving mode and why, one comparison table per
     protocol (model / popularity / own history / champion, with ratios), the facts and one recall@k
     chart with every ranker under both protocols. The HTML page is self-contained (inline SVG and
-    CSS, no script, no external resource, a restrictive Content-Security-Policy); the Markdown embeds
-    the same SVG as a data URI image. Every caller-supplied text is escaped.
+    CSS, no script, no external resource, a restrictive Content-Security-Policy). The Markdown is
+    self-contained text: its chart is a table of recall@k and text bars (many viewers, KFP's among
+    them, drop ``data:`` images). Every caller-supplied text is escaped.
     """
     curves: dict[str, list[tuple[int, float]]] = {}
     for pm in protocols:
@@ -925,8 +961,8 @@ def render_report(
     if facts:
         md += ["", "## Facts", ""]
         md += _md_table(["fact", "value"], [[k, v] for k, v in facts.items()])
-    data_uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    md += ["", f"![recall@k]({data_uri})", ""]
+    md += ["", "## Recall@k", ""]
+    md += _recall_markdown(curves)
 
     esc = html.escape
     fact_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts.items())

@@ -226,9 +226,13 @@ def collect_task(params: CollectParams, ctx: TaskContext) -> CollectResult:
     from aitasks.runtime.bundle import open_bundle, publish_bundle
 
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="aitasks-audio-") as tmp:
-        folders = [stack.enter_context(open_bundle(u, ctx.storage, kind="audio_shard"))[0] for u in params.shard_uris]
-        counts = merge_shards(folders, Path(tmp))
-        uri = publish_bundle(ctx.storage, Path(tmp), ctx.output_uri("analysis"), kind="audio_analysis", meta=counts)
+        opened = [stack.enter_context(open_bundle(u, ctx.storage, kind="audio_shard")) for u in params.shard_uris]
+        counts = merge_shards([folder for folder, _ in opened], Path(tmp))
+        # The shards' analysis config travels on (the report labels its axes with the resampling rate).
+        config = opened[0][1].get("meta", {}).get("config", {})
+        uri = publish_bundle(
+            ctx.storage, Path(tmp), ctx.output_uri("analysis"), kind="audio_analysis", meta={**counts, "config": config}
+        )
     return CollectResult(analysis_uri=uri, **counts)
 
 

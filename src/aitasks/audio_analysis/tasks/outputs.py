@@ -142,7 +142,7 @@ def report_task(params: ReportParams, ctx: TaskContext) -> ReportResult:
 
     from aitasks.audio_analysis.analyze import FLAGS_FILE, read_shard
     from aitasks.audio_analysis.anomaly import DuplicatePair, Flag, OutlierScore
-    from aitasks.audio_analysis.report import render_report
+    from aitasks.audio_analysis.report import measure_spectrogram_scale, render_report
     from aitasks.runtime.bundle import open_bundle
     from aitasks.runtime.storage import local_copy
 
@@ -173,20 +173,28 @@ def report_task(params: ReportParams, ctx: TaskContext) -> ReportResult:
     flagged = [t for t, f in flag_pairs if f.code != "undecodable" and t in shard.spectrograms]
     shown = list(dict.fromkeys([*flagged, *sorted(shard.spectrograms)]))[: params.spectrograms]
     features = shard.features
+    track_ids = features.column("track_id").to_pylist()
+    duration = dict(zip(track_ids, features.column("duration_s").to_pylist(), strict=True))
+    # The analysis's resampling rate labels the frequency axis (older bundles carry no config: the default).
+    config = manifest.get("meta", {}).get("config", {})
+    sample_rate = int(config.get("decode", {}).get("sample_rate", 22050))
     html = render_report(
         title=params.title,
+        track_ids=track_ids,
         feature_table={n: features.column(n).to_pylist() for n in shard.names},
         flags=flag_pairs,
         quarantine=[(r["uri"], r["reason"], r["detail"]) for r in shard.quarantine.to_pylist()],
         outliers=outliers,
         duplicates=dups,
-        spectrograms=[(t, shard.spectrograms[t].astype("float32")) for t in shown],
+        spectrograms=[(t, shard.spectrograms[t].astype("float32"), float(duration[t])) for t in shown],
         classes=dict(Counter(labels)),
+        spectrogram_scale=measure_spectrogram_scale(sample_rate),
         meta={
             "run": ctx.runtime.run.run_id,
             "pipeline": ctx.runtime.run.pipeline,
             "trace": ctx.trace_id,
-            "analysis": str(manifest.get("meta", {})),
+            "sample rate (Hz)": sample_rate,
+            "rules": config.get("rules", {}),
         },
     )
     uri = ctx.output_uri("report.html")
