@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from celery import signals
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from aitasks.runtime.errors import FatalError
 from aitasks.runtime.task import TaskContext, TaskModel, ai_task
 
 
@@ -70,3 +71,13 @@ def _kill_after_commit(task_id: Any = None, **_: Any) -> None:
     if flag and not Path(flag).exists():
         Path(flag).write_text(str(task_id))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SecretParams(TaskModel):
+    token: SecretStr
+
+
+@ai_task(name="test.ondemand.secret", version="1.0.0")
+def secret_task(params: SecretParams, ctx: TaskContext) -> EchoResult:
+    """EN: Fails, quoting its token. FR: Échoue en citant son jeton. DE: Scheitert und zitiert sein Token."""
+    raise FatalError(f"upstream refused token {params.token.get_secret_value()}")

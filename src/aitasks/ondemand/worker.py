@@ -55,20 +55,19 @@ _REQUEUED = (WorkerLostError, SystemExit, KeyboardInterrupt)
 
 
 # -- the call ------------------------------------------------------------------------------------
-_RUNTIMES: dict[int, Any] = {}
-
-
-def _base_runtime(settings: Settings) -> Any:
-    """One runtime per process (created after the fork, so spans, leases and files belong to it)."""
+def _base_runtime(app: OnDemandApp) -> Any:
+    """One runtime per app and process, created in the process that runs calls (after the fork), so
+    spans, leases and open files belong to it."""
     from aitasks.runtime.task import RunContext, Runtime
 
-    pid = os.getpid()
-    if pid not in _RUNTIMES:
+    held = getattr(app, "_aitasks_runtime", None)
+    if held is None or held[0] != os.getpid():
+        settings = app.aitasks_settings
         rt = Runtime.create(settings, run=RunContext(run_id="ondemand", pipeline="ondemand"))
         rt.lease_ttl_s = settings.ondemand_lease_ttl_s
-        _RUNTIMES.clear()
-        _RUNTIMES[pid] = rt
-    return _RUNTIMES[pid]
+        held = (os.getpid(), rt)
+        app._aitasks_runtime = held  # type: ignore[attr-defined]
+    return held[1]
 
 
 def _header(request: Any, name: str) -> str:
@@ -115,7 +114,7 @@ def execute(app: OnDemandApp, name: str, args: tuple[Any, ...], kwargs: Mapping[
         submitter=_header(request, HEADER_SUBMITTER),
         traceparent=traceparent if valid_traceparent(traceparent) else "",
     )
-    rt = dataclasses.replace(_base_runtime(settings), run=run)
+    rt = dataclasses.replace(_base_runtime(app), run=run)
     metrics = ondemand_metrics(rt.telemetry.registry)
     try:
         waited = time.time() - float(_header(request, HEADER_SUBMITTED_AT))
