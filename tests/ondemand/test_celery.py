@@ -7,6 +7,8 @@ import json
 import os
 import pickle
 import signal
+import socket
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,12 @@ from tests.ondemand.conftest import Lab, eventually, lab
 pytestmark = pytest.mark.integration
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +155,9 @@ def test_a_message_redelivered_after_its_commit_is_an_idempotent_hit(tmp_path: P
 
 @pytest.fixture(scope="module")
 def prefork(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """One prefork worker (one pool process) with a 2 s lease TTL: a killed call is taken over fast."""
-    with lab(tmp_path_factory.mktemp("ondemand-prefork"), ondemand_lease_ttl_s=2.0) as it:
+    """One prefork worker (one pool process) with a 2 s lease TTL (a killed call is taken over fast),
+    serving /metrics."""
+    with lab(tmp_path_factory.mktemp("ondemand-prefork"), ondemand_lease_ttl_s=2.0, metrics_port=free_port()) as it:
         it.worker("prefork").ready()
         yield it
 
@@ -184,3 +193,23 @@ def test_a_call_past_its_soft_time_limit_fails_and_is_dead_lettered(prefork: Lab
     assert prefork.lines("slow.completed") == []
     failed = [r for r in prefork.audit(sub.task_id) if r["status"] == "failed"]
     assert failed and failed[0]["error"]["kind"] == "SoftTimeLimitExceeded"
+
+
+def test_the_pool_processes_metrics_are_served_by_the_worker(prefork: Lab) -> None:
+    """The calls run in pool processes; the parent's /metrics adds their samples up (multiprocess mode)."""
+    for x in (1, 2):
+        sub = submit("test.ondemand.echo", {"x": x, "label": "metrics"}, app=prefork.app)
+        prefork.task_ids.append(sub.task_id)
+        wait(prefork.app, sub.task_id, timeout=60)
+    bad = submit("test.ondemand.echo", {"x": "?"}, app=prefork.app, validate=False)
+    prefork.task_ids.append(bad.task_id)
+    eventually(lambda: read_dead_letters(prefork.app, remove=True), what="the dead letter")
+    url = f"http://127.0.0.1:{prefork.settings.metrics_port}/metrics"
+
+    def scraped() -> str:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return text if 'aitasks_ondemand_dead_letters_total{reason="invalid_input"' in text else ""
+
+    text = eventually(scraped, timeout=30, what="the dead-letter counter on /metrics")
+    assert 'aitasks_task_runs_total{status="succeeded",task="test.ondemand.echo",version="1.0.0"} 2.0' in text
+    assert 'aitasks_ondemand_queue_wait_seconds_count{task="test.ondemand.echo"} 3.0' in text

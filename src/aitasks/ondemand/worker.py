@@ -17,6 +17,7 @@ This module imports neither the runtime nor prometheus_client at import time: ``
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import shutil
@@ -332,7 +333,10 @@ def prepare_metrics_dir(pool: str, port: int) -> str:
     imports prometheus_client), so the pool processes' samples add up on the parent's ``/metrics``."""
     if pool != "prefork" or not port:
         return ""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="aitasks-metrics-")
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if not path:
+        path, owner = tempfile.mkdtemp(prefix="aitasks-metrics-"), os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
     shutil.rmtree(path, ignore_errors=True)  # samples of a previous run of this container are stale
     Path(path).mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
