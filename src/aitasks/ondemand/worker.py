@@ -336,7 +336,12 @@ def prepare_metrics_dir(pool: str, port: int) -> str:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
     if not path:
         path, owner = tempfile.mkdtemp(prefix="aitasks-metrics-"), os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+
+        def _remove() -> None:
+            if os.getpid() == owner:  # not in a forked pool process
+                shutil.rmtree(path, ignore_errors=True)
+
+        atexit.register(_remove)
     shutil.rmtree(path, ignore_errors=True)  # samples of a previous run of this container are stale
     Path(path).mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
