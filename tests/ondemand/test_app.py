@@ -77,6 +77,7 @@ def test_a_message_may_ask_for_shorter_limits_never_longer() -> None:
     assert limits(timelimit=(5, 2)) == (5, 2)
     assert limits(timelimit=(3600, 3000)) == (20, 10)
     assert limits(timelimit=(None, 4)) == (20, 4)
+    assert limits(timelimit=(5, None)) == (5, 4.5), "a shorter hard limit brings the soft one down"
 
 
 def test_the_failure_survives_the_json_result_backend() -> None:

@@ -195,6 +195,22 @@ def test_a_call_past_its_soft_time_limit_fails_and_is_dead_lettered(prefork: Lab
     assert failed and failed[0]["error"]["kind"] == "SoftTimeLimitExceeded"
 
 
+def test_a_call_past_its_hard_time_limit_is_killed_and_dead_lettered_once(prefork: Lab) -> None:
+    """A call that ignores its soft limit is killed at the hard one; the verdict is final (no redelivery)."""
+    params = {"seconds": 30.0, "tag": "hard", "stubborn": True}
+    sub = submit("test.ondemand.slow", params, app=prefork.app, soft_time_limit_s=0.5, time_limit_s=1.5)
+    prefork.task_ids.append(sub.task_id)
+    with pytest.raises(OnDemandTaskError) as caught:
+        wait(prefork.app, sub.task_id, timeout=60)
+    assert caught.value.kind == "time_limit"
+    (letter,) = eventually(lambda: read_dead_letters(prefork.app, remove=True), what="the dead letter")
+    assert letter.reason == "time_limit" and "hard" in letter.detail and letter.task_id == sub.task_id
+    assert len(prefork.lines("hard.soft")) == 1, "the soft limit fired first"
+    assert len(prefork.lines("hard.started")) == 1, "not redelivered: the verdict is final"
+    assert prefork.lines("hard.completed") == []
+    assert read_dead_letters(prefork.app) == []
+
+
 def test_the_pool_processes_metrics_are_served_by_the_worker(prefork: Lab) -> None:
     """The calls run in pool processes; the parent's /metrics adds their samples up (multiprocess mode)."""
     for x in (1, 2):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import Field, SecretStr
 
 from aitasks.runtime.errors import FatalError
@@ -47,6 +48,8 @@ def echo_task(params: EchoParams, ctx: TaskContext) -> EchoResult:
 class SlowParams(TaskModel):
     seconds: float = Field(gt=0, le=60)
     tag: str
+    #: Swallow the soft time limit and keep going (only the hard limit stops it).
+    stubborn: bool = False
 
 
 class SlowResult(TaskModel):
@@ -60,7 +63,12 @@ def slow_task(params: SlowParams, ctx: TaskContext) -> SlowResult:
     note(f"{params.tag}.started", str(os.getpid()))
     deadline = time.monotonic() + params.seconds
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            if not params.stubborn:
+                raise
+            note(f"{params.tag}.soft", str(os.getpid()))
     note(f"{params.tag}.completed", str(os.getpid()))
     return SlowResult(tag=params.tag, pid=os.getpid())
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery.exceptions import TimeLimitExceeded
 from celery.result import AsyncResult
 
 from aitasks.ondemand.app import (
@@ -124,7 +125,10 @@ def wait(app: OnDemandApp, task_id: str, timeout: float | None = None) -> dict[s
         OnDemandTaskError: The call ended without a result (``kind``: the dead letter's reason).
         celery.exceptions.TimeoutError: No result within ``timeout`` seconds.
     """
-    value = AsyncResult(task_id, app=app).get(timeout=timeout, propagate=True)
+    try:
+        value = AsyncResult(task_id, app=app).get(timeout=timeout, propagate=True)
+    except TimeLimitExceeded as exc:  # the hard limit: Celery stores its own error for the killed call
+        raise OnDemandTaskError("time_limit", f"hard time limit exceeded ({exc})") from None
     if not isinstance(value, dict):
         raise OnDemandTaskError("invalid_result", f"unexpected result {type(value).__name__}")
     return value

@@ -30,7 +30,15 @@ from typing import Any
 
 from celery import Task as CeleryTask
 from celery import bootsteps, signals
-from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+from celery.exceptions import (
+    Ignore,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from celery.utils.log import get_logger as celery_logger
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
@@ -51,8 +59,9 @@ from aitasks.runtime.settings import Settings
 
 _log = celery_logger(__name__)
 
-#: Exceptions that are no verdict on the message: it goes back to the queue (or was never ours).
-_REQUEUED = (WorkerLostError, SystemExit, KeyboardInterrupt)
+#: No verdict on the message: it goes back to the queue (a lost pool process, a shutdown) or Celery
+#: already decided its fate (revoked, rejected, ignored, retried).
+_NO_VERDICT = (WorkerLostError, SystemExit, KeyboardInterrupt, Terminated, Reject, Ignore, Retry)
 
 
 # -- the call ------------------------------------------------------------------------------------
@@ -210,7 +219,10 @@ class OnDemandRequest(Request):
         limits: tuple[float | None, float | None] = tuple(getattr(self, "time_limits", None) or (None, None))
         hard, soft = limits
         hard_max, soft_max = settings.ondemand_time_limit_s, settings.ondemand_soft_time_limit_s
-        self.time_limits = (min(hard or hard_max, hard_max), min(soft or soft_max, soft_max))
+        hard_s, soft_s = min(hard or hard_max, hard_max), min(soft or soft_max, soft_max)
+        # The pool arms the hard limit only once the soft one fired: a soft limit at or past the hard one
+        # would postpone the kill. It comes down to 90 % of the hard one (time to fail cleanly).
+        self.time_limits = (hard_s, soft_s if soft_s < hard_s else 0.9 * hard_s)
 
     def _dead_letter(self, reason: str, detail: str) -> None:
         if self.acknowledged:
@@ -221,9 +233,11 @@ class OnDemandRequest(Request):
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         exc = exc_info.exception
         exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
-        if not isinstance(exc, _REQUEUED) and not worker_state.should_terminate:
+        if not isinstance(exc, _NO_VERDICT) and not worker_state.should_terminate:
             if isinstance(exc, OnDemandTaskError):
                 self._dead_letter(exc.kind, exc.message)
+            elif isinstance(exc, TimeLimitExceeded):
+                self._dead_letter("time_limit", f"hard time limit exceeded ({exc} s): the pool process was killed")
             else:  # raised outside the call (a bug here, a broken result backend, ...)
                 self._dead_letter(type(exc).__name__, str(exc)[:MAX_DETAIL])
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
