@@ -30,6 +30,14 @@ def main() -> None:
         with console.status("Feast online reads (sqlite, Redis)…"), tempfile.TemporaryDirectory() as tmp:
             records += bench_online_reads(Path(tmp), redis_url=redis_url)
 
+    from bench.ondemand import ServiceUnavailableError, bench_ondemand
+
+    try:
+        with console.status("on-demand tasks: submit -> result on a Celery worker vs a direct call…"):
+            records += bench_ondemand()
+    except ServiceUnavailableError as exc:  # a laptop without RabbitMQ still gets the other figures
+        console.print(f"[yellow]on-demand bench skipped: {exc}[/yellow]")
+
     from bench.training import bench_training
 
     with console.status("two-tower training: sparse vs dense Adam…"):

@@ -530,6 +530,54 @@ def audio_synth(
     )
 
 
+@app.command("worker")
+def worker_cmd(
+    pool: Annotated[str, typer.Option(help="prefork (production: time limits), solo or threads.")] = "prefork",
+    concurrency: Annotated[int, typer.Option(min=1, help="Pool processes or threads.")] = 1,
+    include: Annotated[list[str] | None, typer.Option("--include", "-I", help="Also import MODULE (tasks).")] = None,
+    hostname: Annotated[str, typer.Option(help="Celery node name (default: aitasks-<random>@<host>).")] = "",
+    health_dir: Annotated[str, typer.Option(help="Keep liveness/readiness files here (probes).")] = "",
+) -> None:
+    """Run an on-demand worker on AITASKS_ONDEMAND_QUEUE until stopped (docs/en/ondemand.md)."""
+    from aitasks.ondemand.worker import run_worker
+    from aitasks.runtime.settings import load_settings
+
+    run_worker(
+        load_settings(),
+        pool=pool,
+        concurrency=concurrency,
+        include=include or (),
+        hostname=hostname,
+        health_dir=health_dir,
+    )
+
+
+@app.command("submit")
+def submit_cmd(
+    task: str,
+    input_file: Annotated[str, typer.Option("--input", help="Inputs: a JSON file, or - for stdin.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait and print the result (else the id).")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds --wait waits.")] = 600.0,
+) -> None:
+    """Run a registered task on demand on the workers: enqueue it, then print its result or its id."""
+    from aitasks.ondemand import client
+    from aitasks.ondemand.app import make_app
+    from aitasks.runtime.settings import load_settings
+
+    raw = sys.stdin.read() if input_file == "-" else Path(input_file).read_text()
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--input is not valid JSON: {exc}") from None
+    ondemand = make_app(load_settings())
+    sub = client.submit(task, params, app=ondemand)
+    if not wait:
+        typer.echo(json.dumps({"task_id": sub.task_id, "task": task, "trace_id": sub.trace_id}))
+        return
+    with console.status(f"waiting for {task} ({sub.task_id})…"):
+        typer.echo(json.dumps(client.wait(ondemand, sub.task_id, timeout=timeout), indent=2))
+
+
 @app.command("docs")
 def docs(
     check: Annotated[bool, typer.Option("--check", help="Fail when the rendered docs are stale.")] = False,

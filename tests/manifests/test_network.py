@@ -24,7 +24,7 @@ REDIS = {"app.kubernetes.io/name": "feast-redis"}
 FEAST = {"app.kubernetes.io/name": "feast-apply"}
 #: Allows without a peer (any destination) on purpose: Postgres (MLflow backend, Feast SQL registry) is
 #: external in prod.
-PEERLESS_OK = {("allow-mlflow-egress", 5432), ("allow-feast-apply-egress", 5432)}
+PEERLESS_OK = {("allow-mlflow-egress", 5432), ("allow-feast-apply-egress", 5432), ("allow-aitasks-worker-egress", 5432)}
 
 
 def policies(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,6 +19,9 @@ DEV_PSEUDONYMIZATION_KEY = "aitasks-dev-only-key"
 DEV_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: The audit HMAC key of laptops and tests: public, so it proves nothing; production refuses it.
 DEV_AUDIT_KEY = "aitasks-dev-only-audit-key"
+#: On-demand tasks' broker and result backend of the embedded default (a laptop's RabbitMQ and Redis).
+DEV_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEV_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
 
 
 class Settings(BaseSettings):
@@ -145,6 +148,21 @@ class Settings(BaseSettings):
     def task_retry_budget_s(self, task: str, declared: float) -> float:
         """The retry budget of ``task``: settings by name, else settings' ``*``, else the task's policy."""
         return float(self.task_retry_budgets_s.get(task, self.task_retry_budgets_s.get("*", declared)))
+    # -- On-demand tasks on Celery workers (aitasks.ondemand; docs/en/ondemand.md) ----------------------
+    #: RabbitMQ broker. The URL carries a password: in a cluster it comes from the Secret aitasks-ondemand.
+    ondemand_broker_url: SecretStr = SecretStr(DEV_BROKER_URL)
+    #: Result backend (Redis; a database of its own, results expire). From the same Secret in a cluster.
+    ondemand_result_backend: SecretStr = SecretStr(DEV_RESULT_BACKEND)
+    #: The queue submitters send to and workers consume (quorum queue); dead letters: ``<queue>.dead``.
+    ondemand_queue: str = Field(default="aitasks", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+    #: A message redelivered this many times (its worker died each time) is dead-lettered by the broker.
+    ondemand_delivery_limit: int = Field(default=5, ge=1, le=100)
+    #: Soft time limit of one task call (the task gets an exception it can clean up after), then the hard
+    #: one (the worker process is killed). A message may ask for less.
+    ondemand_soft_time_limit_s: float = Field(default=3600.0, gt=0)
+    ondemand_time_limit_s: float = Field(default=3660.0, gt=0)
+    #: Lease TTL of on-demand calls: how soon a redelivered message takes over from a killed worker.
+    ondemand_lease_ttl_s: float = Field(default=30.0, ge=1)
 
     @field_validator("storage_root", "audit_root", "audit_head_root")
     @classmethod
