@@ -188,9 +188,9 @@ def build_music_model(dest: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path
     return dest
 
 
-def build_all(root: Path, *, seed: int = 0, text_steps: int = 200) -> dict[str, str]:
+def build_all(root: Path, *, seed: int = 0, text_steps: int = 200, text_batch: int = 16) -> dict[str, str]:
     """Build the three tiny models under ``root``; returns ``{"text", "image", "music"}`` -> directory."""
-    text = build_text_model(root / "tiny-text", seed=seed, steps=text_steps)
+    text = build_text_model(root / "tiny-text", seed=seed, steps=text_steps, batch_size=text_batch)
     image = build_image_pipeline(root / "tiny-image", seed=seed)
     music = build_music_model(root / "tiny-music", text, seed=seed)
     return {"text": str(text), "image": str(image), "music": str(music)}
