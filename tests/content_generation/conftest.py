@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 #: Few training steps: the text model only needs to load, generate and be reproducible here.
-TEXT_STEPS = 40
+TEXT_STEPS = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """The generator-level tests call torch directly: one thread, as the tasks get from ``num_threads``."""
+    from aitasks.platform.compute import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -48,4 +58,5 @@ PROMPTS: list[dict[str, Any]] = [
 ]
 
 #: Small sizes: the whole chain runs in seconds on the tiny models.
-GENERATION = {"seed": 7, "max_new_tokens": 16, "image_steps": 4, "audio_seconds": 1.0}
+#: One torch thread: on a shared 2-core machine more threads cost many times their work (measured).
+GENERATION = {"seed": 7, "max_new_tokens": 16, "image_steps": 4, "audio_seconds": 1.0, "num_threads": 1}

@@ -128,7 +128,12 @@ def test_check_task_rejects_and_records_every_bad_output(captured: CapturedRunti
     uri = _fake_batch(
         tmp_path,
         [
-            {"id": "good-text", "kind": "text", "file": "good-text.txt", "write": lambda p: p.write_text("Blue Hour Mix")},
+            {
+                "id": "good-text",
+                "kind": "text",
+                "file": "good-text.txt",
+                "write": lambda p: p.write_text("Blue Hour Mix"),
+            },
             {"id": "rep", "kind": "text", "file": "rep.txt", "write": lambda p: p.write_text("go go go go go go go")},
             {"id": "blank", "kind": "image", "file": "blank.png", "write": lambda p: _png(p, np.zeros((8, 8, 3)))},
             {
@@ -159,7 +164,9 @@ def test_check_task_rejects_and_records_every_bad_output(captured: CapturedRunti
     # The near-silent clip breaks two rules: both are recorded.
     assert res.rules == {"blank": 1, "degenerate": 1, "provenance": 2, "silence": 1, "too_quiet": 1}
     with open_bundle(res.checks_uri, kind="content_checks") as (folder, _):
-        quarantine = {json.loads(x)["id"]: json.loads(x) for x in (folder / "quarantine.jsonl").read_text().splitlines()}
+        quarantine = {
+            json.loads(x)["id"]: json.loads(x) for x in (folder / "quarantine.jsonl").read_text().splitlines()
+        }
     assert set(quarantine) == {"rep", "blank", "quiet", "nosidecar", "badsidecar"}
     assert all(q["reasons"] for q in quarantine.values())
     assert "output_rejected" in captured.log_text()

@@ -27,7 +27,7 @@ from aitasks.runtime.errors import DataFormatError, InvalidInputError
 
 CPU = torch.device("cpu")
 F32 = torch.float32
-GEN = GenerationConfig(seed=3, max_new_tokens=12, image_steps=3, audio_seconds=1.0)
+GEN = GenerationConfig(seed=3, max_new_tokens=12, image_steps=3, audio_seconds=1.0, num_threads=1)
 
 
 def test_text_model_loads_through_auto_classes_and_is_reproducible(tiny_models: dict[str, str]) -> None:
@@ -129,11 +129,13 @@ def test_missing_or_weightless_model_dirs_are_clear_errors(tmp_path: Path) -> No
         load_music_model("", CPU, F32, task="t")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text("{}")
-    with pytest.raises(DataFormatError, match="no .safetensors weights"):
+    with pytest.raises(DataFormatError, match=r"no \.safetensors weights"):
         check_model_dir(tmp_path / "empty", field="models.text", task="t")
 
 
-def test_gcs_model_dir_is_downloaded_once_into_a_content_keyed_cache(tiny_models: dict[str, str], tmp_path: Path) -> None:
+def test_gcs_model_dir_is_downloaded_once_into_a_content_keyed_cache(
+    tiny_models: dict[str, str], tmp_path: Path
+) -> None:
     from aitasks.runtime.storage import GCSStorage, put_tree
     from tests.fakes.gcs import FakeGCSClient
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aitasks.content_generation.policy import BlockedTerms, bad_characters, normalise, personal_data, redact
+from aitasks.content_generation.policy import BlockedTerms, normalise, personal_data, redact
 from aitasks.content_generation.prompts import (
     RULES,
     PromptPolicy,
@@ -28,7 +28,7 @@ POLICY = PromptPolicy(min_chars=3, max_chars=120)
 
 
 def _rules(prompt: dict) -> list[str]:
-    accepted, rejected = parse_prompt_file(json.dumps(prompt).encode(), POLICY, BLOCKED, max_prompts=10)
+    _, rejected = parse_prompt_file(json.dumps(prompt).encode(), POLICY, BLOCKED, max_prompts=10)
     return [r.rule for r in rejected]
 
 

@@ -91,7 +91,9 @@ def test_every_output_has_a_sidecar_and_images_and_audio_embed_it(chain: Chain) 
 
     items = _release_dir(chain) / "items"
     outputs = sorted(p for p in items.iterdir() if not p.name.endswith(".provenance.json"))
-    assert {p.suffix for p in outputs} == {".png", ".flac"} | ({".txt"} if chain.checked.accepted_by_kind.get("text") else set())
+    assert {p.suffix for p in outputs} == {".png", ".flac"} | (
+        {".txt"} if chain.checked.accepted_by_kind.get("text") else set()
+    )
     prompts_by_id = {p["id"]: p for p in PROMPTS}
     for out in outputs:
         prov = Provenance.model_validate_json((items / (out.name + ".provenance.json")).read_text())
@@ -124,7 +126,13 @@ def test_every_task_call_is_audited_with_the_key_the_provenance_names(chain: Cha
     records = [r for r in AuditLog(chain.captured.root / "store" / "audit").records() if r["status"] == "succeeded"]
     tasks = [r["task"] for r in records]
     assert tasks.count("content.generate") == 4
-    assert set(tasks) == {"content.validate_prompts", "content.generate", "content.check", "content.publish", "content.report"}
+    assert set(tasks) == {
+        "content.validate_prompts",
+        "content.generate",
+        "content.check",
+        "content.publish",
+        "content.report",
+    }
     keys = {r["idempotency_key"] for r in records if r["task"] == "content.generate"}
     sidecars = (_release_dir(chain) / "items").glob("*.provenance.json")
     assert {json.loads(p.read_text())["idempotency_key"] for p in sidecars} <= keys
@@ -145,7 +153,12 @@ def test_a_second_run_is_an_idempotent_hit(chain: Chain) -> None:
 
     g = chain.generated[2]
     again = generate_content_task(
-        {"prompts_uri": chain.validated.prompts_uri, "batch_index": 2, "models": chain.models, "generation": GENERATION},
+        {
+            "prompts_uri": chain.validated.prompts_uri,
+            "batch_index": 2,
+            "models": chain.models,
+            "generation": GENERATION,
+        },
         runtime=chain.captured.rt,
     )
     assert again == g

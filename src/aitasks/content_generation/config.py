@@ -35,6 +35,7 @@ class GenerationConfig(TaskModel):
     precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="auto: bfloat16/float16 on a GPU, float32 on a CPU."
     )
+    num_threads: int = Field(default=0, ge=0, le=256, description="Torch CPU threads (0: usable CPUs, at most 4).")
     max_new_tokens: int = Field(default=48, ge=1, description="Text: new tokens per prompt.")
     temperature: float = Field(default=0.9, gt=0, le=5, description="Text and music sampling temperature.")
     top_k: int = Field(default=50, ge=0, le=10_000, description="Text and music: top-k sampling (0: off).")

@@ -310,7 +310,7 @@ def generate_content_task(params: GenerateParams, ctx: TaskContext) -> GenerateR
     loaded: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with torch_threads(), tempfile.TemporaryDirectory(prefix="aitasks-content-") as tmp:
+    with torch_threads(gen.num_threads or None), tempfile.TemporaryDirectory(prefix="aitasks-content-") as tmp:
         root = Path(tmp)
         for batch in chosen:
             kind = batch["kind"]

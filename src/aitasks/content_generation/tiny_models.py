@@ -12,7 +12,8 @@ For tests, the bench and demos (no weights can be downloaded here):
   encoder, a tiny EnCodec (8 kHz, 50 frames/s; two bandwidths so it has at least as many quantizers as
   the decoder has codebooks) and a 1-layer decoder with 2 codebooks, sharing the text model's tokenizer.
 
-Everything is seeded; weights are written as safetensors.
+Everything is seeded; weights are written as safetensors. Building uses one torch thread: these models
+are too small to gain from more, and on a busy machine extra threads cost many times their work.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def build_text_model(dest: Path, *, seed: int = 0, steps: int = 200, docs: int =
     from transformers.utils import logging as hf_logging
 
     from aitasks.content_generation.catalog_text import training_corpus
+    from aitasks.platform.compute import torch_threads
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -63,7 +65,7 @@ def build_text_model(dest: Path, *, seed: int = 0, steps: int = 200, docs: int =
         eos_token_id=tok.eos_token_id,
     )
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
+    with torch_threads(1), torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(cfg)
         batch = tok(
@@ -95,8 +97,10 @@ def build_image_pipeline(dest: Path, *, seed: int = 0, size: int = 32) -> Path:
     from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
     from diffusers.utils import logging as df_logging
 
+    from aitasks.platform.compute import torch_threads
+
     df_logging.set_verbosity_error()
-    with torch.random.fork_rng():
+    with torch_threads(1), torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = UNet2DModel(
             sample_size=size,
@@ -125,6 +129,8 @@ def build_music_model(dest: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path
         T5Config,
     )
     from transformers.utils import logging as hf_logging
+
+    from aitasks.platform.compute import torch_threads
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -169,7 +175,7 @@ def build_music_model(dest: Path, tokenizer_dir: Path, *, seed: int = 0) -> Path
         bos_token_id=codebook,
     )
     cfg = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=codec.to_dict(), decoder=decoder.to_dict())
-    with torch.random.fork_rng():
+    with torch_threads(1), torch.random.fork_rng():
         torch.manual_seed(seed)
         model: Any = MusicgenForConditionalGeneration(cfg)
         # EnCodec's codebooks start as zeros (a released checkpoint fills them): give them random entries so
