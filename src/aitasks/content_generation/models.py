@@ -157,7 +157,7 @@ def remote_fingerprint(uri: str, storage: Storage | None = None) -> str:
         return _tree_sha256(str(root.resolve()), _stamp(root))
     st = storage or storage_for(uri)
     prefix = uri.rstrip("/") + "/"
-    objects = sorted(st.list(prefix))
+    objects = sorted(o for o in st.list(prefix) if not o.endswith("/"))  # no folder placeholders
     return sha256_json([[o[len(prefix) :], st.content_hash(o)] for o in objects])
 
 
@@ -178,7 +178,7 @@ def local_model_dir(uri: str, *, storage: Storage | None = None, cache_dir: Path
         return Path(uri.removeprefix("file://"))
     st = storage or storage_for(uri)
     prefix = uri.rstrip("/") + "/"
-    objects = sorted(st.list(prefix))
+    objects = sorted(o for o in st.list(prefix) if not o.endswith("/"))  # no folder placeholders
     if not objects:
         raise FileNotFoundError(f"{prefix}: no object under this prefix")
     fingerprint = sha256_json([[o[len(prefix) :], st.content_hash(o)] for o in objects])
@@ -285,7 +285,10 @@ def load_text_model(
         root,
         "the causal language model",
     )
-    tok.padding_side = "left"  # decoder-only models continue the prompt: pad on the left
+    # Decoder-only models continue the prompt: pad, and truncate a too-long prompt, on the left (the cue at
+    # the prompt's end, "Title:", must stay next to the generated tokens).
+    tok.padding_side = "left"
+    tok.truncation_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return LoadedModel(model.to(device).eval(), tok, ident, uri, device, dtype)

@@ -525,7 +525,7 @@ def check_content_task(params: CheckParams, ctx: TaskContext) -> CheckResult:
                 elif prov.get("file") != item["file"] or prov.get("sha256") != sha256_file(path):
                     reasons.append("provenance: the sidecar does not describe this file")
                 if item["kind"] == "text":
-                    verdict = check_text(path.read_text("utf-8"), cfg, blocked)
+                    verdict = check_text(path.read_text("utf-8", errors="replace"), cfg, blocked)
                 elif item["kind"] == "image":
                     verdict = check_image(path, cfg, int(item.get("expected_size") or 0))
                 else:
