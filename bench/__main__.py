@@ -59,6 +59,11 @@ def main() -> None:
     with console.status("audio analysis: one-STFT pipeline vs naive librosa, x realtime per core…"):
         records += bench_audio()
 
+    from bench.content import bench_content
+
+    with console.status("content generation: batched vs one prompt at a time, per generator (tiny models)…"):
+        records += bench_content()
+
     table = Table(title="aitasks benchmarks (ratio = value / baseline, same run)")
     for col in ("benchmark", "metric", "value", "unit", "baseline", "baseline value", "ratio"):
         table.add_column(col)

@@ -9,9 +9,11 @@ from typing import Any
 def pipelines() -> dict[str, Callable[..., Any]]:
     from pipelines.audio_analysis import NAME as AUDIO
     from pipelines.audio_analysis import audio_analysis
+    from pipelines.content_generation import NAME as CONTENT
+    from pipelines.content_generation import content_generation
     from pipelines.data_pipeline import NAME as DATA
     from pipelines.data_pipeline import data_pipeline
     from pipelines.reco_training import NAME as RECO
     from pipelines.reco_training import reco_training
 
-    return {DATA: data_pipeline, RECO: reco_training, AUDIO: audio_analysis}
+    return {DATA: data_pipeline, RECO: reco_training, AUDIO: audio_analysis, CONTENT: content_generation}

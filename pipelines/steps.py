@@ -179,3 +179,37 @@ def data_steps(
         ks_pvalue_threshold=ks_pvalue_threshold,
     )
     return DataSteps(src, ingest, feats, mat, drift)
+
+
+# Content generation -------------------------------------------------------------------------------
+# (Appended after ALL_STEPS: added to it below.)
+from components.content_generation import (  # noqa: E402
+    check_content,
+    content_report,
+    generate_content,
+    publish_content,
+    validate_prompts,
+)
+
+# The prompt file may change under the same URI: never served from the KFP cache (the task's own key
+# covers its content hash).
+VALIDATE_PROMPTS = StepSpec(validate_prompts, "content.validate_prompts", "validate-prompts", retries=1, cache=False)
+# The model directories may change under the same URIs: never served from the KFP cache (the task's key
+# holds the models' fingerprints, so a rerun with unchanged models is still an idempotent hit).
+GENERATE_CONTENT = StepSpec(
+    generate_content,
+    "content.generate",
+    "generate",
+    cpu="4",
+    memory="16Gi",
+    cpu_limit="8",
+    memory_limit="32Gi",
+    retries=1,
+    cache=False,
+    gpu=True,
+)
+CHECK_CONTENT = StepSpec(check_content, "content.check", "check", cpu="1", memory="2Gi", retries=1)
+# Writes the published release and moves LATEST.json: state the cache cannot see.
+PUBLISH_CONTENT = StepSpec(publish_content, "content.publish", "publish", retries=3, cache=False)
+CONTENT_REPORT = StepSpec(content_report, "content.report", "report", memory="2Gi")
+ALL_STEPS = (*ALL_STEPS, VALIDATE_PROMPTS, GENERATE_CONTENT, CHECK_CONTENT, PUBLISH_CONTENT, CONTENT_REPORT)

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     #: Worker processes of audio analysis (0: one per available core).
     audio_workers: int = Field(default=0, ge=0, le=256)
 
+    #: Content generation bounds: a task input over its bound is refused (naming the setting), never clamped.
+    content_max_batch_size: int = Field(default=16, ge=1, le=1024)
+    content_max_prompts: int = Field(default=10_000, ge=1)
+    content_max_prompt_chars: int = Field(default=1000, ge=1)
+    content_max_new_tokens: int = Field(default=512, ge=1)
+    content_max_image_steps: int = Field(default=100, ge=1)
+    content_max_image_size: int = Field(default=1024, ge=8)
+    content_max_audio_seconds: float = Field(default=30.0, gt=0)
+    #: Where ``gs://`` model directories are downloaded to, keyed by content. Empty: the system temp dir.
+    content_model_cache: str = ""
+
     #: Turn "service unreachable" into a failure instead of a skip or a fallback (set in CI).
     require_services: bool = False
 

@@ -1258,6 +1258,7 @@ def ai_task(
 #: Modules whose import registers the built-in tasks.
 TASK_MODULES: tuple[str, ...] = (
     "aitasks.audio_analysis.tasks",
+    "aitasks.content_generation.tasks",
     "aitasks.data_processing.tasks",
     "aitasks.model_training.tasks",
     "aitasks.recommendation_update.tasks",
