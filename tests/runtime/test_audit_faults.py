@@ -275,7 +275,7 @@ def test_a_full_audit_volume_fails_the_task_before_its_result_commits(
     with pytest.raises(AuditWriteError, match="refusing to commit"):
         scale_task({"source": str(src), "factor": 2.0}, runtime=rt)
     assert not list((tmp_path / "store" / "_idempotency").rglob("*.json")), "nothing committed"
-    assert [r["status"] for r in rt.audit.records()][0] == "started"
+    assert rt.audit.records()[0]["status"] == "started"
     filler.unlink()
     rt = Runtime.create(settings, run=RunContext(run_id="after"))
     assert scale_task({"source": str(src), "factor": 2.0}, runtime=rt).total == 12.0

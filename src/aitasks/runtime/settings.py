@@ -159,6 +159,7 @@ class Settings(BaseSettings):
     def task_retry_budget_s(self, task: str, declared: float) -> float:
         """The retry budget of ``task``: settings by name, else settings' ``*``, else the task's policy."""
         return float(self.task_retry_budgets_s.get(task, self.task_retry_budgets_s.get("*", declared)))
+
     # -- On-demand tasks on Celery workers (aitasks.ondemand; docs/en/ondemand.md) ----------------------
     #: RabbitMQ broker. The URL carries a password: in a cluster it comes from the Secret aitasks-ondemand.
     ondemand_broker_url: SecretStr = SecretStr(DEV_BROKER_URL)
