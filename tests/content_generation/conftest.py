@@ -60,3 +60,10 @@ PROMPTS: list[dict[str, Any]] = [
 #: Small sizes: the whole chain runs in seconds on the tiny models.
 #: One torch thread: on a shared 2-core machine more threads cost many times their work (measured).
 GENERATION = {"seed": 7, "max_new_tokens": 16, "image_steps": 4, "audio_seconds": 1.0, "num_threads": 1}
+
+
+@pytest.fixture(autouse=True)
+def _inputs_under_the_test_temp_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompt files and tiny models live beside each test's storage root: allow the session's temp dir as input
+    root (storage confinement refuses anything else; tests/runtime/test_confinement.py covers the refusal)."""
+    monkeypatch.setenv("AITASKS_INPUT_ROOTS", str(tmp_path_factory.getbasetemp()))

@@ -177,7 +177,7 @@ def test_same_seed_same_content_in_a_fresh_store_and_ogg_output(
     from aitasks.content_generation.provenance import read_embedded
     from aitasks.runtime.bundle import open_bundle
 
-    other = CapturedRuntime(tmp_path)
+    other = CapturedRuntime(tmp_path, inputs=(Path(chain.validated.prompts_uri).parents[5],))
     for first in (chain.generated[0], chain.generated[2]):
         redo = generate_content_task(
             {
