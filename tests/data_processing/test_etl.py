@@ -31,7 +31,6 @@ from aitasks.data_processing.contract import (
 )
 from aitasks.data_processing.etl import QUARANTINE_SCHEMA, IngestReport, detect_format, ingest_events, read_catalog
 from aitasks.data_processing.etl import ingest as etl_ingest
-from aitasks.data_processing.generator import CONTEXTS as GOOD_CONTEXTS
 from aitasks.data_processing.generator import generate_dataset
 from aitasks.runtime.errors import DataFormatError, InvalidInputError
 
@@ -763,7 +762,8 @@ def test_property_garbage_never_crashes_and_reconciles(
         assert all(0 <= p < len(full) for p in positions)
     assert good["event_id"].n_unique() == good.height
     assert good["event_id"].str.contains(r"^[A-Za-z0-9_-]{1,64}$").all()
-    assert good["context"].is_in(list(GOOD_CONTEXTS)).all()
+    # Contexts are an open vocabulary: a letter or digit, at most 64 characters (data contract 2.0.0).
+    assert good["context"].str.contains(r"[A-Za-z0-9]").all() and (good["context"].str.len_chars() <= 64).all()
     assert good["ms_played"].is_between(0, MAX_MS_PLAYED).all()
     assert (good["ts"] <= NOW + timedelta(minutes=5)).all()
 

@@ -70,7 +70,7 @@ def refused_url() -> str:
 
 def _runtime(c: CapturedRuntime, **settings: object) -> Runtime:
     rt = Runtime.create(
-        Settings(storage_root=str(c.root / "store"), actor="pytest", **settings),  # type: ignore[arg-type]
+        Settings(storage_root=str(c.root / "store"), actor="pytest", input_roots=(str(c.root),), **settings),  # type: ignore[arg-type]
         run=RunContext(run_id="run-budget"),
         telemetry=Telemetry(span_exporter=c.spans),
     )

@@ -196,7 +196,11 @@ def test_a_call_past_its_soft_time_limit_fails_and_is_dead_lettered(prefork: Lab
 
 
 def test_a_call_past_its_hard_time_limit_is_killed_and_dead_lettered_once(prefork: Lab) -> None:
-    """A call that ignores its soft limit is killed at the hard one; the verdict is final (no redelivery)."""
+    """A body that would ignore its soft limit still ends the call at a time limit; the verdict is final.
+
+    The task runtime runs a body in a worker thread under its deadline, so Celery's soft-limit exception
+    reaches the waiting caller, not the body: the call fails at the soft limit (the stubborn body is
+    abandoned, and the hard limit remains the backstop that kills the pool process)."""
     params = {"seconds": 30.0, "tag": "hard", "stubborn": True}
     sub = submit("test.ondemand.slow", params, app=prefork.app, soft_time_limit_s=0.5, time_limit_s=1.5)
     prefork.task_ids.append(sub.task_id)
@@ -204,8 +208,7 @@ def test_a_call_past_its_hard_time_limit_is_killed_and_dead_lettered_once(prefor
         wait(prefork.app, sub.task_id, timeout=60)
     assert caught.value.kind == "time_limit"
     (letter,) = eventually(lambda: read_dead_letters(prefork.app, remove=True), what="the dead letter")
-    assert letter.reason == "time_limit" and "hard" in letter.detail and letter.task_id == sub.task_id
-    assert len(prefork.lines("hard.soft")) == 1, "the soft limit fired first"
+    assert letter.reason == "time_limit" and "time limit" in letter.detail and letter.task_id == sub.task_id
     assert len(prefork.lines("hard.started")) == 1, "not redelivered: the verdict is final"
     assert prefork.lines("hard.completed") == []
     assert read_dead_letters(prefork.app) == []

@@ -21,7 +21,8 @@ from tests.runtime._tasks import scale_task
 
 
 def _runtime(root: Path, step: str) -> Runtime:
-    return Runtime.create(Settings(storage_root=str(root)), run=RunContext(run_id="r1", step=step))
+    settings = Settings(storage_root=str(root), input_roots=(str(root.parent),))
+    return Runtime.create(settings, run=RunContext(run_id="r1", step=step))
 
 
 def test_each_finished_step_is_one_line_and_raw_output_goes_to_the_file(

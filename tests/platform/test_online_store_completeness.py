@@ -198,7 +198,12 @@ def test_the_task_hit_rechecks_the_store_and_rewrites_a_lost_one(
     from aitasks.runtime.telemetry import Telemetry
 
     c = CapturedRuntime(tmp_path)
-    settings = Settings(storage_root=str(tmp_path / "store"), actor="pytest", redis_url=throwaway_redis.url)
+    settings = Settings(
+        storage_root=str(tmp_path / "store"),
+        actor="pytest",
+        redis_url=throwaway_redis.url,
+        input_roots=(str(tmp_path),),
+    )
     rt = Runtime.create(settings, run=RunContext(run_id="run-f12"), telemetry=Telemetry(span_exporter=c.spans))
     params = {
         "user_features_uri": str(feature_files / "user_features.parquet"),

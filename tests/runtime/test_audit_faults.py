@@ -265,7 +265,12 @@ def test_a_full_audit_volume_fails_the_task_before_its_result_commits(
     monkeypatch.setattr(audit_mod, "MIN_FREE_BYTES", 32 * 1024)
     src = tmp_path / "n.txt"
     src.write_text("1 2 3")
-    settings = Settings(storage_root=str(tmp_path / "store"), audit_root=str(tiny_fs / "audit"), audit_key=KEY)
+    settings = Settings(
+        storage_root=str(tmp_path / "store"),
+        audit_root=str(tiny_fs / "audit"),
+        audit_key=KEY,
+        input_roots=(str(tmp_path),),
+    )
     rt = Runtime.create(settings, run=RunContext(run_id="full"))
     filler = tiny_fs / "filler"
     with filler.open("wb") as fh:  # another tenant leaves less than the threshold free

@@ -33,6 +33,7 @@ def _nested_step(sizes: dict, counts: list, storage_root: str) -> int:
 
 def test_kfp_local_numbers_pass_strict_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    monkeypatch.setenv("AITASKS_INPUT_ROOTS", str(tmp_path))  # the source file lies beside the store
     source = tmp_path / "numbers.txt"
     source.write_text("1 2 3")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
