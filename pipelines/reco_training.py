@@ -64,6 +64,53 @@ def reco_training(
     contexts come from the data (no closed list). ``serving_mode``: ``auto`` (the evaluation picks
     whether ``recommend`` filters played tracks by default), ``all`` or ``discovery``; it is also the
     gate's protocol. The training settings are those of ``model.train``.
+
+    Args:
+        run_context: Who and what started the run (storage root override, submitter, git revision,
+            pipeline version, traceparent); filled by `python -m pipelines run/upload/schedule`.
+        events_uri: Listening events (Parquet, JSONL or CSV; gs:// or under the storage root). Empty:
+            synthetic events (demo and tests only).
+        catalog_uri: The track catalog (Parquet, JSONL or CSV). Empty: the synthetic catalog.
+        synthetic: Generator settings used only when events_uri is empty (seed, users, tracks, events,
+            days, start_date, dirty_rows); ignored when events_uri is set.
+        as_of: End of the data interval (ISO 8601, UTC). Empty: the run's scheduled or creation time.
+        chunk_rows: Rows per ingest chunk (memory bound of the ETL).
+        lookback_days: Days of history the user and track features cover.
+        half_life_days: Half-life of the recency weighting of plays in the features, in days.
+        feast_project: Feast project the features are registered and materialized in.
+        online_store: Feast online store: redis (clusters) or sqlite (one machine).
+        psi_threshold: Drift alert threshold on the population stability index of any feature.
+        ks_pvalue_threshold: Drift alert threshold on the Kolmogorov-Smirnov p-value of any feature.
+        holdout_days: Final days of events held out for the evaluation.
+        epochs: Training passes over the training rows.
+        batch_size: Rows per training batch (the in-batch negatives).
+        lr: Learning rate of the dense parameters (Adam).
+        sparse_lr: Learning rate of the id embeddings.
+        train_seed: Training seed: same seed and data, same weights.
+        embedding_dim: Output embedding size (the index's dimension).
+        id_dim: Size of the user and track id embeddings.
+        hidden_dim: Hidden layer size of each tower.
+        temperature: Softmax temperature of the training loss.
+        logq_correction: Correct the in-batch negatives for track popularity.
+        train_device: Training device: auto (CUDA when available), cpu or cuda.
+        average_epochs: Average the weights of the checkpoints of the last this many epochs.
+        checkpoints_per_epoch: Checkpoints averaged per epoch.
+        lr_decay: Learning-rate schedule: none, linear or cosine.
+        model_name: MLflow registered-model name of the recommender.
+        serving_mode: auto (the evaluation picks whether served lists drop played tracks), all or
+            discovery; also the gate's evaluation protocol.
+        min_lift_over_popularity: Blessing rule: the lower bound of model / popularity recall must reach this.
+        max_regression_vs_champion: Blessing rule: the lower bound of model / champion must reach 1 minus this.
+        gate_confidence: Two-sided coverage of the gate's paired bootstrap intervals.
+        bootstrap_resamples: Paired bootstrap resamples of the gate.
+        index_name: Name the ANN index is published under.
+        index_backend: HNSW implementation of the index.
+        hnsw_m: HNSW graph degree.
+        hnsw_ef_construction: HNSW build beam width.
+        recall_floor: Refuse to publish an index whose recall@10 against exact search is below this.
+        target_recall: The query beam (ef_search) is tuned to reach this recall@10.
+        gpu_node_selector: Node selector of the GPU step (training).
+        gpu_toleration: Toleration of the GPU step (the taint of the GPU node pool).
     """
     run = PipelineRun(NAME, run_context, gpu_node_selector=gpu_node_selector, gpu_toleration=gpu_toleration)
     summary = steps.SUMMARY(run)

@@ -235,3 +235,12 @@ def test_reco_training_passes_every_training_setting_and_the_serving_mode(fresh:
     assert "exclude_seen" not in evaluate and "exclude_seen" not in EvaluateParams.model_fields
     for field in ("serving_mode", "confidence", "bootstrap_resamples"):
         assert "componentInputParameter" in evaluate[field], field
+
+
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_every_run_form_parameter_has_a_description(name: str, fresh: dict[str, str]) -> None:
+    """The KFP UI run form shows each parameter's description (compiled from the pipeline's ``Args:``)."""
+    spec, _ = _docs(fresh[name])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    missing = sorted(k for k, v in params.items() if len(v.get("description", "").strip()) < 10)
+    assert not missing, f"{name}: parameters without a description: {missing}"
