@@ -280,7 +280,7 @@ def test_cli_recommend_index_and_model_commands(chain: Chain) -> None:
     assert filtered.returncode == 0, filtered.stderr
     assert "played tracks filtered (your choice)" in " ".join(filtered.stdout.split())
     bad = cli("recommend", "--user", "../../etc/passwd")
-    assert bad.returncode == 1 and "user" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 3 and "user: must be" in bad.stderr and "Traceback" not in bad.stderr
     listed = cli("index", "list")
     assert listed.returncode == 0 and "v1" in listed.stdout
     shown = cli("model", "show")

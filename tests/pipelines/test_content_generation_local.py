@@ -47,7 +47,9 @@ def content_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
         "batch_size": 2,
         "collection": "e2e",
     }
-    outcome = run_and_collect("content-generation", params, work, Console(width=120))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AITASKS_INPUT_ROOTS", str(work))  # prompts and models lie beside the storage root
+        outcome = run_and_collect("content-generation", params, work, Console(width=120))
     return work, {"results": outcome.results, "run": outcome.run, "records": outcome.records, "models": models}
 
 

@@ -44,7 +44,7 @@ AUDIO = {k: v for k, v in AUDIO_SMALL.items() if k != "run_context"} | {"as_of":
 NOT_REDONE = {"data.source", "data.ingest", "data.features", "feast.materialize", "reco.training_set", "model.train"}
 #: Top-level entries of the work directory: kfp.local's pipeline root, the step sandboxes, the
 #: launcher's temp files and the two services' own directories.
-WORKDIR_ENTRIES = {"kfp", "steps", "tmp", "gcs-emulator", "mlflow-server"}
+WORKDIR_ENTRIES = {"kfp", "steps", "tmp", "gcs-emulator", "mlflow-server", "logs"}  # logs: kfp.local raw output
 
 
 @pytest.fixture(scope="module")

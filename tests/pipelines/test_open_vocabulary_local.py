@@ -88,11 +88,14 @@ def _one(root: Path, pattern: str) -> Path:
 
 
 @pytest.mark.parametrize("events_fmt", ["csv", "jsonl", "parquet"])
-def test_open_vocabulary_catalog_trains_end_to_end(tmp_path: Path, events_fmt: str) -> None:
+def test_open_vocabulary_catalog_trains_end_to_end(
+    tmp_path: Path, events_fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from aitasks.data_processing.vocabulary import Vocabularies, fold
     from pipelines.demo import run_demo
 
     events, catalog = make_inputs(tmp_path / "data", events_fmt)
+    monkeypatch.setenv("AITASKS_INPUT_ROOTS", str(tmp_path / "data"))  # the inputs lie outside the storage root
     summary = run_demo(
         tmp_path / "run",
         events_uri=str(events),

@@ -161,3 +161,12 @@ def test_every_configured_exporter_sits_behind_the_redacting_one(exporter: str) 
         assert isinstance(processor.span_exporter, RedactingSpanExporter)  # type: ignore[attr-defined]
     finally:
         tel.shutdown()  # no span was made: nothing to send
+
+
+def test_a_validation_message_about_the_user_field_stays_readable() -> None:
+    """``user: must be ...`` names a field: its words are not taken for an id (the CLI's error line)."""
+    from aitasks.runtime.logging import scrub_text
+
+    text = "invalid input for task 'reco.recommend': user: must be 1-64 characters; user_id: is required"
+    assert scrub_text(text) == text
+    assert "abc42" not in scrub_text("user: abc42 failed")

@@ -255,8 +255,17 @@ _PSEUDONYM = re.compile(r"u_[0-9a-f]{16}")
 _ID_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _ID = r"[A-Za-z0-9_-]{1,64}"
 # ``user_id=abc``, ``user: abc``, ``"user_id": "abc"``: a user key, ``=`` or ``:``, the id.
+# Not the words of a validation message: ``user: must be 1-64 characters`` names a field, not an id.
+_MESSAGE_WORDS = (
+    r"(?!(?:must|is|are|not|should|has|have|needs?|missing|required|invalid|expected|cannot|unknown"
+    r"|empty|none|null|a|an|the)(?![\w-]))"
+)
 _USER_PAIR = re.compile(
-    r"\b(?P<key>user|user_?ids?|listener_?id|uid)(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<id>" + _ID + r")(?![\w-])"
+    r"\b(?P<key>user|user_?ids?|listener_?id|uid)(?P<sep>['\"]?\s*[=:]\s*['\"]?)"
+    + _MESSAGE_WORDS
+    + r"(?P<id>"
+    + _ID
+    + r")(?![\w-])"
 )
 # ``user 'abc'``, ``user_id "abc"``: a user key followed by a quoted id.
 _USER_QUOTED = re.compile(r"\b(?P<key>user|user_?id|listener_?id)(?P<sep>\s+)(?P<q>['\"])(?P<id>" + _ID + r")(?P=q)")
