@@ -265,6 +265,28 @@ def _load(loader: Callable[[Path], Any], root: Path, what: str) -> Any:
         raise DataFormatError(str(root), f"cannot load {what}: {exc}") from None
 
 
+def _load_transformers(
+    model_cls: Any,
+    uri: str,
+    field: str,
+    what: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    task: str,
+    storage: Storage | None,
+    cache_dir: Path | None,
+) -> tuple[Any, Any, ModelIdentity]:
+    """``(model, tokenizer, identity)`` of a transformers model directory: safetensors only, offline."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    root, ident = _prepare(uri, field, task, storage, cache_dir)
+    tok = _load(lambda r: AutoTokenizer.from_pretrained(r, **_OFFLINE), root, "the tokenizer")
+    model = _load(lambda r: model_cls.from_pretrained(r, use_safetensors=True, dtype=dtype, **_OFFLINE), root, what)
+    return model.to(device).eval(), tok, ident
+
+
 def load_text_model(
     uri: str,
     device: torch.device,
@@ -275,23 +297,19 @@ def load_text_model(
     cache_dir: Path | None = None,
 ) -> LoadedModel:
     """A causal language model and its tokenizer (``AutoModelForCausalLM`` / ``AutoTokenizer``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    _quiet_transformers()
-    root, ident = _prepare(uri, "models.text", task, storage, cache_dir)
-    tok = _load(lambda r: AutoTokenizer.from_pretrained(r, **_OFFLINE), root, "the tokenizer")
-    model = _load(
-        lambda r: AutoModelForCausalLM.from_pretrained(r, use_safetensors=True, dtype=dtype, **_OFFLINE),
-        root,
-        "the causal language model",
-    )
+    model, tok, ident = _load_transformers(
+        AutoModelForCausalLM, uri, "models.text", "the causal language model", device, dtype,
+        task=task, storage=storage, cache_dir=cache_dir,
+    )  # fmt: skip
     # Decoder-only models continue the prompt: pad, and truncate a too-long prompt, on the left (the cue at
     # the prompt's end, "Title:", must stay next to the generated tokens).
     tok.padding_side = "left"
     tok.truncation_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(model.to(device).eval(), tok, ident, uri, device, dtype)
+    return LoadedModel(model, tok, ident, uri, device, dtype)
 
 
 def load_music_model(
@@ -304,17 +322,13 @@ def load_music_model(
     cache_dir: Path | None = None,
 ) -> LoadedModel:
     """A text-to-audio model (``AutoModelForTextToWaveform``: MusicGen) and its text tokenizer."""
-    from transformers import AutoModelForTextToWaveform, AutoTokenizer
+    from transformers import AutoModelForTextToWaveform
 
-    _quiet_transformers()
-    root, ident = _prepare(uri, "models.music", task, storage, cache_dir)
-    tok = _load(lambda r: AutoTokenizer.from_pretrained(r, **_OFFLINE), root, "the tokenizer")
-    model = _load(
-        lambda r: AutoModelForTextToWaveform.from_pretrained(r, use_safetensors=True, dtype=dtype, **_OFFLINE),
-        root,
-        "the text-to-audio model",
-    )
-    return LoadedModel(model.to(device).eval(), tok, ident, uri, device, dtype)
+    model, tok, ident = _load_transformers(
+        AutoModelForTextToWaveform, uri, "models.music", "the text-to-audio model", device, dtype,
+        task=task, storage=storage, cache_dir=cache_dir,
+    )  # fmt: skip
+    return LoadedModel(model, tok, ident, uri, device, dtype)
 
 
 def load_image_pipeline(

@@ -131,3 +131,13 @@ def atomic_write(
         fh.write(raw)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def root_cache_dir(kind: str, root: str) -> Path:
+    """This machine's cache folder of ``kind`` for storage root ``root``: one folder per root, under the
+    temp directory (a ``gs://`` root has no local folder; ``Path("gs://b")`` would be ``gs:/b``)."""
+    import tempfile
+
+    from aitasks.runtime.hashing import sha256_text
+
+    return Path(tempfile.gettempdir()) / f"aitasks-{kind}" / sha256_text(root)[:16]

@@ -71,7 +71,7 @@ from aitasks.runtime.errors import (
     PreconditionFailedError,
     UnsafePathError,
 )
-from aitasks.runtime.hashing import sha256_file, sha256_json, sha256_text
+from aitasks.runtime.hashing import sha256_file, sha256_json
 from aitasks.runtime.storage import Storage, Version, check_relative_key, is_gcs, join_uri, storage_for
 
 _TASK: Final = "index.publish"
@@ -542,7 +542,9 @@ def list_versions(root: str, name: str, *, storage: Storage | None = None) -> li
 
 
 def _default_cache(root: str) -> Path:
-    return Path(tempfile.gettempdir()) / "aitasks-index-cache" / sha256_text(root)[:16]
+    from aitasks.platform.files import root_cache_dir
+
+    return root_cache_dir("index-cache", root)
 
 
 def _verified_dir(root: str, name: str, manifest: IndexManifest, st: Storage, cache_dir: Path | None) -> Path:

@@ -67,18 +67,12 @@ def _model_dir(settings: Settings, model_name: str, version: int) -> Path:
     A local storage root keeps its cache beside the runs; a ``gs://`` root caches on this machine's temp
     directory, one folder per root (``Path("gs://b")`` would be the relative path ``gs:/b``).
     """
-    import tempfile
-
+    from aitasks.platform.files import root_cache_dir
     from aitasks.platform.registry import download_model, registry_config
-    from aitasks.runtime.hashing import sha256_text
     from aitasks.runtime.storage import is_gcs
 
     root = settings.storage_root
-    base = (
-        Path(tempfile.gettempdir()) / "aitasks-model-cache" / sha256_text(root)[:16]
-        if is_gcs(root)
-        else Path(root) / "cache"
-    )
+    base = root_cache_dir("model-cache", root) if is_gcs(root) else Path(root) / "cache"
     cache = base / "models" / model_name / f"v{version}"
     reg = registry_config(settings, model_name=model_name)
     _, path = download_model(reg, version=version, dest=cache)

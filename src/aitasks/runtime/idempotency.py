@@ -115,6 +115,20 @@ class IdempotencyStore:
         self.storage = storage
         self.root = root
 
+    def _write_marker(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Write a small marker (record, lease, audited flag); ``if_absent``: create-only.
+
+        A marker lost in a power cut only costs a recompute, never a wrong answer: locally the directory
+        fsync is skipped (the marker's content is still fsynced before it becomes visible).
+
+        Raises:
+            PreconditionFailedError: ``if_absent`` and the marker exists.
+        """
+        if isinstance(self.storage, LocalStorage):
+            self.storage.write_bytes(uri, data, if_absent=if_absent, sync_dir=False)
+        else:
+            self.storage.write_bytes(uri, data, if_absent=if_absent)
+
     def _uri(self, task: str, key: str) -> str:
         return join_uri(self.root, "_idempotency", task, f"{key}.json")
 
@@ -132,12 +146,7 @@ class IdempotencyStore:
         uri = self._uri(task, key)
         data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         try:
-            if isinstance(self.storage, LocalStorage):
-                # A marker lost in a power cut only costs a recompute, never a wrong answer: skip the
-                # directory fsync (the marker's content is still fsynced before it becomes visible).
-                self.storage.write_bytes(uri, data, if_absent=True, sync_dir=False)
-            else:
-                self.storage.write_bytes(uri, data, if_absent=True)
+            self._write_marker(uri, data, if_absent=True)
         except PreconditionFailedError:
             winner = self.get(task, key)
             if winner is None:  # pragma: no cover - deleted between the two calls
@@ -175,20 +184,13 @@ class IdempotencyStore:
         return self.storage.exists(self._audited_uri(task, key))
 
     def mark_audited(self, task: str, key: str, trace_id: str) -> None:
-        data = _dumps({"trace_id": trace_id, "at": time.time()})
-        if isinstance(self.storage, LocalStorage):
-            self.storage.write_bytes(self._audited_uri(task, key), data, sync_dir=False)
-        else:
-            self.storage.write_bytes(self._audited_uri(task, key), data)
+        self._write_marker(self._audited_uri(task, key), _dumps({"trace_id": trace_id, "at": time.time()}))
 
     def claim_audited(self, task: str, key: str, trace_id: str) -> bool:
         """Create the audited marker only if absent: True for the one caller that created it."""
         data = _dumps({"trace_id": trace_id, "at": time.time(), "adopted": True})
         try:
-            if isinstance(self.storage, LocalStorage):
-                self.storage.write_bytes(self._audited_uri(task, key), data, if_absent=True, sync_dir=False)
-            else:
-                self.storage.write_bytes(self._audited_uri(task, key), data, if_absent=True)
+            self._write_marker(self._audited_uri(task, key), data, if_absent=True)
         except PreconditionFailedError:
             return False
         return True
@@ -227,10 +229,7 @@ class IdempotencyStore:
         }
         data = _dumps(body)
         try:
-            if isinstance(self.storage, LocalStorage):
-                self.storage.write_bytes(uri, data, if_absent=True, sync_dir=False)
-            else:
-                self.storage.write_bytes(uri, data, if_absent=True)
+            self._write_marker(uri, data, if_absent=True)
             return Lease(self, uri, body, _written_version(self.storage, uri, data))
         except PreconditionFailedError:
             pass
