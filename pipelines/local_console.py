@@ -99,26 +99,26 @@ class _Watcher(threading.Thread):
 
     def __init__(self, audit: Any, storage_root: str, start: int, console: Console, interval: float = 0.5) -> None:
         super().__init__(name="kfp-local-progress", daemon=True)
-        self.audit, self.storage_root, self.seen, self.console = audit, storage_root, start, console
+        from aitasks.runtime.idempotency import IdempotencyStore
+        from aitasks.runtime.storage import storage_for
+
+        self.audit, self.seen, self.console = audit, start, console
+        self.store = IdempotencyStore(storage_for(storage_root), storage_root)
         self.interval = interval
         self.stop = threading.Event()
         self.lines = 0
 
     def poll(self) -> None:
-        from aitasks.runtime.idempotency import IdempotencyStore
-        from aitasks.runtime.storage import storage_for
-
         try:
             records = self.audit.records()
         except Exception:
             return
-        store = IdempotencyStore(storage_for(self.storage_root), self.storage_root)
         for rec in records[self.seen :]:
             if rec.get("status") in ("succeeded", "idempotent_hit", "failed", "rejected") and "task" in rec:
                 committed = None
                 if rec["status"] != "failed" and rec.get("idempotency_key"):
                     with contextlib.suppress(Exception):
-                        committed = store.get(rec["task"], rec["idempotency_key"])
+                        committed = self.store.get(rec["task"], rec["idempotency_key"])
                 self.console.print(step_line(rec, (committed or {}).get("result")), highlight=False)
                 self.lines += 1
         self.seen = len(records)
