@@ -276,3 +276,20 @@ def test_track_audio_rows_live_under_the_storage_root(
     table = pq.read_table(pa.BufferReader(storage_for(uri).read_bytes(uri)))
     assert table.num_rows == 4
     assert read_track_audio(cfg, ["t1"], ["audio_class"])["audio_class"] == ["drums"]
+
+
+def test_a_concurrent_first_table_creation_is_a_lost_race_and_other_sql_errors_are_not() -> None:
+    """CI saw a first apply lose ``CREATE TABLE projects`` to another writer (DuplicateTable): retried."""
+    import psycopg.errors
+    import sqlalchemy.exc
+
+    from aitasks.platform.feature_store.apply import _lost_a_race
+
+    def wrapped(orig: Exception) -> sqlalchemy.exc.ProgrammingError:
+        return sqlalchemy.exc.ProgrammingError("CREATE TABLE projects (...)", {}, orig)
+
+    assert _lost_a_race(wrapped(psycopg.errors.DuplicateTable('relation "projects" already exists')))
+    assert _lost_a_race(wrapped(psycopg.errors.DuplicateObject("type already exists")))
+    assert _lost_a_race(sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not _lost_a_race(wrapped(psycopg.errors.UndefinedColumn("no such column")))
+    assert not _lost_a_race(ValueError("not a database error"))

@@ -10,7 +10,7 @@ again (the winner's objects are then there) instead of failing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict
 
@@ -111,13 +111,23 @@ def apply_repo(cfg: FeastConfig, repo: FeatureRepo | None = None, *, offline: Pa
     raise AssertionError("unreachable")
 
 
+#: SQLSTATEs of a concurrent first ``CREATE TABLE`` in PostgreSQL: duplicate_table, duplicate_object.
+_CONCURRENT_CREATE: Final = frozenset({"42P07", "42710"})
+
+
 def _lost_a_race(exc: BaseException) -> bool:
-    """A SQL registry insert that another writer's insert of the same key beat."""
-    if type(exc).__name__ != "IntegrityError":
+    """Another writer beat this one on the SQL registry: its insert of the same key, or its creation of the
+    registry's tables (``CREATE TABLE IF NOT EXISTS`` is not atomic between two first applies in PostgreSQL:
+    the loser gets ``DuplicateTable``, or a unique violation on ``pg_type``)."""
+    if type(exc).__name__ not in ("IntegrityError", "ProgrammingError"):
         return False
     import sqlalchemy.exc
 
-    return isinstance(exc, sqlalchemy.exc.IntegrityError)
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.ProgrammingError) and (
+        getattr(exc.orig, "sqlstate", None) in _CONCURRENT_CREATE
+    )
 
 
 def _apply_once(cfg: FeastConfig, repo: FeatureRepo, offline: Path) -> ApplyReport:
