@@ -41,9 +41,7 @@ def audio_source(
 def list_catalog(
     catalog_root: str,
     manifest_uri: str,
-    shards: int,
-    limit: int,
-    track_ids: str,
+    analysis: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -56,14 +54,9 @@ def list_catalog(
 
     res = run_step(
         "audio.list_catalog",
-        {
-            "catalog_root": catalog_root,
-            "manifest_uri": manifest_uri,
-            "shards": shards,
-            "limit": limit,
-            "track_ids": track_ids,
-        },
+        {"catalog_root": catalog_root, "manifest_uri": manifest_uri},
         (run_context, pipeline, run_id, step),
+        groups={"analysis": analysis},
         outputs={"listing_uri": listing},
         metrics=metrics,
     )
@@ -74,8 +67,7 @@ def list_catalog(
 def analyze_shard(
     listing: Input[Dataset],
     shard_index: int,
-    sample_rate: int,
-    max_channels: int,
+    analysis: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -86,8 +78,9 @@ def analyze_shard(
 
     res = run_step(
         "audio.analyze",
-        {"listing_uri": listing, "shard_index": shard_index, "sample_rate": sample_rate, "max_channels": max_channels},
+        {"listing_uri": listing, "shard_index": shard_index},
         (run_context, pipeline, run_id, step),
+        groups={"analysis": analysis},
     )
     return res.shard_uri
 
@@ -118,8 +111,7 @@ def collect_analysis(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def detect_anomalies(
     analysis: Input[Dataset],
-    contamination: float,
-    duplicate_threshold: float,
+    thresholds: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -132,8 +124,9 @@ def detect_anomalies(
 
     res = run_step(
         "audio.anomalies",
-        {"analysis_uri": analysis, "contamination": contamination, "duplicate_threshold": duplicate_threshold},
+        {"analysis_uri": analysis},
         (run_context, pipeline, run_id, step),
+        groups={"anomalies": thresholds},
         outputs={"anomalies_uri": anomalies},
         metrics=metrics,
     )
@@ -143,9 +136,7 @@ def detect_anomalies(
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def train_classifier(
     labelled_root: str,
-    epochs: int,
-    clip_seconds: float,
-    seed: int,
+    classifier: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -159,8 +150,9 @@ def train_classifier(
 
     res = run_step(
         "audio.train_classifier",
-        {"labelled_root": labelled_root, "epochs": epochs, "clip_seconds": clip_seconds, "seed": seed},
+        {"labelled_root": labelled_root},
         (run_context, pipeline, run_id, step),
+        groups={"classifier": classifier},
         outputs={"model_uri": model},
         metrics=metrics,
         classification=confusion,
@@ -171,8 +163,7 @@ def train_classifier(
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_classifier(
     model: Input[Model],
-    model_name: str,
-    min_accuracy: float,
+    classifier: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -183,8 +174,9 @@ def register_classifier(
 
     res = run_step(
         "audio.register_classifier",
-        {"model_uri": model, "model_name": model_name, "min_accuracy": min_accuracy},
+        {"model_uri": model},
         (run_context, pipeline, run_id, step),
+        groups={"classifier": classifier},
     )
     return res.version
 
@@ -219,8 +211,7 @@ def write_audio_features(
     analysis: Input[Dataset],
     anomalies: Input[Dataset],
     predictions: Input[Dataset],
-    project: str,
-    online_store: str,
+    feast: dict,
     as_of: str,
     scheduled_time: str,
     run_created_time: str,
@@ -238,13 +229,12 @@ def write_audio_features(
             "analysis_uri": analysis,
             "anomalies_uri": anomalies,
             "predictions_uri": predictions,
-            "project": project,
-            "online_store": online_store,
             "as_of": as_of,
             "scheduled_time": scheduled_time,
             "run_created_time": run_created_time,
         },
         (run_context, pipeline, run_id, step),
+        groups={"feast": feast},
     )
     return res.rows_written
 

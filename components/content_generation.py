@@ -129,8 +129,7 @@ def publish_content(
 def content_report(
     release_uri: str,
     verdicts: Input[Dataset],
-    title: str,
-    samples: int,
+    report_settings: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -142,8 +141,9 @@ def content_report(
 
     res = run_step(
         "content.report",
-        {"release_uri": release_uri, "checks_uri": verdicts, "title": title, "samples": samples},
+        {"release_uri": release_uri, "checks_uri": verdicts},
         (run_context, pipeline, run_id, step),
+        groups={"report": report_settings},
         outputs={"report_uri": report},
     )
     return res.samples

@@ -43,7 +43,7 @@ def ingest_events(
     events: Input[Dataset],
     catalog: Input[Dataset],
     as_of: str,
-    chunk_rows: int,
+    data: dict,
     scheduled_time: str,
     run_created_time: str,
     run_context: dict,
@@ -65,11 +65,11 @@ def ingest_events(
             "events_uri": events,
             "catalog_uri": catalog,
             "as_of": as_of,
-            "chunk_rows": chunk_rows,
             "scheduled_time": scheduled_time,
             "run_created_time": run_created_time,
         },
         (run_context, pipeline, run_id, step),
+        groups={"data": data},
         outputs={"good_uri": good_events, "quarantine_uri": quarantine, "catalog_uri": catalog_out},
         metrics=metrics,
     )
@@ -80,8 +80,7 @@ def ingest_events(
 def compute_features(
     events: Input[Dataset],
     catalog: Input[Dataset],
-    lookback_days: int,
-    half_life_days: float,
+    data: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -97,13 +96,9 @@ def compute_features(
 
     res = run_step(
         "data.features",
-        {
-            "events_uri": events,
-            "catalog_uri": catalog,
-            "lookback_days": lookback_days,
-            "half_life_days": half_life_days,
-        },
+        {"events_uri": events, "catalog_uri": catalog},
         (run_context, pipeline, run_id, step),
+        groups={"data": data},
         outputs={
             "user_features_uri": user_features,
             "track_features_uri": track_features,
@@ -119,8 +114,7 @@ def materialize_features(
     user_features: Input[Dataset],
     track_features: Input[Dataset],
     end: str,
-    project: str,
-    online_store: str,
+    feast: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -132,14 +126,9 @@ def materialize_features(
 
     res = run_step(
         "feast.materialize",
-        {
-            "user_features_uri": user_features,
-            "track_features_uri": track_features,
-            "end": end,
-            "project": project,
-            "online_store": online_store,
-        },
+        {"user_features_uri": user_features, "track_features_uri": track_features, "end": end},
         (run_context, pipeline, run_id, step),
+        groups={"feast": feast},
         metrics=metrics,
     )
     return res.repo_uri
@@ -149,9 +138,7 @@ def materialize_features(
 def check_drift(
     features: Input[Dataset],
     split_at: str,
-    warmup_days: int,
-    psi_threshold: float,
-    ks_pvalue_threshold: float,
+    data: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -164,14 +151,9 @@ def check_drift(
 
     res = run_step(
         "data.drift",
-        {
-            "features_uri": features,
-            "split_at": split_at,
-            "warmup_days": warmup_days,
-            "psi_threshold": psi_threshold,
-            "ks_pvalue_threshold": ks_pvalue_threshold,
-        },
+        {"features_uri": features, "split_at": split_at},
         (run_context, pipeline, run_id, step),
+        groups={"data": data},
         outputs={"report_markdown_uri": report},
         metrics=metrics,
     )

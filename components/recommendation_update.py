@@ -17,12 +17,8 @@ IMAGE = image_for("recommendation_update")
 def build_index(
     model: Input[Model],
     training_set: Input[Dataset],
-    backend: str,
-    m: int,
-    ef_construction: int,
+    index_settings: dict,
     k: int,
-    recall_floor: float,
-    target_recall: float,
     sample_queries: int,
     run_context: dict,
     pipeline: str,
@@ -36,18 +32,9 @@ def build_index(
 
     res = run_step(
         "index.build",
-        {
-            "model_uri": model,
-            "training_set_uri": training_set,
-            "backend": backend,
-            "m": m,
-            "ef_construction": ef_construction,
-            "k": k,
-            "recall_floor": recall_floor,
-            "target_recall": target_recall,
-            "sample_queries": sample_queries,
-        },
+        {"model_uri": model, "training_set_uri": training_set, "k": k, "sample_queries": sample_queries},
         (run_context, pipeline, run_id, step),
+        groups={"index": index_settings},
         outputs={"index_uri": index},
         metrics=metrics,
     )

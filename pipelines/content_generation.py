@@ -5,6 +5,7 @@ from kfp import dsl
 
 from aitasks.content_generation.config import CheckConfig, GenerationConfig
 from aitasks.content_generation.prompts import PromptPolicy
+from aitasks.run_forms import GROUPS
 from pipelines import steps
 from pipelines.k8s import GPU_NODE_SELECTOR, GPU_TOLERATION, RUN_CONTEXT_DEFAULT, PipelineRun
 
@@ -16,6 +17,7 @@ MODELS_DEFAULT = {"text": "", "image": "", "music": ""}
 GENERATION_DEFAULT = GenerationConfig().model_dump(mode="json")
 CHECKS_DEFAULT = CheckConfig().model_dump(mode="json")
 POLICY_DEFAULT = PromptPolicy().model_dump(mode="json")
+REPORT_DEFAULT = GROUPS["report"].default()
 
 
 @dsl.pipeline(
@@ -37,8 +39,7 @@ def content_generation(
     checks: dict = CHECKS_DEFAULT,
     collection: str = "content",
     destination: str = "",
-    report_title: str = "Content generation",
-    report_samples: int = 6,
+    report: dict = REPORT_DEFAULT,
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_toleration: dict = GPU_TOLERATION,
 ) -> None:
@@ -66,8 +67,7 @@ def content_generation(
             silence, duration). See docs/en/content.md.
         collection: Name of the published collection (releases, quarantine and LATEST.json under it).
         destination: Root of the published content (gs:// or a path). Empty: <storage root>/content.
-        report_title: Title of the HTML report shown in the run's artifacts.
-        report_samples: Samples shown per kind in the report.
+        report: The HTML report shown in the run's artifacts: title, samples (shown per kind).
         gpu_node_selector: Node selector of the generation steps (the GPU pool).
         gpu_toleration: Toleration of the generation steps (the taint of the GPU node pool).
     """
@@ -106,6 +106,5 @@ def content_generation(
             run,
             release_uri=published.outputs["Output"],
             verdicts=checked.outputs["verdicts"],
-            title=report_title,
-            samples=report_samples,
+            report_settings=report,
         )

@@ -2,10 +2,14 @@
 
 from kfp import dsl
 
+from aitasks.run_forms import GROUPS
 from pipelines.k8s import RUN_CONTEXT_DEFAULT, PipelineRun
 from pipelines.steps import SYNTHETIC_DEFAULT, data_steps
 
 NAME = "data-pipeline"
+#: Defaults of the group parameters: every key shown in the KFP UI form (``aitasks.run_forms``).
+DATA_DEFAULT = GROUPS["data"].default()
+FEAST_DEFAULT = GROUPS["feast"].default()
 
 
 @dsl.pipeline(
@@ -16,15 +20,10 @@ def data_pipeline(
     run_context: dict = RUN_CONTEXT_DEFAULT,
     events_uri: str = "",
     catalog_uri: str = "",
-    synthetic: dict = SYNTHETIC_DEFAULT,
     as_of: str = "",
-    chunk_rows: int = 65_536,
-    lookback_days: int = 28,
-    half_life_days: float = 14.0,
-    feast_project: str = "aitasks",
-    online_store: str = "sqlite",
-    psi_threshold: float = 0.2,
-    ks_pvalue_threshold: float = 0.01,
+    data: dict = DATA_DEFAULT,
+    feast: dict = FEAST_DEFAULT,
+    synthetic: dict = SYNTHETIC_DEFAULT,
 ) -> None:
     """The data pipeline. Empty ``events_uri``/``catalog_uri``: synthetic data from the ``synthetic`` settings.
 
@@ -34,16 +33,14 @@ def data_pipeline(
         events_uri: Listening events to ingest (Parquet, JSONL or CSV; gs:// or a path under the
             storage root). Empty: synthetic events (demo and tests only).
         catalog_uri: The track catalog (Parquet, JSONL or CSV). Empty: the synthetic catalog.
-        synthetic: Generator settings used only when events_uri is empty (seed, users, tracks,
-            events, days, start_date, dirty_rows); ignored when events_uri is set.
         as_of: End of the data interval (ISO 8601, UTC). Empty: the run's scheduled or creation time.
-        chunk_rows: Rows per ingest chunk (memory bound of the ETL).
-        lookback_days: Days of history the user and track features cover.
-        half_life_days: Half-life of the recency weighting of plays in the features, in days.
-        feast_project: Feast project the features are registered and materialized in.
-        online_store: Feast online store: redis (clusters) or sqlite (one machine).
-        psi_threshold: Drift alert threshold on the population stability index of any feature.
-        ks_pvalue_threshold: Drift alert threshold on the Kolmogorov-Smirnov p-value of any feature.
+        data: ETL, features and drift check: chunk_rows (rows per ingest chunk), lookback_days (days of
+            history the features cover), half_life_days (recency half-life of the features),
+            psi_threshold and ks_pvalue_threshold (drift alert thresholds). A key left out keeps its default.
+        feast: Feast project and online store: project, online_store (redis on clusters, sqlite on one
+            machine).
+        synthetic: Demo and tests only: generator settings used when events_uri is empty (seed, users,
+            tracks, events, days, start_date, dirty_rows); ignored when events_uri is set.
     """
     data_steps(
         PipelineRun(NAME, run_context),
@@ -51,11 +48,6 @@ def data_pipeline(
         catalog_uri=catalog_uri,
         synthetic=synthetic,
         as_of=as_of,
-        chunk_rows=chunk_rows,
-        lookback_days=lookback_days,
-        half_life_days=half_life_days,
-        feast_project=feast_project,
-        online_store=online_store,
-        psi_threshold=psi_threshold,
-        ks_pvalue_threshold=ks_pvalue_threshold,
+        data=data,
+        feast=feast,
     )

@@ -137,46 +137,40 @@ def data_steps(
     catalog_uri: Any,
     synthetic: Any,
     as_of: Any,
-    chunk_rows: Any,
-    lookback_days: Any,
-    half_life_days: Any,
-    feast_project: Any,
-    online_store: Any,
-    psi_threshold: Any,
-    ks_pvalue_threshold: Any,
+    data: Any,
+    feast: Any,
 ) -> DataSteps:
-    """source -> ingest/validate/quarantine -> features -> Feast materialize, and the drift check."""
+    """source -> ingest/validate/quarantine -> features -> Feast materialize, and the drift check.
+
+    ``data`` and ``feast`` are the run form's groups of the same names (``aitasks.run_forms``).
+    """
     src = SOURCE(run, events_uri=events_uri, catalog_uri=catalog_uri, synthetic=synthetic)
     ingest = INGEST(
         run,
         events=src.outputs["events_out"],
         catalog=src.outputs["tracks_out"],
         as_of=as_of,
-        chunk_rows=chunk_rows,
+        data=data,
     )
     feats = FEATURES(
         run,
         events=ingest.outputs["good_events"],
         # The validated catalog, normalised to Parquet by ingest (the source may be CSV or JSON Lines).
         catalog=ingest.outputs["catalog_out"],
-        lookback_days=lookback_days,
-        half_life_days=half_life_days,
+        data=data,
     )
     mat = MATERIALIZE(
         run,
         user_features=feats.outputs["user_features"],
         track_features=feats.outputs["track_features"],
         end=feats.outputs["Output"],
-        project=feast_project,
-        online_store=online_store,
+        feast=feast,
     )
     drift = DRIFT(
         run,
         features=feats.outputs["user_features"],
         split_at="",
-        warmup_days=lookback_days,
-        psi_threshold=psi_threshold,
-        ks_pvalue_threshold=ks_pvalue_threshold,
+        data=data,
     )
     return DataSteps(src, ingest, feats, mat, drift)
 

@@ -189,6 +189,7 @@ def run_step(
     outputs: Mapping[str, Any] | None = None,
     metrics: Any = None,
     classification: Any = None,
+    groups: Mapping[str, Any] | None = None,
 ) -> Any:
     """Run registered task ``task`` as a pipeline step and return its result.
 
@@ -202,11 +203,17 @@ def run_step(
         metrics: A KFP ``Metrics`` output: receives the result's :class:`Metric` fields.
         classification: A KFP ``ClassificationMetrics`` output: receives the result's
             ``confusion_matrix()`` (labels, rows).
+        groups: ``{group name: dict}``: run-form group parameters (``aitasks.run_forms``); the keys each
+            routes to ``task`` join ``params`` (a bad group is refused, naming ``group.key``).
     """
     run_context, pipeline, run_id, step = context
     # The step's last words (an uncaught traceback in the pod log) are redacted, chained causes included.
     install_excepthook()
     t = get_task(task)
+    if groups:
+        from aitasks.run_forms import step_params
+
+        params = step_params(task, params, **groups)
     inputs = {k: input_uri(v) if _is_artifact(v) else v for k, v in params.items()}
     # An input artifact without a storage URI is the local copy KFP itself placed: allowed to be read.
     kfp_paths = tuple(
