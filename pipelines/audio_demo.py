@@ -40,8 +40,8 @@ def run_audio_demo(
 ) -> dict[str, Any]:
     """Run `audio-analysis` with kfp.local under ``workdir``; print and return the summary.
 
-    ``run_context`` holds further run context keys, ``overrides`` further pipeline parameters (``demo``
-    given in part is merged over the default generated catalog).
+    ``run_context`` holds further run context keys, ``overrides`` further pipeline parameters (a dict
+    given in part, ``synthetic={"tracks": 12}`` or ``classifier={"epochs": 15}``, is merged over its default).
     """
     import pyarrow.parquet as pq
 

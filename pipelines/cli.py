@@ -93,18 +93,60 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: Flat parameters of earlier run forms whose name is not the key they became (``-p hnsw_m=32``).
+MOVED: dict[str, str] = {
+    "train_seed": "training.seed",
+    "train_device": "training.device",
+    "gate_confidence": "gate.confidence",
+    "index_backend": "index.backend",
+    "hnsw_m": "index.m",
+    "hnsw_ef_construction": "index.ef_construction",
+    "feast_project": "feast.project",
+    "classifier_name": "classifier.name",
+    "classifier_epochs": "classifier.epochs",
+    "classifier_clip_seconds": "classifier.clip_seconds",
+    "classifier_seed": "classifier.seed",
+    "min_classifier_accuracy": "classifier.min_accuracy",
+    "report_samples": "report.samples",
+    "demo": "synthetic",
+}
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Refuse, before any run, a parameter ``name`` does not have and a group dict with a bad key or value.
+
+    A flat knob of an earlier form is named with the group key it became (``epochs`` -> ``training.epochs``).
+    """
+    from aitasks.run_forms import GROUPS, form_issues
+
+    inputs = pipelines()[name].component_spec.inputs or {}
+    for key in params:
+        if key in inputs:
+            continue
+        moved = MOVED.get(key, "")
+        if moved.partition(".")[0] not in inputs:
+            moved = next((f"{g}.{key}" for g in inputs if g in GROUPS and key in GROUPS[g].keys), "")
+        hint = ""
+        if moved:
+            group, _, sub = moved.partition(".")
+            hint = f"; it is now {moved}: -p {group}='{{\"{sub}\": ...}}'" if sub else f"; it is now {group}"
+        raise typer.BadParameter(f"{name} has no parameter {key!r}{hint}; known: {', '.join(sorted(inputs))}")
+    issues = form_issues({k: v for k, v in params.items() if k in inputs})
+    if issues:
+        raise typer.BadParameter("; ".join(str(i) for i in issues))
+
+
 def with_dict_defaults(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` with each dict parameter given in part merged over the pipeline's default.
 
     KFP replaces a dict parameter whole; ``-p synthetic='{"users": 300}'`` means "300 users, the rest as
-    by default", and a run context given in part keeps every other key.
+    by default", and a run context given in part keeps every other key. Checked first (:func:`check_params`).
     """
+    check_params(name, params)
     inputs = pipelines()[name].component_spec.inputs or {}
     out = dict(params)
     for key, value in params.items():
-        spec = inputs.get(key)
-        if spec is None:
-            raise typer.BadParameter(f"{name} has no parameter {key!r}; known: {', '.join(sorted(inputs))}")
+        spec = inputs[key]
         if isinstance(value, dict) and isinstance(spec.default, dict):
             out[key] = {**spec.default, **value}
     return out
@@ -193,6 +235,8 @@ def run_cmd(
 
         from pipelines import kfp_api
 
+        # Checked here against this checkout's pipeline: a typo fails now, not in a step pod minutes later.
+        check_params(name, _parse_params(param or []))
         try:
             client = kfp_api.client_for(host)
             sub = kfp_api.submit_run(
@@ -211,6 +255,7 @@ def run_cmd(
         console.print(sub.url, soft_wrap=True)
         return
     params = _parse_params(param or [])
+    check_params(name, params)
     context = dict(params.get("run_context") or {})
     context.setdefault("storage_root", str(workdir.resolve()))
     context.setdefault("submitter", submitter or "local")
@@ -315,7 +360,7 @@ def demo_audio_cmd(
     """The audio-analysis pipeline on kfp.local over a generated catalog; ends with a summary."""
     from pipelines.audio_demo import run_audio_demo
 
-    run_audio_demo(workdir.resolve(), console=console, demo={"tracks": tracks})
+    run_audio_demo(workdir.resolve(), console=console, synthetic={"tracks": tracks})
 
 
 @app.command("demo-cluster")

@@ -373,11 +373,8 @@ def run_pipeline(cluster: LocalCluster, pipeline: str, params: dict[str, Any], c
     context = {"storage_root": cluster.storage_root, "submitter": "demo-cluster", **params.pop("run_context", {})}
     console.rule(f"[bold]{pipeline} on kfp.local, steps sharing no disk[/bold]")
     t0 = time.perf_counter()
-    run_local(
-        pipeline,
-        {"run_context": context, "feast_project": cluster.feast_project, "online_store": "redis", **params},
-        cluster.pipeline_root.parent,
-    )
+    feast = {"project": cluster.feast_project, "online_store": "redis", **params.pop("feast", {})}
+    run_local(pipeline, {"run_context": context, "feast": feast, **params}, cluster.pipeline_root.parent)
     elapsed = time.perf_counter() - t0
     records = audit.records()[before:]
     run = summarize_run(records, run_id=None, storage_root=cluster.storage_root)
@@ -413,7 +410,7 @@ def reco_params(*, events: int, users: int, tracks: int, epochs: int) -> dict[st
             "start_date": START_DATE.isoformat(),
         },
         "as_of": (START_DATE + timedelta(days=DAYS)).isoformat() + "T00:00:00+00:00",
-        "epochs": epochs,
+        "training": {"epochs": epochs},
     }
 
 

@@ -84,7 +84,8 @@ def run_demo(
 
     ``dirty_rows`` contract-breaking rows are mixed into the synthetic events so the quarantine has
     something to catch; ``synthetic`` holds further generator settings (users, tracks, ...),
-    ``run_context`` further run context keys, ``overrides`` further pipeline parameters (epochs, ...).
+    ``run_context`` further run context keys, ``overrides`` further pipeline parameters
+    (``training={"epochs": 2}``, ...; a group dict given in part keeps its other defaults).
     """
     con = console or Console()
     store = workdir / "store"

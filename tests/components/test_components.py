@@ -137,7 +137,7 @@ def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
         events=events,
         catalog=tracks,
         as_of="2026-10-11T00:00:00Z",
-        chunk_rows=1_000,
+        data={"chunk_rows": 1_000},
         scheduled_time="",
         run_created_time="",
         **ctx,
@@ -162,8 +162,7 @@ def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
     last = compute_features.python_func(
         events=good,
         catalog=tracks,
-        lookback_days=7,
-        half_life_days=7.0,
+        data={"lookback_days": 7, "half_life_days": 7.0},
         **ctx,
         run_id="r1",
         step="compute-features",
@@ -179,9 +178,7 @@ def test_data_components_chain_as_plain_functions(tmp_path: Path) -> None:
     drifted = check_drift.python_func(
         features=users,
         split_at="",
-        warmup_days=7,
-        psi_threshold=0.2,
-        ks_pvalue_threshold=0.01,
+        data={"lookback_days": 7, "psi_threshold": 0.2, "ks_pvalue_threshold": 0.01},
         **ctx,
         run_id="r1",
         step="check-drift",
@@ -250,9 +247,7 @@ def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
     shards = list_catalog.python_func(
         catalog_root=catalog_root,
         manifest_uri="",
-        shards=2,
-        limit=0,
-        track_ids="key",
+        analysis={"shards": 2.0, "limit": 0, "track_ids": "key"},  # KFP hands dict numbers over as doubles
         **ctx,
         step="list-catalog",
         listing=listing,
@@ -262,7 +257,7 @@ def test_audio_components_chain_as_plain_functions(tmp_path: Path) -> None:
     # kfp.local hands ParallelFor items over as floats: the task's input model takes 1.0 as 1.
     shard_uris = [
         analyze_shard.python_func(
-            listing=listing, shard_index=float(i), sample_rate=22050, max_channels=2, **ctx, step="analyze-shard"
+            listing=listing, shard_index=float(i), analysis={"sample_rate": 22050}, **ctx, step="analyze-shard"
         )
         for i in shards
     ]
@@ -322,7 +317,7 @@ def test_every_documented_format_goes_through_source_ingest_and_features(
         events=events,
         catalog=tracks,
         as_of="2026-10-09T00:00:00Z",
-        chunk_rows=1_000,
+        data={"chunk_rows": 1_000},
         scheduled_time="",
         run_created_time="",
         **ctx,
@@ -338,8 +333,7 @@ def test_every_documented_format_goes_through_source_ingest_and_features(
     last = compute_features.python_func(
         events=good,
         catalog=catalog,
-        lookback_days=7,
-        half_life_days=7.0,
+        data={"lookback_days": 7, "half_life_days": 7.0},
         **ctx,
         step="compute-features",
         user_features=users,

@@ -13,9 +13,9 @@ from aitasks.runtime.audit import AuditLog
 pytestmark = pytest.mark.slow
 
 SMALL = {
-    "demo": {"tracks": 12, "min_seconds": 12.0, "max_seconds": 16.0, "labelled_per_class": 16},
-    "classifier_epochs": 15,
-    "shards": 3,
+    "synthetic": {"tracks": 12, "min_seconds": 12.0, "max_seconds": 16.0, "labelled_per_class": 16},
+    "classifier": {"epochs": 15},
+    "analysis": {"shards": 3},
     # Who ran what: the uploaded version and the revision reach every task's audit record.
     "run_context": {"pipeline_version": "3f2a9c1d0e4b-0123456789ab", "git_revision": "0123456789abcdef"},
 }

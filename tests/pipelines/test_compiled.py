@@ -220,21 +220,91 @@ def test_every_step_with_a_data_time_takes_the_run_s_logical_time() -> None:
 
 
 def test_reco_training_passes_every_training_setting_and_the_serving_mode(fresh: dict[str, str]) -> None:
-    """Every setting `model.train` accepts is a pipeline parameter; `exclude_seen` is gone, `serving_mode` reaches
-    `model.evaluate` (issue 13)."""
+    """Every setting `model.train` accepts is a key of the `training` parameter, which reaches the step;
+    `exclude_seen` is gone, `serving_mode` reaches `model.evaluate` (issue 13)."""
     from aitasks.model_training.tasks import EvaluateParams, TrainParams
+    from aitasks.run_forms import GROUPS
 
     spec, _ = _docs(fresh["reco-training"])
     tasks = _all_tasks(spec)
-    pipeline_params = set(spec["root"]["inputDefinitions"]["parameters"])
+    pipeline_params = spec["root"]["inputDefinitions"]["parameters"]
     assert "exclude_seen" not in pipeline_params and "serving_mode" in pipeline_params
+    training = GROUPS["training"]
+    routed = training.routes["model.train"]
+    assert set(routed.values()) == set(TrainParams.model_fields) - {"training_set_uri"}, "a setting is not routed"
+    assert pipeline_params["training"]["defaultValue"] == training.default(), "the form shows every key"
+    assert set(routed) <= set(pipeline_params["training"]["defaultValue"])
     train = tasks["train-model"]["inputs"]["parameters"]
-    for field in set(TrainParams.model_fields) - {"training_set_uri"}:
-        assert "componentInputParameter" in train.get(field, {}), f"model.train's {field} is not a pipeline parameter"
+    assert train["training"]["componentInputParameter"] == "pipelinechannel--training"
     evaluate = tasks["evaluate-model"]["inputs"]["parameters"]
     assert "exclude_seen" not in evaluate and "exclude_seen" not in EvaluateParams.model_fields
-    for field in ("serving_mode", "confidence", "bootstrap_resamples"):
-        assert "componentInputParameter" in evaluate[field], field
+    assert evaluate["serving_mode"]["componentInputParameter"] == "pipelinechannel--serving_mode"
+    assert evaluate["gate"]["componentInputParameter"] == "pipelinechannel--gate"
+    assert {"confidence", "bootstrap_resamples"} <= set(GROUPS["gate"].routes["model.evaluate"].values())
+
+
+#: Synthetic-data and demo knobs: only ever keys of the one ``synthetic`` parameter, never on a form.
+DEMO_KNOBS = {"dirty_rows", "events", "users", "tracks", "days", "start_date", "labelled_per_class", "demo"}
+MAX_FORM_PARAMETERS = 15
+
+
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_run_forms_are_short_and_carry_no_demo_knob(name: str, fresh: dict[str, str]) -> None:
+    """A production run form: at most 15 parameters, synthetic-data settings only inside ``synthetic``."""
+    from pipelines.audio_analysis import SYNTHETIC_DEFAULT as AUDIO_SYNTHETIC
+    from pipelines.steps import SYNTHETIC_DEFAULT
+
+    spec, _ = _docs(fresh[name])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert len(params) <= MAX_FORM_PARAMETERS, f"{name}: {len(params)} parameters: {sorted(params)}"
+    knobs = DEMO_KNOBS | set(SYNTHETIC_DEFAULT) | set(AUDIO_SYNTHETIC)
+    flat = sorted(p for p in params if p in knobs or p.startswith(("demo_", "synthetic_")))
+    assert not flat, f"{name}: demo-only knobs on the run form: {flat}"
+    if "synthetic" in params:
+        assert "demo" in params["synthetic"]["description"].lower(), "the form says it is for demos and tests"
+
+
+@pytest.mark.parametrize("name", sorted(pipelines()))
+def test_group_parameters_show_their_defaults_and_reach_their_steps(name: str, fresh: dict[str, str]) -> None:
+    """Each group parameter: every key with its default on the form, every key named in its description,
+    and handed to every step whose task it feeds."""
+    from aitasks.run_forms import GROUPS
+
+    spec, platform = _docs(fresh[name])
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    groups = [g for g in params if g in GROUPS]
+    if name != "content-generation":
+        assert groups, f"{name} has no group parameter"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    task_of = {e: b["podMetadata"]["annotations"]["aitasks.io/task-name"] for e, b in executors.items()}
+    steps = {}
+    for task in _all_tasks(spec).values():
+        comp = spec["components"].get(task.get("componentRef", {}).get("name", ""), {})
+        if comp.get("executorLabel") in task_of:
+            steps[task_of[comp["executorLabel"]]] = task["inputs"]["parameters"]
+    for g in groups:
+        group = GROUPS[g]
+        assert params[g]["parameterType"] == "STRUCT" and params[g]["defaultValue"] == group.default(), g
+        missing = [k for k in group.keys if k not in params[g]["description"]]
+        assert not missing, f"{name}: the description of {g} does not name {missing}"
+        fed = [t for t in group.routes if t in steps]
+        assert fed, f"{name}: {g} feeds none of its steps"
+        for task in fed:
+            sources = {v.get("componentInputParameter") for v in steps[task].values()}
+            assert f"pipelinechannel--{g}" in sources or g in sources, f"{name}: {task} does not get {g}"
+
+
+def test_schedules_pass_valid_parameters() -> None:
+    """The recurring runs' parameters exist on their pipelines and their groups validate."""
+    from aitasks.run_forms import form_issues
+    from pipelines.cli import check_params
+    from pipelines.kfp_api import load_schedules
+
+    schedules = load_schedules().schedules
+    assert schedules
+    for schedule in schedules:
+        check_params(schedule.pipeline, dict(schedule.parameters))
+        assert not form_issues(schedule.parameters), schedule.name
 
 
 @pytest.mark.parametrize("name", sorted(pipelines()))

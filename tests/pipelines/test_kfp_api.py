@@ -237,7 +237,10 @@ def test_schedule_settings_round_trip(server: FakeKfpServer, packages: Path) -> 
         "catchup": True,
         "enabled": False,
         "max_concurrency": 3,
-        "parameters": {"epochs": 2, "lr": 0.01, "logq_correction": False, "gpu_node_selector": {"b": "1", "a": "2"}},
+        "parameters": {
+            "training": {"epochs": 2, "lr": 0.01, "logq_correction": False},
+            "gpu_node_selector": {"b": "1", "a": "2"},
+        },
     }
     assert kfp_api.apply_schedules(client, _spec(reco=reco)).created
     (run,) = [r for r in server.state.recurring_runs.values() if r["display_name"] == "aitasks-reco"]
@@ -329,11 +332,11 @@ def test_valid_crons_pass() -> None:
 def test_submit_run_passes_submitter_and_revision(server: FakeKfpServer, packages: Path) -> None:
     client = _uploaded(server, packages)
     sub = kfp_api.submit_run(
-        client, "audio-analysis", None, {"shards": 2}, "adhoc", submitter="user:alice", git_revision="abc123"
+        client, "audio-analysis", None, {"analysis": {"shards": 2}}, "adhoc", submitter="user:alice", git_revision="abc123"
     )
     run = server.state.runs[sub.run_id]
     assert run["runtime_config"]["parameters"] == {
-        "shards": 2,
+        "analysis": {"shards": 2},
         "run_context": {
             "storage_root": "",
             "submitter": "user:alice",
@@ -369,13 +372,13 @@ def test_cli_run_prints_link(server: FakeKfpServer, packages: Path, monkeypatch:
     monkeypatch.setenv("KFP_TOKEN", TOKEN)
     result = CliRunner().invoke(
         app,
-        ["run", "reco-training", "--host", server.url, "-p", "epochs=1", "--submitter", "ci:bot"],
+        ["run", "reco-training", "--host", server.url, "-p", 'training={"epochs": 1}', "--submitter", "ci:bot"],
     )
     assert result.exit_code == 0, result.output
     (run,) = server.state.runs.values()
     assert f"{server.url}/#/runs/details/{run['run_id']}" in result.output
     params = run["runtime_config"]["parameters"]
-    assert params["epochs"] == 1 and params["run_context"]["submitter"] == "ci:bot"
+    assert params["training"] == {"epochs": 1} and params["run_context"]["submitter"] == "ci:bot"
     assert params["run_context"]["git_revision"] == "abc123"  # the revision the (first) version was uploaded from
     assert TOKEN not in result.output
 

@@ -100,7 +100,7 @@ def test_open_vocabulary_catalog_trains_end_to_end(
         tmp_path / "run",
         events_uri=str(events),
         catalog_uri=str(catalog),
-        epochs=4,
+        training={"epochs": 4},
     )
     assert summary["failed"] == []
     assert set(summary["tasks"].values()) == {"succeeded"}, summary["tasks"]
