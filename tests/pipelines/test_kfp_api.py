@@ -382,6 +382,17 @@ def test_cli_run_prints_link(server: FakeKfpServer, packages: Path, monkeypatch:
     assert params["run_context"]["git_revision"] == "abc123"  # the revision the (first) version was uploaded from
     assert TOKEN not in result.output
 
+    # A bad group key, or a knob of the old flat form, is refused before anything is submitted.
+    for bad, words in (
+        ('training={"epoch": 1}', "training.epoch: unknown key"),
+        ("epochs=1", "it is now training.epochs"),
+        ("hnsw_m=32", "it is now index.m"),
+    ):
+        result = CliRunner().invoke(app, ["run", "reco-training", "--host", server.url, "-p", bad])
+        assert result.exit_code == 2, result.output
+        assert words in " ".join(result.output.replace("│", " ").split()), result.output
+    assert len(server.state.runs) == 1
+
     result = CliRunner().invoke(app, ["run", "data-pipeline", "--host", server.url])
     assert result.exit_code == 1
     assert "'data-pipeline' is not uploaded" in result.output
