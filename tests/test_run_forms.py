@@ -101,7 +101,7 @@ def test_a_group_is_a_dict_and_feeds_only_its_tasks() -> None:
         step_params("model.evaluate", {}, gate=None)
     with pytest.raises(InvalidInputError, match=r"gate: must be a JSON object \(dict\), got list"):
         step_params("model.evaluate", {}, gate=[1])
-    with pytest.raises(KeyError, match="feeds no input of task 'model.train'"):
+    with pytest.raises(KeyError, match=r"feeds no input of task 'model\.train'"):
         step_params("model.train", {}, gate={})
     with pytest.raises(KeyError, match="no run-form group 'trainin'"):
         group("trainin")

@@ -10,16 +10,20 @@ second show progress.
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
+from typer.models import CommandFunctionType
 
 #: Exit codes of every command (also in ``--help`` and the docs).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -29,24 +33,74 @@ EXIT_CODES_HELP = (
     "the field is named); 130 interrupted."
 )
 
-app = typer.Typer(
+
+def help_type(param: Any, ctx: Any) -> str:
+    """What an option takes, as ``--help`` shows it: nothing for a flag, the choices of a choice.
+
+    typer 0.29 shows every option's Python type, so flags read as taking ``<bool>`` and repeatable
+    options as ``<list[str]>``. A flag takes no value (``--json``; ``--wait/--no-wait`` is shown as its
+    two spellings), a repeatable option is its item type followed by ``...``.
+    """
+    if getattr(param, "is_bool_flag", False):
+        return ""
+    shown = str(param.display_type(ctx))
+    if shown.startswith("<list[") and shown.endswith("]>"):
+        shown = f"<{shown[len('<list[') : -len(']>')]}> ..."
+    return shown
+
+
+def _typed(params: list[Any], ctx: Any) -> list[Any]:
+    for param in params:
+        if param.param_type_name == "option" and param.metavar is None:
+            param.metavar = help_type(param, ctx)
+    return params
+
+
+class TypedCommand(TyperCommand):
+    """A command whose ``--help`` shows what each option really takes (:func:`help_type`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _typed(super().get_params(ctx), ctx)
+
+
+class TypedGroup(TyperGroup):
+    """A command group whose ``--help`` shows what each option really takes (:func:`help_type`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _typed(super().get_params(ctx), ctx)
+
+
+class CliApp(typer.Typer):
+    """``typer.Typer`` whose groups and commands show real option types in ``--help``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=TypedGroup, **kwargs)
+
+    def command(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        kwargs.setdefault("cls", TypedCommand)
+        return super().command(*args, **kwargs)
+
+
+app = CliApp(
     help="aitasks: the AI task platform of a music-streaming service.",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     # Our error boundary prints errors (redacted); typer's pretty tracebacks would show raw values and locals.
     pretty_exceptions_enable=False,
 )
-tasks_app = typer.Typer(help="List, show and run registered tasks.", no_args_is_help=True)
-audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
-data_app = typer.Typer(help="Synthetic data and data tools.", no_args_is_help=True)
+tasks_app = CliApp(help="List, show and run registered tasks.", no_args_is_help=True)
+audit_app = CliApp(help="Inspect and verify the audit log.", no_args_is_help=True)
+data_app = CliApp(help="Synthetic data and data tools.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(audit_app, name="audit")
-index_app = typer.Typer(help="Published ANN indexes: list versions, roll back, prune.", no_args_is_help=True)
-model_app = typer.Typer(help="Registered models: show the champion, roll the alias back.", no_args_is_help=True)
+index_app = CliApp(help="Published ANN indexes: list versions, roll back, prune.", no_args_is_help=True)
+model_app = CliApp(help="Registered models: show the champion, roll the alias back.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(model_app, name="model")
-audio_app = typer.Typer(help="Audio files: check/analyse them, write a synthetic catalog.", no_args_is_help=True)
+audio_app = CliApp(help="Audio files: check/analyse them, write a synthetic catalog.", no_args_is_help=True)
 app.add_typer(audio_app, name="audio")
 
 # No emoji codes: a path with ``:x:`` in it is shown as it is. Dynamic text goes through ``escape`` or Text.
@@ -64,10 +118,106 @@ def _schema_summary(model: Any) -> str:
     return ", ".join(f"{n}{'' if f.is_required() else '?'}" for n, f in model.model_fields.items())
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(`])")
+#: ``tasks list`` shows a table from this terminal width on, one block per task below it.
+TABLE_MIN_WIDTH = 100
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text`` (``e.g.`` and the like do not end one: they are followed by lowercase)."""
+    return _SENTENCE_END.split(" ".join(text.split()), maxsplit=1)[0]
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut at a word boundary with an ellipsis when it is longer."""
+    import textwrap
+
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    wrapper = textwrap.TextWrapper(
+        width=max(width, 2), max_lines=1, placeholder="…", break_long_words=False, break_on_hyphens=False
+    )
+    return wrapper.fill(text)
+
+
+def wrap_lines(text: str, width: int, max_lines: int = 2) -> list[str]:
+    """``text`` wrapped to ``width`` at word boundaries, at most ``max_lines`` lines; the last line ends with
+    an ellipsis when text was left out. A word longer than ``width`` is the only thing ever cut."""
+    import textwrap
+
+    lines = textwrap.wrap(" ".join(text.split()), width, break_long_words=False, break_on_hyphens=False)
+    if len(lines) > max_lines:
+        rest = " ".join(lines[max_lines - 1 :])
+        lines = [*lines[: max_lines - 1], shorten(rest, width - 1) if len(rest) > width else rest]
+        if not lines[-1].endswith("…"):
+            lines[-1] += "…"
+    return [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+
+
+def task_summary(task: Any) -> str:
+    """The English summary of a task: the first sentence of its EN paragraph (else of its docstring)."""
+    from aitasks.runtime.docs import parse_languages
+
+    text = parse_languages(task.doc).get("en") or (task.doc.strip().splitlines() or [""])[0]
+    return first_sentence(text)
+
+
+def _input_lines(model: Any, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(_schema_summary(model), width, break_long_words=False, break_on_hyphens=False)
+
+
+def _tasks_table(tasks: dict[str, Any], width: int) -> Table:
+    """One row per task: name, version, inputs (wrapped between names), summary (at most two lines).
+
+    Column widths are computed here, and cells hold lines already wrapped to them, so rich never
+    folds a word: the inputs column is as wide as the longest input name at least.
+    """
+    name_w = max(len(n) for n in tasks)
+    version_w = max(len("version"), *(len(t.version) for t in tasks.values()))
+    longest = max(len(f) + 2 for t in tasks.values() for f in t.params_model.model_fields)
+    free = width - name_w - version_w - 13  # 5 borders, 2 spaces of padding per column
+    inputs_w = max(longest, min(44, free * 2 // 5))
+    summary_w = max(16, free - inputs_w)
+    table = Table(title="aitasks tasks", expand=False)
+    table.add_column("task", no_wrap=True, width=name_w)
+    table.add_column("version", no_wrap=True, width=version_w)
+    table.add_column("inputs (? optional)", width=inputs_w, no_wrap=True)
+    table.add_column("summary", width=summary_w, no_wrap=True)
+    for name, t in tasks.items():
+        inputs = "\n".join(_input_lines(t.params_model, inputs_w))
+        summary = "\n".join(wrap_lines(task_summary(t), summary_w))
+        table.add_row(name, t.version, inputs, Text(summary))
+    return table
+
+
+def _tasks_blocks(tasks: dict[str, Any], width: int) -> Text:
+    """One block per task for a narrow terminal: name and version, summary, inputs, each wrapped to ``width``."""
+    import textwrap
+
+    body = max(20, width - 2)
+    out = Text()
+    for name, t in tasks.items():
+        out.append(name, style="bold")
+        out.append(f"  {t.version}\n")
+        for line in wrap_lines(task_summary(t), body):
+            out.append(f"  {line}\n")
+        inputs = textwrap.wrap(
+            "inputs: " + _schema_summary(t.params_model),
+            body,
+            subsequent_indent="  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        out.append("".join(f"  {line}\n" for line in inputs), style="dim")
+    return out
+
+
 @tasks_app.command("list")
 def tasks_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Every registered task with version and input/output schema summary."""
-    from aitasks.runtime.docs import parse_languages
+    """Every registered task with its version, inputs and a one-sentence summary (fits the terminal width)."""
     from aitasks.runtime.task import load_builtin_tasks
 
     tasks = load_builtin_tasks()
@@ -76,6 +226,7 @@ def tasks_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
             {
                 "name": n,
                 "version": t.version,
+                "summary": task_summary(t),
                 "inputs": t.params_model.model_json_schema(),
                 "outputs": t.result_model.model_json_schema(),
                 "retry": t.retry.model_dump(),
@@ -84,38 +235,100 @@ def tasks_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-rea
         ]
         typer.echo(json.dumps(out, indent=2))
         return
-    table = Table(title="aitasks tasks")
-    for col in ("task", "version", "inputs", "outputs", "summary"):
-        table.add_column(col, overflow="fold")
-    for n, t in tasks.items():
-        summary = parse_languages(t.doc).get("en", t.doc.splitlines()[0] if t.doc else "")
-        table.add_row(
-            n, t.version, _schema_summary(t.params_model), _schema_summary(t.result_model), escape(summary[:80])
-        )
-    console.print(table)
+    # A fresh console: the width of the terminal (or $COLUMNS) now, not when the module was imported.
+    con = Console(emoji=False, highlight=False)
+    width = con.width
+    if width >= TABLE_MIN_WIDTH:
+        con.print(_tasks_table(tasks, width))
+    else:
+        con.print(_tasks_blocks(tasks, width), soft_wrap=True, end="")
+    con.print(Text("details of one task: aitasks tasks show NAME", style="dim"))
+
+
+def describe_type(info: Any) -> str:
+    """A task input's type as a person reads it: choices of a literal, bounds of a number, optional."""
+    import annotated_types as at
+
+    bounds = []
+    for m in info.metadata:
+        for kind, attr, sign in ((at.Ge, "ge", ">="), (at.Gt, "gt", ">"), (at.Le, "le", "<="), (at.Lt, "lt", "<")):
+            if isinstance(m, kind):
+                bounds.append(f"{sign} {getattr(m, attr)}")
+        if isinstance(m, at.MinLen):
+            bounds.append(f"length >= {m.min_length}")
+        if isinstance(m, at.MaxLen):
+            bounds.append(f"length <= {m.max_length}")
+        if getattr(m, "pattern", None):
+            bounds.append(f"matching {m.pattern}")
+    text = _type_text(info.annotation)
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _type_text(ann: Any) -> str:
+    from typing import Literal, Union, get_args, get_origin
+
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Union or type(ann).__name__ == "UnionType":
+        parts = [_type_text(a) for a in args if a is not type(None)]
+        return " | ".join(parts) + (" | null" if type(None) in args else "")
+    if origin is Annotated:
+        return _type_text(args[0])
+    if origin in (list, tuple, set, frozenset):
+        return f"list of {_type_text(args[0])}" if args else "list"
+    if origin is dict:
+        return "object"
+    if isinstance(ann, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(ann.__name__, ann.__name__)
+    return str(ann).replace("typing.", "")
 
 
 @tasks_app.command("show")
-def tasks_show(name: str) -> None:
-    """Full JSON schema of one task's inputs and outputs."""
+def tasks_show(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The full JSON schema of inputs and outputs.")] = False,
+) -> None:
+    """One task: its summary, and each input with type, default and description (``--json``: the schemas)."""
+    from pydantic import BaseModel
+
+    from aitasks.runtime.docs import parse_languages
     from aitasks.runtime.task import load_builtin_tasks
 
     tasks = load_builtin_tasks()
     if name not in tasks:
         raise typer.BadParameter(f"unknown task {name!r}; known: {', '.join(tasks)}")
     t = tasks[name]
-    typer.echo(
-        json.dumps(
-            {
-                "name": name,
-                "version": t.version,
-                "doc": t.doc,
-                "inputs": t.params_model.model_json_schema(),
-                "outputs": t.result_model.model_json_schema(),
-            },
-            indent=2,
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "name": name,
+                    "version": t.version,
+                    "doc": t.doc,
+                    "inputs": t.params_model.model_json_schema(),
+                    "outputs": t.result_model.model_json_schema(),
+                },
+                indent=2,
+            )
         )
-    )
+        return
+    con = Console(emoji=False, highlight=False)
+    con.print(Text.assemble((name, "bold"), f"  {t.version}"))
+    con.print(Text(parse_languages(t.doc).get("en") or t.doc.strip()))
+    table = Table(title="inputs", title_justify="left", width=con.width)
+    table.add_column("input", no_wrap=True)
+    table.add_column("type")
+    table.add_column("default")
+    table.add_column("description")
+    for field, info in t.params_model.model_fields.items():
+        value = None if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        default = "(required)" if info.is_required() else json.dumps(value, default=str)
+        table.add_row(field, escape(describe_type(info)), escape(shorten(default, 40)), escape(info.description or ""))
+    con.print(table)
+    con.print(Text(f"outputs: {_schema_summary(t.result_model)}", style="dim"))
 
 
 @tasks_app.command("run", epilog=EXIT_CODES_HELP)
@@ -296,7 +509,7 @@ def data_generate(
     events: Annotated[int, typer.Option(min=1)] = 200_000,
     days: Annotated[int, typer.Option(min=2)] = 30,
     start: Annotated[str, typer.Option(help="First day, UTC (YYYY-MM-DD).")] = "2026-10-01",
-    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    fmt: Annotated[Literal["parquet", "csv", "jsonl"], typer.Option("--format", help="File format.")] = "parquet",
     dirty_rows: Annotated[
         int, typer.Option(min=0, help="Extra contract-breaking rows mixed in (for quarantine drills).")
     ] = 0,
@@ -308,8 +521,6 @@ def data_generate(
         start_dt = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise typer.BadParameter(f"--start must be YYYY-MM-DD, got {start!r}") from None
-    if fmt not in ("parquet", "csv", "jsonl"):
-        raise typer.BadParameter("--format must be parquet, csv or jsonl")
     with console.status(f"generating {events:,} events…"):
         ds = generate_dataset(
             out,
@@ -319,7 +530,7 @@ def data_generate(
             events=events,
             start=start_dt,
             days=days,
-            fmt=fmt,  # type: ignore[arg-type]
+            fmt=fmt,
             dirty_rows=min(dirty_rows, events),
         )
     console.print(f"[green]wrote[/green] {escape(str(ds))}", soft_wrap=True)

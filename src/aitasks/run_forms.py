@@ -213,7 +213,9 @@ REPORT = FormGroup(
 )
 
 #: Every run-form group, by parameter name.
-GROUPS: dict[str, FormGroup] = {g.name: g for g in (DATA, FEAST, TRAINING, GATE, INDEX, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)}
+GROUPS: dict[str, FormGroup] = {
+    g.name: g for g in (DATA, FEAST, TRAINING, GATE, INDEX, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
+}
 
 
 def group(name: str) -> FormGroup:

@@ -332,7 +332,13 @@ def test_valid_crons_pass() -> None:
 def test_submit_run_passes_submitter_and_revision(server: FakeKfpServer, packages: Path) -> None:
     client = _uploaded(server, packages)
     sub = kfp_api.submit_run(
-        client, "audio-analysis", None, {"analysis": {"shards": 2}}, "adhoc", submitter="user:alice", git_revision="abc123"
+        client,
+        "audio-analysis",
+        None,
+        {"analysis": {"shards": 2}},
+        "adhoc",
+        submitter="user:alice",
+        git_revision="abc123",
     )
     run = server.state.runs[sub.run_id]
     assert run["runtime_config"]["parameters"] == {
