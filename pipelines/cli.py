@@ -20,9 +20,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from aitasks.cli import CliApp
 from pipelines.registry import pipelines
 
-app = typer.Typer(help="Compile, check and run aitasks pipelines.", no_args_is_help=True)
+app = CliApp(help="Compile, check and run aitasks pipelines.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 COMPILED = Path(__file__).resolve().parent / "compiled"
@@ -217,7 +218,15 @@ def run_cmd(
     verbose: Annotated[
         bool, typer.Option("--verbose", help="With --local: stream the executors' raw logs (default: to a file).")
     ] = False,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed).")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            "-p",
+            help="key=value (JSON values allowed). A group dict given in part keeps its other keys' defaults: "
+            "-p training='{\"epochs\": 2}'.",
+        ),
+    ] = None,
     workdir: Annotated[Path, typer.Option(help="Local outputs directory.")] = Path(".aitasks"),
     host: Annotated[str | None, typer.Option(help="KFP API host (default: $AITASKS_KFP_HOST).")] = None,
     version: Annotated[str, typer.Option(help="Pipeline version: latest, pinned:<name> or a name.")] = "latest",
@@ -304,7 +313,7 @@ def upload_cmd(
         raise typer.Exit(1) from None
 
 
-schedule_app = typer.Typer(help="Recurring runs on the KFP backend, from a declarative file.", no_args_is_help=True)
+schedule_app = CliApp(help="Recurring runs on the KFP backend, from a declarative file.", no_args_is_help=True)
 app.add_typer(schedule_app, name="schedule")
 
 
