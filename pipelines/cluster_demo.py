@@ -38,7 +38,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,12 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: The directory whose ``sitecustomize.py`` gives every kfp.local step its own working dir and HOME.
 SANDBOX_HOOK_DIR = Path(__file__).resolve().parent / "step_sandbox"
-#: MLflow's server can take a minute to become healthy on a loaded 2-core machine.
+#: MLflow's server can take a minute to become healthy on a loaded 2-core machine (importing MLflow,
+#: migrating its PostgreSQL schema): the wait on an idle machine, scaled by the load (start_timeout).
 MLFLOW_HEALTH_TIMEOUT_S = 180.0
 EMULATOR_START_TIMEOUT_S = 30.0
+#: A wait never grows past this many times its base, however loaded the machine.
+MAX_LOAD_FACTOR = 4.0
 PIPELINE = "reco-training"
 START_DATE = date(2026, 10, 1)
 DAYS = 30
@@ -62,6 +65,76 @@ DAYS = 30
 
 class ServiceUnavailable(RuntimeError):  # noqa: N818 - reads as what it is at the call site
     """A service the cluster run needs is missing or did not start (the message says which and how to fix it)."""
+
+
+class ServiceStartTimeout(ServiceUnavailable):
+    """A service this run started did not become ready in time; the message names the phase it was stuck in.
+
+    Not "unavailable": tests fail on it rather than skip (the service is there, it was too slow or broken).
+    """
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per CPU core (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def start_timeout(base_s: float) -> float:
+    """How long to wait for a service to become ready: ``base_s`` on an idle machine, scaled by the load per
+    core (up to :data:`MAX_LOAD_FACTOR` times), or ``AITASKS_SERVICE_START_TIMEOUT_S`` when set."""
+    override = os.environ.get("AITASKS_SERVICE_START_TIMEOUT_S", "").strip()
+    if override:
+        return float(override)
+    return base_s * min(MAX_LOAD_FACTOR, max(1.0, load_per_core()))
+
+
+@dataclass
+class StartLog:
+    """When each phase of a service's start was reached, in seconds since it was spawned: says what was slow."""
+
+    service: str
+    timeout_s: float
+    started: float = field(default_factory=time.monotonic)
+    phases: dict[str, float] = field(default_factory=dict)
+    load_at_start: float = field(default_factory=load_per_core)
+
+    def reached(self, phase: str) -> None:
+        self.phases.setdefault(phase, round(time.monotonic() - self.started, 1))
+
+    @property
+    def elapsed_s(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+    def describe(self) -> str:
+        steps = ", ".join(f"{phase} after {t:.1f} s" for phase, t in self.phases.items()) or "no phase reached"
+        return f"{steps}; load {self.load_at_start:.1f} per core at start, {load_per_core():.1f} now"
+
+    def summary(self) -> str:
+        return f"{self.service} ready in {self.elapsed_s:.1f} s ({self.describe()})"
+
+    def timed_out(self, waiting_for: str, log: Path) -> ServiceStartTimeout:
+        return ServiceStartTimeout(
+            f"{self.service} not ready within {self.timeout_s:.0f} s: still waiting for {waiting_for} "
+            f"({self.describe()}; AITASKS_SERVICE_START_TIMEOUT_S sets the wait). Last log lines:\n{_tail(log)}"
+        )
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """A started service: its URL, its log file and how its start went."""
+
+    url: str
+    log: Path
+    start: StartLog
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -174,19 +247,23 @@ def gcs_emulator(workdir: Path, bucket: str) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    started = StartLog("gcp-storage-emulator", start_timeout(EMULATOR_START_TIMEOUT_S))
     try:
-        deadline = time.monotonic() + EMULATOR_START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
                 raise ServiceUnavailable(f"gcp-storage-emulator exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=2) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"gcp-storage-emulator not up within {EMULATOR_START_TIMEOUT_S:.0f} s")
+            if "port open" in started.phases or _port_open(port):
+                started.reached("port open")
+                try:
+                    with urllib.request.urlopen(f"{url}/storage/v1/b/{bucket}", timeout=2) as resp:  # noqa: S310
+                        if resp.status == 200:
+                            started.reached(f"bucket {bucket} answered")
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+            if started.elapsed_s > started.timeout_s:
+                phase = "the bucket to answer" if "port open" in started.phases else "its port to open"
+                raise started.timed_out(phase, log)
             time.sleep(0.1)
         yield url
     finally:
@@ -220,8 +297,13 @@ def postgres_database(admin_url: str, name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(workdir: Path, backend: str, artifacts: str, env: dict[str, str]) -> Iterator[str]:
-    """``mlflow server`` (one worker) on ``backend`` proxying artifacts to ``artifacts``; yields its URL."""
+def mlflow_server(workdir: Path, backend: str, artifacts: str, env: dict[str, str]) -> Iterator[RunningService]:
+    """``mlflow server`` (one worker) on ``backend`` proxying artifacts to ``artifacts``.
+
+    Waits until ``/health`` answers, for :func:`start_timeout` of :data:`MLFLOW_HEALTH_TIMEOUT_S`; a timeout
+    names the phase it was stuck in (the port not open yet: MLflow still importing or migrating its
+    database; open but ``/health`` not answering) with the load and the log's last lines.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "mlflow-server.log"
@@ -229,7 +311,7 @@ def mlflow_server(workdir: Path, backend: str, artifacts: str, env: dict[str, st
     argv += ["--backend-store-uri", backend.replace("postgresql://", "postgresql+psycopg://", 1)]
     argv += ["--serve-artifacts", "--artifacts-destination", artifacts]
     argv += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
-    started = time.monotonic()
+    started = StartLog("mlflow server", start_timeout(MLFLOW_HEALTH_TIMEOUT_S))
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
@@ -244,15 +326,21 @@ def mlflow_server(workdir: Path, backend: str, artifacts: str, env: dict[str, st
         while True:
             if proc.poll() is not None:
                 raise ServiceUnavailable(f"mlflow server exited with {proc.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # noqa: S310
-                if resp.status == 200:
-                    break
-            if time.monotonic() - started > MLFLOW_HEALTH_TIMEOUT_S:
-                raise ServiceUnavailable(
-                    f"mlflow server not healthy within {MLFLOW_HEALTH_TIMEOUT_S:.0f} s:\n{_tail(log)}"
+            if "port open" in started.phases or _port_open(port):
+                started.reached("port open")
+                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        started.reached("/health answered")
+                        break
+            if started.elapsed_s > started.timeout_s:
+                waiting = (
+                    "/health to answer (the port is open)"
+                    if "port open" in started.phases
+                    else "its port to open (importing MLflow, migrating the backend database)"
                 )
+                raise started.timed_out(waiting, log)
             time.sleep(0.25)
-        yield url
+        yield RunningService(url=url, log=log, start=started)
     finally:
         _stop(proc)
 
@@ -331,8 +419,7 @@ def local_cluster(
         mlflow_db = stack.enter_context(postgres_database(postgres_url, f"aitasks_mlflow_{tag}"))
         feast_db = stack.enter_context(postgres_database(postgres_url, f"aitasks_feast_{tag}"))
         stack.callback(delete_feast_keys, redis_url, project)
-        t0 = time.monotonic()
-        mlflow_url = stack.enter_context(
+        mlflow = stack.enter_context(
             mlflow_server(
                 workdir / "mlflow-server",
                 mlflow_db,
@@ -340,8 +427,8 @@ def local_cluster(
                 {"STORAGE_EMULATOR_HOST": emulator},
             )
         )
-        mlflow_start_s = time.monotonic() - t0
-        con.print(f"MLflow server on {mlflow_url} (PostgreSQL backend) in {mlflow_start_s:.1f} s")
+        mlflow_url, mlflow_start_s = mlflow.url, mlflow.start.elapsed_s
+        con.print(f"MLflow server on {mlflow_url} (PostgreSQL backend): {mlflow.start.summary()}")
         cluster = LocalCluster(
             storage_root=f"gs://{bucket}/runs-{tag}",
             emulator_host=emulator,

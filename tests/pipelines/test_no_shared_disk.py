@@ -55,6 +55,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cd.LocalCluste
             found = stack.enter_context(
                 cd.local_cluster(work, postgres_url=PG_ADMIN, redis_url=REDIS_URL, console=Console(stderr=True))
             )
+        except cd.ServiceStartTimeout as exc:  # started but too slow: a failure naming the slow phase
+            pytest.fail(str(exc), pytrace=False)
         except cd.ServiceUnavailable as exc:  # only starting: a failure inside a test stays a failure
             skip_or_fail(str(exc))
         yield found

@@ -6,22 +6,13 @@ uses its own model name and experiment so the tests do not depend on each other'
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from aitasks.platform import registry as reg
@@ -36,14 +27,10 @@ from aitasks.platform.registry import (
 )
 from aitasks.runtime.errors import DataFormatError, InvalidInputError, ServiceUnavailableError
 from aitasks.runtime.hashing import sha256_file
-from tests.conftest import skip_or_fail
+from tests.fixtures import services
 from tests.platform.test_registry import MODEL_FILES, make_model_dir, register
 
 pytestmark = pytest.mark.integration
-
-#: The PostgreSQL the test creates its own database in (a setting, not a constant: CI may point elsewhere).
-PG_ADMIN = os.environ.get("AITASKS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-HEALTH_TIMEOUT_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -54,83 +41,16 @@ class Server:
     start_s: float
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _mlflow_argv() -> list[str]:
-    """The ``mlflow`` console script of this interpreter's environment (``python -m mlflow`` otherwise)."""
-    script = Path(sys.executable).with_name("mlflow")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "mlflow"]
-
-
-def _tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text("utf-8", errors="replace")[-chars:]
-    except OSError:
-        return "<no log>"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server and its uvicorn worker (the whole process group it leads)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # a worker that outlived its parent
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real ``mlflow server`` (one uvicorn worker) on a fresh PostgreSQL database, artifacts proxied."""
+    """A real ``mlflow server`` (one uvicorn worker) on a fresh PostgreSQL database, artifacts proxied.
+
+    The shared fixture waits as long as the machine's load needs and, when too slow, fails naming the
+    phase that was (tests/fixtures/services.py).
+    """
     root = tmp_path_factory.mktemp("mlflow-server")
-    db = f"aitasks_mlflow_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{db}"')
-    except psycopg.OperationalError as exc:
-        skip_or_fail(f"PostgreSQL at {PG_ADMIN} unreachable: {exc}")
-    try:
-        port = _free_port()
-        log = root / "mlflow-server.log"
-        argv = [*_mlflow_argv(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        backend = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0] + f"/{db}"
-        argv += ["--backend-store-uri", backend]
-        argv += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
-        # The security middleware's default already allows 127.0.0.1 on any port; naming it keeps the
-        # test independent of that default.
-        argv += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"]
-        started = time.monotonic()
-        with log.open("wb") as out:
-            # Own session: the server forks a worker, and the whole group is stopped in _stop.
-            proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"mlflow server exited with {proc.returncode}:\n{_tail(log)}")
-                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-                if time.monotonic() - started > HEALTH_TIMEOUT_S:
-                    pytest.fail(f"mlflow server not healthy within {HEALTH_TIMEOUT_S:.0f} s:\n{_tail(log)}")
-                time.sleep(0.25)
-            start_s = time.monotonic() - started
-            sys.stderr.write(f"\nmlflow server healthy after {start_s:.1f} s on {url}\n")
-            yield Server(url=url, artifacts=root / "artifacts", log=log, start_s=start_s)
-        finally:
-            _stop(proc)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    with services.mlflow_server(root) as server:
+        yield Server(url=server.url, artifacts=root / "artifacts", log=server.log, start_s=server.start.elapsed_s)
 
 
 @pytest.fixture
