@@ -82,8 +82,7 @@ def test_content_components_chain_as_plain_functions(tiny_models: dict[str, str]
     shown = content_report.python_func(
         release_uri=release,
         verdicts=verdicts,
-        title="Unit",
-        samples=2,
+        report_settings={"title": "Unit", "samples": 2.0},  # KFP hands dict numbers over as doubles
         **ctx,
         run_id="r1",
         step="report",
