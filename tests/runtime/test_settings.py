@@ -80,3 +80,38 @@ def test_a_production_step_refuses_to_start_before_running_the_task(monkeypatch:
     with pytest.raises(ConfigurationError, match="production settings at embedded defaults"):
         run_step("run.summary", {"run_id": "r"}, ({"storage_root": str(tmp_path)}, "p", "r", "s"))
     assert not (tmp_path / "audit").exists(), "nothing was written"
+
+
+@pytest.mark.parametrize(
+    ("task_name", "params", "missing"),
+    [
+        ("data.source", {}, "events_uri/catalog_uri"),
+        ("audio.source", {"catalog_root": "", "labelled_root": ""}, "catalog_root"),
+    ],
+)
+def test_production_does_not_generate_synthetic_data_in_place_of_a_missing_location(
+    tmp_path, task_name: str, params: dict, missing: str
+) -> None:
+    """A production schedule without its data location fails with the parameter named, writing nothing.
+
+    The runtime is a dev one (local disk) carrying complete production settings: the task's own guard is
+    what is under test, not the start-up guard.
+    """
+    import dataclasses
+
+    from aitasks.runtime.task import get_task
+
+    local = {**PROD, "storage_root": str(tmp_path / "store")}
+    rt = Runtime.create(Settings(storage_root=local["storage_root"]))
+    prod = dataclasses.replace(rt, settings=Settings(**local))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=f"{missing} is empty: a production run does not generate"):
+        get_task(task_name)(params, runtime=prod)
+    assert not list((tmp_path / "store").rglob("*.parquet")), "nothing generated"
+    assert not list((tmp_path / "store").rglob("*.wav")), "nothing generated"
+
+    staging = dataclasses.replace(rt, settings=Settings(**local, allow_synthetic_data=True))  # type: ignore[arg-type]
+    if task_name == "data.source":  # a staging run may: the generator runs (small, to stay fast)
+        out = get_task(task_name)(
+            {"synthetic": {"seed": 1, "users": 20, "tracks": 30, "events": 400, "days": 3}}, runtime=staging
+        )
+        assert out.synthetic

@@ -145,18 +145,20 @@ def source_data_task(params: SourceDataParams, ctx: TaskContext) -> SourceDataRe
 
     EN: With events and catalog URIs, copies both files into the run's storage (verified by content
     hash) so later steps read a fixed snapshot; without them, generates synthetic data with the
-    generator settings. Either way the outputs carry their sha256.
+    generator settings (refused in production). Either way the outputs carry their sha256.
     FR: Avec les URI des événements et du catalogue, copie les deux fichiers dans le stockage de
     l'exécution (vérifiés par empreinte de contenu) pour que les étapes suivantes lisent un instantané
-    fixe ; sans elles, génère des données synthétiques selon les réglages du générateur. Dans les deux
+    fixe ; sans elles, génère des données synthétiques selon les réglages du générateur (refusé en
+    production). Dans les deux
     cas, les sorties portent leur sha256.
     DE: Mit URIs für Ereignisse und Katalog kopiert die Aufgabe beide Dateien in den Speicher des Laufs
     (per Inhalts-Hash geprüft), damit spätere Schritte einen festen Stand lesen; ohne sie erzeugt sie
-    synthetische Daten nach den Generator-Einstellungen. In beiden Fällen tragen die Ausgaben ihren sha256.
+    synthetische Daten nach den Generator-Einstellungen (in Produktion verweigert). In beiden Fällen tragen die Ausgaben ihren sha256.
     """
     from aitasks.runtime.hashing import sha256_file
 
     if params.events_uri is None or params.catalog_uri is None:
+        ctx.settings.refuse_synthetic("events_uri/catalog_uri")
         gen = generate_data_task.fn(params.synthetic, ctx)
         return SourceDataResult(
             events_uri=gen.events_uri,

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     #: ``production`` (set by the prod overlays) refuses to run on any embedded default: see
     #: :meth:`production_problems`.
     env: Literal["dev", "production"] = "dev"
+    #: ``env=production`` refuses to generate synthetic data in place of a missing events/catalog location
+    #: (a schedule without its data would otherwise train and analyse on made-up listeners). A staging
+    #: environment that runs production settings on synthetic data sets this to true.
+    allow_synthetic_data: bool = False
 
     #: Root of everything a run writes: a local directory or a ``gs://bucket/prefix`` URI.
     storage_root: str = Field(default=".aitasks")
@@ -219,6 +223,16 @@ class Settings(BaseSettings):
         elif self.redis_url == DEV_REDIS_URL:
             problems.append("AITASKS_REDIS_URL is the localhost default (set it from the step Secret)")
         return problems
+
+    def refuse_synthetic(self, missing: str) -> None:
+        """Raise :class:`ConfigurationError` when production would generate data in place of ``missing``."""
+        if self.env == "production" and not self.allow_synthetic_data:
+            from aitasks.runtime.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"{missing} is empty: a production run does not generate synthetic data in its place "
+                "(give the location, or set AITASKS_ALLOW_SYNTHETIC_DATA=true for a staging run)"
+            )
 
     def check_production(self) -> None:
         """Raise :class:`ConfigurationError` (one line) when ``env=production`` meets an embedded default."""

@@ -62,19 +62,19 @@ def source_task(params: SourceParams, ctx: TaskContext) -> SourceResult:
     synthetic catalog under the storage root: procedural tracks of four classes in OGG, FLAC, MP3 and
     WAV at 44.1/48 kHz, mono and stereo, mastered to release loudness, plus planted problems (a
     near-duplicate, silence, clipping, an empty file, a truncated file, a playlist named .wav, NaN
-    samples) and a labelled training folder.
+    samples) and a labelled training folder. Production refuses to generate it.
     FR: Transmet un catalogue existant (et un dossier étiqueté) ; sans catalogue, écrit sous la racine
     de stockage le catalogue synthétique documenté : des titres procéduraux de quatre classes en OGG,
     FLAC, MP3 et WAV à 44,1/48 kHz, mono et stéréo, au niveau sonore d'une sortie commerciale, plus des
     problèmes plantés (un quasi-doublon, du silence, de l'écrêtage, un fichier vide, un fichier
     tronqué, une liste de lecture nommée .wav, des échantillons NaN) et un dossier d'entraînement
-    étiqueté.
+    étiqueté. La production refuse de le générer.
     DE: Reicht einen vorhandenen Katalog (und gelabelten Ordner) durch; ohne Katalog schreibt er unter
     der Speicherwurzel den dokumentierten synthetischen Katalog: prozedurale Titel aus vier Klassen in
     OGG, FLAC, MP3 und WAV mit 44,1/48 kHz, mono und stereo, auf Veröffentlichungslautheit gemastert,
     dazu eingebaute Probleme (ein Beinahe-Duplikat, Stille, Clipping, eine leere Datei, eine
     abgeschnittene Datei, eine als .wav benannte Playlist, NaN-Samples) und einen gelabelten
-    Trainingsordner.
+    Trainingsordner. In Produktion wird er nicht erzeugt.
     """
     import tempfile
 
@@ -86,6 +86,7 @@ def source_task(params: SourceParams, ctx: TaskContext) -> SourceResult:
         return SourceResult(
             catalog_root=params.catalog_root, labelled_root=params.labelled_root, generated=False, planted={}
         )
+    ctx.settings.refuse_synthetic("catalog_root")
     if params.min_seconds > params.max_seconds:
         raise InvalidInputError(ctx.task, [FieldIssue("min_seconds", "must not exceed max_seconds")])
     catalog = ctx.output_uri("catalog")
