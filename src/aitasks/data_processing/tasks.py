@@ -153,7 +153,8 @@ def source_data_task(params: SourceDataParams, ctx: TaskContext) -> SourceDataRe
     cas, les sorties portent leur sha256.
     DE: Mit URIs für Ereignisse und Katalog kopiert die Aufgabe beide Dateien in den Speicher des Laufs
     (per Inhalts-Hash geprüft), damit spätere Schritte einen festen Stand lesen; ohne sie erzeugt sie
-    synthetische Daten nach den Generator-Einstellungen (in Produktion verweigert). In beiden Fällen tragen die Ausgaben ihren sha256.
+    synthetische Daten nach den Generator-Einstellungen (in Produktion verweigert). In beiden Fällen tragen
+    die Ausgaben ihren sha256.
     """
     from aitasks.runtime.hashing import sha256_file
 
