@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import requests
 import numpy as np
 import pytest
 import redis
+import requests
 
 from aitasks.serving.online import Keys
 from aitasks.serving.service import ServiceConfig, build
