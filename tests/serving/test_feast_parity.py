@@ -61,3 +61,28 @@ def test_reads_and_writes_match_feast(tmp_path: Path, feature_files: Path, redis
     ours = reader.users(["u0", "live-user"])
     assert ours[1] is not None and ours[1]["user_plays_28d"] == 2 and ours[1]["user_skip_rate_28d"] == 0.5
     assert ours == feast_rows(["u0", "live-user"])
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_read_user_row_matches_feast_on_both_online_stores(
+    tmp_path: Path,
+    feature_files: Path,  # noqa: F811
+    redis_server: str,
+    kind: str,
+) -> None:
+    from aitasks.serving.online import read_user_row
+
+    store: fst.RedisOnline | fst.SqliteOnline = (
+        fst.RedisOnline(connection_string=redis_server) if kind == "redis" else fst.SqliteOnline(path=tmp_path / "o.db")
+    )
+    cfg = fst.FeastConfig(repo_dir=tmp_path / "repo", offline_dir=feature_files, online_store=store)
+    with pytest.raises(fst.StoreNotReadyError):
+        read_user_row(cfg, "u0")
+    fst.apply_repo(cfg)
+    fst.materialize(cfg, SNAPSHOTS[-1])
+    users = ["u0", "u1", "u2", "nobody"]
+    got = fst.online_features(cfg, user_ids=users, ready_cache_s=0)
+    for i, user in enumerate(users):
+        want = {n: got[n][i] for n, _ in fst.USER_FEATURES}
+        row = read_user_row(cfg, user)
+        assert row == (None if all(v is None for v in want.values()) else want), user

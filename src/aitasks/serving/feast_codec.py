@@ -169,3 +169,9 @@ def decode_row(
 def read_fields(view: str, features: Sequence[tuple[str, Dtype]]) -> list[bytes]:
     """The fields to ``HMGET`` for :func:`decode_row`: every feature, then the timestamp."""
     return [*(field_key(view, n) for n, _ in features), ts_field(view)]
+
+
+def serialized_entity_key(join_key: str, value: str) -> bytes:
+    """``serialize_entity_key`` of one string join key (the sqlite online store's ``entity_key``)."""
+    k, v = join_key.encode("utf-8"), value.encode("utf-8")
+    return b"".join((struct.pack("<III", 1, _STRING, len(k)), k, struct.pack("<II", _STRING, len(v)), v))

@@ -44,7 +44,35 @@ class ModelSource:
             return path
         from aitasks.recommendation_update.recommend import _model_dir
 
+        mlflow_without_feast_plugin()
         return _model_dir(settings, name, version)
+
+
+_FEAST_MLFLOW_PLUGIN = "feast.infra.data_sources.mlflow.auth"
+
+
+def mlflow_without_feast_plugin() -> None:
+    """Import MLflow's request-header registry without Feast's plugin (which imports all of Feast).
+
+    Feast registers an ``mlflow.request_header_provider`` entry point; MLflow loads every such plugin when
+    its registry module is first imported (by the first client), which imports the whole Feast SDK: 5-22 s
+    measured here. The platform never uses Feast's MLflow integration, so a process that talks to the
+    registry without needing Feast skips it: the module is marked absent while MLflow registers plugins
+    (MLflow skips a plugin that fails to import), then unmarked, so a later real import still works.
+    No-op when MLflow's registry or that module is already imported.
+    """
+    import sys
+    import warnings
+
+    if "mlflow.tracking.request_header.registry" in sys.modules or _FEAST_MLFLOW_PLUGIN in sys.modules:
+        return
+    sys.modules[_FEAST_MLFLOW_PLUGIN] = None  # type: ignore[assignment]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import mlflow.tracking.request_header.registry  # noqa: F401 - registers the plugins now
+    finally:
+        del sys.modules[_FEAST_MLFLOW_PLUGIN]
 
 
 class ServingModel:

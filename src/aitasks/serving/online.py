@@ -117,3 +117,46 @@ class OnlineReader:
             row = decode_user_row(raw)
             out.append(None if row is None else row[1])
         return out
+
+
+def read_user_row(cfg: Any, user_id: str) -> dict[str, Any] | None:
+    """The user's ``user_features`` row from the Feast online store of ``cfg`` (Redis or sqlite), no Feast SDK.
+
+    Checks the store's completeness sentinel first, as Feast reads through
+    :func:`~aitasks.platform.feature_store.online_features` do.
+
+    Raises:
+        StoreNotReadyError: The store holds no complete materialization.
+        ServiceUnavailableError: Redis is unreachable.
+    """
+    import sqlite3
+
+    from aitasks.platform.feature_store.completeness import require_ready
+    from aitasks.platform.feature_store.config import RedisOnline
+    from aitasks.platform.feature_store.store import redis_client, service_errors
+
+    require_ready(cfg)
+    store = cfg.online_store
+    if isinstance(store, RedisOnline):
+        client = redis_client(store)
+        try:
+            with service_errors(cfg):
+                return OnlineReader(client, Keys(cfg.project)).users([user_id])[0]
+        finally:
+            client.close()
+    path = store.path.expanduser().absolute()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        table = f"{cfg.project}_{USER_FEATURE_VIEW}".replace('"', '""')
+        rows = conn.execute(
+            f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?',  # noqa: S608 - quoted identifier
+            (fc.serialized_entity_key("user_id", user_id),),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no table: nothing materialized for this view
+        return None
+    finally:
+        conn.close()
+    if not rows:
+        return None
+    values = {name: fc.decode_value(raw) for name, raw in rows}
+    return {name: values.get(name) for name, _ in USER_DTYPES}
