@@ -1,147 +1,24 @@
 """Fixtures of the serving tests: a real redis-server, and a small real world (model, published index).
 
-The world is built here, offline, from scratch: a seeded two-tower model (the platform's own classes,
-saved as safetensors), its item tower's vectors in an hnswlib index published with ``CURRENT``, the
-model version in a model directory (``ModelSource(kind="dir")``), and a catalog whose genres go
-through the open vocabulary.
+The world (:mod:`aitasks.serving.sample`) is built offline, from scratch: a seeded two-tower model (the
+platform's own classes, saved as safetensors), its item tower's vectors in an hnswlib index published
+with ``CURRENT``, the model version in a model directory, and a catalog whose genres go through the open
+vocabulary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
+from aitasks.serving.sample import World, publish_for, sample_world
 from tests.data_processing.conftest import redis_server  # noqa: F401 - fixture
 
-N_USERS = 40
-N_TRACKS = 300
-GENRES = tuple(f"Genre {chr(65 + i)}" for i in range(20))
-
-
-@dataclass
-class World:
-    root: Path
-    storage_root: str
-    models_dir: Path
-    model_name: str
-    index_name: str
-    track_ids: list[str]
-    user_ids: list[str]
-    genres: dict[str, str]
-
-    def settings(self, redis_url: str) -> Any:
-        from aitasks.runtime.settings import Settings
-
-        return Settings(storage_root=self.storage_root, redis_url=redis_url, feast_online_store="redis")
-
-    def source(self) -> Any:
-        from aitasks.serving.model import ModelSource
-
-        return ModelSource(kind="dir", directory=str(self.models_dir))
-
-
-def save_tiny_model(out: Path, track_ids: list[str], user_ids: list[str], genres: dict[str, str], seed: int) -> None:
-    """A seeded, untrained two-tower model over this catalog, with vocabularies and a popularity list."""
-    import json
-
-    import polars as pl
-    import torch
-
-    from aitasks.data_processing.vocabulary import (
-        VOCABULARY_FILE,
-        Vocabularies,
-        build_context_vocabulary,
-        build_genre_vocabulary,
-    )
-    from aitasks.model_training.dataset import IdVocab, feature_spec
-    from aitasks.model_training.two_tower import TwoTowerConfig, TwoTowerModel, save_model
-
-    catalog = pl.DataFrame({"track_id": track_ids, "genre": [genres[t] for t in track_ids]})
-    gv = build_genre_vocabulary(catalog)
-    vocabs = Vocabularies(genres=gv, contexts=build_context_vocabulary(pl.Series(["home", "car"])))
-    spec = feature_spec(gv.size)
-    torch.manual_seed(seed)
-    cfg = TwoTowerConfig(
-        spec=spec,
-        num_users=len(user_ids) + 1,
-        num_items=len(track_ids) + 1,
-        id_dim=8,
-        cat_dim=4,
-        hidden_dim=16,
-        embedding_dim=16,
-        user_mean=tuple(0.0 for _ in spec.user_dense),
-        user_std=tuple(1.0 for _ in spec.user_dense),
-        item_mean=tuple(0.0 for _ in spec.item_dense),
-        item_std=tuple(1.0 for _ in spec.item_dense),
-    )
-    model = TwoTowerModel(cfg)
-    with torch.no_grad():  # give known ids a vector of their own (a trained model would)
-        model.user.ids.weight.normal_(0, 0.5)
-        model.item.ids.weight.normal_(0, 0.5)
-    save_model(model, out, user_vocab=IdVocab.build(user_ids), item_vocab=IdVocab.build(track_ids))
-    (out / VOCABULARY_FILE).write_text(vocabs.to_json(), "utf-8")
-    (out / "popularity.json").write_text(json.dumps({"tracks": track_ids[:50]}), "utf-8")
-
-
-def publish_for(world: World, version: int, seed: int) -> int:
-    """Build model ``version`` (seeded), index its item vectors and publish; returns the index version."""
-    import tempfile
-
-    import polars as pl
-
-    from aitasks.recommendation_update.index import IndexConfig, build_index
-    from aitasks.recommendation_update.publish import publish_index
-    from aitasks.serving.model import ServingModel
-
-    mdir = world.models_dir / world.model_name / f"v{version}"
-    save_tiny_model(mdir, world.track_ids, world.user_ids, world.genres, seed)
-    model = ServingModel(world.model_name, version, mdir)
-    rows = [{"track_id": t, "track_genre_id": model.genre_id(world.genres[t])} for t in world.track_ids]
-    vecs = model.embed_tracks(rows)
-    index = build_index(vecs, world.track_ids, IndexConfig(ef_search_ladder=(64,)))
-    with tempfile.TemporaryDirectory() as tmp:
-        index.save(Path(tmp))
-        pl.DataFrame({"user_id": [world.user_ids[0]], "track_id": [world.track_ids[0]]}).write_parquet(
-            Path(tmp) / "seen.parquet"
-        )
-        res = publish_index(
-            world.storage_root,
-            world.index_name,
-            Path(tmp),
-            backend="hnswlib",
-            dim=16,
-            m=16,
-            ef_construction=200,
-            ef_search=64,
-            recall_at_k=1.0,
-            k=10,
-            model_name=world.model_name,
-            model_version=version,
-            sweep_after_s=None,
-        )
-    return res.version
+__all__ = ["World", "publish_for"]
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    rng = np.random.default_rng(0)
-    track_ids = [f"t{i:04d}" for i in range(N_TRACKS)]
-    user_ids = [f"u{i:03d}" for i in range(N_USERS)]
-    genres = {t: GENRES[int(rng.integers(len(GENRES)))] for t in track_ids}
-    w = World(
-        root=tmp_path,
-        storage_root=str(tmp_path / "store"),
-        models_dir=tmp_path / "models",
-        model_name="reco-two-tower",
-        index_name="reco-tracks",
-        track_ids=track_ids,
-        user_ids=user_ids,
-        genres=genres,
-    )
-    publish_for(w, 1, seed=1)
-    yield w
+    yield sample_world(tmp_path)

@@ -39,7 +39,7 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -273,6 +273,8 @@ class Updater:
         self._last_model_poll = 0.0
         self._own_pending = {config.events_stream: True, config.tracks_stream: True}
         self._ready = False
+        #: Freshness of the latest applied events, seconds (for the bench; the histogram is the metric).
+        self.freshness_samples: deque[float] = deque(maxlen=200_000)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -558,7 +560,9 @@ class Updater:
                 continue
             applied += len(todo[u])
             for entry_id, _, _, _ in todo[u]:
-                self.metrics.freshness.observe(max(0.0, (now_ms - _entry_ms(entry_id)) / 1000))
+                age = max(0.0, (now_ms - _entry_ms(entry_id)) / 1000)
+                self.metrics.freshness.observe(age)
+                self.freshness_samples.append(age)
         return applied, lost
 
     # -------------------------------------------------------------------------------------- tracks
