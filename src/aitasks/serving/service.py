@@ -319,7 +319,7 @@ def _metrics(registry: Any) -> dict[str, Any]:
 
     return {
         "http": Counter(
-            "aitasks_api_http_requests", "HTTP requests by route and status.", ["route", "status"], registry=registry
+            "aitasks_api_http_requests", "HTTP requests by route and status code.", ["route", "code"], registry=registry
         ),
         "latency": Histogram(
             "aitasks_api_request_duration_seconds",
