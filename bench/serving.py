@@ -354,12 +354,111 @@ def _cold(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+_ONLINE_READ = """
+import sys, time
+from pathlib import Path
+from aitasks.platform import feature_store as fs
+online = fs.SqliteOnline(path=Path(sys.argv[3]))
+cfg = fs.FeastConfig(repo_dir=Path(sys.argv[1]), offline_dir=sys.argv[2], online_store=online)
+if sys.argv[4] == "feast":
+    row = fs.online_features(cfg, user_ids=["u0"])
+else:
+    from aitasks.serving.online import read_user_row
+    row = read_user_row(cfg, "u0")
+assert row
+"""
+
+# What the first request of an MLflow client to a tracking server (production) imports: the request-header
+# plugin registry, where Feast's plugin imports all of Feast. (A sqlite registry never loads it.)
+_REGISTRY_CALL = """
+import sys
+if sys.argv[1] == "guarded":
+    from aitasks.serving.model import mlflow_without_feast_plugin
+    mlflow_without_feast_plugin()
+from mlflow.tracking.request_header.registry import resolve_request_headers
+resolve_request_headers()
+assert ("feast" in sys.modules) == (sys.argv[1] == "default")
+"""
+
+
+def bench_cold_paths(tmp: Path) -> list[dict]:
+    """What ``aitasks recommend`` pays per call, before and after, each as a cold process.
+
+    The online read of one user from a materialized sqlite store through the Feast SDK (before) vs
+    :func:`aitasks.serving.online.read_user_row` (after); the first request of an MLflow client to a
+    tracking server (it loads MLflow's request-header plugins) with the default plugins (Feast's
+    included: before) vs without Feast's plugin (after). A sqlite registry never loads them.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aitasks.data_processing.features import TRACK_FEATURES_SCHEMA, USER_FEATURES_SCHEMA
+    from aitasks.platform import feature_store as fs
+
+    offline = tmp / "offline"
+    offline.mkdir()
+    t = datetime(2026, 12, 1, tzinfo=UTC)
+    for schema, key, ids, name in (
+        (USER_FEATURES_SCHEMA, "user_id", ["u0", "u1"], "user_features.parquet"),
+        (TRACK_FEATURES_SCHEMA, "track_id", ["t0", "t1"], "track_features.parquet"),
+    ):
+        cols: dict[str, list[Any]] = {f.name: [] for f in schema}
+        for i, entity in enumerate(ids):
+            for f in schema:
+                value: Any = entity if f.name == key else t if "timestamp" in f.name else None
+                if value is None and not f.name.startswith("audio_"):
+                    value = i + 1 if pa.types.is_integer(f.type) else float(i) / 4
+                cols[f.name].append(value)
+        pq.write_table(pa.table(cols, schema=schema), offline / name)
+    cfg = fs.FeastConfig(
+        repo_dir=tmp / "repo", offline_dir=str(offline), online_store=fs.SqliteOnline(path=tmp / "o.db")
+    )
+    fs.apply_repo(cfg)
+    fs.materialize(cfg, t + timedelta(days=1))
+    args = [str(tmp / "repo"), str(offline), str(tmp / "o.db")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+    def cold(code: str, *argv: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, *argv], check=True, env=env, capture_output=True)
+        return time.perf_counter() - t0
+
+    before_read, after_read = cold(_ONLINE_READ, *args, "feast"), cold(_ONLINE_READ, *args, "serving")
+    before_reg, after_reg = cold(_REGISTRY_CALL, "default"), cold(_REGISTRY_CALL, "guarded")
+    bare = _cold(["-c", "pass"])
+    return [
+        record(
+            _BENCH,
+            "cold online read (aitasks.serving, no Feast SDK)",
+            after_read,
+            "s",
+            "cold online read through the Feast SDK",
+            before_read,
+            {"store": "sqlite", "bare_python_s": bare},
+        ),
+        record(
+            _BENCH,
+            "cold MLflow request headers (without Feast's plugin)",
+            after_reg,
+            "s",
+            "cold MLflow request headers (default plugins)",
+            before_reg,
+            {"bare_python_s": bare},
+        ),
+    ]
+
+
 def bench_serving() -> list[dict]:
     from aitasks.serving.sample import sample_world
 
     with tempfile.TemporaryDirectory(prefix="aitasks-bench-serving-") as d, _redis() as url:
         world = sample_world(Path(d), users=200, tracks=2000)
-        return bench_updater(world, url) + bench_service(world, url)
+        records = bench_updater(world, url) + bench_service(world, url)
+        cold = Path(d) / "cold"
+        cold.mkdir()
+        return records + bench_cold_paths(cold)
 
 
 if __name__ == "__main__":
