@@ -115,7 +115,7 @@ class Snapshot:
 
     def search(self, vec: np.ndarray, k: int, banned: set[str]) -> list[tuple[str, float]]:
         with self.lock:  # AnnIndex adjusts ef per call: one query at a time per index
-            hits = self.index.query(vec[None, :], min(k, self.index.size), exclude=[banned])[0]
+            hits: list[tuple[str, float]] = self.index.query(vec[None, :], min(k, self.index.size), exclude=[banned])[0]
         live = self.live
         if live.ids:
             scores = live.matrix @ vec
