@@ -72,3 +72,18 @@ def test_int64_values_round_trip(value: int) -> None:
 @given(st.integers(0, 2**62))
 def test_timestamps_round_trip(ts_us: int) -> None:
     assert fc.decode_ts(fc.encode_ts(ts_us)) == ts_us
+
+
+def test_serve_commands_refuse_a_directory_source_without_a_directory() -> None:
+    import subprocess
+    import sys
+
+    for command in ("serve-updates", "serve-api"):
+        out = subprocess.run(
+            [sys.executable, "-m", "aitasks.cli", command, "--model-source", "dir"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 2, out.stderr
+        assert "--models-dir" in out.stderr
