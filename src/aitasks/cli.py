@@ -350,12 +350,25 @@ def recommend_cmd(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    api: Annotated[
+        str,
+        typer.Option(
+            "--api",
+            envvar="AITASKS_RECOMMEND_API",
+            help="Ask a running `aitasks serve-api` at this URL instead of loading model and index here "
+            "(no torch or MLflow in this process: well under a second).",
+        ),
+    ] = "",
 ) -> None:
     """Top-k tracks for a user: Feast online features, the index's model, the current index."""
-    from aitasks.recommendation_update.recommend import recommend
     from aitasks.runtime.logging import register_user_id
 
     register_user_id(user)  # pseudonymised in any log or error line from here on
+    if api:
+        _recommend_via_api(api, user, k, filter_played, as_json)
+        return
+    from aitasks.recommendation_update.recommend import recommend
+
     with console.status("recommending…"):
         rec = recommend(
             _settings(storage_root), user, k=k, index_name=index, project=project, filter_played=filter_played
@@ -393,6 +406,43 @@ def _model_source(kind: str, directory: str) -> Any:
     if kind == "dir" and not directory:
         raise typer.BadParameter("--model-source dir needs --models-dir", param_hint="--models-dir")
     return ModelSource(kind=kind, directory=directory)  # type: ignore[arg-type]
+
+
+def _recommend_via_api(api: str, user: str, k: int, filter_played: bool | None, as_json: bool) -> None:
+    """``aitasks recommend --api URL``: one GET to the recommendation service."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if not api.startswith(("http://", "https://")):
+        raise typer.BadParameter("must be an http:// or https:// URL", param_hint="--api")
+    query = {"k": str(k)} | ({} if filter_played is None else {"filter_played": str(filter_played).lower()})
+    url = f"{api.rstrip('/')}/v1/users/{urllib.parse.quote(user, safe='')}/recommendations?"
+    try:
+        with urllib.request.urlopen(url + urllib.parse.urlencode(query), timeout=30) as resp:  # noqa: S310 - http(s) only
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        if exc.code == 422 and isinstance(detail, list):
+            from aitasks.runtime.errors import FieldIssue, InvalidInputError
+
+            raise InvalidInputError("reco.recommend", [FieldIssue(d["field"], d["problem"]) for d in detail]) from None
+        raise RuntimeError(f"recommendation service answered {exc.code}: {detail}") from None
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    flag = "[yellow]popularity fallback[/yellow]" if body["source"] == "popularity" else "[green]model[/green]"
+    console.print(
+        f"{flag} "
+        + escape(
+            f"({body['reason']}); index v{body['index_version']}, model {body['model_name']} v{body['model_version']}; "
+            + (f"{body['filtered_played']} played tracks filtered" if body["filter_played"] else "played tracks kept")
+        )
+    )
+    table = Table("rank", "track", "score")
+    for i, item in enumerate(body["items"], 1):
+        table.add_row(str(i), escape(item["track_id"]), f"{item['score']:.4f}")
+    console.print(table)
 
 
 @app.command("serve-updates")

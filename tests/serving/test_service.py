@@ -198,3 +198,23 @@ def test_hot_reload_under_load_drops_no_request(world: World, redis_server: str)
         switch = seen_versions.index(2)
         assert all(v == 2 for v in seen_versions[switch:]), "no answer from the old version after the switch"
         assert rec.snapshot.manifest.version == 2
+
+
+def test_the_cli_asks_a_running_service(world: World, redis_server: str) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    mark_materialized(redis_server)
+    with serving(world, redis_server) as (http, _):
+        want = http.get("/v1/users/u005/recommendations", params={"k": 4}).json()
+        argv = [sys.executable, "-m", "aitasks.cli", "recommend", "--user", "u005", "--k", "4", "--json"]
+        env = {**os.environ, "AITASKS_RECOMMEND_API": http.base_url}
+        out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["items"] == want["items"]
+        bad = subprocess.run(
+            [*argv[:4], "--user", "not valid!", "--api", http.base_url], check=False, capture_output=True, text=True
+        )
+        assert bad.returncode == 3 and "user_id" in bad.stderr, bad.stderr
