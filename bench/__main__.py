@@ -38,6 +38,14 @@ def main() -> None:
     except ServiceUnavailableError as exc:  # a laptop without RabbitMQ still gets the other figures
         console.print(f"[yellow]on-demand bench skipped: {exc}[/yellow]")
 
+    from bench.serving import bench_serving
+
+    try:
+        with console.status("real-time serving: updater events/s and freshness, API latency, cold paths…"):
+            records += bench_serving()
+    except RuntimeError as exc:  # no redis-server binary on this machine
+        console.print(f"[yellow]serving bench skipped: {exc}[/yellow]")
+
     from bench.training import bench_training
 
     with console.status("two-tower training: sparse vs dense Adam…"):

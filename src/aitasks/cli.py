@@ -561,12 +561,25 @@ def recommend_cmd(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    api: Annotated[
+        str,
+        typer.Option(
+            "--api",
+            envvar="AITASKS_RECOMMEND_API",
+            help="Ask a running `aitasks serve-api` at this URL instead of loading model and index here "
+            "(no torch or MLflow in this process: well under a second).",
+        ),
+    ] = "",
 ) -> None:
     """Top-k tracks for a user: Feast online features, the index's model, the current index."""
-    from aitasks.recommendation_update.recommend import recommend
     from aitasks.runtime.logging import register_user_id
 
     register_user_id(user)  # pseudonymised in any log or error line from here on
+    if api:
+        _recommend_via_api(api, user, k, filter_played, as_json)
+        return
+    from aitasks.recommendation_update.recommend import recommend
+
     with console.status("recommending…"):
         rec = recommend(
             _settings(storage_root), user, k=k, index_name=index, project=project, filter_played=filter_played
@@ -588,6 +601,113 @@ def recommend_cmd(
     for i, item in enumerate(rec.items, 1):
         table.add_row(str(i), escape(item.track_id), f"{item.score:.4f}")
     console.print(table)
+
+
+_MODEL_SOURCE_OPT = typer.Option(
+    "--model-source", help="registry (MLflow, from settings) or dir (a directory of <name>/v<N>/ model versions)."
+)
+_MODELS_DIR_OPT = typer.Option("--models-dir", help="The model directory of --model-source dir.")
+
+
+def _model_source(kind: str, directory: str) -> Any:
+    from aitasks.serving.model import ModelSource
+
+    if kind not in ("registry", "dir"):
+        raise typer.BadParameter("must be registry or dir", param_hint="--model-source")
+    if kind == "dir" and not directory:
+        raise typer.BadParameter("--model-source dir needs --models-dir", param_hint="--models-dir")
+    return ModelSource(kind=kind, directory=directory)  # type: ignore[arg-type]
+
+
+def _recommend_via_api(api: str, user: str, k: int, filter_played: bool | None, as_json: bool) -> None:
+    """``aitasks recommend --api URL``: one GET to the recommendation service."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if not api.startswith(("http://", "https://")):
+        raise typer.BadParameter("must be an http:// or https:// URL", param_hint="--api")
+    query = {"k": str(k)} | ({} if filter_played is None else {"filter_played": str(filter_played).lower()})
+    url = f"{api.rstrip('/')}/v1/users/{urllib.parse.quote(user, safe='')}/recommendations?"
+    try:
+        with urllib.request.urlopen(url + urllib.parse.urlencode(query), timeout=30) as resp:  # noqa: S310 - http(s) only
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        if exc.code == 422 and isinstance(detail, list):
+            from aitasks.runtime.errors import FieldIssue, InvalidInputError
+
+            raise InvalidInputError("reco.recommend", [FieldIssue(d["field"], d["problem"]) for d in detail]) from None
+        raise RuntimeError(f"recommendation service answered {exc.code}: {detail}") from None
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    flag = "[yellow]popularity fallback[/yellow]" if body["source"] == "popularity" else "[green]model[/green]"
+    console.print(
+        f"{flag} "
+        + escape(
+            f"({body['reason']}); index v{body['index_version']}, model {body['model_name']} v{body['model_version']}; "
+            + (f"{body['filtered_played']} played tracks filtered" if body["filter_played"] else "played tracks kept")
+        )
+    )
+    table = Table("rank", "track", "score")
+    for i, item in enumerate(body["items"], 1):
+        table.add_row(str(i), escape(item["track_id"]), f"{item['score']:.4f}")
+    console.print(table)
+
+
+@app.command("serve-updates")
+def serve_updates_cmd(
+    project: Annotated[str, typer.Option(help="Feast project whose online store is written.")] = "aitasks",
+    events_stream: Annotated[str, typer.Option(help="Stream of listening events.")] = "aitasks:events",
+    tracks_stream: Annotated[str, typer.Option(help="Stream of new tracks.")] = "aitasks:tracks",
+    dead_letter_stream: Annotated[str, typer.Option(help="Dead-letter stream.")] = "aitasks:events:dead",
+    group: Annotated[str, typer.Option(help="Consumer group.")] = "aitasks-updater",
+    consumer: Annotated[str, typer.Option(help="Consumer name (default: POD_NAME or host name).")] = "",
+    index: Annotated[str, typer.Option(help="Published index whose model embeds users and tracks.")] = "reco-tracks",
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Entries per read.")] = 500,
+    block_ms: Annotated[int, typer.Option(min=1, max=60_000, help="How long a read waits.")] = 200,
+    claim_idle_ms: Annotated[int, typer.Option(min=100, help="Take over entries idle this long.")] = 30_000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="/healthz, /readyz, /metrics port (0: none).")] = 8080,
+    model_source: Annotated[str, _MODEL_SOURCE_OPT] = "registry",
+    models_dir: Annotated[str, _MODELS_DIR_OPT] = "",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """Consume listening events and new tracks from Redis Streams; update features, history, embeddings."""
+    from aitasks.serving.updater import UpdaterConfig, default_consumer, run_updater
+
+    cfg = UpdaterConfig(
+        project=project,
+        events_stream=events_stream,
+        tracks_stream=tracks_stream,
+        dead_letter_stream=dead_letter_stream,
+        group=group,
+        consumer=consumer or default_consumer(),
+        index_name=index,
+        batch_size=batch_size,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        http_port=port,
+    )
+    run_updater(_settings(storage_root), cfg, _model_source(model_source, models_dir))
+
+
+@app.command("serve-api")
+def serve_api_cmd(
+    project: Annotated[str, typer.Option(help="Feast project of the online store.")] = "aitasks",
+    index: Annotated[str, typer.Option(help="Published index name.")] = "reco-tracks",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8000,
+    reload_s: Annotated[float, typer.Option(min=0.1, help="How often CURRENT and live tracks are polled.")] = 5.0,
+    model_source: Annotated[str, _MODEL_SOURCE_OPT] = "registry",
+    models_dir: Annotated[str, _MODELS_DIR_OPT] = "",
+    storage_root: Annotated[str | None, _ROOT_OPT] = None,
+) -> None:
+    """Serve GET /v1/users/{id}/recommendations (FastAPI + uvicorn), with /healthz, /readyz, /metrics."""
+    from aitasks.serving.service import ServiceConfig, run_service
+
+    cfg = ServiceConfig(project=project, index_name=index, reload_s=reload_s)
+    run_service(_settings(storage_root), cfg, _model_source(model_source, models_dir), host=host, port=port)
 
 
 @index_app.command("list")

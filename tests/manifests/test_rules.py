@@ -24,6 +24,8 @@ import yaml
 from tests.manifests._k8s import ROOT
 
 TELEMETRY = ROOT / "src" / "aitasks" / "runtime" / "telemetry.py"
+#: Every module that registers metrics: the task runtime's, and the long-running serving processes'.
+METRIC_SOURCES = (TELEMETRY, *sorted((ROOT / "src" / "aitasks" / "serving").glob("*.py")))
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"}
 #: Labels Prometheus or the Pushgateway add: the grouping key of aitasks.runtime.step.finish_step
 #: (job, pipeline, step, and shard for a fan-out step), instance, le. No run_id: a run id in the
@@ -46,7 +48,8 @@ def exported_metrics() -> dict[str, set[str]]:
         "Gauge": ("",),
     }
     out: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(TELEMETRY.read_text())):
+    nodes = [n for src in METRIC_SOURCES for n in ast.walk(ast.parse(src.read_text()))]
+    for node in nodes:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in suffixes:
             name = ast.literal_eval(node.args[0])
             labels = set(ast.literal_eval(node.args[2])) if len(node.args) > 2 else set()

@@ -109,6 +109,8 @@ def recommend(
     from aitasks.platform.registry import get_version, registry_config
     from aitasks.recommendation_update.publish import load_current
     from aitasks.recommendation_update.tasks import SEEN_FILE
+    from aitasks.serving.model import mlflow_without_feast_plugin
+    from aitasks.serving.online import read_user_row
 
     issues = []
     if not re.match(_ID, user_id):
@@ -121,6 +123,7 @@ def recommend(
     root = settings.storage_root
     index, manifest, index_dir = load_current(root, index_name)
     model_name, model_version = manifest.model_name, manifest.model_version
+    mlflow_without_feast_plugin()  # no Feast import behind the MLflow client (see there)
     reg = registry_config(settings, model_name=model_name)
     champion = get_version(reg, alias="champion")
     source: Literal["request", "evaluation", "default"] = "request"
@@ -140,7 +143,9 @@ def recommend(
 
     cfg = fs.serving_config(settings, project=project, online_store=online_store)
     spec = model.config.spec
-    online = fs.online_features(cfg, user_ids=[user_id])
+    # Read as Feast stores it, without importing the Feast SDK (5-22 s): see aitasks.serving.online.
+    row = read_user_row(cfg, user_id) or {}
+    online = {c: [row.get(c)] for c in spec.user_dense}
     has_features = any(online.get(c, [None])[0] is not None for c in spec.user_dense)
     known = int(user_vocab.index([user_id])[0]) != 0
     common: dict[str, Any] = {

@@ -282,3 +282,29 @@ def _rejects_table(rejects: Sequence[tuple[int, str, str, Mapping[str, str | Non
         ],
         schema=QUARANTINE_SCHEMA,
     )
+
+
+def validate_event_table(
+    table: pa.Table, track_ids: pl.Series, limit: datetime, rows: Sequence[int] | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """The contract's event rules applied to ``table`` (any column types, e.g. text from a stream).
+
+    The same rules, in the same precedence, as the batch ingest: for a streaming consumer that must
+    judge events exactly as the ETL does (``aitasks.serving.updater``).
+
+    Args:
+        table: Every column of :data:`EVENT_COLUMNS` (nulls for missing values).
+        track_ids: The known track ids (``unknown_track_id`` otherwise).
+        limit: Events stamped later than this are ``future_timestamp``.
+        rows: Position of each row, reported as ``_source_row`` (default 0..n-1).
+
+    Returns:
+        ``(good, bad)``: good rows typed like :data:`EVENTS_SCHEMA` (plus ``_source_row``), bad rows
+        as text with ``_source_row`` and ``_reason`` (:data:`QUARANTINE_SCHEMA`).
+    """
+    import numpy as np
+
+    positions = np.arange(table.num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    checked = _validate_chunk(_Chunk(table, positions), track_ids, limit)
+    good = checked.good.select([*EVENT_COLUMNS, "_source_row"])
+    return good, checked.bad
