@@ -48,6 +48,7 @@ BENCHES: list[Bench] = [
     Bench("task_overhead", "bench.task_overhead", "bench_task_overhead", "task overhead vs a bare call"),
     Bench("startup", "bench.startup", "bench_startup", "step start-up per family vs python -c 'import numpy'"),
     Bench("feast", "bench.feast_online", "bench_feast", "Feast online reads (sqlite, Redis)"),
+    Bench("redis", "bench.redis_server", "bench_redis_server", "Redis server: HGETALL of a user row vs PING"),
     Bench("ondemand", "bench.ondemand", "bench_ondemand", "on-demand tasks on Celery vs a direct call", "rabbitmq"),
     Bench("training", "bench.training", "bench_training", "two-tower training: sparse vs dense Adam"),
     Bench("reco_quality", "bench.reco_quality", "bench_reco_quality", "recommender recall@10 over 5 seeds"),
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     sub = ap.add_subparsers(dest="command")
     sub.add_parser("report", help="render bench/results/report.{html,md} (and PNG plots) from latest.json")
-    ref = sub.add_parser("reference", help="copy latest.json (+ run facts) to the committed bench/results/reference.json")
+    ref = sub.add_parser("reference", help="latest.json (+ run facts) -> the committed bench/results/reference.json")
     ref.add_argument("--note", default="", help="a word on the run (machine load, what was left out)")
     scale = sub.add_parser("scale", help="render docs/{en,fr,de}/scale.md from reference.json and bench/volumes.yaml")
     scale.add_argument("--check", action="store_true", help="fail when the committed pages are stale")
