@@ -53,6 +53,7 @@ BENCHES: list[Bench] = [
     Bench("training", "bench.training", "bench_training", "two-tower training: sparse vs dense Adam"),
     Bench("reco_quality", "bench.reco_quality", "bench_reco_quality", "recommender recall@10 over 5 seeds"),
     Bench("ann", "bench.ann", "bench_ann", "ANN index: hnswlib vs numpy vs Voyager, 100k x 64"),
+    Bench("ann_memory", "bench.ann_memory", "bench_ann_memory", "ANN index memory per item vs raw vectors"),
     Bench("audio", "bench.audio", "bench_audio", "audio analysis vs naive librosa, x realtime per core"),
     Bench("content", "bench.content", "bench_content", "content generation: batched vs one at a time"),
 ]
