@@ -565,7 +565,7 @@ def render(model: Model, lang: str, meta: Mapping[str, Any]) -> str:
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,  # Markdown, not HTML  # noqa: S701
+        autoescape=False,  # Markdown, not HTML
     )
     env.filters["num"] = lambda x: fmt_number(float(x), lang) if isinstance(x, int | float) else str(x)
     figures = _Figures(model, lang)
@@ -590,7 +590,7 @@ def render(model: Model, lang: str, meta: Mapping[str, Any]) -> str:
             f"({labels.BASELINE}: {rec['baseline']} = {fmt_number(rec['baseline_value'], lang)}, "
             f"ratio {fmt_number(rec['ratio'], lang)}); `python -m bench --only {label}`"
         )
-    lines += ["", f"## {labels.VOLUMES}", "", f"`bench/volumes.yaml` [V]:", ""]
+    lines += ["", f"## {labels.VOLUMES}", "", "`bench/volumes.yaml` [V]:", ""]
     lines += ["| | |", "|---|---|"]
     for path, v in _volume_rows(model.volumes):
         shown = ", ".join(fmt_number(float(x), lang) for x in v) if isinstance(v, list) else fmt_number(float(v), lang)
