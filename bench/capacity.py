@@ -90,7 +90,7 @@ UNIT_NAMES: dict[str, dict[str, str]] = {
 NOT_MEASURED = {"en": "not measured", "fr": "non mesuré", "de": "nicht gemessen"}
 
 
-class MissingRecord(Exception):
+class MissingRecordError(Exception):
     """A unit cost the snapshot does not hold."""
 
 
@@ -136,13 +136,13 @@ class _Calc:
         bench, metric, _ = UNITS[key]
         rec = self.records.get((bench, metric))
         if rec is None:
-            raise MissingRecord(key)
+            raise MissingRecordError(key)
         if key not in self.used:
             self.used.append(key)
         node: Any = rec
         for part in path.split("."):
             if not isinstance(node, Mapping) or part not in node:
-                raise MissingRecord(key)
+                raise MissingRecordError(key)
             node = node[part]
         return float(node)
 
@@ -183,7 +183,7 @@ def compute(records: Mapping[tuple[str, str], dict[str, Any]], vol: Mapping[str,
         try:
             value, how = fn(calc)
             figs[key] = Figure(key, value, unit, how, tuple(calc.used), tuple(calc.vols))
-        except MissingRecord as exc:
+        except MissingRecordError as exc:
             figs[key] = Figure(key, None, unit, "", tuple(calc.used), tuple(calc.vols), (str(exc.args[0]),))
 
     # ---- audio --------------------------------------------------------------------------------------------
@@ -319,6 +319,7 @@ def compute(records: Mapping[tuple[str, str], dict[str, Any]], vol: Mapping[str,
         "GB",
         lambda c: (redis_data_gb(c) * (1 + c.v("cluster.redis_replicas")), "data × (1 + replicas)"),
     )
+
     def peak_reads(c: _Calc, g: float = 1.0) -> float:
         return g * c.v("serving.peak_requests_per_s") * c.v("serving.online_reads_per_request")
 
@@ -360,9 +361,7 @@ def compute(records: Mapping[tuple[str, str], dict[str, Any]], vol: Mapping[str,
         return c.u("train") / c.u("train", "params.threads")
 
     def epoch_examples(c: _Calc, g: float = 1.0) -> float:
-        return (
-            g * c.v("events.plays_per_day") * c.v("events.training_fraction") * c.v("events.training_window_days")
-        )
+        return g * c.v("events.plays_per_day") * c.v("events.training_fraction") * c.v("events.training_window_days")
 
     fig("train_ex_core", "ex/s", lambda c: (per_core(c), "record / threads"))
     fig("train_epoch_examples", "examples", lambda c: (epoch_examples(c), "plays/day × fraction × window days"))
@@ -429,9 +428,9 @@ def compute(records: Mapping[tuple[str, str], dict[str, Any]], vol: Mapping[str,
             "iterations",
             lambda c, g: math.ceil(g * c.v("catalog.tracks") / c.v("catalog.tracks_per_shard")),
         ),
-        ("ann_fanout", "cluster.max_fanout_shards", "shards", lambda c, g: shards(c, g)),
-        ("redis", "cluster.redis_max_primaries", "primaries", lambda c, g: primaries(c, g)),
-        ("training", "cluster.training_window_h", "h", lambda c, g: epoch_h_ddp(c, g)),
+        ("ann_fanout", "cluster.max_fanout_shards", "shards", shards),
+        ("redis", "cluster.redis_max_primaries", "primaries", primaries),
+        ("training", "cluster.training_window_h", "h", epoch_h_ddp),
         (
             "updater",
             "cluster.updater_max_consumers",
@@ -479,7 +478,7 @@ def fmt_number(x: float, lang: str) -> str:
         return "0"
     if not math.isfinite(x):
         return "∞"
-    digits = 3 - int(math.floor(math.log10(abs(x)))) - 1
+    digits = 3 - math.floor(math.log10(abs(x))) - 1
     rounded = round(x, digits)
     decimals = max(0, digits)
     text = f"{rounded:,.{decimals}f}"
