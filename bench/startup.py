@@ -13,8 +13,8 @@ the child at each stage:
 * the CLI's light paths, ``aitasks --help`` and ``aitasks tasks list``: spawn -> exit.
 
 Runs are interleaved (one of each path per round, after one untimed warm-up round) so a burst of load on a
-shared machine hits every path alike; the figure is the median of ``repeats`` rounds and ``params`` holds min/max and the per-stage
-medians. The issue's target is the *difference* to ``python -c "import numpy"``: within 1.5 s
+shared machine hits every path alike; the figure is the median of ``repeats`` rounds and ``params`` holds
+min/max and the per-stage medians. The issue's target is the *difference* to ``python -c "import numpy"``: within 1.5 s
 (``params.minus_numpy_s``); the ``ratio`` field is value / baseline as for every record.
 """
 
@@ -84,7 +84,7 @@ def measure(repeats: int = REPEATS, families: tuple[str, ...] = FAMILIES) -> dic
     for fam in families:
         with tempfile.TemporaryDirectory(prefix="aitasks-bench-startup-") as tmp:
             _spawn(["-m", "bench.startup_probe", fam, tmp], env)
-    for label, args in CLI.items():
+    for args in CLI.values():
         _spawn(args, env)
     for _ in range(repeats):
         for label, args in BASELINES.items():
