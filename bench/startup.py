@@ -12,6 +12,9 @@ the child at each stage:
   working set (the modules the family's main task body imports first: ``to_ready``);
 * the CLI's light paths, ``aitasks --help`` and ``aitasks tasks list``: spawn -> exit.
 
+``params.stages_median_s`` also holds the child's CPU seconds to body and to ready (``time.process_time``):
+on a loaded machine wall time swings several-fold, CPU time much less.
+
 Runs are interleaved (one of each path per round, after one untimed warm-up round) so a burst of load on a
 shared machine hits every path alike; the figure is the median of ``repeats`` rounds and ``params`` holds
 min/max and the per-stage medians. The issue's target is the *difference* to ``python -c "import numpy"``: within 1.5 s
@@ -77,7 +80,8 @@ def measure(repeats: int = REPEATS, families: tuple[str, ...] = FAMILIES) -> dic
     base: dict[str, list[float]] = {k: [] for k in BASELINES}
     cli: dict[str, list[float]] = {k: [] for k in CLI}
     steps: dict[str, dict[str, list[float]]] = {
-        f: {"interp": [], "component": [], "to_body": [], "to_ready": []} for f in families
+        f: {"interp": [], "component": [], "to_body": [], "to_ready": [], "cpu_to_body": [], "cpu_to_ready": []}
+        for f in families
     }
     heavy: dict[str, dict[str, Any]] = {}
     # One untimed round first: bytecode caches written and files in the page cache, as in a built image.
@@ -98,7 +102,9 @@ def measure(repeats: int = REPEATS, families: tuple[str, ...] = FAMILIES) -> dic
             steps[fam]["component"].append(marks["component"] - t0)
             steps[fam]["to_body"].append(marks["body"] - t0)
             steps[fam]["to_ready"].append(marks["ready"] - t0)
-            heavy[fam] = {k: marks[k] for k in ("heavy_at_body", "heavy_at_ready", "working_set")}
+            steps[fam]["cpu_to_body"].append(marks["cpu_body"])
+            steps[fam]["cpu_to_ready"].append(marks["cpu_ready"])
+            heavy[fam] = {k: marks[k] for k in ("heavy_at_body", "heavy_at_ready", "working_set", "modules_at_ready")}
         for label, args in CLI.items():
             t0, t1, _out = _spawn(args, env)
             cli[label].append(t1 - t0)
@@ -137,6 +143,7 @@ def bench_startup(repeats: int = REPEATS) -> list[dict[str, Any]]:
             "heavy_at_body": h["heavy_at_body"],
             "heavy_at_ready": h["heavy_at_ready"],
             "working_set": h["working_set"],
+            "modules_at_ready": h["modules_at_ready"],
         }
         for stage, metric in (("to_body", "step_to_body_s"), ("to_ready", "step_to_ready_s")):
             value = statistics.median(st[stage])

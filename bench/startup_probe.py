@@ -102,10 +102,13 @@ def main(family: str, storage_root: str) -> None:
 
     def probe(params: ProbeParams, ctx: TaskContext) -> ProbeResult:
         marks["body"] = time.monotonic()
+        marks["cpu_body"] = time.process_time()  # CPU seconds of this process so far: less swayed by load
         marks["heavy_at_body"] = loaded_heavy()
         mods = working_set(get_task(main_task).fn)
         _import_all(mods)
         marks["ready"] = time.monotonic()
+        marks["cpu_ready"] = time.process_time()
+        marks["modules_at_ready"] = len(sys.modules)
         marks["heavy_at_ready"] = loaded_heavy()
         marks["working_set"] = mods
         return ProbeResult(ok=True)
