@@ -71,7 +71,7 @@ UNIT_NAMES: dict[str, dict[str, str]] = {
     "x": {"en": "× realtime", "fr": "× temps réel", "de": "× Echtzeit"},
     "cores": {"en": "cores", "fr": "cœurs", "de": "Kerne"},
     "pods": {"en": "pods", "fr": "pods", "de": "Pods"},
-    "shards": {"en": "shards", "fr": "shards", "de": "Shards"},
+    "shards": {"en": "shard(s)", "fr": "shard(s)", "de": "Shard(s)"},
     "primaries": {"en": "primaries", "fr": "primaires", "de": "Primaries"},
     "items": {"en": "items", "fr": "éléments", "de": "Elemente"},
     "keys": {"en": "keys", "fr": "clés", "de": "Schlüssel"},
@@ -586,7 +586,7 @@ def render(model: Model, lang: str, meta: Mapping[str, Any]) -> str:
         rec = model.records[(bench, metric)]
         lines.append(
             f"- **R{i}** `{bench} / {metric}` = {fmt_number(rec['value'], lang)} {rec['unit']} "
-            f"({labels.BASELINE}: {rec['baseline']} = {fmt_number(rec['baseline_value'], lang)}, "
+            f"({labels.BASELINE} {rec['baseline']} = {fmt_number(rec['baseline_value'], lang)}, "
             f"ratio {fmt_number(rec['ratio'], lang)}); `python -m bench --only {label}`"
         )
     lines += ["", f"## {labels.VOLUMES}", "", "`bench/volumes.yaml` [V]:", ""]
