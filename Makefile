@@ -58,18 +58,34 @@ test-slow: $(STAMP) ## Run only the slow tests (kfp.local end-to-end runs, the w
 .PHONY: test-all
 test-all: test test-slow ## Run every test: `make test`, then the slow ones
 
+# A subset of the benchmarks, e.g. `make bench BENCH_ONLY=audio,ann` (`python -m bench --list` names them).
+BENCH_ONLY ?=
+
 .PHONY: bench
-bench: $(STAMP) ## Run the benchmarks; prints a table and writes bench/results/latest.json
-	$(PY) -m bench
+bench: $(STAMP) ## Run the benchmarks with progress; prints a table and writes bench/results/latest.json
+	$(PY) -m bench $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
+
+.PHONY: bench-report
+bench-report: $(STAMP) ## Render bench/results/report.{html,md} (figures + plots) from latest.json
+	$(PY) -m bench report
+
+.PHONY: bench-reference
+bench-reference: $(STAMP) ## Copy latest.json into the committed snapshot bench/results/reference.json
+	$(PY) -m bench reference
+
+.PHONY: scale
+scale: $(STAMP) ## Render the capacity model docs/{en,fr,de}/scale.md from reference.json + bench/volumes.yaml
+	$(PY) -m bench scale
 
 .PHONY: compile
 compile: $(STAMP) ## Compile every pipeline to pipelines/compiled/*.yaml
 	$(PY) -m pipelines compile
 
 .PHONY: check
-check: $(STAMP) ## Fail when committed pipeline YAML or rendered task docs are stale
+check: $(STAMP) ## Fail when committed pipeline YAML, rendered task docs or the capacity model are stale
 	$(PY) -m pipelines check
 	$(PY) -m aitasks.cli docs --check
+	$(PY) -m bench scale --check
 
 .PHONY: docs
 docs: $(STAMP) ## Render docs/{en,fr,de}/tasks.md from the task registry

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,8 +101,13 @@ def private_redis(workdir: Path) -> Iterator[str | None]:
         proc.wait(timeout=10)
 
 
-def _measure_store(cfg: Any, n_users: int, n_reads: int) -> tuple[dict[str, float], dict[str, float], float]:
-    """(feast p50/p99, baseline p50/p99, materialize seconds) for one configured online store."""
+def _measure_store(
+    cfg: Any, n_users: int, n_reads: int, extra: dict[str, Any]
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """(feast p50/p99, baseline p50/p99, materialize seconds) for one configured online store.
+
+    Redis also fills ``extra["redis_bytes_per_user"]``: the mean ``MEMORY USAGE`` of 200 user keys.
+    """
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.infra.online_stores.helpers import _redis_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -144,6 +150,9 @@ def _measure_store(cfg: Any, n_users: int, n_reads: int) -> tuple[dict[str, floa
         def baseline(i: int) -> None:
             assert client.hgetall(_redis_key(cfg.project, entity_key(i), 3))  # type: ignore[arg-type]
 
+        # What one user costs Redis (key + hash, allocator overhead included): the capacity model's unit.
+        sample = [client.memory_usage(_redis_key(cfg.project, entity_key(i), 3)) for i in range(200)]  # type: ignore[arg-type]
+        extra["redis_bytes_per_user"] = round(statistics.mean(int(b or 0) for b in sample), 1)
         close = client.close
 
     feast_p50, feast_p99 = percentiles_ms(feast_read, n_reads)
@@ -192,7 +201,8 @@ def bench_online_reads(
             project=project, repo_dir=tmpdir / label, offline_dir=offline, online_store=online, ttl_days=30
         )
         try:
-            feast, base, materialize_s = _measure_store(cfg, n_users, n_reads)
+            extra: dict[str, Any] = {}
+            feast, base, materialize_s = _measure_store(cfg, n_users, n_reads, extra)
         except ServiceUnavailableError as exc:
             print(f"skipping {label}: {exc}", file=sys.stderr)
             continue
@@ -206,6 +216,7 @@ def bench_online_reads(
             "materialize_s": round(materialize_s, 3),
             "materialize_entities_per_s": round((n_users + max(1, n_users // 2)) / materialize_s),
             "baseline": f"{baseline_name}: entity key serialization + lookup of the same row, no decoding",
+            **extra,
         }
         for q in ("p50", "p99"):
             records.append(
@@ -220,6 +231,13 @@ def bench_online_reads(
                 )
             )
     return records
+
+
+def bench_feast() -> list[dict[str, Any]]:
+    """`python -m bench` entry: sqlite, and the Redis of ``AITASKS_BENCH_REDIS_URL`` (default: local db 15)."""
+    redis_url = os.environ.get("AITASKS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+    with tempfile.TemporaryDirectory(prefix="aitasks-bench-feast-") as tmp:
+        return bench_online_reads(Path(tmp), redis_url=redis_url)
 
 
 def main(argv: list[str] | None = None) -> None:

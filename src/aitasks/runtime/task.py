@@ -1280,12 +1280,31 @@ def _builtin(module: str) -> bool:
     return any(module == m or module.startswith(m + ".") for m in TASK_MODULES)
 
 
+#: Task-name family (before the first dot) -> the modules of TASK_MODULES that register it: a step imports
+#: its own family's tasks only (another family's task module costs its imports, up to seconds at start-up).
+#: A family missing here still works (every task module is imported); tests hold the table to the registry.
+FAMILY_MODULES: dict[str, tuple[str, ...]] = {
+    "audio": ("aitasks.audio_analysis.tasks",),
+    "content": ("aitasks.content_generation.tasks",),
+    "data": ("aitasks.data_processing.tasks",),
+    "feast": ("aitasks.data_processing.tasks",),
+    "model": ("aitasks.model_training.tasks",),
+    "reco": ("aitasks.model_training.tasks",),
+    "index": ("aitasks.recommendation_update.tasks",),
+    "run": ("aitasks.runtime.run_summary",),
+}
+
+
 def get_task(name: str) -> Task[Any, Any]:
-    """The registered task ``name``, importing the built-in task modules only as far as needed."""
+    """The registered task ``name``, importing the built-in task modules only as far as needed.
+
+    The module of the name's family (:data:`FAMILY_MODULES`) first; then the others, in order, for a
+    name whose family is not in the table.
+    """
     import importlib
 
     if name not in _REGISTRY:
-        for m in TASK_MODULES:
+        for m in FAMILY_MODULES.get(name.split(".", 1)[0], ()) + TASK_MODULES:
             importlib.import_module(m)
             if name in _REGISTRY:
                 break
