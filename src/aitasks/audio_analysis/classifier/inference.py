@@ -84,7 +84,12 @@ def _logits(
 
 
 def evaluate(
-    model: MelCnn | KerasMelCnn, clips: Sequence[np.ndarray], labels: Sequence[int], cfg: ClassifierConfig, *, batch_size: int = 32
+    model: MelCnn | KerasMelCnn,
+    clips: Sequence[np.ndarray],
+    labels: Sequence[int],
+    cfg: ClassifierConfig,
+    *,
+    batch_size: int = 32,
 ) -> ClassifierReport:
     """Accuracy, macro F1, per-class metrics and the confusion matrix of ``model`` on labelled clips.
 

@@ -121,7 +121,7 @@ def _log_mel_layer() -> Any:
     from keras import ops
 
     @keras.saving.register_keras_serializable(package="aitasks", name="LogMel")
-    class LogMel(keras.layers.Layer):  # type: ignore[misc]
+    class LogMel(keras.layers.Layer):  # type: ignore[misc,name-defined]
         """Samples ``[batch, n]`` -> log-mel image ``[batch, n_mels, frames, 1]`` (see :meth:`MelCnn.log_mel`)."""
 
         def __init__(
@@ -312,7 +312,7 @@ def _keras_runtime(cfg: ClassifierConfig, *, seed: bool) -> Iterator[str]:
 def train_keras_classifier(
     clips: Sequence[np.ndarray], labels: Sequence[int], cfg: ClassifierConfig, *, val_fraction: float = 0.2
 ) -> tuple[KerasMelCnn, ClassifierReport]:
-    """Train the Keras model exactly as :func:`~aitasks.audio_analysis.classifier.train_classifier` trains the torch one.
+    """Train the Keras model as :func:`~aitasks.audio_analysis.classifier.train_classifier` trains the torch one.
 
     Args:
         clips: Mono float32 clips at ``cfg.sample_rate``.
@@ -355,7 +355,7 @@ def train_keras_classifier(
         opt = keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
         variables = net.trainable_variables
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
         def step(x: Any, target: Any) -> tuple[Any, Any]:
             with tf.GradientTape() as tape:
                 logits = net(x, training=True)
@@ -496,7 +496,7 @@ def save_keras_classifier(model: KerasMelCnn, out_dir: Path, *, saved_model: boo
 
 
 def export_saved_model(model: KerasMelCnn, out: Path) -> None:
-    """``model.export`` to a TensorFlow SavedModel at ``out`` (replaced whole): ``serve`` takes samples, gives logits."""
+    """``model.export`` to a SavedModel at ``out`` (replaced whole): ``serve`` takes samples, gives logits."""
     tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
     try:
         with _keras_runtime(model.config, seed=False):
