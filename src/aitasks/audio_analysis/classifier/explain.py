@@ -327,8 +327,9 @@ def _crop_logits(model: MelCnn | KerasMelCnn, crops: _F32) -> _F64:
     if not _is_torch(model):
         from aitasks.audio_analysis.classifier.keras_backend import _keras_runtime
 
-        with _keras_runtime(model.config, seed=False):
-            return np.asarray(model.logits(crops), np.float64)
+        keras_model = cast("KerasMelCnn", model)
+        with _keras_runtime(keras_model.config, seed=False):
+            return np.asarray(keras_model.logits(crops), np.float64)
     import torch
 
     from aitasks.audio_analysis.classifier.model import _model_device, _torch_runtime
