@@ -153,13 +153,20 @@ def train_classifier(
     model: Output[Model],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
+    backend: str = "torch",
 ) -> float:
-    """Train and test the mel-CNN classifier on the labelled folder. Returns the test accuracy."""
+    """Train and test the mel-CNN classifier (torch or keras) on the labelled folder. Returns the test accuracy."""
     from aitasks.runtime.step import run_step
 
     res = run_step(
         "audio.train_classifier",
-        {"labelled_root": labelled_root, "epochs": epochs, "clip_seconds": clip_seconds, "seed": seed},
+        {
+            "labelled_root": labelled_root,
+            "epochs": epochs,
+            "clip_seconds": clip_seconds,
+            "seed": seed,
+            "backend": backend,
+        },
         (run_context, pipeline, run_id, step),
         outputs={"model_uri": model},
         metrics=metrics,
@@ -187,6 +194,41 @@ def register_classifier(
         (run_context, pipeline, run_id, step),
     )
     return res.version
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def explain_classifier(
+    model: Input[Model],
+    labelled_root: str,
+    per_class: int,
+    n_steps: int,
+    model_name: str,
+    registered_version: int,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> int:
+    """Integrated-gradients heat maps over held-out clips' spectrograms (HTML; MLflow artifact). Returns the count."""
+    from aitasks.runtime.step import run_step
+
+    res = run_step(
+        "audio.explain_classifier",
+        {
+            "model_uri": model,
+            "labelled_root": labelled_root,
+            "per_class": per_class,
+            "n_steps": n_steps,
+            "model_name": model_name,
+            "registered_version": registered_version,
+        },
+        (run_context, pipeline, run_id, step),
+        outputs={"report_uri": report},
+        metrics=metrics,
+    )
+    return res.explained
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
