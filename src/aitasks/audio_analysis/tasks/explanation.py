@@ -81,6 +81,8 @@ def explain_classifier_task(params: ExplainClassifierParams, ctx: TaskContext) -
     from aitasks.runtime.errors import FieldIssue, InvalidInputError
     from aitasks.runtime.storage import local_tree
 
+    # The registered version is checked first: a wrong one fails before any work.
+    target = _registered_version(params, ctx) if params.registered_version else None
     with open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, manifest):
         model, cfg = load_any_classifier(model_dir)
     trained = manifest.get("meta", {}).get("params", {})
@@ -130,9 +132,7 @@ def explain_classifier_task(params: ExplainClassifierParams, ctx: TaskContext) -
     )
     uri = ctx.output_uri(REPORT_FILE)
     ctx.storage.write_bytes(uri, html.encode("utf-8"))
-    run_id = ""
-    if params.registered_version:
-        run_id = _attach_to_version(params, ctx, html)
+    run_id = _attach(target, html) if target is not None else ""
     explained = [e for e in explanations if not e.silent]
     ctx.log.info("audio.classifier_explained", explained=len(explained), mlflow_run=run_id)
     return ExplainClassifierResult(
@@ -144,24 +144,28 @@ def explain_classifier_task(params: ExplainClassifierParams, ctx: TaskContext) -
     )
 
 
-def _attach_to_version(params: ExplainClassifierParams, ctx: TaskContext, html: str) -> str:
-    """Log the report into the MLflow run of ``registered_version``, which must hold this very model."""
-    from aitasks.platform.registry import client, get_version, registry_config
-    from aitasks.platform.registry.config import service
+def _registered_version(params: ExplainClassifierParams, ctx: TaskContext) -> tuple[Any, Any]:
+    """(registry, version) of ``registered_version``, which must hold this very model (its content hash)."""
+    from aitasks.platform.registry import get_version, registry_config
     from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
     reg = registry_config(ctx.settings, model_name=params.model_name)
     version = get_version(reg, version=params.registered_version)
     if version is None:
-        raise InvalidInputError(
-            ctx.task,
-            [FieldIssue("registered_version", f"{params.model_name} has no version {params.registered_version}")],
-        )
+        problem = f"{params.model_name} has no version {params.registered_version}"
+        raise InvalidInputError(ctx.task, [FieldIssue("registered_version", problem)])
     if version.tags.get("aitasks.model_sha") != ctx.storage.content_hash(params.model_uri):
-        raise InvalidInputError(
-            ctx.task,
-            [FieldIssue("registered_version", f"version {version.version} of {params.model_name} holds another model")],
-        )
+        problem = f"version {version.version} of {params.model_name} holds another model"
+        raise InvalidInputError(ctx.task, [FieldIssue("registered_version", problem)])
+    return reg, version
+
+
+def _attach(target: tuple[Any, Any], html: str) -> str:
+    """Log the report into the version's MLflow run and tag the version with its path; returns the run id."""
+    from aitasks.platform.registry import client
+    from aitasks.platform.registry.config import service
+
+    reg, version = target
     with tempfile.TemporaryDirectory(prefix="aitasks-explain-") as tmp:
         path = Path(tmp) / REPORT_FILE
         path.write_text(html, "utf-8")
@@ -172,4 +176,4 @@ def _attach_to_version(params: ExplainClassifierParams, ctx: TaskContext, html: 
             c.set_model_version_tag(
                 reg.model_name, str(version.version), "aitasks.explanations", f"{MLFLOW_ARTIFACT_DIR}/{REPORT_FILE}"
             )
-    return version.run_id
+    return str(version.run_id)
