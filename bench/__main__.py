@@ -59,6 +59,11 @@ def main() -> None:
     with console.status("audio analysis: one-STFT pipeline vs naive librosa, x realtime per core…"):
         records += bench_audio()
 
+    from bench.classifier import bench_classifier
+
+    with console.status("audio classifier: Keras vs torch training/inference, integrated gradients…"):
+        records += bench_classifier()
+
     from bench.content import bench_content
 
     with console.status("content generation: batched vs one prompt at a time, per generator (tiny models)…"):

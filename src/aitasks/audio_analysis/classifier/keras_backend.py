@@ -220,7 +220,9 @@ class KerasMelCnn:
             import tensorflow as tf
 
             model = self.model
-            self._infer = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+            # One trace for every batch size (a retrace per new shape costs more than the batch).
+            spec = tf.TensorSpec([None, self.config.clip_samples], tf.float32)
+            self._infer = tf.function(lambda t: model(t, training=False), input_signature=[spec])
         return np.asarray(self._infer(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
 
     def clip_logits(self, clips: Sequence[_F32], batch_size: int) -> np.ndarray:
