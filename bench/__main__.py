@@ -57,6 +57,7 @@ BENCHES: list[Bench] = [
     Bench("audio", "bench.audio", "bench_audio", "audio analysis vs naive librosa, x realtime per core"),
     Bench("content", "bench.content", "bench_content", "content generation: batched vs one at a time"),
     Bench("serving", "bench.serving", "bench_serving", "updater events/s, API latency", "redis"),
+    Bench("classifier", "bench.classifier", "bench_classifier", "audio classifier: Keras vs torch"),
 ]
 
 

@@ -145,7 +145,7 @@ def train_classifier(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
 ) -> float:
-    """Train and test the mel-CNN classifier on the labelled folder. Returns the test accuracy."""
+    """Train and test the mel-CNN classifier (torch or keras) on the labelled folder. Returns the test accuracy."""
     from aitasks.runtime.step import run_step
 
     res = run_step(
@@ -179,6 +179,37 @@ def register_classifier(
         groups={"classifier": classifier},
     )
     return res.version
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def explain_classifier(
+    model: Input[Model],
+    labelled_root: str,
+    registered_version: int,
+    classifier: dict,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> int:
+    """Integrated-gradients heat maps over held-out clips' spectrograms (HTML; MLflow artifact). Returns the count."""
+    from aitasks.runtime.step import run_step
+
+    res = run_step(
+        "audio.explain_classifier",
+        {
+            "model_uri": model,
+            "labelled_root": labelled_root,
+            "registered_version": registered_version,
+        },
+        (run_context, pipeline, run_id, step),
+        groups={"classifier": classifier},
+        outputs={"report_uri": report},
+        metrics=metrics,
+    )
+    return res.explained
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

@@ -1,5 +1,5 @@
 """`audio-analysis`: source -> list catalog -> shard -> ParallelFor analyse (decode, features, rules)
--> collect -> outliers + duplicates -> train/register classifier (GPU) -> classify (GPU) -> Feast
+-> collect -> outliers + duplicates -> train/register/explain classifier (GPU) -> classify (GPU) -> Feast
 ``track_audio`` -> HTML report; a run summary on exit."""
 
 from kfp import dsl
@@ -68,9 +68,11 @@ def audio_analysis(
             is resampled to), max_channels (files with more are quarantined).
         anomalies: Catalog anomalies: contamination (expected share of feature outliers), duplicate_threshold
             (fingerprint similarity, 0-1, above which two tracks are duplicates).
-        classifier: The genre classifier: name (MLflow registered model), epochs (maximum; early stopping
-            on validation), clip_seconds (audio crop the model sees), seed (splits, initialisation,
-            augmentation), min_accuracy (test accuracy needed to become champion).
+        classifier: The genre classifier: name (MLflow registered model), backend (torch or keras),
+            epochs (maximum; early stopping on validation), clip_seconds (audio crop the model sees), seed
+            (splits, initialisation, augmentation), min_accuracy (test accuracy needed to become
+            champion), explain_per_class and explain_steps (held-out clips explained per class by
+            integrated gradients, and the integral's steps).
         feast: Feast project and online store the track_audio features are written to: project,
             online_store (redis on clusters, sqlite on one machine).
         report_title: Title of the HTML report shown in the run's artifacts.
@@ -97,7 +99,14 @@ def audio_analysis(
         collected = steps.COLLECT(run, shard_uris=dsl.Collected(analyzed.output))
         found = steps.ANOMALIES(run, analysis=collected.outputs["analysis"], thresholds=anomalies)
         trained = steps.TRAIN_CLASSIFIER(run, labelled_root=source.outputs["labelled_root"], classifier=classifier)
-        steps.REGISTER_CLASSIFIER(run, model=trained.outputs["model"], classifier=classifier)
+        registered = steps.REGISTER_CLASSIFIER(run, model=trained.outputs["model"], classifier=classifier)
+        steps.EXPLAIN_CLASSIFIER(
+            run,
+            model=trained.outputs["model"],
+            labelled_root=source.outputs["labelled_root"],
+            registered_version=registered.output,
+            classifier=classifier,
+        )
         classified = steps.CLASSIFY(
             run, model=trained.outputs["model"], analysis=collected.outputs["analysis"], batch_size=32
         )

@@ -15,6 +15,7 @@ from components.audio_analysis import (
     classify_tracks,
     collect_analysis,
     detect_anomalies,
+    explain_classifier,
     list_catalog,
     register_classifier,
     train_classifier,
@@ -96,6 +97,17 @@ TRAIN_CLASSIFIER = StepSpec(
 )
 REGISTER_CLASSIFIER = StepSpec(
     register_classifier, "audio.register_classifier", "register-classifier", retries=3, cache=False
+)
+# Writes into the registered version's MLflow run: state the KFP cache cannot see.
+EXPLAIN_CLASSIFIER = StepSpec(
+    explain_classifier,
+    "audio.explain_classifier",
+    "explain-classifier",
+    cpu="2",
+    memory="4Gi",
+    memory_limit="8Gi",
+    retries=1,
+    cache=False,
 )
 CLASSIFY = StepSpec(
     classify_tracks, "audio.classify", "classify", cpu="2", memory="4Gi", memory_limit="8Gi", retries=1, gpu=True

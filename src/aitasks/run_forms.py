@@ -198,12 +198,27 @@ ANOMALIES = FormGroup(
 )
 CLASSIFIER = FormGroup(
     "classifier",
-    "The audio classifier: MLflow name, training epochs, crop length, seed, accuracy needed to be champion.",
+    "The audio classifier: MLflow name, backend (torch or keras), training epochs, crop length, seed, accuracy "
+    "needed to be champion, held-out clips explained per class.",
     {
         "audio.register_classifier": {"name": "model_name", "min_accuracy": "min_accuracy"},
-        "audio.train_classifier": _same("epochs", "clip_seconds", "seed"),
+        "audio.train_classifier": _same("backend", "epochs", "clip_seconds", "seed"),
+        "audio.explain_classifier": {
+            "name": "model_name",
+            "explain_per_class": "per_class",
+            "explain_steps": "n_steps",
+        },
     },
-    {"name": "audio-classifier", "min_accuracy": 0.6, "epochs": 30, "clip_seconds": 4.0, "seed": 0},
+    {
+        "name": "audio-classifier",
+        "min_accuracy": 0.6,
+        "backend": "torch",
+        "epochs": 30,
+        "clip_seconds": 4.0,
+        "seed": 0,
+        "explain_per_class": 2,
+        "explain_steps": 32,
+    },
 )
 REPORT = FormGroup(
     "report",

@@ -2,7 +2,8 @@
 
 The reports are made the way the pipelines make them: the audio report by the audio tasks on a
 synthetic catalog (:func:`~aitasks.audio_analysis.demo_catalog.write_demo_catalog`: digital silence,
-a clipped master, a near-duplicate, broken files) plus a 0.4 s clip; the evaluation report by the
+a clipped master, a near-duplicate, broken files) plus a 0.4 s clip; the classifier's explanations by
+the train and explain tasks on a labelled folder with a silent clip; the evaluation report by the
 evaluation functions on a small synthetic listening world.
 """
 
@@ -159,6 +160,41 @@ def audio_report(tmp_path_factory: pytest.TempPathFactory) -> AudioReport:
         quarantined=res.quarantined,
         flags=res.flags,
     )
+
+
+# --------------------------------------------------------------------- explanations report
+
+
+@dataclass
+class ExplainReport:
+    html: str
+    silent: str
+    examples: int
+
+
+@pytest.fixture(scope="session")
+def explain_report(tmp_path_factory: pytest.TempPathFactory) -> ExplainReport:
+    """The classifier's explanations as the pipeline makes them: train (torch) then explain, on a labelled
+    folder with a digitally silent clip first in its class."""
+    import soundfile as sf
+
+    from aitasks.audio_analysis import tasks as T
+    from aitasks.audio_analysis.synthetic import write_labelled_folder
+
+    root = tmp_path_factory.mktemp("explain-report")
+    labelled = root / "labelled"
+    write_labelled_folder(labelled, per_class=4, seed=4, sr=22050, duration_s=1.2, formats=("wav",))
+    silent = "noise/0-silence.wav"
+    sf.write(str(labelled / silent), np.zeros(26460, np.float32), 22050)
+    head, *rows = (labelled / "labels.csv").read_text("utf-8").splitlines()
+    (labelled / "labels.csv").write_text("\n".join([head, f"{silent},noise", *rows]) + "\n", "utf-8")
+    rt = CapturedRuntime(root).rt
+    common = {"labelled_root": str(labelled)}
+    trained = T.train_classifier_task({**common, "epochs": 2, "clip_seconds": 1.0, "device": "cpu"}, runtime=rt)
+    res = T.explain_classifier_task(
+        {**common, "model_uri": trained.model_uri, "split": "all", "per_class": 2, "n_steps": 16}, runtime=rt
+    )
+    return ExplainReport(html=Path(res.report_uri).read_text("utf-8"), silent=silent, examples=8)
 
 
 # ------------------------------------------------------------------------- evaluation report

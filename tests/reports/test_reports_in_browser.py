@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.reports.browser import Browser, Frame, Page
-from tests.reports.conftest import AudioReport, EvaluationReport, Site
+from tests.reports.conftest import AudioReport, EvaluationReport, ExplainReport, Site
 
 MODES = ("standalone", "kfp")
 
@@ -249,6 +249,46 @@ def test_audio_report_reads_right(browser: Browser, site: Site, audio_report: Au
         else:
             page.evaluate("scrollTo(0, 0); 1", frame)
             save_for_docs(page, "report-audio-kfp-iframe", (0, 0, 1200, 760))
+    finally:
+        browser.close_page(page)
+
+
+# --------------------------------------------------------------------- explanations report
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_explanations_report_reads_right(
+    browser: Browser, site: Site, explain_report: ExplainReport, mode: str
+) -> None:
+    page, frame = open_report(browser, site, "explanations", explain_report.html, mode)
+    try:
+        probe = check_page(browser, page, frame)
+        counts = {name: set(values) for name, values in probe["counts"].items()}
+        assert all(len(v) == 1 for v in counts.values()), counts
+        c = {name: int(next(iter(v))) for name, v in counts.items()}
+        assert c["examples"] == explain_report.examples == c["explained"] + c["silent"] and c["silent"] == 1
+        figures = {f["track"]: f for f in probe["figures"]}
+        assert len(figures) == explain_report.examples and explain_report.silent in figures
+        sizes = {(round(f["spec"]["w"]), round(f["spec"]["h"])) for f in probe["figures"]}
+        assert sizes == {(320, 150)}, "every figure at one size"
+
+        # Digital silence: drawn at the floor of the fixed dBFS range (white), no attribution colour on it.
+        shot, fig = figure_shot(page, frame, explain_report.silent, mode)
+        assert distinct(shot) > 20, "axes, labels and colour bars around the plot"
+        assert np.abs(crop(shot, fig, "spec").astype(int) - 255).max() <= 6
+        bar = crop(shot, fig, "bar").astype(int)
+        top, bottom = bar[0].mean(axis=0), bar[-1].mean(axis=0)
+        assert top[0] > top[2] + 60 and bottom[2] > bottom[0] + 60, "attribution bar: red on top, blue below"
+        # A loud clip: a spectrogram in grey with red and blue cells over it.
+        loud = next(t for t in figures if t != explain_report.silent)
+        shot, fig = figure_shot(page, frame, loud, mode)
+        plot = crop(shot, fig, "spec").astype(int)
+        red = (plot[..., 0] - plot[..., 2] > 60).mean()
+        blue = (plot[..., 2] - plot[..., 0] > 60).mean()
+        assert distinct(plot.astype(np.uint8)) >= 30 and red > 0.005 and blue > 0.005, (red, blue)
+        if mode == "standalone":
+            top_y = min(f["box"]["y"] for f in probe["figures"]) - 60
+            save_for_docs(page, "report-explanations", (0, top_y, 1200, 700))
     finally:
         browser.close_page(page)
 

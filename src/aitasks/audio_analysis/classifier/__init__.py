@@ -19,6 +19,12 @@ relative to ``root``) or, without it, the layout ``root/<label>/*.{wav,flac,ogg,
 :func:`aitasks.audio_analysis.synthetic.write_labelled_folder` writes). A file that cannot be
 decoded is skipped and reported; more than half failing is an error.
 
+Keras (:mod:`~aitasks.audio_analysis.classifier.keras_backend`, ``ClassifierConfig.backend="keras"``):
+the same model and training on Keras 3 with TensorFlow, saved as ``model.keras`` (+ a SavedModel for
+serving); :func:`evaluate` and :func:`predict` take either model, :func:`load_any_classifier` loads
+either bundle. TensorFlow is imported only on that path. Explanations (integrated gradients over the
+log-mel input, an HTML report): :mod:`~aitasks.audio_analysis.classifier.explain`.
+
 Persistence: ``model.safetensors`` (weights and batch-norm statistics; never pickle) and
 ``config.json`` (format, ``format_version`` and the whole :class:`ClassifierConfig`, labels
 included). The weights' metadata holds the sha256 of that configuration, so a ``config.json`` from
@@ -46,6 +52,7 @@ from aitasks.audio_analysis.classifier.persistence import (
     FORMAT,
     FORMAT_VERSION,
     WEIGHTS_FILE,
+    load_any_classifier,
     load_classifier,
     save_classifier,
 )
@@ -66,6 +73,7 @@ __all__ = [
     "Prediction",
     "TrainingSummary",
     "evaluate",
+    "load_any_classifier",
     "load_classifier",
     "load_labelled_folder",
     "predict",

@@ -38,6 +38,9 @@ class ClassifierConfig(BaseModel):
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_threads: Torch CPU threads (None: the usable CPUs, at most 4).
         max_windows: Evaluation/prediction crops averaged per clip, at most.
+        backend: ``torch`` (:class:`MelCnn`) or ``keras`` (Keras 3 on TensorFlow,
+            :mod:`aitasks.audio_analysis.classifier.keras_backend`): the same architecture, front end,
+            augmentation, early stopping and evaluation either way.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,6 +64,7 @@ class ClassifierConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1, le=1024)
     max_windows: int = Field(default=8, ge=1, le=1024)
+    backend: Literal["torch", "keras"] = "torch"
 
     @property
     def clip_samples(self) -> int:

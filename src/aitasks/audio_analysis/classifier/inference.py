@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
 )
+
+if TYPE_CHECKING:
+    from aitasks.audio_analysis.classifier.keras_backend import KerasMelCnn
 
 # ---------------------------------------------------------------------------------------- metrics
 
@@ -70,13 +73,29 @@ def _check_labels(labels: Sequence[int], n_clips: int, k: int) -> npt.NDArray[np
     return y
 
 
+def _logits(
+    model: MelCnn | KerasMelCnn, clips: list[npt.NDArray[np.float32]], cfg: ClassifierConfig, batch_size: int
+) -> npt.NDArray[np.float64]:
+    """Window-averaged logits per clip, from either backend (float64, CPU)."""
+    if isinstance(model, MelCnn):
+        with _torch_runtime(cfg, _model_device(model), seed=False):
+            return _clip_logits(model, clips, cfg, batch_size).double().numpy()
+    return np.asarray(model.clip_logits(clips, batch_size), dtype=np.float64)
+
+
 def evaluate(
-    model: MelCnn, clips: Sequence[np.ndarray], labels: Sequence[int], cfg: ClassifierConfig, *, batch_size: int = 32
+    model: MelCnn | KerasMelCnn,
+    clips: Sequence[np.ndarray],
+    labels: Sequence[int],
+    cfg: ClassifierConfig,
+    *,
+    batch_size: int = 32,
 ) -> ClassifierReport:
     """Accuracy, macro F1, per-class metrics and the confusion matrix of ``model`` on labelled clips.
 
     Args:
-        model: A trained model (evaluated on its current device, in eval mode).
+        model: A trained model, torch (evaluated on its current device, in eval mode) or
+            :class:`~aitasks.audio_analysis.classifier.keras_backend.KerasMelCnn`.
         clips: Mono float32 clips at ``cfg.sample_rate``.
         labels: Label index of each clip.
         cfg: The model's configuration.
@@ -93,18 +112,17 @@ def evaluate(
         raise InvalidInputError(_TASK, [FieldIssue("clips", "nothing to evaluate")])
     checked = _check_clips(clips)
     y = _check_labels(labels, len(checked), len(cfg.labels))
-    with _torch_runtime(cfg, _model_device(model), seed=False):
-        pred = _clip_logits(model, checked, cfg, batch_size).argmax(dim=1).numpy().astype(np.int64)
+    pred = _logits(model, checked, cfg, batch_size).argmax(axis=1).astype(np.int64)
     return _report(y, pred, cfg.labels, "eval")
 
 
 def predict(
-    model: MelCnn, clips: Sequence[np.ndarray], cfg: ClassifierConfig, batch_size: int = 32
+    model: MelCnn | KerasMelCnn, clips: Sequence[np.ndarray], cfg: ClassifierConfig, batch_size: int = 32
 ) -> list[Prediction]:
     """Classify clips in batches; a clip longer than ``clip_seconds`` is judged on up to ``max_windows`` crops.
 
     Args:
-        model: A trained model (run on its current device, in eval mode).
+        model: A trained model, torch (run on its current device, in eval mode) or Keras.
         clips: Mono float32 clips at ``cfg.sample_rate``, any length.
         cfg: The model's configuration.
         batch_size: Crops per forward pass.
@@ -121,8 +139,7 @@ def predict(
     if not clips:
         return []
     checked = _check_clips(clips)
-    with _torch_runtime(cfg, _model_device(model), seed=False):
-        probs = torch.softmax(_clip_logits(model, checked, cfg, batch_size).double(), dim=1).numpy()
+    probs = torch.softmax(torch.from_numpy(_logits(model, checked, cfg, batch_size)), dim=1).numpy()
     out = []
     for row in probs:
         top = int(row.argmax())

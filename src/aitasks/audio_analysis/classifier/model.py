@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from aitasks.runtime.errors import (
     FieldIssue,
     InvalidInputError,
 )
+
+if TYPE_CHECKING:
+    from aitasks.audio_analysis.classifier.keras_backend import KerasMelCnn
 
 #: Log-mel floor, in dB below the clip's maximum.
 _TOP_DB: Final = 80.0
@@ -79,7 +82,11 @@ class MelCnn(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Class logits of a batch of clips of ``config.clip_samples`` samples."""
-        h = self.features(self.log_mel(audio))
+        return self.from_log_mel(self.log_mel(audio))
+
+    def from_log_mel(self, image: torch.Tensor) -> torch.Tensor:
+        """Class logits of log-mel images ``[batch, 1, n_mels, frames]`` (what the explainer differentiates)."""
+        h = self.features(image)
         h = h.mean(dim=(2, 3))
         out: torch.Tensor = self.head(self.dropout(h))
         return out
@@ -191,8 +198,8 @@ def _check_clips(clips: Sequence[np.ndarray], field: str = "clips") -> list[_F32
     return out
 
 
-def _check_model(model: MelCnn, cfg: ClassifierConfig) -> None:
-    arch = ("labels", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "channels")
+def _check_model(model: MelCnn | KerasMelCnn, cfg: ClassifierConfig) -> None:
+    arch = ("labels", "sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "channels", "backend")
     diff = [f for f in arch if getattr(model.config, f) != getattr(cfg, f)]
     if diff:
         raise InvalidInputError(_TASK, [FieldIssue(f"cfg.{f}", "differs from the model's configuration") for f in diff])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -14,6 +14,9 @@ from aitasks.audio_analysis.classifier.model import MelCnn, _check_model
 from aitasks.platform.files import atomic_write
 from aitasks.platform.weights import load_tensors, save_tensors, tensor_specs
 from aitasks.runtime.errors import DataFormatError
+
+if TYPE_CHECKING:
+    from aitasks.audio_analysis.classifier.keras_backend import KerasMelCnn
 
 FORMAT: Final = "aitasks.audio.mel_cnn"
 FORMAT_VERSION: Final = 1
@@ -53,7 +56,9 @@ def save_classifier(model: MelCnn, cfg: ClassifierConfig, out_dir: Path) -> None
 
 
 def _config_sha256(cfg: ClassifierConfig) -> str:
-    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # ``backend`` came later: left out while it is the default, so models saved before it still load.
+    doc = cfg.model_dump(mode="json", exclude={"backend"} if cfg.backend == "torch" else None)
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -105,6 +110,8 @@ def load_classifier(model_dir: Path) -> tuple[MelCnn, ClassifierConfig]:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
         raise DataFormatError(str(cfg_path), f"invalid {CONFIG_FILE}: {problems}") from None
     cfg = doc.config
+    if cfg.backend != "torch":
+        raise DataFormatError(str(cfg_path), f"config.backend is {cfg.backend!r} in a {FORMAT} file")
     model = MelCnn(cfg)  # the configuration's bounds keep this small, whatever the file claims
     path = model_dir / WEIGHTS_FILE
     tensors, meta = load_tensors(
@@ -119,3 +126,31 @@ def load_classifier(model_dir: Path) -> tuple[MelCnn, ClassifierConfig]:
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return model, cfg
+
+
+def load_any_classifier(model_dir: Path) -> tuple[MelCnn | KerasMelCnn, ClassifierConfig]:
+    """Load a classifier of either backend: ``config.json``'s ``format`` says which loader checks and loads it.
+
+    A torch model loads through :func:`load_classifier`; a Keras one through
+    :func:`~aitasks.audio_analysis.classifier.keras_backend.load_keras_classifier` (only then is
+    TensorFlow imported).
+
+    Raises:
+        DataFormatError: ``config.json`` is missing, unreadable or of an unknown format, or the
+            backend's loader refuses the files.
+    """
+    cfg_path = model_dir / CONFIG_FILE
+    try:
+        raw = cfg_path.read_bytes()
+        fmt = json.loads(raw).get("format") if len(raw) < (1 << 20) else None
+    except FileNotFoundError:
+        raise DataFormatError(str(cfg_path), "file is missing") from None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataFormatError(str(cfg_path), f"unreadable: {type(exc).__name__}: {exc}") from None
+    if fmt == FORMAT:
+        return load_classifier(model_dir)
+    from aitasks.audio_analysis.classifier.keras_backend import KERAS_FORMAT, load_keras_classifier
+
+    if fmt == KERAS_FORMAT:
+        return load_keras_classifier(model_dir)
+    raise DataFormatError(str(cfg_path), f"unknown model format {fmt!r} (expected {FORMAT!r} or {KERAS_FORMAT!r})")

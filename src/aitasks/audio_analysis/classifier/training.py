@@ -79,11 +79,16 @@ def train_classifier(
         when ``val_fraction`` is 0), with a :class:`TrainingSummary`.
 
     Raises:
-        InvalidInputError: Fewer than 2 clips, bad clips or labels, a bad ``val_fraction`` or an unavailable device.
+        InvalidInputError: ``cfg.backend`` is not ``torch``; fewer than 2 clips, bad clips or labels, a bad
+            ``val_fraction`` or an unavailable device.
         FatalError: The loss became NaN or infinite.
     """
     from aitasks.runtime.errors import FatalError
 
+    if cfg.backend != "torch":
+        raise InvalidInputError(
+            _TASK, [FieldIssue("cfg.backend", f"is {cfg.backend!r}: use keras_backend.train_keras_classifier")]
+        )
     if not 0.0 <= val_fraction <= 0.9:
         raise InvalidInputError(_TASK, [FieldIssue("val_fraction", f"{val_fraction} not in [0, 0.9]")])
     if len(clips) < 2:

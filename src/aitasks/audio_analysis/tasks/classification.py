@@ -42,6 +42,9 @@ class TrainClassifierParams(TaskModel):
     clip_seconds: float = Field(default=4.0, gt=0, le=120, description="Model input crop length.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of splits, init and augmentation.")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$", description="auto: CUDA when available.")
+    backend: str = Field(
+        default="torch", pattern=r"^(torch|keras)$", description="torch, or keras (Keras 3 on TensorFlow)."
+    )
 
     _nul = field_validator("labelled_root")(_no_nul)
 
@@ -72,7 +75,7 @@ def _labelled_state(params: Any, rt: Runtime) -> dict[str, Any]:
     return _catalog_state(ListCatalogParams(catalog_root=params.labelled_root), rt)
 
 
-@ai_task(name="audio.train_classifier", version="1.0.0", retry=RetryPolicy(max_attempts=2), state=_labelled_state)
+@ai_task(name="audio.train_classifier", version="1.1.0", retry=RetryPolicy(max_attempts=2), state=_labelled_state)
 def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> TrainClassifierResult:
     """Train and test the mel-spectrogram CNN audio classifier on a labelled folder.
 
@@ -80,19 +83,22 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
     skipped and counted), holds out a stratified test split, trains a small CNN on log-mel
     spectrograms computed in PyTorch (GPU when available) with augmentation and early stopping, and
     reports accuracy, macro F1, per-class F1 and the confusion matrix on the test split against chance.
-    The model is saved as safetensors plus a JSON config (never pickle).
+    The model is saved as safetensors plus a JSON config (never pickle); with ``backend=keras`` the
+    same model is trained with Keras 3 on TensorFlow and saved as ``.keras`` plus a SavedModel.
     FR: Lit n'importe quel dossier étiqueté (labels.csv ou un sous-dossier par étiquette ; les fichiers
     illisibles sont ignorés et comptés), réserve un jeu de test stratifié, entraîne un petit CNN sur des
     spectrogrammes log-mel calculés dans PyTorch (GPU si disponible) avec augmentation et arrêt
     anticipé, et rapporte exactitude, F1 macro, F1 par classe et matrice de confusion sur le jeu de
     test face au hasard. Le modèle est enregistré en safetensors plus une configuration JSON (jamais
-    pickle).
+    pickle) ; avec ``backend=keras``, le même modèle est entraîné avec Keras 3 sur TensorFlow et
+    enregistré en ``.keras`` plus un SavedModel.
     DE: Liest einen beliebigen gelabelten Ordner (labels.csv oder ein Unterordner je Label; nicht
     dekodierbare Dateien werden übersprungen und gezählt), hält einen stratifizierten Testanteil
     zurück, trainiert ein kleines CNN auf in PyTorch berechneten Log-Mel-Spektrogrammen (GPU, wenn
     vorhanden) mit Augmentierung und Early Stopping und meldet Genauigkeit, Makro-F1, F1 je Klasse und
     die Konfusionsmatrix auf dem Testanteil im Vergleich zum Zufall. Das Modell wird als safetensors
-    plus JSON-Konfiguration gespeichert (nie pickle).
+    plus JSON-Konfiguration gespeichert (nie pickle); mit ``backend=keras`` wird dasselbe Modell mit
+    Keras 3 auf TensorFlow trainiert und als ``.keras`` plus SavedModel gespeichert.
     """
     import time
 
@@ -115,6 +121,7 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
         clip_seconds=params.clip_seconds,
         seed=params.seed,
         device=params.device,  # type: ignore[arg-type]
+        backend=params.backend,  # type: ignore[arg-type]
     )
     start = time.perf_counter()
     # A gs:// folder is downloaded to a temp directory: pods share no disk with the step that wrote it.
@@ -127,26 +134,24 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
         raise InvalidInputError(
             ctx.task, [FieldIssue("labelled_root", f"{params.labelled_root}: no labelled clips there")]
         ) from None
-    rng = np.random.default_rng(params.seed)
-    labels = np.asarray(folder.labels)
-    test_mask = np.zeros(len(labels), bool)
-    for k in range(len(cfg.labels)):
-        idx = np.flatnonzero(labels == k)
-        if len(idx) < 2:
-            raise InvalidInputError(
-                ctx.task, [FieldIssue("labelled_root", f"class {cfg.labels[k]!r} has {len(idx)} clips; need >= 2")]
-            )
-        take = max(1, round(len(idx) * params.test_fraction))
-        test_mask[rng.choice(idx, size=take, replace=False)] = True
+    test_mask = _test_mask(folder.labels, cfg.labels, params.test_fraction, params.seed, ctx.task)
     train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
-    model, train_report = train_classifier(
-        [folder.clips[i] for i in train_idx], [folder.labels[i] for i in train_idx], cfg
-    )
+    train_x, train_y = [folder.clips[i] for i in train_idx], [folder.labels[i] for i in train_idx]
+    if cfg.backend == "keras":  # TensorFlow is imported only here
+        from aitasks.audio_analysis.classifier.keras_backend import save_keras_classifier, train_keras_classifier
+
+        model: Any
+        model, train_report = train_keras_classifier(train_x, train_y, cfg)
+    else:
+        model, train_report = train_classifier(train_x, train_y, cfg)
     report = evaluate(model, [folder.clips[i] for i in test_idx], [folder.labels[i] for i in test_idx], cfg)
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="aitasks-clf-") as tmp:
         out = Path(tmp)
-        save_classifier(model, cfg, out)
+        if cfg.backend == "keras":
+            save_keras_classifier(model, out)
+        else:
+            save_classifier(model, cfg, out)
         (out / "report.json").write_text(
             json.dumps(
                 {
@@ -184,6 +189,29 @@ def train_classifier_task(params: TrainClassifierParams, ctx: TaskContext) -> Tr
         skipped_files=len(folder.skipped),
         seconds=seconds,
     )
+
+
+def _test_mask(labels: list[int], names: tuple[str, ...], test_fraction: float, seed: int, task: str) -> Any:
+    """The held-out clips (a boolean mask): per class a seeded choice of ``round(n * test_fraction)``, at least 1.
+
+    ``audio.explain_classifier`` calls it with the bundle's parameters to find the same clips.
+    """
+    import numpy as np
+
+    from aitasks.runtime.errors import FieldIssue, InvalidInputError
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    test_mask = np.zeros(len(y), bool)
+    for k in range(len(names)):
+        idx = np.flatnonzero(y == k)
+        if len(idx) < 2:
+            raise InvalidInputError(
+                task, [FieldIssue("labelled_root", f"class {names[k]!r} has {len(idx)} clips; need >= 2")]
+            )
+        take = max(1, round(len(idx) * test_fraction))
+        test_mask[rng.choice(idx, size=take, replace=False)] = True
+    return test_mask
 
 
 class RegisterClassifierParams(TaskModel):
@@ -236,7 +264,10 @@ def register_classifier_task(params: RegisterClassifierParams, ctx: TaskContext)
             reg,
             model_dir,
             lineage=Lineage.of(ctx, model_sha=model_hash, meta=meta),
-            tags={"aitasks.labels": ",".join(report["labels"])},
+            tags={
+                "aitasks.labels": ",".join(report["labels"]),
+                "aitasks.backend": str(meta.get("params", {}).get("backend", "torch")),
+            },
             params=model_params(meta),
             metrics={
                 "accuracy": accuracy,
@@ -279,14 +310,17 @@ class ClassifyResult(TaskModel):
 def classify_task(params: ClassifyParams, ctx: TaskContext) -> ClassifyResult:
     """Batch inference: classify every analysed track with the audio classifier.
 
-    EN: Loads the classifier (safetensors only, shapes checked), decodes each track that passed
+    EN: Loads the classifier (torch: safetensors, shapes checked; Keras: a checked ``.keras``),
+    decodes each track that passed
     analysis at the model's sample rate, and predicts its class from up to eight evenly spaced crops
     (averaged logits). Writes label, confidence and every class probability per track.
-    FR: Charge le classifieur (safetensors uniquement, formes vérifiées), décode chaque titre qui a
+    FR: Charge le classifieur (torch : safetensors, formes vérifiées ; Keras : un ``.keras`` vérifié),
+    décode chaque titre qui a
     passé l'analyse à la fréquence du modèle et prédit sa classe à partir d'au plus huit extraits
     régulièrement espacés (logits moyennés). Écrit étiquette, confiance et probabilité de chaque classe
     par titre.
-    DE: Lädt den Klassifikator (nur safetensors, Formen geprüft), dekodiert jeden Titel, der die Analyse
+    DE: Lädt den Klassifikator (torch: safetensors, Formen geprüft; Keras: ein geprüftes ``.keras``),
+    dekodiert jeden Titel, der die Analyse
     bestanden hat, mit der Abtastrate des Modells und sagt seine Klasse aus bis zu acht gleichmäßig
     verteilten Ausschnitten vorher (gemittelte Logits). Schreibt Label, Konfidenz und die
     Wahrscheinlichkeit jeder Klasse je Titel.
@@ -297,7 +331,7 @@ def classify_task(params: ClassifyParams, ctx: TaskContext) -> ClassifyResult:
     import pyarrow.parquet as pq
 
     from aitasks.audio_analysis.analyze import FEATURES_FILE, decode_many
-    from aitasks.audio_analysis.classifier import load_classifier, predict
+    from aitasks.audio_analysis.classifier import load_any_classifier, predict
     from aitasks.audio_analysis.decode import DecodeConfig
     from aitasks.runtime.bundle import open_bundle
 
@@ -305,7 +339,7 @@ def classify_task(params: ClassifyParams, ctx: TaskContext) -> ClassifyResult:
         open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, _),
         open_bundle(params.analysis_uri, ctx.storage, kind="audio_analysis") as (folder, _),
     ):
-        model, cfg = load_classifier(model_dir)
+        model, cfg = load_any_classifier(model_dir)
         table = pq.read_table(folder / FEATURES_FILE, columns=["track_id", "uri"])
     s = ctx.settings
     dcfg = DecodeConfig(
