@@ -60,6 +60,7 @@ def test_a_group_given_in_part_keeps_the_other_defaults_and_routes_renamed_keys(
     got = step_params("audio.register_classifier", {"model_uri": "m"}, classifier={"name": "genre-v2", "epochs": 3})
     assert got == {"model_uri": "m", "model_name": "genre-v2", "min_accuracy": 0.6}, "epochs is train_classifier's"
     assert step_params("audio.train_classifier", {}, classifier={"epochs": 3}) == {
+        "backend": "torch",
         "epochs": 3,
         "clip_seconds": 4.0,
         "seed": 0,

@@ -61,7 +61,7 @@ def test_classification_requests_a_gpu_and_nothing_else_does(docs: tuple[dict, d
 def test_every_step_has_resources_labels_and_run_context(docs: tuple[dict, dict]) -> None:
     spec, platform = docs
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 11
+    assert len(executors) == 12  # ... and explain-classifier (integrated gradients)
     for name, body in executors.items():
         res = body["container"]["resources"]
         assert res.get("cpuRequest") and res.get("memoryRequest") and res.get("cpuLimit") and res.get("memoryLimit"), (
