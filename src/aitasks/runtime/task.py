@@ -1261,6 +1261,7 @@ TASK_MODULES: tuple[str, ...] = (
     "aitasks.content_generation.tasks",
     "aitasks.data_processing.tasks",
     "aitasks.model_training.tasks",
+    "aitasks.model_training.tuning_tasks",
     "aitasks.recommendation_update.tasks",
     "aitasks.runtime.run_summary",
 )
