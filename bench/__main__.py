@@ -42,6 +42,10 @@ def main() -> None:
 
     with console.status("two-tower training: sparse vs dense Adam…"):
         records += bench_training()
+    from bench.tuning import bench_tuning
+
+    with console.status("hyperparameter tuning: Optuna study wall time per trial vs plain training…"):
+        records += bench_tuning()
     from bench.reco_quality import bench_reco_quality
 
     with console.status("recommender quality: recall@10 over 5 training seeds, both protocols…"):
