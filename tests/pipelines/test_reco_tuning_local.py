@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-# A full pipeline run (minutes on 2 cores): `make test-all` and CI run it, `make test` does not.
-pytestmark = pytest.mark.slow
+# A full pipeline run (5-20 minutes on a shared 2-core machine): `make test-all` and CI run it, `make test` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 START = date(2026, 10, 1)
 DAYS = 14
