@@ -25,13 +25,19 @@ def bench_tuning(
     import polars as pl
 
     from aitasks.data_processing.generator import generate_dataset
-    from aitasks.model_training import tuning as T
+    from aitasks.model_training import tuning as T  # noqa: N812 - short, as in the tests
     from aitasks.model_training.offline_set import training_set_from_events
 
     with tempfile.TemporaryDirectory(prefix="aitasks-bench-tune-") as tmp:
         root = Path(tmp)
         ds = generate_dataset(
-            root / "raw", seed=seed, users=users, tracks=tracks, events=events, start=datetime(2026, 3, 1, tzinfo=UTC), days=days
+            root / "raw",
+            seed=seed,
+            users=users,
+            tracks=tracks,
+            events=events,
+            start=datetime(2026, 3, 1, tzinfo=UTC),
+            days=days,
         )
         training_set_from_events(pl.read_parquet(ds.events_path), pl.read_parquet(ds.tracks_path), root / "ts")
         space = T.SearchSpace(

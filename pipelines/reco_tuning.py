@@ -151,7 +151,9 @@ def reco_tuning(
                 trial_number=number,
                 device=train_device,
             )
-        best = steps.SELECT_TRIAL(run, study=suggested.outputs["study"], trial_values=dsl.Collected(trial.outputs["Output"]))
+        best = steps.SELECT_TRIAL(
+            run, study=suggested.outputs["study"], trial_values=dsl.Collected(trial.outputs["Output"])
+        )
         train = steps.TRAIN(
             run,
             training_set=tset.outputs["training_set"],

@@ -219,7 +219,9 @@ ALL_STEPS = (*ALL_STEPS, VALIDATE_PROMPTS, GENERATE_CONTENT, CHECK_CONTENT, PUBL
 from components.model_tuning import explain_model, model_card, run_trial, select_trial, suggest_trials  # noqa: E402
 
 # Asks the Optuna study for new trials (state in the tuning storage the KFP cache cannot see).
-SUGGEST_TRIALS = StepSpec(suggest_trials, "tune.suggest", "suggest", memory="2Gi", memory_limit="4Gi", retries=2, cache=False)
+SUGGEST_TRIALS = StepSpec(
+    suggest_trials, "tune.suggest", "suggest", memory="2Gi", memory_limit="4Gi", retries=2, cache=False
+)
 # Trains like model.train (GPU pool) and tells the study: never served from cache (a cached step would not tell).
 RUN_TRIAL = StepSpec(
     run_trial,
@@ -237,5 +239,7 @@ RUN_TRIAL = StepSpec(
 SELECT_TRIAL = StepSpec(select_trial, "tune.select", "select", retries=2, cache=False)
 # Writes to the registry (artifacts and tags of the version).
 MODEL_CARD = StepSpec(model_card, "model.card", "model-card", retries=3, cache=False)
-EXPLAIN = StepSpec(explain_model, "model.explain", "explain", cpu="1", memory="2Gi", memory_limit="4Gi", retries=1, cache=False)
+EXPLAIN = StepSpec(
+    explain_model, "model.explain", "explain", cpu="1", memory="2Gi", memory_limit="4Gi", retries=1, cache=False
+)
 ALL_STEPS = (*ALL_STEPS, SUGGEST_TRIALS, RUN_TRIAL, SELECT_TRIAL, MODEL_CARD, EXPLAIN)

@@ -36,7 +36,7 @@ def ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "ts"
 
 
-def card(ts: Path, evaluation: dict = EVALUATION):  # noqa: ANN201 - a test helper
+def card(ts: Path, evaluation: dict = EVALUATION):
     return build_model_card(
         model_name="reco-two-tower",
         version=3,

@@ -266,4 +266,6 @@ def explanation_report(tmp_path_factory: pytest.TempPathFactory) -> ExplanationR
     train_recommender(out / "ts", out / "model", TrainConfig(epochs=1, batch_size=256), arch={"hidden_dim": 32})
     explained = explain_users(out / "model", out / "ts", users=3, k=4, steps=16)
     page = render_html(explained, title="Why these recommendations", facts={"run id": "run-browser-test"})
-    return ExplanationReport(html=page, users=[e.user_id for e in explained], tracks=sum(len(e.items) for e in explained))
+    return ExplanationReport(
+        html=page, users=[e.user_id for e in explained], tracks=sum(len(e.items) for e in explained)
+    )

@@ -125,8 +125,9 @@ def attribute_user(
 
     def score(d: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         n = d.shape[0]
-        u = model.user(idx_t.expand(n), d, cat_t.expand(n, -1))
-        return (u * target).sum(dim=1)
+        u: torch.Tensor = model.user(idx_t.expand(n), d, cat_t.expand(n, -1))
+        out: torch.Tensor = (u * target).sum(dim=1)
+        return out
 
     ig = IntegratedGradients(score)
     attrs, scores, bases, deltas = [], [], [], []
@@ -197,7 +198,12 @@ def explain_users(
 
     issues = [
         FieldIssue(name, f"must be in [1, {hi}]")
-        for name, v, hi in (("users", users, 1000), ("k", k, 100), ("neighbours", neighbours, 20), ("top_features", top_features, 100))
+        for name, v, hi in (
+            ("users", users, 1000),
+            ("k", k, 100),
+            ("neighbours", neighbours, 20),
+            ("top_features", top_features, 100),
+        )
         if not 1 <= v <= hi
     ]
     if issues:
@@ -213,7 +219,9 @@ def explain_users(
     chosen = sorted(range(len(holdout.user_ids)), key=lambda i: (-n_played[i], holdout.user_ids[i]))[:users]
     frame = _read(ts_dir, "users.parquet")
     raw = frame.select(list(spec.user_dense)).to_numpy().astype(np.float32)
-    inputs = tower_inputs(frame, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical)
+    inputs = tower_inputs(
+        frame, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical
+    )
     dense = _normalise(inputs.dense, model.config.user_mean, model.config.user_std)
     labels = _labels(spec.user_dense, model_dir)
     out = []
@@ -343,7 +351,7 @@ section {{ margin-bottom: 2em; }}
 <body>
 <h1>{esc(title)}</h1>
 <p>{esc(note)}</p>
-{''.join(sections)}
+{"".join(sections)}
 <h2>Facts</h2>
 <table><tbody>{fact_rows}</tbody></table>
 </body>

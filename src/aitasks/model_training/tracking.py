@@ -66,7 +66,9 @@ def study_run(reg: RegistryConfig, *, study_name: str, key: str, config: Mapping
         found = c.search_runs([exp_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", max_results=1)
         if found:
             return str(found[0].info.run_id)
-        run = c.create_run(exp_id, run_name=f"study-{study_name}"[:250], tags={KEY_TAG: key, "aitasks.study": study_name})
+        run = c.create_run(
+            exp_id, run_name=f"study-{study_name}"[:250], tags={KEY_TAG: key, "aitasks.study": study_name}
+        )
         run_id = str(run.info.run_id)
         flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for k, v in config.items()}
         _log(c, run_id, flat, [])
@@ -115,8 +117,15 @@ def log_trial_run(
 
 
 def finish_study_run(
-    reg: RegistryConfig, run_id: str, *, best_number: int, best_value: float, best_params: Mapping[str, Any],
-    counts: Mapping[str, int], summary: Mapping[str, Any], metric: str,
+    reg: RegistryConfig,
+    run_id: str,
+    *,
+    best_number: int,
+    best_value: float,
+    best_params: Mapping[str, Any],
+    counts: Mapping[str, int],
+    summary: Mapping[str, Any],
+    metric: str,
 ) -> None:
     """Log the best trial (params ``best.<name>``, its value) and the study summary on the parent run; end it."""
     with service(reg):

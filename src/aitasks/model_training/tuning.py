@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -403,7 +403,9 @@ def write_validation_set(ts_dir: Path, out_dir: Path, *, days: int = 1) -> dict[
     if train.height == 0:
         raise InvalidInputError(_TASK, [FieldIssue("training_set", "no training rows")])
     last = train["event_timestamp"].max()
-    day = last.replace(hour=0, minute=0, second=0, microsecond=0)  # type: ignore[union-attr]
+    if not isinstance(last, datetime):
+        raise DataFormatError(str(ts_dir / "train.parquet"), "event_timestamp is not a timestamp column")
+    day = last.replace(hour=0, minute=0, second=0, microsecond=0)
     split = day - timedelta(days=days - 1)
     before = train.filter(pl.col("event_timestamp") < split)
     after = train.filter(pl.col("event_timestamp") >= split)
@@ -499,7 +501,9 @@ def evaluate_trial(
     for budget in rungs(params.epochs, pruning=cfg.pruner != "none" and report is not None):
         with tempfile.TemporaryDirectory(prefix="aitasks-trial-") as tmp:
             rec.train_recommender(
-                val_dir, Path(tmp), params.train_config(seed=cfg.train_seed, epochs=budget, device=device),
+                val_dir,
+                Path(tmp),
+                params.train_config(seed=cfg.train_seed, epochs=budget, device=device),
                 arch=params.arch(),
             )
             ev = rec.evaluate_lists(day, rec.model_lists(Path(tmp), val_dir, day), cfg.metric)
@@ -612,7 +616,11 @@ def _check_space(study: optuna.Study, cfg: TuningConfig) -> None:
         if t.distributions and t.distributions != dists:
             raise InvalidInputError(
                 _TASK,
-                [FieldIssue("study_name", f"study {study.study_name!r} was run with another search space; name a new study")],
+                [
+                    FieldIssue(
+                        "study_name", f"study {study.study_name!r} was run with another search space; name a new study"
+                    )
+                ],
             )
 
 
@@ -645,7 +653,7 @@ def trial_handle(study: optuna.Study, number: int) -> tuple[optuna.trial.Trial, 
     tell, and the trial as stored now."""
     import optuna
 
-    storage = study._storage  # noqa: SLF001 - Study exposes no public accessor; BaseStorage's API is public
+    storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
     try:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)

@@ -284,8 +284,13 @@ def _summary_markdown(summary: dict[str, Any], best: int, metric: str) -> str:
     ]
     for r in summary["rows"]:
         value = "" if r["value"] is None else f"{r['value']:.4f}"
-        cells = [f"{r['params'][n]:.4g}" if isinstance(r["params"].get(n), float) else str(r["params"].get(n, "")) for n in names]
-        lines.append(f"| {r['number']} | {r['state']} | {value} | {r['epochs_trained'] or ''} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{r['params'][n]:.4g}" if isinstance(r["params"].get(n), float) else str(r["params"].get(n, ""))
+            for n in names
+        ]
+        lines.append(
+            f"| {r['number']} | {r['state']} | {value} | {r['epochs_trained'] or ''} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -305,7 +310,14 @@ def select_trial_task(params: SelectParams, ctx: TaskContext) -> SelectResult:
     besten Versuchs.
     """
     from aitasks.model_training import tracking
-    from aitasks.model_training.tuning import best_trial, create_study, open_storage, parse_config, storage_url, study_summary
+    from aitasks.model_training.tuning import (
+        best_trial,
+        create_study,
+        open_storage,
+        parse_config,
+        storage_url,
+        study_summary,
+    )
     from aitasks.platform.registry import registry_config
 
     doc = _study_doc(params.study_uri, ctx)
