@@ -40,6 +40,8 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
             "dirty_rows": 0,
         },
         "as_of": (START + timedelta(days=DAYS)).isoformat() + "T00:00:00+00:00",
+        # The drift check's warm-up is the lookback: shorter than the 14 generated days.
+        "lookback_days": 7,
         "n_trials": 3,
         "search_space": SPACE,
         "base_settings": {"batch_size": 256},
