@@ -58,6 +58,7 @@ BENCHES: list[Bench] = [
     Bench("content", "bench.content", "bench_content", "content generation: batched vs one at a time"),
     Bench("serving", "bench.serving", "bench_serving", "updater events/s, API latency", "redis"),
     Bench("classifier", "bench.classifier", "bench_classifier", "audio classifier: Keras vs torch"),
+    Bench("tuning", "bench.tuning", "bench_tuning", "Optuna study wall time per trial vs plain training"),
 ]
 
 

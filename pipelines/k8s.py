@@ -39,6 +39,8 @@ SECRET_ENV: dict[str, str] = {
     "redis-url": "AITASKS_REDIS_URL",
     # The Feast SQL registry's DSN (postgresql://user:password@host/db), when the registry is in PostgreSQL.
     "feast-registry": "AITASKS_FEAST_REGISTRY",
+    # The Optuna study database of reco-tuning (postgresql://user:password@host/db), when tuning runs in pods.
+    "tuning-storage": "AITASKS_TUNING_STORAGE",
     # The audit records' HMAC key: whoever holds it can rewrite the audit (docs/en/audit.md).
     "audit-key": "AITASKS_AUDIT_KEY",
 }

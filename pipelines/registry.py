@@ -15,5 +15,13 @@ def pipelines() -> dict[str, Callable[..., Any]]:
     from pipelines.data_pipeline import data_pipeline
     from pipelines.reco_training import NAME as RECO
     from pipelines.reco_training import reco_training
+    from pipelines.reco_tuning import NAME as TUNING
+    from pipelines.reco_tuning import reco_tuning
 
-    return {DATA: data_pipeline, RECO: reco_training, AUDIO: audio_analysis, CONTENT: content_generation}
+    return {
+        DATA: data_pipeline,
+        RECO: reco_training,
+        TUNING: reco_tuning,
+        AUDIO: audio_analysis,
+        CONTENT: content_generation,
+    }

@@ -219,3 +219,33 @@ CHECK_CONTENT = StepSpec(check_content, "content.check", "check", cpu="1", memor
 PUBLISH_CONTENT = StepSpec(publish_content, "content.publish", "publish", retries=3, cache=False)
 CONTENT_REPORT = StepSpec(content_report, "content.report", "report", memory="2Gi")
 ALL_STEPS = (*ALL_STEPS, VALIDATE_PROMPTS, GENERATE_CONTENT, CHECK_CONTENT, PUBLISH_CONTENT, CONTENT_REPORT)
+
+# Tuning and model documentation -------------------------------------------------------------------
+# (Appended after ALL_STEPS: added to it below.)
+from components.model_tuning import explain_model, model_card, run_trial, select_trial, suggest_trials  # noqa: E402
+
+# Asks the Optuna study for new trials (state in the tuning storage the KFP cache cannot see).
+SUGGEST_TRIALS = StepSpec(
+    suggest_trials, "tune.suggest", "suggest", memory="2Gi", memory_limit="4Gi", retries=2, cache=False
+)
+# Trains like model.train (GPU pool) and tells the study: never served from cache (a cached step would not tell).
+RUN_TRIAL = StepSpec(
+    run_trial,
+    "tune.trial",
+    "trial",
+    cpu="2",
+    memory="4Gi",
+    cpu_limit="4",
+    memory_limit="8Gi",
+    retries=1,
+    cache=False,
+    gpu=True,
+)
+# Reads the study's finished trials and ends its MLflow run.
+SELECT_TRIAL = StepSpec(select_trial, "tune.select", "select", retries=2, cache=False)
+# Writes to the registry (artifacts and tags of the version).
+MODEL_CARD = StepSpec(model_card, "model.card", "model-card", retries=3, cache=False)
+EXPLAIN = StepSpec(
+    explain_model, "model.explain", "explain", cpu="1", memory="2Gi", memory_limit="4Gi", retries=1, cache=False
+)
+ALL_STEPS = (*ALL_STEPS, SUGGEST_TRIALS, RUN_TRIAL, SELECT_TRIAL, MODEL_CARD, EXPLAIN)

@@ -22,6 +22,7 @@ SECRET_VALUES = {
     "pseudonymization-key": "0123456789abcdef0123456789abcdef",
     "redis-url": "redis://:s3cr3t@feast-redis.aitasks:6379/0",
     "feast-registry": "postgresql://feast:s3cr3t@10.20.0.5:5432/feast",
+    "tuning-storage": "postgresql://optuna:s3cr3t@10.20.0.6:5432/optuna",
     "audit-key": "fedcba9876543210fedcba9876543210",
 }
 

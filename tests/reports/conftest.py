@@ -269,3 +269,39 @@ def evaluation_report() -> EvaluationReport:
         vs_own_history=versus("own history"),
     )
     return EvaluationReport(markdown=markdown, html=html)
+
+
+# ------------------------------------------------------------------------ explanation report
+
+
+@dataclass
+class ExplanationReport:
+    html: str
+    users: list[str]
+    tracks: int
+
+
+@pytest.fixture(scope="session")
+def explanation_report(tmp_path_factory: pytest.TempPathFactory) -> ExplanationReport:
+    """The recommender explanations of a small trained model, as model.explain renders them."""
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    from aitasks.data_processing.generator import generate_dataset
+    from aitasks.model_training.explain import explain_users, render_html
+    from aitasks.model_training.offline_set import training_set_from_events
+    from aitasks.model_training.recommender import train_recommender
+    from aitasks.model_training.two_tower import TrainConfig
+
+    out = tmp_path_factory.mktemp("explain-report")
+    ds = generate_dataset(
+        out / "raw", seed=8, users=120, tracks=200, events=3_000, start=datetime(2026, 4, 1, tzinfo=UTC), days=6
+    )
+    training_set_from_events(pl.read_parquet(ds.events_path), pl.read_parquet(ds.tracks_path), out / "ts")
+    train_recommender(out / "ts", out / "model", TrainConfig(epochs=1, batch_size=256), arch={"hidden_dim": 32})
+    explained = explain_users(out / "model", out / "ts", users=3, k=4, steps=16)
+    page = render_html(explained, title="Why these recommendations", facts={"run id": "run-browser-test"})
+    return ExplanationReport(
+        html=page, users=[e.user_id for e in explained], tracks=sum(len(e.items) for e in explained)
+    )

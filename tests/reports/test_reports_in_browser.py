@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from tests.reports.browser import Browser, Frame, Page
-from tests.reports.conftest import AudioReport, EvaluationReport, ExplainReport, Site
+from tests.reports.conftest import AudioReport, EvaluationReport, ExplainReport, ExplanationReport, Site
 
 MODES = ("standalone", "kfp")
 
@@ -353,6 +353,36 @@ def test_evaluation_html_reads_right(
         probe = check_page(browser, page, frame)
         assert len(probe["svgs"]) == 1 and probe["svgs"][0]["w"] >= 700
         assert "BLESSED" in probe["text"]
+    finally:
+        browser.close_page(page)
+
+
+# ------------------------------------------------------------------------ explanation report
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_explanation_report_reads_right(
+    browser: Browser, site: Site, explanation_report: ExplanationReport, mode: str
+) -> None:
+    page, frame = open_report(browser, site, "explanations", explanation_report.html, mode)
+    try:
+        probe = check_page(browser, page, frame)
+        # One attribution chart per listener, drawn at a readable size.
+        assert len(probe["svgs"]) == len(explanation_report.users) and all(s["w"] >= 500 for s in probe["svgs"])
+        ranked = [t for t in probe["tables"] if t and t[0] and t[0][0] == "rank"]
+        assert len(ranked) == len(explanation_report.users)
+        assert sum(len(t) - 1 for t in ranked) == explanation_report.tracks
+        for t in ranked:
+            # Every recommendation names the played tracks it is close to, with a similarity.
+            assert all(re.search(r"t_\d+ \((?:0|1|-0)\.\d\d\)", row[-1]) for row in t[1:]), t
+            scores = [float(row[2]) for row in t[1:]]
+            assert scores == sorted(scores, reverse=True)
+        features = [t for t in probe["tables"] if t and t[0] and t[0][0] == "feature"]
+        assert len(features) == len(explanation_report.users)
+        for user in explanation_report.users:
+            assert f"Listener {user}" in probe["text"]
+        if mode == "standalone":
+            save_for_docs(page, "report-explanations", (0, 0, 1200, 900))
     finally:
         browser.close_page(page)
 

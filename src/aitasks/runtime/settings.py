@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     feast_registry: str = ""
     #: MLflow tracking URI. Empty: a sqlite database under the storage root.
     mlflow_tracking_uri: str = ""
+    #: Optuna study storage of hyperparameter tuning (SQLAlchemy URL). Empty: an sqlite file under a local
+    #: storage root. ``postgresql://user:password@host:5432/db`` where trial steps run in separate pods (the
+    #: URL holds a password: keep it in the step Secret).
+    tuning_storage: str = ""
 
     #: Kubeflow Pipelines API host of `python -m pipelines upload|schedule|run` (the token comes from
     #: KFP_TOKEN or the in-cluster service-account token, never from a setting that could be logged).

@@ -1261,6 +1261,7 @@ TASK_MODULES: tuple[str, ...] = (
     "aitasks.content_generation.tasks",
     "aitasks.data_processing.tasks",
     "aitasks.model_training.tasks",
+    "aitasks.model_training.tuning_tasks",
     "aitasks.recommendation_update.tasks",
     "aitasks.runtime.run_summary",
 )
@@ -1288,8 +1289,9 @@ FAMILY_MODULES: dict[str, tuple[str, ...]] = {
     "content": ("aitasks.content_generation.tasks",),
     "data": ("aitasks.data_processing.tasks",),
     "feast": ("aitasks.data_processing.tasks",),
-    "model": ("aitasks.model_training.tasks",),
+    "model": ("aitasks.model_training.tasks", "aitasks.model_training.tuning_tasks"),
     "reco": ("aitasks.model_training.tasks",),
+    "tune": ("aitasks.model_training.tuning_tasks",),
     "index": ("aitasks.recommendation_update.tasks",),
     "run": ("aitasks.runtime.run_summary",),
 }
