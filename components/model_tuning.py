@@ -3,8 +3,6 @@
 Each body makes one :func:`aitasks.runtime.step.run_step` call. Nothing else.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -17,16 +15,8 @@ CPU_IMAGE = image_for("model_evaluation")
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def suggest_trials(
     training_set: Input[Dataset],
-    study_name: str,
-    n_trials: int,
-    seed: int,
-    train_seed: int,
-    pruner: str,
-    metric: str,
-    protocol: str,
-    validation_days: int,
-    search_space: dict,
-    base: dict,
+    tuning: dict,
+    training: dict,
     model_name: str,
     run_context: dict,
     pipeline: str,
@@ -41,21 +31,9 @@ def suggest_trials(
 
     res = run_step(
         "tune.suggest",
-        {
-            "training_set_uri": training_set,
-            "study_name": study_name,
-            "n_trials": n_trials,
-            "seed": seed,
-            "train_seed": train_seed,
-            "pruner": pruner,
-            "metric": metric,
-            "protocol": protocol,
-            "validation_days": validation_days,
-            "search_space": search_space,
-            "base": base,
-            "model_name": model_name,
-        },
+        {"training_set_uri": training_set, "base": training, "model_name": model_name},
         (run_context, pipeline, run_id, step),
+        groups={"tuning": tuning, "training": training},
         outputs={"study_uri": study, "validation_set_uri": validation_set},
         metrics=metrics,
     )
@@ -67,7 +45,7 @@ def run_trial(
     study: Input[Artifact],
     validation_set: Input[Dataset],
     trial_number: int,
-    device: str,
+    training: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -83,9 +61,9 @@ def run_trial(
             "study_uri": study,
             "validation_set_uri": validation_set,
             "trial_number": int(trial_number),  # kfp.local hands loop items over as floats
-            "device": device,
         },
         (run_context, pipeline, run_id, step),
+        groups={"training": training},
         metrics=metrics,
     )
     return res.value
@@ -95,6 +73,7 @@ def run_trial(
 def select_trial(
     study: Input[Artifact],
     trial_values: list,
+    training: dict,
     run_context: dict,
     pipeline: str,
     run_id: str,
@@ -102,24 +81,8 @@ def select_trial(
     summary: Output[Artifact],
     summary_markdown: Output[Markdown],
     metrics: Output[Metrics],
-) -> NamedTuple(
-    "BestTrial",
-    [
-        ("epochs", int),
-        ("batch_size", int),
-        ("lr", float),
-        ("sparse_lr", float),
-        ("embedding_dim", int),
-        ("id_dim", int),
-        ("hidden_dim", int),
-        ("temperature", float),
-        ("logq_correction", bool),
-        ("average_epochs", int),
-        ("checkpoints_per_epoch", int),
-        ("lr_decay", str),
-    ],
-):
-    """Pick the best complete trial; its training settings feed the final training step."""
+) -> dict:
+    """Pick the best complete trial. Returns the run's ``training`` group with the best trial's settings."""
     from aitasks.runtime.step import run_step
 
     res = run_step(
@@ -129,20 +92,7 @@ def select_trial(
         outputs={"summary_uri": summary, "summary_markdown_uri": summary_markdown},
         metrics=metrics,
     )
-    return (
-        res.epochs,
-        res.batch_size,
-        res.lr,
-        res.sparse_lr,
-        res.embedding_dim,
-        res.id_dim,
-        res.hidden_dim,
-        res.temperature,
-        res.logq_correction,
-        res.average_epochs,
-        res.checkpoints_per_epoch,
-        res.lr_decay,
-    )
+    return {**training, **res.training_settings()}
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

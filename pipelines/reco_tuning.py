@@ -4,6 +4,7 @@ register -> model card + explanations -> (blessed) promote champion; a run summa
 
 from kfp import dsl
 
+from aitasks.run_forms import GROUPS
 from pipelines import steps
 from pipelines.k8s import GPU_NODE_SELECTOR, GPU_TOLERATION, RUN_CONTEXT_DEFAULT, PipelineRun
 
@@ -11,6 +12,15 @@ NAME = "reco-tuning"
 MODEL_NAME = "reco-two-tower"
 #: Trials trained at once (each is one pod on the GPU pool).
 MAX_PARALLEL_TRIALS = 4
+#: Held-out listeners the explanation report explains, and recommendations explained per listener.
+EXPLAIN_USERS = 5
+EXPLAIN_K = 5
+#: Defaults of the group parameters: every key shown in the KFP UI form (``aitasks.run_forms``).
+DATA_DEFAULT = GROUPS["data"].default()
+FEAST_DEFAULT = GROUPS["feast"].default()
+TRAINING_DEFAULT = GROUPS["training"].default()
+TUNING_DEFAULT = GROUPS["tuning"].default()
+GATE_DEFAULT = GROUPS["gate"].default()
 
 
 @dsl.pipeline(
@@ -22,42 +32,23 @@ def reco_tuning(
     run_context: dict = RUN_CONTEXT_DEFAULT,
     events_uri: str = "",
     catalog_uri: str = "",
-    synthetic: dict = steps.SYNTHETIC_DEFAULT,
     as_of: str = "",
-    chunk_rows: int = 65_536,
-    lookback_days: int = 28,
-    half_life_days: float = 14.0,
-    feast_project: str = "aitasks",
-    online_store: str = "sqlite",
-    psi_threshold: float = 0.2,
-    ks_pvalue_threshold: float = 0.01,
-    holdout_days: int = 1,
-    study_name: str = "",
-    n_trials: int = 8,
-    tuning_seed: int = 0,
-    train_seed: int = 0,
-    pruner: str = "median",
-    tuning_metric: str = "recall_at_10",
-    tuning_protocol: str = "all",
-    validation_days: int = 1,
-    search_space: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
-    base_settings: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
-    train_device: str = "auto",
+    data: dict = DATA_DEFAULT,
+    feast: dict = FEAST_DEFAULT,
+    training: dict = TRAINING_DEFAULT,
+    tuning: dict = TUNING_DEFAULT,
     model_name: str = MODEL_NAME,
     serving_mode: str = "auto",
-    min_lift_over_popularity: float = 1.2,
-    max_regression_vs_champion: float = 0.02,
-    gate_confidence: float = 0.95,
-    bootstrap_resamples: int = 2000,
-    explain_users: int = 5,
-    explain_k: int = 5,
+    gate: dict = GATE_DEFAULT,
     gpu_node_selector: dict = GPU_NODE_SELECTOR,
     gpu_toleration: dict = GPU_TOLERATION,
+    synthetic: dict = steps.SYNTHETIC_DEFAULT,
 ) -> None:
     """Hyperparameter tuning of the recommender (docs/en/tuning.md), then the usual gate and registration.
 
     The study lives in the tuning storage (``AITASKS_TUNING_STORAGE``, PostgreSQL in a cluster): a run with
-    the same study name continues it, and the TPE sampler learns from every earlier trial.
+    the same study name continues it, and the TPE sampler learns from every earlier trial. The dict
+    parameters group related settings (``aitasks.run_forms``): a key left out keeps its default.
 
     Args:
         run_context: Who and what started the run (storage root override, submitter, git revision,
@@ -65,83 +56,57 @@ def reco_tuning(
         events_uri: Listening events (Parquet, JSONL or CSV; gs:// or under the storage root). Empty:
             synthetic events (demo and tests only).
         catalog_uri: The track catalog (Parquet, JSONL or CSV). Empty: the synthetic catalog.
-        synthetic: Generator settings used only when events_uri is empty (seed, users, tracks, events,
-            days, start_date, dirty_rows); ignored when events_uri is set.
         as_of: End of the data interval (ISO 8601, UTC). Empty: the run's scheduled or creation time.
-        chunk_rows: Rows per ingest chunk (memory bound of the ETL).
-        lookback_days: Days of history the user and track features cover.
-        half_life_days: Half-life of the recency weighting of plays in the features, in days.
-        feast_project: Feast project the features are registered and materialized in.
-        online_store: Feast online store: redis (clusters) or sqlite (one machine).
-        psi_threshold: Drift alert threshold on the population stability index of any feature.
-        ks_pvalue_threshold: Drift alert threshold on the Kolmogorov-Smirnov p-value of any feature.
-        holdout_days: Final days of events held out for the evaluation (never seen by tuning).
-        study_name: Optuna study name; empty: derived from the data snapshot and the study configuration.
-        n_trials: Trials of this run, trained in parallel (trial 0 of a new study: the default settings).
-        tuning_seed: Seed of the TPE sampler: same seed and data, same proposals.
-        train_seed: Training seed of every trial and of the final model.
-        pruner: Trial pruner: median, successive_halving or none.
-        tuning_metric: Validation metric maximised: recall_at_10 or ndcg_at_10.
-        tuning_protocol: Validation protocol: all (every next play) or discovery (unplayed tracks only).
-        validation_days: Last days of the training window held out as the tuning validation split.
-        search_space: {setting: range} of the study, e.g. {"lr": {"kind": "float", "low": 0.001, "high": 0.03,
-            "log": true}}; empty: the default space (docs/en/tuning.md).
-        base_settings: Training settings of every trial that the space does not vary, e.g. {"batch_size": 512}.
-        train_device: Training device of the trials and the final model: auto (CUDA when available), cpu or cuda.
+        data: ETL, features and drift check: chunk_rows (rows per ingest chunk), lookback_days (days of
+            history the features cover), half_life_days (recency half-life of the features),
+            psi_threshold and ks_pvalue_threshold (drift alert thresholds).
+        feast: Feast project and online store: project, online_store (redis on clusters, sqlite on one
+            machine).
+        training: Training settings of every trial that the search space does not vary, and of the final
+            model where the best trial does not set them: epochs, batch_size, lr, sparse_lr, seed (of every
+            trial and the final model), embedding_dim, id_dim, hidden_dim, temperature, logq_correction,
+            device (auto, cpu, cuda), average_epochs, checkpoints_per_epoch, lr_decay; and holdout_days
+            (final days held out for the evaluation, never seen by tuning).
+        tuning: The Optuna study: study_name (empty: derived from the data snapshot and the configuration),
+            n_trials (trained in parallel; trial 0 of a new study trains the defaults), seed (of the TPE
+            sampler), pruner (median, successive_halving, none), metric (recall_at_10, ndcg_at_10),
+            protocol (all, discovery), validation_days (last training days held out for validation),
+            search_space ({setting: range}, e.g. {"lr": {"kind": "float", "low": 0.001, "high": 0.03,
+            "log": true}}; empty: the default space of docs/en/tuning.md).
         model_name: MLflow registered-model name of the recommender.
         serving_mode: auto (the evaluation picks whether served lists drop played tracks), all or
             discovery; also the gate's evaluation protocol.
-        min_lift_over_popularity: Blessing rule: the lower bound of model / popularity recall must reach this.
-        max_regression_vs_champion: Blessing rule: the lower bound of model / champion must reach 1 minus this.
-        gate_confidence: Two-sided coverage of the gate's paired bootstrap intervals.
-        bootstrap_resamples: Paired bootstrap resamples of the gate.
-        explain_users: Held-out listeners whose recommendations the explanation report explains.
-        explain_k: Recommendations explained per listener.
+        gate: Blessing rule: min_lift_over_popularity, max_regression_vs_champion, confidence,
+            bootstrap_resamples (see reco-training).
         gpu_node_selector: Node selector of the GPU steps (trials and the final training).
         gpu_toleration: Toleration of the GPU steps (the taint of the GPU node pool).
+        synthetic: Demo and tests only: generator settings used when events_uri is empty (seed, users,
+            tracks, events, days, start_date, dirty_rows); ignored when events_uri is set.
     """
     run = PipelineRun(NAME, run_context, gpu_node_selector=gpu_node_selector, gpu_toleration=gpu_toleration)
     summary = steps.SUMMARY(run)
 
     with dsl.ExitHandler(summary, name="reco-tuning-run"):
-        data = steps.data_steps(
+        prepared = steps.data_steps(
             run,
             events_uri=events_uri,
             catalog_uri=catalog_uri,
             synthetic=synthetic,
             as_of=as_of,
-            chunk_rows=chunk_rows,
-            lookback_days=lookback_days,
-            half_life_days=half_life_days,
-            feast_project=feast_project,
-            online_store=online_store,
-            psi_threshold=psi_threshold,
-            ks_pvalue_threshold=ks_pvalue_threshold,
+            data=data,
+            feast=feast,
         )
         tset = steps.TRAINING_SET(
             run,
-            events=data.ingest.outputs["good_events"],
-            catalog=data.ingest.outputs["catalog_out"],
-            user_features=data.features.outputs["user_features"],
-            track_features=data.features.outputs["track_features"],
-            project=feast_project,
-            online_store=online_store,
-            holdout_days=holdout_days,
-        ).after(data.materialize)
+            events=prepared.ingest.outputs["good_events"],
+            catalog=prepared.ingest.outputs["catalog_out"],
+            user_features=prepared.features.outputs["user_features"],
+            track_features=prepared.features.outputs["track_features"],
+            feast=feast,
+            training=training,
+        ).after(prepared.materialize)
         suggested = steps.SUGGEST_TRIALS(
-            run,
-            training_set=tset.outputs["training_set"],
-            study_name=study_name,
-            n_trials=n_trials,
-            seed=tuning_seed,
-            train_seed=train_seed,
-            pruner=pruner,
-            metric=tuning_metric,
-            protocol=tuning_protocol,
-            validation_days=validation_days,
-            search_space=search_space,
-            base=base_settings,
-            model_name=model_name,
+            run, training_set=tset.outputs["training_set"], tuning=tuning, training=training, model_name=model_name
         )
         with dsl.ParallelFor(suggested.outputs["Output"], parallelism=MAX_PARALLEL_TRIALS, name="trials") as number:
             trial = steps.RUN_TRIAL(
@@ -149,39 +114,22 @@ def reco_tuning(
                 study=suggested.outputs["study"],
                 validation_set=suggested.outputs["validation_set"],
                 trial_number=number,
-                device=train_device,
+                training=training,
             )
         best = steps.SELECT_TRIAL(
-            run, study=suggested.outputs["study"], trial_values=dsl.Collected(trial.outputs["Output"])
-        )
-        train = steps.TRAIN(
             run,
-            training_set=tset.outputs["training_set"],
-            epochs=best.outputs["epochs"],
-            batch_size=best.outputs["batch_size"],
-            lr=best.outputs["lr"],
-            sparse_lr=best.outputs["sparse_lr"],
-            seed=train_seed,
-            embedding_dim=best.outputs["embedding_dim"],
-            id_dim=best.outputs["id_dim"],
-            hidden_dim=best.outputs["hidden_dim"],
-            temperature=best.outputs["temperature"],
-            logq_correction=best.outputs["logq_correction"],
-            device=train_device,
-            average_epochs=best.outputs["average_epochs"],
-            checkpoints_per_epoch=best.outputs["checkpoints_per_epoch"],
-            lr_decay=best.outputs["lr_decay"],
+            study=suggested.outputs["study"],
+            trial_values=dsl.Collected(trial.outputs["Output"]),
+            training=training,
         )
+        train = steps.TRAIN(run, training_set=tset.outputs["training_set"], training=best.outputs["Output"])
         evaluation = steps.EVALUATE(
             run,
             model=train.outputs["model"],
             training_set=tset.outputs["training_set"],
             model_name=model_name,
             serving_mode=serving_mode,
-            min_lift_over_popularity=min_lift_over_popularity,
-            max_regression_vs_champion=max_regression_vs_champion,
-            confidence=gate_confidence,
-            bootstrap_resamples=bootstrap_resamples,
+            gate=gate,
         )
         registered = steps.REGISTER(
             run,
@@ -202,8 +150,8 @@ def reco_tuning(
             run,
             model=train.outputs["model"],
             training_set=tset.outputs["training_set"],
-            users=explain_users,
-            k=explain_k,
+            users=EXPLAIN_USERS,
+            k=EXPLAIN_K,
             model_name=model_name,
             version=registered.output,
         )

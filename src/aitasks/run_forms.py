@@ -74,7 +74,7 @@ class FormGroup:
         for key in self.keys:
             task, name = self.source(key)
             info: FieldInfo = get_task(task).params_model.model_fields[name]
-            default = self.defaults.get(key, info.default)
+            default = self.defaults.get(key, info.get_default(call_default_factory=True))
             described = f"{info.description or key} ({task}: {name})"
             annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             fields[key] = (annotation, Field(default=default, description=described))
@@ -162,8 +162,21 @@ TRAINING = FormGroup(
             "lr_decay",
         ),
         "reco.training_set": _same("holdout_days"),
+        # reco-tuning: the trials' device and training seed (the other settings are the study's base).
+        "tune.suggest": {"seed": "train_seed"},
+        "tune.trial": _same("device"),
     },
     {"epochs": 4, "average_epochs": 3, "lr_decay": "cosine", "holdout_days": 1},
+)
+TUNING = FormGroup(
+    "tuning",
+    "The Optuna study of reco-tuning: name, trials, sampler seed, pruner, metric, protocol, validation days, "
+    "search space.",
+    {
+        "tune.suggest": _same(
+            "study_name", "n_trials", "seed", "pruner", "metric", "protocol", "validation_days", "search_space"
+        )
+    },
 )
 GATE = FormGroup(
     "gate",
@@ -229,7 +242,7 @@ REPORT = FormGroup(
 
 #: Every run-form group, by parameter name.
 GROUPS: dict[str, FormGroup] = {
-    g.name: g for g in (DATA, FEAST, TRAINING, GATE, INDEX, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
+    g.name: g for g in (DATA, FEAST, TRAINING, TUNING, GATE, INDEX, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
 }
 
 

@@ -41,13 +41,10 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
         },
         "as_of": (START + timedelta(days=DAYS)).isoformat() + "T00:00:00+00:00",
         # The drift check's warm-up is the lookback: shorter than the 14 generated days.
-        "lookback_days": 7,
-        "n_trials": 3,
-        "search_space": SPACE,
-        "base_settings": {"batch_size": 256},
-        "bootstrap_resamples": 200,
-        "explain_users": 2,
-        "explain_k": 3,
+        "data": {"lookback_days": 7},
+        "tuning": {"n_trials": 3, "search_space": SPACE},
+        "training": {"batch_size": 256},
+        "gate": {"bootstrap_resamples": 200},
     }
     outcome = run_and_collect("reco-tuning", params, work, Console(quiet=True))
     return store, outcome
@@ -84,7 +81,9 @@ def test_card_and_explanations_are_attached_to_the_version(tuned: tuple[Path, An
     store, outcome = tuned
     results = outcome.results
     card, explained = results["model.card"], results["model.explain"]
-    assert card["version"] == 1 and explained["users"] == 2
+    from pipelines.reco_tuning import EXPLAIN_USERS
+
+    assert card["version"] == 1 and explained["users"] == EXPLAIN_USERS
     assert "# Model card: reco" in Path(card["card_markdown_uri"]).read_text()
     assert "<svg" in Path(explained["report_html_uri"]).read_text()
     c = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow' / 'mlflow.db'}")

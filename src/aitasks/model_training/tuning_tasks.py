@@ -26,6 +26,10 @@ _STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # ------------------------------------------------------------------------------------ suggest
 
 
+#: Keys of the run form's ``training`` group that are not trial settings (``aitasks.run_forms``).
+_ROUTED_ELSEWHERE = frozenset({"seed", "device", "holdout_days"})
+
+
 class SuggestParams(TaskModel):
     training_set_uri: InputArtifact = Field(description="Training-set bundle (its MANIFEST.json).")
     study_name: str = Field(
@@ -41,9 +45,19 @@ class SuggestParams(TaskModel):
     search_space: dict[str, Any] = Field(
         default_factory=dict, description="{setting: range} (see docs/en/tuning.md); empty: the default space."
     )
-    base: dict[str, Any] = Field(default_factory=dict, description="Settings of every trial the space does not vary.")
+    base: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of every trial the space does not vary: the run form's training group (its seed, "
+        "device and holdout_days reach the study and the trials through their own inputs).",
+    )
     include_defaults: bool = Field(default=True, description="Trial 0 trains the default settings.")
     model_name: str = Field(default="reco-two-tower", pattern=MODEL_NAME_PATTERN, description="MLflow registry config.")
+
+    @field_validator("base")
+    @classmethod
+    def _trial_settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # The training group's keys that are not trial settings; unknown keys stay and are refused by the config.
+        return {k: x for k, x in v.items() if k not in _ROUTED_ELSEWHERE}
 
     @field_validator("study_name")
     @classmethod
@@ -269,6 +283,12 @@ class SelectResult(TaskModel):
     average_epochs: int
     checkpoints_per_epoch: int
     lr_decay: Literal["none", "linear", "cosine"]
+
+    def training_settings(self) -> dict[str, Any]:
+        """The best trial's training settings, as keys of the run form's ``training`` group."""
+        from aitasks.model_training.tuning import TrialParams
+
+        return {name: getattr(self, name) for name in TrialParams.model_fields}
 
 
 def _summary_markdown(summary: dict[str, Any], best: int, metric: str) -> str:
