@@ -158,6 +158,15 @@ class TrainParams(TaskModel):
     )
     checkpoints_per_epoch: int = Field(default=4, ge=1, le=1000, description="Checkpoints averaged per epoch.")
     lr_decay: Literal["none", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="Autocast precision: auto (bf16/fp16 on CUDA, fp32 on CPU) or forced."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Data-parallel processes on this node (DDP through torchrun when > 1)."
+    )
+    checkpoint_every_steps: int = Field(
+        default=0, ge=0, le=10_000_000, description="Checkpoint every this many steps (0: at each epoch's end)."
+    )
 
 
 class TrainResult(TaskModel):
@@ -169,12 +178,16 @@ class TrainResult(TaskModel):
     loss_curve: list[float]
     seed: int
     data_snapshot: str
+    device: str = Field(default="cpu", description="Device rank 0 trained on.")
+    precision: str = Field(default="fp32", description="Precision trained with (fp32, bf16, fp16).")
+    world_size: Annotated[int, Metric()] = 1
+    resumed_from_step: int | None = Field(default=None, description="Checkpoint step a retry resumed from.")
 
     def artifact_metadata(self, field: str) -> dict[str, Any]:
         return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
 
 
-@ai_task(name="model.train", version="1.2.0", retry=RetryPolicy(max_attempts=2))
+@ai_task(name="model.train", version="1.3.0", retry=RetryPolicy(max_attempts=2))
 def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
     """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
 
@@ -182,18 +195,27 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
     embedding) with in-batch sampled softmax and a popularity (logQ) correction. Id embeddings are
     sparse (SparseAdam), batches vectorised, threads pinned; the same seed gives the same weights.
     The model bundle holds the weights (safetensors, never pickle), its configuration, the id
-    vocabularies and the popularity fallback.
+    vocabularies and the popularity fallback. Device and precision are chosen at run time (bf16/fp16
+    autocast on CUDA, fp32 on CPU); `workers` > 1 trains with PyTorch DDP through torchrun (the same model
+    as one process); checkpoints go to the call's work directory, so a retry after a killed pod resumes.
     FR: Entraîne une tour auditeur (caractéristiques Feast + plongement d'identifiant) et une tour titre
     (caractéristiques du titre + plongement d'identifiant) avec un softmax échantillonné dans le lot et
     une correction de popularité (logQ). Les plongements d'identifiants sont creux (SparseAdam), les lots
     vectorisés, les threads fixés ; la même graine donne les mêmes poids. Le lot du modèle contient les
     poids (safetensors, jamais pickle), sa configuration, les vocabulaires et le repli de popularité.
+    Appareil et précision sont choisis à l'exécution (autocast bf16/fp16 sur CUDA, fp32 sur CPU) ;
+    `workers` > 1 entraîne avec PyTorch DDP via torchrun (le même modèle qu'un seul processus) ; les
+    points de reprise vont dans le répertoire de travail de l'appel : une relance après un pod tué reprend.
     DE: Trainiert einen Hörer-Turm (Feast-Merkmale + Id-Embedding) und einen Titel-Turm (Titelmerkmale +
     Id-Embedding) mit In-Batch-Sampled-Softmax und Popularitätskorrektur (logQ). Id-Embeddings sind
     dünn besetzt (SparseAdam), Batches vektorisiert, Threads fest; derselbe Seed ergibt dieselben
     Gewichte. Das Modellbündel enthält die Gewichte (safetensors, nie pickle), die Konfiguration, die
-    Id-Vokabulare und den Popularitäts-Fallback.
+    Id-Vokabulare und den Popularitäts-Fallback. Gerät und Präzision werden zur Laufzeit gewählt
+    (bf16/fp16-Autocast auf CUDA, fp32 auf der CPU); `workers` > 1 trainiert mit PyTorch DDP über torchrun
+    (dasselbe Modell wie ein Prozess); Checkpoints liegen im Arbeitsverzeichnis des Aufrufs, ein erneuter
+    Versuch nach einem beendeten Pod setzt dort fort.
     """
+    from aitasks.model_training.checkpoint import CheckpointPolicy
     from aitasks.model_training.recommender import train_recommender
     from aitasks.model_training.two_tower import TrainConfig
     from aitasks.runtime.bundle import open_bundle, publish_bundle
@@ -209,6 +231,11 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         average_epochs=params.average_epochs,
         checkpoints_per_epoch=params.checkpoints_per_epoch,
         lr_decay=params.lr_decay,
+        precision=params.precision,
+    )
+    # In the call's work directory (keyed by the idempotency key): a retry of this call resumes from it.
+    checkpoint = CheckpointPolicy(
+        uri=ctx.output_uri("checkpoints"), every_steps=params.checkpoint_every_steps or None, keep=2
     )
     arch = {
         "embedding_dim": params.embedding_dim,
@@ -220,8 +247,9 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
         tempfile.TemporaryDirectory(prefix="aitasks-model-") as tmp,
     ):
-        report = train_recommender(ts_dir, Path(tmp), tcfg, arch=arch)
+        report = train_recommender(ts_dir, Path(tmp), tcfg, arch=arch, workers=params.workers, checkpoint=checkpoint)
         curve = [float(h["loss"]) for h in report.history]
+        ran = {"device_used": report.device, "precision_used": report.precision, "world_size": report.world_size}
         snapshot = str(ts_manifest["meta"].get("snapshot_hash", ""))
         uri = publish_bundle(
             ctx.storage,
@@ -230,13 +258,22 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
             kind="model",
             meta={
                 "task": f"{ctx.task}@{ctx.version}",
-                "params": params.model_dump(mode="json", exclude={"training_set_uri"}),
+                # What the run used (not only what it asked for): the register step logs these as MLflow params.
+                "params": params.model_dump(mode="json", exclude={"training_set_uri"}) | ran,
                 "data_snapshot": snapshot,
                 "loss_curve": curve,
                 "examples_per_s": report.examples_per_s,
             },
         )
-    ctx.log.info("model.trained", examples=report.examples, examples_per_s=round(report.examples_per_s))
+    ctx.log.info(
+        "model.trained",
+        examples=report.examples,
+        examples_per_s=round(report.examples_per_s),
+        device=report.device,
+        precision=report.precision,
+        world_size=report.world_size,
+        resumed_from_step=report.resumed_from_step,
+    )
     return TrainResult(
         model_uri=uri,
         examples=report.examples,
@@ -246,6 +283,10 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         loss_curve=curve,
         seed=params.seed,
         data_snapshot=snapshot,
+        device=report.device,
+        precision=report.precision,
+        world_size=report.world_size,
+        resumed_from_step=report.resumed_from_step,
     )
 
 
