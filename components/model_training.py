@@ -74,6 +74,9 @@ def train_model(
     step: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    precision: str = "auto",
+    workers: int = 1,
+    checkpoint_every_steps: int = 0,
 ):
     """Train the two-tower model (GPU when the pod has one); weights as safetensors."""
     from aitasks.runtime.step import run_step
@@ -96,6 +99,9 @@ def train_model(
             "average_epochs": average_epochs,
             "checkpoints_per_epoch": checkpoints_per_epoch,
             "lr_decay": lr_decay,
+            "precision": precision,
+            "workers": workers,
+            "checkpoint_every_steps": checkpoint_every_steps,
         },
         (run_context, pipeline, run_id, step),
         outputs={"model_uri": model},

@@ -249,6 +249,14 @@ class CheckpointStore:
             if not self.storage.list(self._uri(d) + "/"):
                 self.storage.delete(self._uri(d))
 
+    def clear(self) -> None:
+        """Delete every checkpoint of this run (after its result is published, they are dead weight)."""
+        prefix = self.policy.uri.rstrip("/") + "/"
+        for obj in self.storage.list(prefix):
+            self.storage.delete(obj)
+        for d in self._dirs():
+            self.storage.delete(self._uri(d))
+
     def latest_step(self) -> int | None:
         """The step of the committed checkpoint, or None when there is none."""
         pointer = self._uri(LATEST)

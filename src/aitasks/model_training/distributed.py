@@ -264,7 +264,14 @@ def run_job(job: JobSpec) -> TrainReport | None:
             from aitasks.runtime.bundle import publish_bundle
             from aitasks.runtime.storage import storage_for
 
-            publish_bundle(storage_for(job.output), out, job.output, kind="model", meta=job.meta)
+            # The report rides in the manifest: the launching step reads it from there.
+            meta = {
+                **job.meta,
+                "loss_curve": [float(h["loss"]) for h in report.history],
+                "examples_per_s": report.examples_per_s,
+                "train_report": report.model_dump(mode="json"),
+            }
+            publish_bundle(storage_for(job.output), out, job.output, kind="model", meta=meta)
         else:
             import shutil
 

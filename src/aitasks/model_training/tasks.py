@@ -169,6 +169,32 @@ class TrainParams(TaskModel):
     )
 
 
+def _train_config(params: TrainParams) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~aitasks.model_training.two_tower.TrainConfig` and architecture of ``params``."""
+    from aitasks.model_training.two_tower import TrainConfig
+
+    tcfg = TrainConfig(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        sparse_lr=params.sparse_lr,
+        seed=params.seed,
+        logq_correction=params.logq_correction,
+        device=None if params.device == "auto" else params.device,
+        average_epochs=params.average_epochs,
+        checkpoints_per_epoch=params.checkpoints_per_epoch,
+        lr_decay=params.lr_decay,
+        precision=params.precision,
+    )
+    arch = {
+        "embedding_dim": params.embedding_dim,
+        "id_dim": params.id_dim,
+        "hidden_dim": params.hidden_dim,
+        "temperature": params.temperature,
+    }
+    return tcfg, arch
+
+
 class TrainResult(TaskModel):
     model_uri: OutputArtifact
     examples: Annotated[int, Metric()]
@@ -215,34 +241,15 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
     (dasselbe Modell wie ein Prozess); Checkpoints liegen im Arbeitsverzeichnis des Aufrufs, ein erneuter
     Versuch nach einem beendeten Pod setzt dort fort.
     """
-    from aitasks.model_training.checkpoint import CheckpointPolicy
+    from aitasks.model_training.checkpoint import CheckpointPolicy, CheckpointStore
     from aitasks.model_training.recommender import train_recommender
-    from aitasks.model_training.two_tower import TrainConfig
     from aitasks.runtime.bundle import open_bundle, publish_bundle
 
-    tcfg = TrainConfig(
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        lr=params.lr,
-        sparse_lr=params.sparse_lr,
-        seed=params.seed,
-        logq_correction=params.logq_correction,
-        device=None if params.device == "auto" else params.device,
-        average_epochs=params.average_epochs,
-        checkpoints_per_epoch=params.checkpoints_per_epoch,
-        lr_decay=params.lr_decay,
-        precision=params.precision,
-    )
+    tcfg, arch = _train_config(params)
     # In the call's work directory (keyed by the idempotency key): a retry of this call resumes from it.
     checkpoint = CheckpointPolicy(
         uri=ctx.output_uri("checkpoints"), every_steps=params.checkpoint_every_steps or None, keep=2
     )
-    arch = {
-        "embedding_dim": params.embedding_dim,
-        "id_dim": params.id_dim,
-        "hidden_dim": params.hidden_dim,
-        "temperature": params.temperature,
-    }
     with (
         open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
         tempfile.TemporaryDirectory(prefix="aitasks-model-") as tmp,
@@ -265,6 +272,7 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
                 "examples_per_s": report.examples_per_s,
             },
         )
+    CheckpointStore(checkpoint, ctx.storage).clear()
     ctx.log.info(
         "model.trained",
         examples=report.examples,
@@ -287,6 +295,126 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         precision=report.precision,
         world_size=report.world_size,
         resumed_from_step=report.resumed_from_step,
+    )
+
+
+# ------------------------------------------------------------------------- train on a PyTorchJob
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class PyTorchJobTrainParams(TrainParams):
+    """``model.train``'s settings plus where and how the PyTorchJob runs (``workers``: processes per CPU pod)."""
+
+    image: str = Field(min_length=3, description="Training image with an immutable tag (the GPU image).")
+    namespace: str = Field(default="kubeflow", pattern=_K8S_NAME, max_length=63, description="Namespace of the job.")
+    replicas: int = Field(default=2, ge=1, le=256, description="Pods: one Master and replicas-1 Workers.")
+    gpus_per_replica: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod (0: CPU, gloo).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of the pods.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of the pods.")
+    timeout_s: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600, description="Give up after this long.")
+    cleanup: Literal["always", "on_success", "never"] = Field(
+        default="on_success", description="Delete the job: always, on success (keep failed ones), never."
+    )
+
+
+@ai_task(name="model.train_pytorchjob", version="1.0.0", retry=RetryPolicy(max_attempts=2), deadline_s=7 * 24 * 3600)
+def train_pytorchjob_task(params: PyTorchJobTrainParams, ctx: TaskContext) -> TrainResult:
+    """Train the two-tower model on a Kubeflow PyTorchJob (Master + Workers, GPUs) and wait for it.
+
+    EN: Writes the training job (settings, training set, output and checkpoint locations) to the run's
+    storage, submits a kubeflow.org/v1 PyTorchJob whose replicas run the same DDP entry point as
+    `model.train` (torchrun, NCCL on GPUs), streams its status conditions to the log, and fails with the
+    failed replica and the operator's reason, or on timeout. The job name derives from the idempotency
+    key: a retry re-attaches to the running job, and a new job resumes from the checkpoints. Rank 0
+    publishes the model bundle; the result is the same as `model.train`'s.
+    FR: Écrit la tâche d'entraînement (réglages, jeu d'entraînement, emplacements du modèle et des points
+    de reprise) dans le stockage de l'exécution, soumet un PyTorchJob kubeflow.org/v1 dont les réplicas
+    lancent le même point d'entrée DDP que `model.train` (torchrun, NCCL sur GPU), journalise ses
+    conditions d'état et échoue en nommant le réplica en échec et la raison de l'opérateur, ou au délai
+    dépassé. Le nom du job dérive de la clé d'idempotence : une relance se rattache au job en cours, un
+    nouveau job reprend depuis les points de reprise. Le rang 0 publie le lot du modèle ; le résultat est
+    celui de `model.train`.
+    DE: Schreibt den Trainingsauftrag (Einstellungen, Trainingsdaten, Modell- und Checkpoint-Orte) in den
+    Speicher des Laufs, reicht einen kubeflow.org/v1 PyTorchJob ein, dessen Replikas denselben
+    DDP-Einstiegspunkt wie `model.train` starten (torchrun, NCCL auf GPUs), protokolliert seine
+    Statusbedingungen und schlägt mit dem ausgefallenen Replika und dem Grund des Operators fehl, oder bei
+    Zeitüberschreitung. Der Jobname folgt aus dem Idempotenzschlüssel: ein erneuter Versuch hängt sich an
+    den laufenden Job, ein neuer Job setzt an den Checkpoints fort. Rang 0 veröffentlicht das
+    Modellbündel; das Ergebnis ist das von `model.train`.
+    """
+    from aitasks.model_training.checkpoint import CheckpointPolicy
+    from aitasks.model_training.distributed import JobSpec
+    from aitasks.model_training.pytorchjob import (
+        SECRET_ENV,
+        PyTorchJobConfig,
+        PyTorchJobLauncher,
+        custom_objects_api,
+        job_name,
+        render_pytorchjob,
+    )
+    from aitasks.runtime.bundle import read_manifest
+    from aitasks.runtime.errors import ConfigurationError
+    from aitasks.runtime.settings import Settings
+    from aitasks.runtime.storage import is_gcs, join_uri
+
+    if not is_gcs(ctx.output_uri("job.json")):
+        # Pods on other nodes cannot see this machine's disk.
+        raise ConfigurationError("a PyTorchJob needs a storage root every pod sees (gs://); set AITASKS_STORAGE_ROOT")
+    tcfg, arch = _train_config(params)
+    checkpoint = CheckpointPolicy(uri=ctx.output_uri("checkpoints"), every_steps=params.checkpoint_every_steps or None)
+    ts_manifest = read_manifest(params.training_set_uri, ctx.storage, kind="training_set")
+    snapshot = str(ts_manifest["meta"].get("snapshot_hash", ""))
+    job = JobSpec(
+        training_set=params.training_set_uri,
+        output=ctx.output_uri("model"),
+        train=tcfg.model_dump(mode="json"),
+        arch=arch,
+        checkpoint=checkpoint.model_dump(mode="json"),
+        meta={
+            "task": f"{ctx.task}@{ctx.version}",
+            "params": params.model_dump(mode="json", include=set(TrainParams.model_fields) - {"training_set_uri"}),
+            "data_snapshot": snapshot,
+        },
+    )
+    job_uri = ctx.output_uri("job.json")
+    ctx.storage.write_bytes(job_uri, job.model_dump_json().encode("utf-8"))
+    secret_vars = set(SECRET_ENV.values())
+    cfg = PyTorchJobConfig(
+        name=job_name(ctx.key),
+        namespace=params.namespace,
+        image=params.image,
+        job_uri=job_uri,
+        replicas=params.replicas,
+        gpus_per_replica=params.gpus_per_replica,
+        procs_per_replica=None if params.gpus_per_replica else params.workers,
+        node_selector=params.node_selector,
+        tolerations=params.tolerations,
+        settings_env=tuple(sorted({f"AITASKS_{f.upper()}" for f in Settings.model_fields} - secret_vars)),
+        labels={"aitasks.io/task": "model-train_pytorchjob", "aitasks.io/task-version": ctx.version},
+    )
+    launcher = PyTorchJobLauncher(
+        custom_objects_api(), on_condition=lambda c: ctx.log.info("pytorchjob.condition", job=cfg.name, **c)
+    )
+    outcome = launcher.run(render_pytorchjob(cfg), timeout_s=params.timeout_s, cleanup=params.cleanup)
+    uri = join_uri(job.output, "MANIFEST.json")
+    meta = read_manifest(uri, ctx.storage, kind="model")["meta"]
+    report = meta.get("train_report") or {}
+    curve = [float(x) for x in meta.get("loss_curve", [])]
+    ctx.log.info("model.trained_pytorchjob", job=cfg.name, adopted=outcome.adopted, deleted=outcome.deleted)
+    return TrainResult(
+        model_uri=uri,
+        examples=int(report.get("examples", 0)),
+        examples_per_s=float(report.get("examples_per_s", 0.0)),
+        seconds=float(report.get("seconds", 0.0)),
+        final_loss=curve[-1] if curve else float("nan"),
+        loss_curve=curve,
+        seed=params.seed,
+        data_snapshot=snapshot,
+        device=str(report.get("device", "")),
+        precision=str(report.get("precision", "")),
+        world_size=int(report.get("world_size", 1)),
+        resumed_from_step=report.get("resumed_from_step"),
     )
 
 
