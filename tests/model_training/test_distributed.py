@@ -8,21 +8,18 @@ within 0.01 (absolute), under both protocols.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aitasks.data_processing.generator import generate_dataset
 from aitasks.model_training import recommender as rec
 from aitasks.model_training.distributed import JobSpec, launch_local, shard_bounds
-from aitasks.model_training.offline_set import training_set_from_events
-from aitasks.model_training.two_tower import TrainConfig, epoch_order, train_two_tower
+from aitasks.model_training.two_tower import TrainConfig, epoch_order
 from aitasks.runtime.errors import FatalError, InvalidInputError
+from tests.model_training._small_world import small_training_set
 
 #: Stated tolerances of 2 processes vs 1 (module docstring).
 LOSS_RTOL = 1e-4
@@ -32,12 +29,7 @@ QUICK = TrainConfig(epochs=2, batch_size=256, seed=3, num_threads=1, device="cpu
 
 @pytest.fixture(scope="module")
 def small_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    ds = generate_dataset(
-        out / "raw", seed=11, users=400, tracks=1000, events=20_000, start=datetime(2026, 5, 1, tzinfo=UTC), days=14
-    )
-    training_set_from_events(pl.read_parquet(ds.events_path), pl.read_parquet(ds.tracks_path), out / "ts")
-    return out / "ts"
+    return small_training_set(tmp_path_factory.mktemp("ddp"))
 
 
 @given(rows=st.integers(0, 5000), world=st.integers(1, 9))
@@ -110,22 +102,3 @@ def test_two_gloo_processes_train_the_model_one_process_trains(small_ts: Path, t
     popularity = rec.evaluate_lists(day, rec.popularity_lists(day), "recall_at_10").metrics["all"].recall_at_10
     assert recall[2]["all"] > popularity
 
-
-def test_per_rank_negatives_would_differ(small_ts: Path) -> None:
-    """Why the negatives are gathered: halving the batch (what per-rank negatives amount to) changes the loss."""
-    from aitasks.model_training.dataset import DEFAULT_SPEC, IdVocab, feature_spec, interactions_from_frame
-    from aitasks.model_training.two_tower import fit_config
-
-    train = pl.read_parquet(small_ts / "train.parquet")
-    users = pl.read_parquet(small_ts / "users.parquet")
-    items = pl.read_parquet(small_ts / "items.parquet")
-    uv = IdVocab.build([*train["user_id"].to_list(), *users["user_id"].to_list()])
-    iv = IdVocab.build(items["track_id"].to_list())
-    vocab = rec.read_vocabularies(small_ts)
-    spec = DEFAULT_SPEC if vocab is None else feature_spec(vocab.genres.size)
-    data = interactions_from_frame(train, spec, uv, iv)
-    config = fit_config(data, spec, len(uv), len(iv))
-    one_epoch = QUICK.model_copy(update={"epochs": 1})
-    _, full = train_two_tower(config, data, one_epoch)
-    _, half = train_two_tower(config, data, one_epoch.model_copy(update={"batch_size": QUICK.batch_size // 2}))
-    assert abs(full.history[0]["loss"] - half.history[0]["loss"]) > 100 * LOSS_RTOL * full.history[0]["loss"]
