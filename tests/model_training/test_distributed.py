@@ -8,6 +8,7 @@ within 0.01 (absolute), under both protocols.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def small_ts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_shards_of_a_batch_are_a_disjoint_cover_in_rank_order(rows: int, world: int) -> None:
     bounds = [shard_bounds(rows, r, world) for r in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == rows
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))  # contiguous, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))  # contiguous, no overlap
     sizes = [b - a for a, b in bounds]
     assert max(sizes) - min(sizes) <= 1
 
@@ -63,7 +64,7 @@ def test_shard_bounds_refuses_a_rank_outside_the_world() -> None:
 
 
 def test_distributed_without_a_process_group_is_a_clear_error(small_ts: Path, tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="distributed.*torchrun"):
+    with pytest.raises(InvalidInputError, match=r"distributed.*torchrun"):
         rec.train_recommender(small_ts, tmp_path / "m", QUICK, distributed=True)
 
 
@@ -101,4 +102,3 @@ def test_two_gloo_processes_train_the_model_one_process_trains(small_ts: Path, t
     # The model learned (not two equally useless models): it beats the popularity ranking.
     popularity = rec.evaluate_lists(day, rec.popularity_lists(day), "recall_at_10").metrics["all"].recall_at_10
     assert recall[2]["all"] > popularity
-

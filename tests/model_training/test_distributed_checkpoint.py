@@ -133,10 +133,14 @@ def test_a_truncated_state_file_is_an_error(small_ts: Path, tmp_path: Path, one_
     state = _latest_dir(one_checkpoint) / "state.json"
     state.write_bytes(state.read_bytes()[:-20])
     with pytest.raises(DataFormatError, match=r"state\.json"):
-        rec.train_recommender(small_ts, tmp_path / "again", TCFG.model_copy(update={"epochs": 1}), checkpoint=one_checkpoint)
+        rec.train_recommender(
+            small_ts, tmp_path / "again", TCFG.model_copy(update={"epochs": 1}), checkpoint=one_checkpoint
+        )
 
 
-def test_a_checkpoint_of_another_run_is_refused(small_ts: Path, tmp_path: Path, one_checkpoint: CheckpointPolicy) -> None:
+def test_a_checkpoint_of_another_run_is_refused(
+    small_ts: Path, tmp_path: Path, one_checkpoint: CheckpointPolicy
+) -> None:
     other = TCFG.model_copy(update={"epochs": 1, "seed": 6})
     with pytest.raises(InvalidInputError, match="different run"):
         rec.train_recommender(small_ts, tmp_path / "again", other, checkpoint=one_checkpoint)
@@ -161,7 +165,7 @@ def test_files_without_a_pointer_are_no_checkpoint(small_ts: Path, tmp_path: Pat
 def test_a_finished_run_resumes_to_the_same_model_without_training(
     small_ts: Path, tmp_path: Path, one_checkpoint: CheckpointPolicy
 ) -> None:
-    """A retry after the last checkpoint (e.g. the pod died while publishing) trains nothing and saves the same model."""
+    """A retry after the last checkpoint (the pod died while publishing) trains nothing, saves the same model."""
     one_epoch = TCFG.model_copy(update={"epochs": 1})
     again = rec.train_recommender(small_ts, tmp_path / "again", one_epoch, checkpoint=one_checkpoint)
     assert again.resumed_from_step == CheckpointStore(one_checkpoint).latest_step()

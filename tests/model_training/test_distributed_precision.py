@@ -43,7 +43,7 @@ def test_auto_is_fp16_with_a_grad_scaler_on_an_older_gpu(fake_cuda: dict[str, bo
     fake_cuda["bf16"] = False
     p = resolve_precision(None, CUDA, task="t")
     assert (p.name, p.autocast_dtype, p.needs_grad_scaler) == ("fp16", torch.float16, True)
-    with pytest.raises(InvalidInputError, match="precision.*'bf16' is not supported"):
+    with pytest.raises(InvalidInputError, match=r"precision.*'bf16' is not supported"):
         resolve_precision("bf16", CUDA, task="t")
 
 
@@ -64,11 +64,11 @@ def test_forced_settings(fake_cuda: dict[str, bool]) -> None:
 
 def test_impossible_settings_are_errors_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InvalidInputError, match="precision.*'fp16' needs a CUDA device"):
+    with pytest.raises(InvalidInputError, match=r"precision.*'fp16' needs a CUDA device"):
         resolve_precision("fp16", CPU, task="t")
-    with pytest.raises(InvalidInputError, match="precision.*'fp8' is not one of"):
+    with pytest.raises(InvalidInputError, match=r"precision.*'fp8' is not one of"):
         resolve_precision("fp8", CPU, task="t")
-    with pytest.raises(InvalidInputError, match="device.*CUDA is not available"):
+    with pytest.raises(InvalidInputError, match=r"device.*CUDA is not available"):
         resolve_device("cuda", task="t")
 
 
