@@ -110,6 +110,76 @@ def train_model(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def train_model_pytorchjob(
+    training_set: Input[Dataset],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    sparse_lr: float,
+    seed: int,
+    embedding_dim: int,
+    id_dim: int,
+    hidden_dim: int,
+    temperature: float,
+    logq_correction: bool,
+    average_epochs: int,
+    checkpoints_per_epoch: int,
+    lr_decay: str,
+    namespace: str,
+    replicas: int,
+    gpus_per_replica: int,
+    node_selector: dict,
+    tolerations: list,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    image: str = GPU_IMAGE,
+    precision: str = "auto",
+    checkpoint_every_steps: int = 0,
+    timeout_s: int = 21600,
+    cleanup: str = "on_success",
+):
+    """Train the two-tower model on a Kubeflow PyTorchJob (Master + Workers with GPUs); waits for it."""
+    from aitasks.runtime.step import run_step
+
+    run_step(
+        "model.train_pytorchjob",
+        {
+            "training_set_uri": training_set,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "sparse_lr": sparse_lr,
+            "seed": seed,
+            "embedding_dim": embedding_dim,
+            "id_dim": id_dim,
+            "hidden_dim": hidden_dim,
+            "temperature": temperature,
+            "logq_correction": logq_correction,
+            "average_epochs": average_epochs,
+            "checkpoints_per_epoch": checkpoints_per_epoch,
+            "lr_decay": lr_decay,
+            "precision": precision,
+            "checkpoint_every_steps": checkpoint_every_steps,
+            "image": image,
+            "namespace": namespace,
+            "replicas": replicas,
+            "gpus_per_replica": gpus_per_replica,
+            "node_selector": node_selector,
+            "tolerations": tolerations,
+            "timeout_s": timeout_s,
+            "cleanup": cleanup,
+        },
+        (run_context, pipeline, run_id, step),
+        outputs={"model_uri": model},
+        metrics=metrics,
+    )
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate_model(
     model: Input[Model],
     training_set: Input[Dataset],

@@ -372,3 +372,23 @@ def test_the_task_refuses_a_local_storage_root(captured) -> None:  # type: ignor
     ts.write_text("{}")
     with pytest.raises(ConfigurationError, match="gs://"):
         train_pytorchjob_task({"training_set_uri": str(ts), "image": IMAGE}, runtime=captured.rt)
+
+
+# ------------------------------------------------------------------------------------------ RBAC
+
+
+def test_the_run_account_may_create_get_watch_delete_pytorchjobs_and_nothing_more() -> None:
+    """The launcher's calls (create, get, delete; a watch-based client would need watch) are granted by one
+    least-privilege rule in the runs namespace; the job's pods get no token (checked above)."""
+    from tests.manifests.test_rbac import rule_problems
+
+    root = Path(__file__).resolve().parents[2]
+    docs = list(yaml.safe_load_all((root / "manifests/runs/base/serviceaccount.yaml").read_text()))
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert rule_problems(role) == []
+    rules = [r for r in role["rules"] if "kubeflow.org" in r["apiGroups"]]
+    assert rules == [
+        {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": ["create", "get", "watch", "delete"]}
+    ]
+    used = {m.split("_")[0] for m in dir(FakeCustomObjects) if m.endswith("_namespaced_custom_object")}
+    assert used <= set(rules[0]["verbs"])
