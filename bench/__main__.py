@@ -38,10 +38,12 @@ def main() -> None:
     except ServiceUnavailableError as exc:  # a laptop without RabbitMQ still gets the other figures
         console.print(f"[yellow]on-demand bench skipped: {exc}[/yellow]")
 
-    from bench.training import bench_training
+    from bench.training import bench_training, bench_training_ddp
 
     with console.status("two-tower training: sparse vs dense Adam…"):
         records += bench_training()
+    with console.status("two-tower training: DDP 2 processes vs 1 (torchrun, gloo)…"):
+        records += bench_training_ddp()
     from bench.reco_quality import bench_reco_quality
 
     with console.status("recommender quality: recall@10 over 5 training seeds, both protocols…"):
