@@ -188,6 +188,7 @@ def test_the_task_records_device_and_precision_and_clears_its_checkpoints(captur
     )
     assert (res.device, res.precision, res.world_size, res.resumed_from_step) == ("cpu", "fp32", 1, None)
     assert not list((captured.root / "store").rglob("LATEST.json"))
+    assert not [p for p in (captured.root / "store").rglob("checkpoints") if p.is_dir()]
     log = captured.log_text()
     assert '"precision": "fp32"' in log and '"device": "cpu"' in log
     from aitasks.runtime.bundle import read_manifest

@@ -246,16 +246,25 @@ class CheckpointStore:
         for d in old[: max(0, len(old) - self.policy.keep)]:
             for f in (TENSORS, STATE):
                 self.storage.delete(self._uri(d, f))
-            if not self.storage.list(self._uri(d) + "/"):
-                self.storage.delete(self._uri(d))
+            self._remove_dir(d)
 
     def clear(self) -> None:
         """Delete every checkpoint of this run (after its result is published, they are dead weight)."""
-        prefix = self.policy.uri.rstrip("/") + "/"
-        for obj in self.storage.list(prefix):
+        from aitasks.runtime.storage import is_gcs
+
+        if not is_gcs(self.policy.uri):
+            self.storage.delete(self.policy.uri)  # local: the whole directory tree
+            return
+        for obj in self.storage.list(self.policy.uri.rstrip("/") + "/"):
             self.storage.delete(obj)
-        for d in self._dirs():
-            self.storage.delete(self._uri(d))
+
+    def _remove_dir(self, name: str) -> None:
+        """Remove an emptied local step directory (object stores have no directories to remove)."""
+        from aitasks.runtime.storage import is_gcs
+
+        uri = self._uri(name)
+        if not is_gcs(uri) and not self.storage.list(uri + "/"):
+            self.storage.delete(uri)
 
     def latest_step(self) -> int | None:
         """The step of the committed checkpoint, or None when there is none."""

@@ -565,6 +565,11 @@ def train_two_tower(
         )
     device = resolve_device(tcfg.device, task=_TASK)
     if info is not None and device.type == "cuda" and device.index is None:
+        if info.local_rank >= torch.cuda.device_count():
+            raise InvalidInputError(
+                _TASK,
+                [FieldIssue("workers", f"local rank {info.local_rank} but {torch.cuda.device_count()} GPU(s) visible")],
+            )
         device = torch.device("cuda", info.local_rank)
     precision = resolve_precision(tcfg.precision, device, task=_TASK)
     n_all = len(train)
