@@ -102,3 +102,34 @@ def test_two_gloo_processes_train_the_model_one_process_trains(small_ts: Path, t
     # The model learned (not two equally useless models): it beats the popularity ranking.
     popularity = rec.evaluate_lists(day, rec.popularity_lists(day), "recall_at_10").metrics["all"].recall_at_10
     assert recall[2]["all"] > popularity
+
+
+@pytest.mark.slow  # a 2-process run, a resumed run and two evaluations: ~35 s on 2 loaded cores
+def test_rank_zero_checkpoints_a_ddp_run_and_one_process_resumes_it(small_ts: Path, tmp_path: Path) -> None:
+    """Checkpoints of a 2-process run are written once (rank 0) and resume on any number of processes."""
+    import hashlib
+    import json
+
+    from aitasks.model_training.checkpoint import CheckpointPolicy
+
+    policy = CheckpointPolicy(uri=str(tmp_path / "ckpt"), every_steps=20, keep=100)
+    two = rec.train_recommender(small_ts, tmp_path / "two", QUICK, workers=2, checkpoint=policy)
+    steps = sorted(p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step-"))
+    assert [int(p.name[5:]) for p in steps][:2] == [20, 40]
+    first = json.loads((steps[0] / "state.json").read_text())
+    assert first["world_size"] == 2 and first["step"] == 20
+    # Pretend the 2-process run died after its first checkpoint: point LATEST.json back at it.
+    digest = {f: hashlib.sha256((steps[0] / f).read_bytes()).hexdigest() for f in ("state.safetensors", "state.json")}
+    latest = {"format": "aitasks.train_checkpoint", "step": 20, "dir": steps[0].name, "sha256": digest}
+    (tmp_path / "ckpt" / "LATEST.json").write_text(json.dumps(latest))
+    one = rec.train_recommender(small_ts, tmp_path / "one", QUICK, checkpoint=policy)
+    assert (one.resumed_from_step, one.world_size) == (20, 1)
+    for a, b in zip(two.history, one.history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_RTOL)
+    day = rec.load_held_out_day(small_ts)
+    recall = {
+        name: rec.evaluate_lists(day, rec.model_lists(tmp_path / name, small_ts, day), "recall_at_10").metrics
+        for name in ("two", "one")
+    }
+    for protocol in ("all", "discovery"):
+        assert abs(recall["one"][protocol].recall_at_10 - recall["two"][protocol].recall_at_10) <= RECALL_ATOL
