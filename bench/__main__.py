@@ -51,6 +51,7 @@ BENCHES: list[Bench] = [
     Bench("redis", "bench.redis_server", "bench_redis_server", "Redis server: HGETALL of a user row vs PING"),
     Bench("ondemand", "bench.ondemand", "bench_ondemand", "on-demand tasks on Celery vs a direct call", "rabbitmq"),
     Bench("training", "bench.training", "bench_training", "two-tower training: sparse vs dense Adam"),
+    Bench("training_ddp", "bench.training", "bench_training_ddp", "two-tower DDP: 2 processes vs 1"),
     Bench("reco_quality", "bench.reco_quality", "bench_reco_quality", "recommender recall@10 over 5 seeds"),
     Bench("ann", "bench.ann", "bench_ann", "ANN index: hnswlib vs numpy vs Voyager, 100k x 64"),
     Bench("ann_memory", "bench.ann_memory", "bench_ann_memory", "ANN index memory per item vs raw vectors"),

@@ -59,12 +59,54 @@ def train_model(
     model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Train the two-tower model (GPU when the pod has one); weights as safetensors."""
+    """Train the two-tower model (GPU when the pod has one; DDP with training.workers > 1); weights as safetensors."""
     from aitasks.runtime.step import run_step
 
     run_step(
         "model.train",
         {"training_set_uri": training_set},
+        (run_context, pipeline, run_id, step),
+        groups={"training": training},
+        outputs={"model_uri": model},
+        metrics=metrics,
+    )
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def train_model_pytorchjob(
+    training_set: Input[Dataset],
+    training: dict,
+    namespace: str,
+    replicas: int,
+    gpus_per_replica: int,
+    node_selector: dict,
+    tolerations: list,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    model: Output[Model],
+    metrics: Output[Metrics],
+    image: str = GPU_IMAGE,
+    timeout_s: int = 21600,
+    cleanup: str = "on_success",
+):
+    """Train the two-tower model on a Kubeflow PyTorchJob (Master + Workers with GPUs); waits for it."""
+    from aitasks.runtime.step import run_step
+
+    run_step(
+        "model.train_pytorchjob",
+        {
+            "training_set_uri": training_set,
+            "image": image,
+            "namespace": namespace,
+            "replicas": replicas,
+            "gpus_per_replica": gpus_per_replica,
+            "node_selector": node_selector,
+            "tolerations": tolerations,
+            "timeout_s": timeout_s,
+            "cleanup": cleanup,
+        },
         (run_context, pipeline, run_id, step),
         groups={"training": training},
         outputs={"model_uri": model},

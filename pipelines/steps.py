@@ -22,7 +22,14 @@ from components.audio_analysis import (
     write_audio_features,
 )
 from components.data_processing import check_drift, compute_features, ingest_events, materialize_features, source_data
-from components.model_training import build_training_set, evaluate_model, promote_model, register_model, train_model
+from components.model_training import (
+    build_training_set,
+    evaluate_model,
+    promote_model,
+    register_model,
+    train_model,
+    train_model_pytorchjob,
+)
 from components.recommendation_update import build_index, publish_index
 from components.run_ops import summarize_run
 from pipelines.k8s import PipelineRun, StepSpec
@@ -50,6 +57,9 @@ TRAINING_SET = StepSpec(
 TRAIN = StepSpec(
     train_model, "model.train", "train", cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi", retries=1, gpu=True
 )
+# Launches a Kubeflow PyTorchJob and waits: the launcher pod needs no GPU (the job's replicas request them) and
+# its service account needs the pytorchjobs Role rule (manifests/runs/base/serviceaccount.yaml).
+TRAIN_PYTORCHJOB = StepSpec(train_model_pytorchjob, "model.train_pytorchjob", "train-pytorchjob", retries=1)
 # Compares with the registry's current champion: state the KFP cache cannot see.
 EVALUATE = StepSpec(
     evaluate_model,

@@ -141,30 +141,37 @@ FEAST = FormGroup(
     },
     {"project": "aitasks", "online_store": "sqlite"},
 )
+#: Every setting of ``model.train`` (and of ``model.train_pytorchjob``, which runs the same training).
+_TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "sparse_lr",
+    "seed",
+    "embedding_dim",
+    "id_dim",
+    "hidden_dim",
+    "temperature",
+    "logq_correction",
+    "device",
+    "average_epochs",
+    "checkpoints_per_epoch",
+    "lr_decay",
+    "precision",
+    "workers",
+    "checkpoint_every_steps",
+)
 TRAINING = FormGroup(
     "training",
     "The two-tower model's training: every setting of model.train, and the held-out days.",
     {
-        "model.train": _same(
-            "epochs",
-            "batch_size",
-            "lr",
-            "sparse_lr",
-            "seed",
-            "embedding_dim",
-            "id_dim",
-            "hidden_dim",
-            "temperature",
-            "logq_correction",
-            "device",
-            "average_epochs",
-            "checkpoints_per_epoch",
-            "lr_decay",
-        ),
+        "model.train": _same(*_TRAIN_SETTINGS),
         "reco.training_set": _same("holdout_days"),
         # reco-tuning: the trials' device and training seed (the other settings are the study's base).
         "tune.suggest": {"seed": "train_seed"},
         "tune.trial": _same("device"),
+        # The same settings when the training runs as a Kubeflow PyTorchJob (workers: processes per CPU pod).
+        "model.train_pytorchjob": _same(*_TRAIN_SETTINGS),
     },
     {"epochs": 4, "average_epochs": 3, "lr_decay": "cosine", "holdout_days": 1},
 )

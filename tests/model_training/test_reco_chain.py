@@ -145,7 +145,9 @@ def test_registered_with_lineage_and_champion_moved(chain: Chain) -> None:
     tags = v.tags
     assert tags["aitasks.data_snapshot"] == chain.world.training_set.snapshot_hash
     assert tags["aitasks.feature_service"] == "reco_training"
-    assert tags["aitasks.code_version"] == "model.train@1.2.0"
+    from aitasks.runtime.task import get_task
+
+    assert tags["aitasks.code_version"] == f"model.train@{get_task('model.train').version}"
     assert tags["aitasks.kfp_run_id"] == "run-test" and len(tags["aitasks.trace_id"]) == 32
     assert tags["aitasks.blessed"] == "true"
     assert tags["aitasks.serving_mode"] == "all" and tags["aitasks.filter_played"] == "false"

@@ -21,6 +21,7 @@ from aitasks.runtime.errors import DataFormatError
 
 if TYPE_CHECKING:
     from aitasks.data_processing.vocabulary import Vocabularies
+    from aitasks.model_training.checkpoint import CheckpointPolicy
     from aitasks.model_training.evaluation import MetricName, RetrievalMetrics
     from aitasks.model_training.two_tower import TrainConfig, TrainReport
 
@@ -55,7 +56,15 @@ def read_vocabularies(directory: Path) -> Vocabularies | None:
 
 
 def train_recommender(
-    ts_dir: Path, out_dir: Path, tcfg: TrainConfig, *, arch: dict[str, Any] | None = None
+    ts_dir: Path,
+    out_dir: Path,
+    tcfg: TrainConfig,
+    *,
+    arch: dict[str, Any] | None = None,
+    workers: int = 1,
+    checkpoint: CheckpointPolicy | None = None,
+    distributed: bool = False,
+    save: bool = True,
 ) -> TrainReport:
     """Train the two-tower model on ``ts_dir/train.parquet`` and save it (safetensors + JSON) in ``out_dir``.
 
@@ -64,7 +73,16 @@ def train_recommender(
     genre vocabulary plus ``other``, and the vocabularies (``vocabulary.json``) are saved beside the
     weights, so whoever embeds with the model maps genres as training did. ``popularity.json`` (most
     played tracks of the training window) rides along as the model's fallback for users it cannot embed.
+
+    ``workers > 1`` trains with that many DDP processes through torchrun
+    (:func:`aitasks.model_training.distributed.launch_local`; same model as one process up to float
+    summation order). ``checkpoint`` makes the run resumable. ``distributed``/``save`` are for the
+    torchrun workers themselves: train as one rank of the process group; only rank 0 saves.
     """
+    if workers > 1 and not distributed:
+        from aitasks.model_training.distributed import launch_local
+
+        return launch_local(ts_dir, out_dir, tcfg, workers=workers, arch=arch, checkpoint=checkpoint)
     from aitasks.data_processing.vocabulary import VOCABULARY_FILE
     from aitasks.model_training.dataset import DEFAULT_SPEC, IdVocab, feature_spec, interactions_from_frame
     from aitasks.model_training.two_tower import fit_config, row_keys, save_model, train_two_tower
@@ -81,7 +99,9 @@ def train_recommender(
     # The epoch order follows what each row is (user, track, time), not its position in the file.
     times = train["event_timestamp"].dt.epoch("us").fill_null(0).to_numpy()
     keys = row_keys(train["user_id"].to_list(), train["track_id"].to_list(), times)
-    model, report = train_two_tower(config, data, tcfg, keys=keys)
+    model, report = train_two_tower(config, data, tcfg, keys=keys, checkpoint=checkpoint, distributed=distributed)
+    if not save:
+        return report
     save_model(model, out_dir, user_vocab=user_vocab, item_vocab=item_vocab)
     if vocab is not None:
         (out_dir / VOCABULARY_FILE).write_text(vocab.to_json(), "utf-8")

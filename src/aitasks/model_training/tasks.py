@@ -158,45 +158,20 @@ class TrainParams(TaskModel):
     )
     checkpoints_per_epoch: int = Field(default=4, ge=1, le=1000, description="Checkpoints averaged per epoch.")
     lr_decay: Literal["none", "linear", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="Autocast precision: auto (bf16/fp16 on CUDA, fp32 on CPU) or forced."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Data-parallel processes on this node (DDP through torchrun when > 1)."
+    )
+    checkpoint_every_steps: int = Field(
+        default=0, ge=0, le=10_000_000, description="Checkpoint every this many steps (0: at each epoch's end)."
+    )
 
 
-class TrainResult(TaskModel):
-    model_uri: OutputArtifact
-    examples: Annotated[int, Metric()]
-    examples_per_s: Annotated[float, Metric()]
-    seconds: float
-    final_loss: Annotated[float, Metric()]
-    loss_curve: list[float]
-    seed: int
-    data_snapshot: str
-
-    def artifact_metadata(self, field: str) -> dict[str, Any]:
-        return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
-
-
-@ai_task(name="model.train", version="1.2.0", retry=RetryPolicy(max_attempts=2))
-def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
-    """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
-
-    EN: Trains a user tower (Feast user features + id embedding) and an item tower (track features + id
-    embedding) with in-batch sampled softmax and a popularity (logQ) correction. Id embeddings are
-    sparse (SparseAdam), batches vectorised, threads pinned; the same seed gives the same weights.
-    The model bundle holds the weights (safetensors, never pickle), its configuration, the id
-    vocabularies and the popularity fallback.
-    FR: Entraîne une tour auditeur (caractéristiques Feast + plongement d'identifiant) et une tour titre
-    (caractéristiques du titre + plongement d'identifiant) avec un softmax échantillonné dans le lot et
-    une correction de popularité (logQ). Les plongements d'identifiants sont creux (SparseAdam), les lots
-    vectorisés, les threads fixés ; la même graine donne les mêmes poids. Le lot du modèle contient les
-    poids (safetensors, jamais pickle), sa configuration, les vocabulaires et le repli de popularité.
-    DE: Trainiert einen Hörer-Turm (Feast-Merkmale + Id-Embedding) und einen Titel-Turm (Titelmerkmale +
-    Id-Embedding) mit In-Batch-Sampled-Softmax und Popularitätskorrektur (logQ). Id-Embeddings sind
-    dünn besetzt (SparseAdam), Batches vektorisiert, Threads fest; derselbe Seed ergibt dieselben
-    Gewichte. Das Modellbündel enthält die Gewichte (safetensors, nie pickle), die Konfiguration, die
-    Id-Vokabulare und den Popularitäts-Fallback.
-    """
-    from aitasks.model_training.recommender import train_recommender
+def _train_config(params: TrainParams) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~aitasks.model_training.two_tower.TrainConfig` and architecture of ``params``."""
     from aitasks.model_training.two_tower import TrainConfig
-    from aitasks.runtime.bundle import open_bundle, publish_bundle
 
     tcfg = TrainConfig(
         epochs=params.epochs,
@@ -209,6 +184,7 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         average_epochs=params.average_epochs,
         checkpoints_per_epoch=params.checkpoints_per_epoch,
         lr_decay=params.lr_decay,
+        precision=params.precision,
     )
     arch = {
         "embedding_dim": params.embedding_dim,
@@ -216,12 +192,71 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         "hidden_dim": params.hidden_dim,
         "temperature": params.temperature,
     }
+    return tcfg, arch
+
+
+class TrainResult(TaskModel):
+    model_uri: OutputArtifact
+    examples: Annotated[int, Metric()]
+    examples_per_s: Annotated[float, Metric()]
+    seconds: float
+    final_loss: Annotated[float, Metric()]
+    loss_curve: list[float]
+    seed: int
+    data_snapshot: str
+    device: str = Field(default="cpu", description="Device rank 0 trained on.")
+    precision: str = Field(default="fp32", description="Precision trained with (fp32, bf16, fp16).")
+    world_size: Annotated[int, Metric()] = 1
+    resumed_from_step: int | None = Field(default=None, description="Checkpoint step a retry resumed from.")
+
+    def artifact_metadata(self, field: str) -> dict[str, Any]:
+        return {"framework": "pytorch", "format": "safetensors", "seed": self.seed}
+
+
+@ai_task(name="model.train", version="1.3.0", retry=RetryPolicy(max_attempts=2))
+def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
+    """Train the two-tower retrieval model (PyTorch) and save it as safetensors.
+
+    EN: Trains a user tower (Feast user features + id embedding) and an item tower (track features + id
+    embedding) with in-batch sampled softmax and a popularity (logQ) correction. Id embeddings are
+    sparse (SparseAdam), batches vectorised, threads pinned; the same seed gives the same weights.
+    The model bundle holds the weights (safetensors, never pickle), its configuration, the id
+    vocabularies and the popularity fallback. Device and precision are chosen at run time (bf16/fp16
+    autocast on CUDA, fp32 on CPU); `workers` > 1 trains with PyTorch DDP through torchrun (the same model
+    as one process); checkpoints go to the call's work directory, so a retry after a killed pod resumes.
+    FR: Entraîne une tour auditeur (caractéristiques Feast + plongement d'identifiant) et une tour titre
+    (caractéristiques du titre + plongement d'identifiant) avec un softmax échantillonné dans le lot et
+    une correction de popularité (logQ). Les plongements d'identifiants sont creux (SparseAdam), les lots
+    vectorisés, les threads fixés ; la même graine donne les mêmes poids. Le lot du modèle contient les
+    poids (safetensors, jamais pickle), sa configuration, les vocabulaires et le repli de popularité.
+    Appareil et précision sont choisis à l'exécution (autocast bf16/fp16 sur CUDA, fp32 sur CPU) ;
+    `workers` > 1 entraîne avec PyTorch DDP via torchrun (le même modèle qu'un seul processus) ; les
+    points de reprise vont dans le répertoire de travail de l'appel : une relance après un pod tué reprend.
+    DE: Trainiert einen Hörer-Turm (Feast-Merkmale + Id-Embedding) und einen Titel-Turm (Titelmerkmale +
+    Id-Embedding) mit In-Batch-Sampled-Softmax und Popularitätskorrektur (logQ). Id-Embeddings sind
+    dünn besetzt (SparseAdam), Batches vektorisiert, Threads fest; derselbe Seed ergibt dieselben
+    Gewichte. Das Modellbündel enthält die Gewichte (safetensors, nie pickle), die Konfiguration, die
+    Id-Vokabulare und den Popularitäts-Fallback. Gerät und Präzision werden zur Laufzeit gewählt
+    (bf16/fp16-Autocast auf CUDA, fp32 auf der CPU); `workers` > 1 trainiert mit PyTorch DDP über torchrun
+    (dasselbe Modell wie ein Prozess); Checkpoints liegen im Arbeitsverzeichnis des Aufrufs, ein erneuter
+    Versuch nach einem beendeten Pod setzt dort fort.
+    """
+    from aitasks.model_training.checkpoint import CheckpointPolicy, CheckpointStore
+    from aitasks.model_training.recommender import train_recommender
+    from aitasks.runtime.bundle import open_bundle, publish_bundle
+
+    tcfg, arch = _train_config(params)
+    # In the call's work directory (keyed by the idempotency key): a retry of this call resumes from it.
+    checkpoint = CheckpointPolicy(
+        uri=ctx.output_uri("checkpoints"), every_steps=params.checkpoint_every_steps or None, keep=2
+    )
     with (
         open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, ts_manifest),
         tempfile.TemporaryDirectory(prefix="aitasks-model-") as tmp,
     ):
-        report = train_recommender(ts_dir, Path(tmp), tcfg, arch=arch)
+        report = train_recommender(ts_dir, Path(tmp), tcfg, arch=arch, workers=params.workers, checkpoint=checkpoint)
         curve = [float(h["loss"]) for h in report.history]
+        ran = {"device_used": report.device, "precision_used": report.precision, "world_size": report.world_size}
         snapshot = str(ts_manifest["meta"].get("snapshot_hash", ""))
         uri = publish_bundle(
             ctx.storage,
@@ -230,13 +265,23 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
             kind="model",
             meta={
                 "task": f"{ctx.task}@{ctx.version}",
-                "params": params.model_dump(mode="json", exclude={"training_set_uri"}),
+                # What the run used (not only what it asked for): the register step logs these as MLflow params.
+                "params": params.model_dump(mode="json", exclude={"training_set_uri"}) | ran,
                 "data_snapshot": snapshot,
                 "loss_curve": curve,
                 "examples_per_s": report.examples_per_s,
             },
         )
-    ctx.log.info("model.trained", examples=report.examples, examples_per_s=round(report.examples_per_s))
+    CheckpointStore(checkpoint, ctx.storage).clear()
+    ctx.log.info(
+        "model.trained",
+        examples=report.examples,
+        examples_per_s=round(report.examples_per_s),
+        device=report.device,
+        precision=report.precision,
+        world_size=report.world_size,
+        resumed_from_step=report.resumed_from_step,
+    )
     return TrainResult(
         model_uri=uri,
         examples=report.examples,
@@ -246,6 +291,130 @@ def train_model_task(params: TrainParams, ctx: TaskContext) -> TrainResult:
         loss_curve=curve,
         seed=params.seed,
         data_snapshot=snapshot,
+        device=report.device,
+        precision=report.precision,
+        world_size=report.world_size,
+        resumed_from_step=report.resumed_from_step,
+    )
+
+
+# ------------------------------------------------------------------------- train on a PyTorchJob
+
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class PyTorchJobTrainParams(TrainParams):
+    """``model.train``'s settings plus where and how the PyTorchJob runs (``workers``: processes per CPU pod)."""
+
+    image: str = Field(min_length=3, description="Training image with an immutable tag (the GPU image).")
+    namespace: str = Field(default="kubeflow", pattern=_K8S_NAME, max_length=63, description="Namespace of the job.")
+    replicas: int = Field(default=2, ge=1, le=256, description="Pods: one Master and replicas-1 Workers.")
+    gpus_per_replica: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per pod (0: CPU, gloo).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of the pods.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations of the pods.")
+    timeout_s: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600, description="Give up after this long.")
+    cleanup: Literal["always", "on_success", "never"] = Field(
+        default="on_success", description="Delete the job: always, on success (keep failed ones), never."
+    )
+
+
+@ai_task(name="model.train_pytorchjob", version="1.0.0", retry=RetryPolicy(max_attempts=2), deadline_s=7 * 24 * 3600)
+def train_pytorchjob_task(params: PyTorchJobTrainParams, ctx: TaskContext) -> TrainResult:
+    """Train the two-tower model on a Kubeflow PyTorchJob (Master + Workers, GPUs) and wait for it.
+
+    EN: Writes the training job (settings, training set, output and checkpoint locations) to the run's
+    storage, submits a kubeflow.org/v1 PyTorchJob whose replicas run the same DDP entry point as
+    `model.train` (torchrun, NCCL on GPUs), streams its status conditions to the log, and fails with the
+    failed replica and the operator's reason, or on timeout. The job name derives from the idempotency
+    key: a retry re-attaches to the running job, and a new job resumes from the checkpoints. Rank 0
+    publishes the model bundle; the result is the same as `model.train`'s.
+    FR: Écrit la tâche d'entraînement (réglages, jeu d'entraînement, emplacements du modèle et des points
+    de reprise) dans le stockage de l'exécution, soumet un PyTorchJob kubeflow.org/v1 dont les réplicas
+    lancent le même point d'entrée DDP que `model.train` (torchrun, NCCL sur GPU), journalise ses
+    conditions d'état et échoue en nommant le réplica en échec et la raison de l'opérateur, ou au délai
+    dépassé. Le nom du job dérive de la clé d'idempotence : une relance se rattache au job en cours, un
+    nouveau job reprend depuis les points de reprise. Le rang 0 publie le lot du modèle ; le résultat est
+    celui de `model.train`.
+    DE: Schreibt den Trainingsauftrag (Einstellungen, Trainingsdaten, Modell- und Checkpoint-Orte) in den
+    Speicher des Laufs, reicht einen kubeflow.org/v1 PyTorchJob ein, dessen Replikas denselben
+    DDP-Einstiegspunkt wie `model.train` starten (torchrun, NCCL auf GPUs), protokolliert seine
+    Statusbedingungen und schlägt mit dem ausgefallenen Replika und dem Grund des Operators fehl, oder bei
+    Zeitüberschreitung. Der Jobname folgt aus dem Idempotenzschlüssel: ein erneuter Versuch hängt sich an
+    den laufenden Job, ein neuer Job setzt an den Checkpoints fort. Rang 0 veröffentlicht das
+    Modellbündel; das Ergebnis ist das von `model.train`.
+    """
+    from aitasks.model_training.checkpoint import CheckpointPolicy
+    from aitasks.model_training.distributed import JobSpec
+    from aitasks.model_training.pytorchjob import (
+        SECRET_ENV,
+        PyTorchJobConfig,
+        PyTorchJobLauncher,
+        custom_objects_api,
+        job_name,
+        render_pytorchjob,
+    )
+    from aitasks.runtime.bundle import read_manifest
+    from aitasks.runtime.errors import ConfigurationError
+    from aitasks.runtime.settings import Settings
+    from aitasks.runtime.storage import is_gcs, join_uri
+
+    if not is_gcs(ctx.output_uri("job.json")):
+        # Pods on other nodes cannot see this machine's disk.
+        raise ConfigurationError("a PyTorchJob needs a storage root every pod sees (gs://); set AITASKS_STORAGE_ROOT")
+    tcfg, arch = _train_config(params)
+    checkpoint = CheckpointPolicy(uri=ctx.output_uri("checkpoints"), every_steps=params.checkpoint_every_steps or None)
+    ts_manifest = read_manifest(params.training_set_uri, ctx.storage, kind="training_set")
+    snapshot = str(ts_manifest["meta"].get("snapshot_hash", ""))
+    job = JobSpec(
+        training_set=params.training_set_uri,
+        output=ctx.output_uri("model"),
+        train=tcfg.model_dump(mode="json"),
+        arch=arch,
+        checkpoint=checkpoint.model_dump(mode="json"),
+        meta={
+            "task": f"{ctx.task}@{ctx.version}",
+            "params": params.model_dump(mode="json", include=set(TrainParams.model_fields) - {"training_set_uri"}),
+            "data_snapshot": snapshot,
+        },
+    )
+    job_uri = ctx.output_uri("job.json")
+    ctx.storage.write_bytes(job_uri, job.model_dump_json().encode("utf-8"))
+    secret_vars = set(SECRET_ENV.values())
+    cfg = PyTorchJobConfig(
+        name=job_name(ctx.key),
+        namespace=params.namespace,
+        image=params.image,
+        job_uri=job_uri,
+        replicas=params.replicas,
+        gpus_per_replica=params.gpus_per_replica,
+        procs_per_replica=None if params.gpus_per_replica else params.workers,
+        node_selector=params.node_selector,
+        tolerations=params.tolerations,
+        settings_env=tuple(sorted({f"AITASKS_{f.upper()}" for f in Settings.model_fields} - secret_vars)),
+        labels={"aitasks.io/task": "model-train_pytorchjob", "aitasks.io/task-version": ctx.version},
+    )
+    launcher = PyTorchJobLauncher(
+        custom_objects_api(), on_condition=lambda c: ctx.log.info("pytorchjob.condition", job=cfg.name, **c)
+    )
+    outcome = launcher.run(render_pytorchjob(cfg), timeout_s=params.timeout_s, cleanup=params.cleanup)
+    uri = join_uri(job.output, "MANIFEST.json")
+    meta = read_manifest(uri, ctx.storage, kind="model")["meta"]
+    report = meta.get("train_report") or {}
+    curve = [float(x) for x in meta.get("loss_curve", [])]
+    ctx.log.info("model.trained_pytorchjob", job=cfg.name, adopted=outcome.adopted, deleted=outcome.deleted)
+    return TrainResult(
+        model_uri=uri,
+        examples=int(report.get("examples", 0)),
+        examples_per_s=float(report.get("examples_per_s", 0.0)),
+        seconds=float(report.get("seconds", 0.0)),
+        final_loss=curve[-1] if curve else float("nan"),
+        loss_curve=curve,
+        seed=params.seed,
+        data_snapshot=snapshot,
+        device=str(report.get("device", "")),
+        precision=str(report.get("precision", "")),
+        world_size=int(report.get("world_size", 1)),
+        resumed_from_step=report.get("resumed_from_step"),
     )
 
 

@@ -36,13 +36,15 @@ allocates the model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,11 +53,22 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from aitasks.model_training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointPolicy,
+    CheckpointState,
+    CheckpointStore,
+    optimizer_tensors,
+    restore_optimizer,
+)
 from aitasks.model_training.dataset import FeatureSpec, IdVocab, Interactions, TowerInputs
-from aitasks.platform.compute import DEVICE_PATTERN, resolve_device, torch_threads
+from aitasks.platform.compute import DEVICE_PATTERN, Precision, resolve_device, resolve_precision, torch_threads
 from aitasks.platform.weights import load_tensors, save_tensors, tensor_specs
 from aitasks.runtime.errors import DataFormatError, FatalError, FieldIssue, InvalidInputError
 from aitasks.runtime.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from aitasks.model_training.distributed import DistInfo
 
 __all__ = [
     "FORMAT",
@@ -67,6 +80,7 @@ __all__ = [
     "epoch_order",
     "fit_config",
     "in_batch_loss",
+    "in_batch_loss_sum",
     "load_model",
     "row_keys",
     "save_model",
@@ -160,6 +174,9 @@ class TrainConfig(BaseModel):
             epoch's end).
         lr_decay: Learning-rate schedule over all steps: ``none`` (constant), ``linear`` or ``cosine``
             decay to zero; both learning rates follow it.
+        precision: ``auto`` (or None): bf16 autocast on a CUDA device with bf16, fp16 autocast + gradient
+            scaler on an older GPU, fp32 on the CPU; or forced: ``fp32``, ``bf16`` (CUDA or CPU),
+            ``fp16`` (CUDA only). See :func:`aitasks.platform.compute.resolve_precision`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -177,6 +194,7 @@ class TrainConfig(BaseModel):
     average_epochs: int = Field(default=3, ge=1, le=1000)
     checkpoints_per_epoch: int = Field(default=4, ge=1, le=1000)
     lr_decay: Literal["none", "linear", "cosine"] = "cosine"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
 
 
 class TrainReport(BaseModel):
@@ -187,6 +205,10 @@ class TrainReport(BaseModel):
         examples: Examples processed over all epochs (rows x epochs).
         examples_per_s: ``examples / seconds``.
         seconds: Time spent in the training loop (tensor setup excluded).
+        device: The device trained on (``cpu``, ``cuda:0``; rank 0's when distributed).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        world_size: Processes that trained (1 unless distributed).
+        resumed_from_step: The checkpoint step this run resumed from; None when it started fresh.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -195,6 +217,10 @@ class TrainReport(BaseModel):
     examples: int
     examples_per_s: float
     seconds: float
+    device: str = "cpu"
+    precision: str = "fp32"
+    world_size: int = 1
+    resumed_from_step: int | None = None
 
 
 # ---------------------------------------------------------------------------------- normalisation
@@ -486,6 +512,9 @@ def train_two_tower(
     *,
     keys: npt.NDArray[np.uint64] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+    on_checkpoint: Callable[[str], None] | None = None,
+    distributed: bool = False,
 ) -> tuple[TwoTowerModel, TrainReport]:
     """Train a two-tower model with in-batch sampled softmax.
 
@@ -497,24 +526,52 @@ def train_two_tower(
     positive track masked out. The global torch RNG is left untouched (a forked RNG seeded with
     ``tcfg.seed`` initialises the model), and the thread count is restored afterwards.
 
+    Device and precision are chosen at run time (``tcfg.device``, ``tcfg.precision``; see
+    :func:`aitasks.platform.compute.resolve_precision`): bf16/fp16 autocast on CUDA (fp16 with a
+    gradient scaler), fp32 on the CPU unless forced. The loss itself is always computed in fp32.
+
     Args:
         config: Architecture and normalisation (see :func:`fit_config`).
         train: Training rows.
         tcfg: Training settings.
         keys: One stable key per training row (:func:`row_keys`); each epoch's order sorts the rows
             by a hash of key, seed and epoch. None: the row positions (then the order depends on them).
-        on_epoch: Called after each epoch with that epoch's history entry (e.g. to log metrics).
+        on_epoch: Called after each epoch with that epoch's history entry (e.g. to log metrics); on
+            rank 0 only when distributed.
+        checkpoint: Write resumable checkpoints there (and resume from the latest one found); see
+            :mod:`aitasks.model_training.checkpoint`. A resumed run ends with the weights of an
+            uninterrupted one.
+        on_checkpoint: Called with each written checkpoint's URI (rank 0).
+        distributed: Train as one rank of the initialised default process group (DDP; see
+            :mod:`aitasks.model_training.distributed`): each rank runs its chunk of every batch.
 
     Returns:
         The trained model (on CPU, eval mode, dense embeddings semantics for inference) and the report.
 
     Raises:
         InvalidInputError: No rows, shapes that do not match ``config``, indices outside the
-            vocabularies, or an unavailable device.
+            vocabularies, an unavailable device or precision, ``distributed`` without a process
+            group, or a checkpoint of another run.
+        DataFormatError: The latest checkpoint is corrupt (no silent restart from scratch).
         FatalError: The loss became NaN or infinite (diverged).
     """
+    from aitasks.model_training import distributed as ddp
+
     _check_train(config, train)
+    info = ddp.current() if distributed else None
+    if distributed and info is None:
+        raise InvalidInputError(
+            _TASK, [FieldIssue("distributed", "no initialised process group (start with torchrun)")]
+        )
     device = resolve_device(tcfg.device, task=_TASK)
+    if info is not None and device.type == "cuda" and device.index is None:
+        if info.local_rank >= torch.cuda.device_count():
+            raise InvalidInputError(
+                _TASK,
+                [FieldIssue("workers", f"local rank {info.local_rank} but {torch.cuda.device_count()} GPU(s) visible")],
+            )
+        device = torch.device("cuda", info.local_rank)
+    precision = resolve_precision(tcfg.precision, device, task=_TASK)
     n_all = len(train)
     rows_np: npt.NDArray[np.int64] | None = None
     if tcfg.max_examples is not None and tcfg.max_examples < n_all:
@@ -528,6 +585,7 @@ def train_two_tower(
     elif keys.shape != (n_all,):
         raise InvalidInputError(_TASK, [FieldIssue("keys", f"needs one key per training row ({n_all})")])
     keys = np.asarray(keys if rows_np is None else keys[rows_np], dtype=np.uint64)
+    store = None if checkpoint is None else CheckpointStore(checkpoint)
     with torch_threads(tcfg.num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(tcfg.seed)
         model = TwoTowerModel(config, sparse=tcfg.optimizer == "sparse").to(device)
@@ -536,14 +594,49 @@ def train_two_tower(
         counts = np.bincount(items.idx, minlength=config.num_items).astype(np.float64)
         log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / n).astype(np.float32)).to(device)
         optimizers = _optimizers(model, tcfg)
-        history = _fit(model, optimizers, tcfg, keys, (u_idx, u_dense, u_cat), (i_idx, i_dense, i_cat), log_q, on_epoch)
+        run = _Run(
+            model=model,
+            optimizers=optimizers,
+            tcfg=tcfg,
+            keys=keys,
+            user_t=(u_idx, u_dense, u_cat),
+            item_t=(i_idx, i_dense, i_cat),
+            log_q=log_q,
+            on_epoch=on_epoch,
+            precision=precision,
+            info=info,
+            store=store,
+            on_checkpoint=on_checkpoint,
+            fingerprint=_fingerprint(config, tcfg, keys),
+        )
+        history, resumed = _fit(run)
     model.eval()
     model.cpu()
     examples = n * tcfg.epochs
     seconds = sum(h["seconds"] for h in history)
     return model, TrainReport(
-        history=history, examples=examples, examples_per_s=examples / max(seconds, 1e-9), seconds=seconds
+        history=history,
+        examples=examples,
+        examples_per_s=examples / max(seconds, 1e-9),
+        seconds=seconds,
+        device=str(device),
+        precision=precision.name,
+        world_size=1 if info is None else info.world_size,
+        resumed_from_step=resumed,
     )
+
+
+def _fingerprint(config: TwoTowerConfig, tcfg: TrainConfig, keys: npt.NDArray[np.uint64]) -> str:
+    """What a checkpoint must share with the run that resumes it: everything that changes the weights.
+
+    Thread count and device are left out (a run may resume on another machine); the process count is
+    left out too (DDP trains the same model; see :mod:`aitasks.model_training.distributed`).
+    """
+    h = hashlib.sha256()
+    h.update(config.model_dump_json().encode("utf-8"))
+    h.update(tcfg.model_dump_json(exclude={"num_threads", "device"}).encode("utf-8"))
+    h.update(np.ascontiguousarray(keys).tobytes())
+    return h.hexdigest()
 
 
 def in_batch_loss(
@@ -561,14 +654,40 @@ def in_batch_loss(
     Returns:
         The scalar loss.
     """
+    return in_batch_loss_sum(u, v, item, 0, log_q, inv_temperature) / max(item.shape[0], 1)
+
+
+def in_batch_loss_sum(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    item: torch.Tensor,
+    offset: int,
+    log_q: torch.Tensor | None,
+    inv_temperature: float,
+) -> torch.Tensor:
+    """Summed in-batch softmax loss of a chunk of users against all item vectors of the batch.
+
+    Args:
+        u: User vectors of the chunk ``[b, E]`` (rows ``offset .. offset + b`` of the batch).
+        v: Item vectors of the whole batch ``[B, E]``.
+        item: Item indices of the whole batch ``[B]``.
+        offset: The chunk's first row in the batch: row ``i`` of ``u``'s positive is column ``offset + i``.
+        log_q: Log sampling probability per item index, or None for no correction.
+        inv_temperature: ``1 / temperature``.
+
+    Returns:
+        The scalar sum of the chunk's per-row losses (0 for an empty chunk).
+    """
+    b = u.shape[0]
     logits = (u @ v.T) * inv_temperature
     if log_q is not None:
         logits = logits - log_q[item].unsqueeze(0)
+    target = torch.arange(offset, offset + b, device=item.device)
     # Another row with the same track is a second positive, not a negative.
-    dup = item.unsqueeze(0) == item.unsqueeze(1)
-    dup.fill_diagonal_(False)
+    dup = item[offset : offset + b].unsqueeze(1) == item.unsqueeze(0)
+    dup[torch.arange(b, device=item.device), target] = False
     logits = logits.masked_fill(dup, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(item.shape[0], device=item.device))
+    return F.cross_entropy(logits, target, reduction="sum")
 
 
 def _lr_factor(kind: str, step: int, total: int) -> float:
@@ -581,77 +700,238 @@ def _lr_factor(kind: str, step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def _fit(
-    model: TwoTowerModel,
-    optimizers: list[torch.optim.Optimizer],
-    tcfg: TrainConfig,
-    keys: npt.NDArray[np.uint64],
-    user_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    item_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    log_q: torch.Tensor,
-    on_epoch: Callable[[dict[str, float]], None] | None,
-) -> list[dict[str, float]]:
+class _Pair(nn.Module):
+    """Both towers behind one ``forward`` (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: TwoTowerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        user: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        item: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.user(*user), self.model.item(*item)
+
+
+@dataclass
+class _Run:
+    """Everything one training loop needs (the arguments of :func:`_fit`)."""
+
+    model: TwoTowerModel
+    optimizers: list[torch.optim.Optimizer]
+    tcfg: TrainConfig
+    keys: npt.NDArray[np.uint64]
+    user_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    item_t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    log_q: torch.Tensor
+    on_epoch: Callable[[dict[str, float]], None] | None
+    precision: Precision
+    info: DistInfo | None
+    store: CheckpointStore | None
+    on_checkpoint: Callable[[str], None] | None
+    fingerprint: str
+
+
+@dataclass
+class _Progress:
+    """The loop's counters: what a checkpoint stores besides tensors."""
+
+    step: int = 0
+    epoch: int = 1
+    batch: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_seconds: float = 0.0
+    averaged: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    average: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _save_checkpoint(run: _Run, prog: _Progress, scaler: torch.amp.GradScaler | None) -> None:
+    assert run.store is not None
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+    tensors |= {f"avg.{k}": v for k, v in prog.average.items()}
+    opt_tensors, opt_docs = optimizer_tensors(run.optimizers)
+    tensors |= opt_tensors
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if run.log_q.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(run.log_q.device)
+    state = CheckpointState(
+        format=CHECKPOINT_FORMAT,
+        format_version=1,
+        fingerprint=run.fingerprint,
+        step=prog.step,
+        epoch=prog.epoch,
+        batch=prog.batch,
+        epoch_loss_sum=prog.epoch_loss_sum,
+        epoch_seconds=prog.epoch_seconds,
+        history=[dict(h) for h in prog.history],
+        averaged=prog.averaged,
+        optimizers=opt_docs,
+        scaler=None if scaler is None else dict(scaler.state_dict()),
+        world_size=1 if run.info is None else run.info.world_size,
+        tensors={},
+        tensors_sha256="",
+    )
+    uri = run.store.save(state, tensors)
+    if run.on_checkpoint is not None:
+        run.on_checkpoint(uri)
+
+
+def _resume(run: _Run, scaler: torch.amp.GradScaler | None) -> _Progress | None:
+    """The progress of the latest checkpoint, with model/optimizer/scaler/RNG state restored; None if none."""
+    assert run.store is not None
+    specs = tensor_specs(run.model.state_dict())
+    loaded = run.store.load(run.fingerprint, specs)
+    if loaded is None:
+        return None
+    state, tensors = loaded
+    where = run.store.policy.uri
+    device = run.log_q.device
+    run.model.load_state_dict({k: tensors[f"model.{k}"].to(device) for k in specs}, strict=True)
+    if len(state.optimizers) != len(run.optimizers):
+        raise DataFormatError(
+            where, f"checkpoint has {len(state.optimizers)} optimizers, this run {len(run.optimizers)}"
+        )
+    for i, (opt, doc) in enumerate(zip(run.optimizers, state.optimizers, strict=True)):
+        restore_optimizer(opt, i, doc, tensors, where)
+    if scaler is not None and state.scaler is not None:
+        scaler.load_state_dict(state.scaler)
+    torch.set_rng_state(tensors["rng.cpu"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    average = {k: tensors[f"avg.{k}"].to(device) for k in specs} if state.averaged else {}
+    return _Progress(
+        step=state.step,
+        epoch=state.epoch,
+        batch=state.batch,
+        epoch_loss_sum=state.epoch_loss_sum,
+        epoch_seconds=state.epoch_seconds,
+        averaged=state.averaged,
+        history=[dict(h) for h in state.history],
+        average=average,
+    )
+
+
+def _fit(run: _Run) -> tuple[list[dict[str, float]], int | None]:
+    """The training loop (single process or one DDP rank); returns (history, step resumed from or None)."""
+    from aitasks.model_training import distributed as ddp
+
+    model, tcfg, info = run.model, run.tcfg, run.info
+    user_t, item_t, log_q = run.user_t, run.item_t, run.log_q
     device = log_q.device
     n = user_t[0].shape[0]
     inv_t = 1.0 / model.config.temperature
-    history: list[dict[str, float]] = []
-    base_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in optimizers]
+    world = 1 if info is None else info.world_size
+    rank = 0 if info is None else info.rank
+    main = info is None or info.is_main
+    base_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in run.optimizers]
     steps_per_epoch = -(-n // tcfg.batch_size)
     total_steps = steps_per_epoch * tcfg.epochs
     first_averaged = tcfg.epochs - min(tcfg.average_epochs, tcfg.epochs) + 1
-    average: dict[str, torch.Tensor] = {}
-    averaged = 0
-    step = 0
     cpe = min(tcfg.checkpoints_per_epoch, steps_per_epoch)
     marks = {round(steps_per_epoch * (j + 1) / cpe) for j in range(cpe)}
+    scaler = torch.amp.GradScaler(device.type) if run.precision.needs_grad_scaler else None
+    autocast_dtype = run.precision.autocast_dtype
+    sparse_ids = [model.user.ids.weight, model.item.ids.weight] if tcfg.optimizer == "sparse" else []
+    pair: nn.Module = _Pair(model)
+    if info is not None:
+        from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: N817 - the usual name
+
+        if sparse_ids:
+            # Sparse id tables are synchronised by ddp.sync_sparse_grads (NCCL has no sparse all-reduce).
+            DDP._set_params_and_buffers_to_ignore_for_model(pair, ["model.user.ids.weight", "model.item.ids.weight"])
+        pair = DDP(pair, device_ids=[device.index] if device.type == "cuda" else None)
+
+    prog = _Progress()
+    resumed: int | None = None
+    if run.store is not None:
+        got = _resume(run, scaler)
+        if got is not None:
+            prog, resumed = got, got.step
+    every = None if run.store is None else run.store.policy.every_steps
     model.train()
-    for epoch in range(1, tcfg.epochs + 1):
+    while prog.step < total_steps:
+        if prog.batch == steps_per_epoch:  # a checkpoint taken at an epoch's end: start the next one
+            prog.epoch, prog.batch, prog.epoch_loss_sum, prog.epoch_seconds = prog.epoch + 1, 0, 0.0, 0.0
+        epoch = prog.epoch
         t0 = time.perf_counter()
-        perm = torch.from_numpy(epoch_order(keys, tcfg.seed, epoch)).to(device)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for b, start in enumerate(range(0, n, tcfg.batch_size), start=1):
-            factor = _lr_factor(tcfg.lr_decay, step, total_steps)
-            for opt, lrs in zip(optimizers, base_lrs, strict=True):
+        perm = torch.from_numpy(epoch_order(run.keys, tcfg.seed, epoch)).to(device)
+        total = torch.tensor(prog.epoch_loss_sum, dtype=torch.float64, device=device)
+        for b in range(prog.batch + 1, steps_per_epoch + 1):
+            start = (b - 1) * tcfg.batch_size
+            factor = _lr_factor(tcfg.lr_decay, prog.step, total_steps)
+            for opt, lrs in zip(run.optimizers, base_lrs, strict=True):
                 for group, lr in zip(opt.param_groups, lrs, strict=True):
                     group["lr"] = lr * factor
-            step += 1
+            prog.step += 1
             rows = perm[start : start + tcfg.batch_size]
-            u = model.user(*(t[rows] for t in user_t))
-            v = model.item(*(t[rows] for t in item_t))
-            loss = in_batch_loss(u, v, item_t[0][rows], log_q if tcfg.logq_correction else None, inv_t)
-            value = float(loss.detach())
+            size = rows.shape[0]
+            lo, hi = ddp.shard_bounds(size, rank, world)
+            mine = rows[lo:hi]
+            with (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            ):
+                u, v = pair(tuple(t[mine] for t in user_t), tuple(t[mine] for t in item_t))
+            u, v = u.float(), v.float()
+            v_all = ddp.gather_rows(v, size, world) if world > 1 else v
+            loss_sum = in_batch_loss_sum(u, v_all, item_t[0][rows], lo, log_q if tcfg.logq_correction else None, inv_t)
+            batch_sum = loss_sum.detach().double()
+            if world > 1:
+                batch_sum = ddp.all_reduce_sum(batch_sum.clone())
+            value = float(batch_sum)
             if not math.isfinite(value):
                 kind = "NaN" if math.isnan(value) else "infinite"
                 raise FatalError(f"loss became {kind} at epoch {epoch} batch {b}; lower lr/sparse_lr or check inputs")
-            for opt in optimizers:
+            for opt in run.optimizers:
                 opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total += loss.detach().double() * rows.shape[0]
+            # DDP averages gradients over ranks: scale so that the average is the gradient of the batch mean.
+            loss = loss_sum * (world / size)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if world > 1 and sparse_ids:
+                ddp.sync_sparse_grads(sparse_ids, world)
+            for opt in run.optimizers:
+                if scaler is not None:
+                    scaler.step(opt)
+                else:
+                    opt.step()
+            if scaler is not None:
+                scaler.update()
+            total += batch_sum
+            prog.batch = b
             if epoch >= first_averaged and b in marks:
                 # Checkpoint averaging (as in stochastic weight averaging): a running mean of the weights
                 # at checkpoints of the last epochs cancels much of the noise of the final SGD steps.
-                averaged += 1
+                prog.averaged += 1
                 with torch.no_grad():
                     for name, tensor in model.state_dict().items():
-                        if name not in average:
-                            average[name] = tensor.detach().clone()
+                        if name not in prog.average:
+                            prog.average[name] = tensor.detach().clone()
                         else:
-                            average[name] += (tensor.detach() - average[name]) / averaged
-        seconds = time.perf_counter() - t0
-        entry = {
-            "epoch": float(epoch),
-            "loss": float(total) / n,
-            "examples_per_s": n / max(seconds, 1e-9),
-            "seconds": seconds,
-        }
-        history.append(entry)
-        if on_epoch is not None:
-            on_epoch(dict(entry))
-    if averaged > 1:
-        model.load_state_dict(average)
-    return history
+                            prog.average[name] += (tensor.detach() - prog.average[name]) / prog.averaged
+            if b == steps_per_epoch:
+                seconds = prog.epoch_seconds + time.perf_counter() - t0
+                entry = {
+                    "epoch": float(epoch),
+                    "loss": float(total) / n,
+                    "examples_per_s": n / max(seconds, 1e-9),
+                    "seconds": seconds,
+                }
+                prog.history.append(entry)
+                if main and run.on_epoch is not None:
+                    run.on_epoch(dict(entry))
+            if run.store is not None and (b == steps_per_epoch if every is None else prog.step % every == 0):
+                prog.epoch_loss_sum = float(total)
+                prog.epoch_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if main:
+                    _save_checkpoint(run, prog, scaler)
+    if prog.averaged > 1:
+        model.load_state_dict(prog.average)
+    return prog.history, resumed
 
 
 # ------------------------------------------------------------------------------------ persistence

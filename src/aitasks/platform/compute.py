@@ -10,6 +10,10 @@
   CPU; ``"cuda"`` / ``"cuda:N"`` is that GPU and fails with a typed, non-retryable
   :class:`~aitasks.runtime.errors.InvalidInputError` naming the field when CUDA (or GPU ``N``) is
   not there: a pipeline that asked for a GPU must not silently train on a CPU.
+* :func:`resolve_precision`: ``None``/``"auto"`` is bf16 autocast on a CUDA device that supports
+  bf16, fp16 autocast (with a gradient scaler) on an older GPU, fp32 on the CPU. ``"fp32"`` is always
+  allowed, ``"bf16"`` on CUDA with bf16 support and on the CPU (CPU autocast has bf16 kernels),
+  ``"fp16"`` only on CUDA; anything else is a typed :class:`~aitasks.runtime.errors.InvalidInputError`.
 * :func:`torch_threads`: pin torch's intra-op threads for a block and restore the caller's count
   afterwards (a task must not change the process for the next one).
 
@@ -22,7 +26,8 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
 
 from aitasks.runtime.errors import FieldIssue, InvalidInputError
 
@@ -32,8 +37,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEVICE_PATTERN",
     "MAX_DEFAULT_THREADS",
+    "PRECISIONS",
+    "Precision",
     "default_num_threads",
     "resolve_device",
+    "resolve_precision",
     "torch_threads",
     "usable_cpus",
 ]
@@ -43,6 +51,36 @@ MAX_DEFAULT_THREADS: Final = 4
 #: Device names :func:`resolve_device` accepts (besides ``None``).
 DEVICE_PATTERN: Final = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 _DEVICE = re.compile(DEVICE_PATTERN)
+#: Precision names :func:`resolve_precision` accepts (besides ``None``).
+PRECISIONS: Final = ("auto", "fp32", "bf16", "fp16")
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The numeric precision of a training run.
+
+    Attributes:
+        name: ``fp32``, ``bf16`` or ``fp16``.
+        device_type: ``cpu`` or ``cuda`` (the autocast device type).
+        chosen_by: ``auto`` or ``setting``.
+    """
+
+    name: PrecisionName
+    device_type: str
+    chosen_by: Literal["auto", "setting"]
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for fp32 (no autocast)."""
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and does not."""
+        return self.name == "fp16"
 
 
 def usable_cpus() -> int:
@@ -88,6 +126,30 @@ def resolve_device(name: str | None, *, task: str, field: str = "device") -> tor
             )
         return device
     return torch.device(name)
+
+
+def resolve_precision(name: str | None, device: torch.device, *, task: str, field: str = "precision") -> Precision:
+    """The precision for ``name`` on ``device`` (see the module docstring for the rules).
+
+    Raises:
+        InvalidInputError: An unknown name, or a precision the device cannot run.
+    """
+    import torch
+
+    if name is not None and name not in PRECISIONS:
+        raise InvalidInputError(task, [FieldIssue(field, f"{name!r} is not one of {', '.join(PRECISIONS)}")])
+    cuda = device.type == "cuda"
+    bf16_ok = cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if name is None or name == "auto":
+        if not cuda:
+            return Precision("fp32", device.type, "auto")
+        return Precision("bf16" if bf16_ok else "fp16", "cuda", "auto")
+    if name == "fp16" and not cuda:
+        raise InvalidInputError(task, [FieldIssue(field, f"'fp16' needs a CUDA device, training runs on {device}")])
+    if name == "bf16" and cuda and not bf16_ok:
+        raise InvalidInputError(task, [FieldIssue(field, f"'bf16' is not supported by {device}; use fp16 or fp32")])
+    chosen: PrecisionName = "fp32" if name == "fp32" else "bf16" if name == "bf16" else "fp16"
+    return Precision(chosen, device.type, "setting")
 
 
 @contextmanager
