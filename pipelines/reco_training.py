@@ -62,8 +62,10 @@ def reco_training(
         training: Training of the two-tower model (every setting of model.train): epochs, batch_size (the
             in-batch negatives), lr (dense, Adam), sparse_lr (id embeddings), seed, embedding_dim (the
             index's dimension), id_dim, hidden_dim, temperature, logq_correction, device (auto, cpu,
-            cuda), average_epochs, checkpoints_per_epoch, lr_decay (none, linear, cosine); and
-            holdout_days (final days held out for the evaluation).
+            cuda), average_epochs, checkpoints_per_epoch, lr_decay (none, linear, cosine), precision (auto,
+            fp32, bf16, fp16), workers (DDP processes through torchrun; 1: one process),
+            checkpoint_every_steps (resumable checkpoints; 0: per epoch); and holdout_days (final days
+            held out for the evaluation).
         model_name: MLflow registered-model name of the recommender.
         serving_mode: auto (the evaluation picks whether served lists drop played tracks), all or
             discovery; also the gate's evaluation protocol.

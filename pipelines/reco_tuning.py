@@ -65,8 +65,9 @@ def reco_tuning(
         training: Training settings of every trial that the search space does not vary, and of the final
             model where the best trial does not set them: epochs, batch_size, lr, sparse_lr, seed (of every
             trial and the final model), embedding_dim, id_dim, hidden_dim, temperature, logq_correction,
-            device (auto, cpu, cuda), average_epochs, checkpoints_per_epoch, lr_decay; and holdout_days
-            (final days held out for the evaluation, never seen by tuning).
+            device (auto, cpu, cuda), average_epochs, checkpoints_per_epoch, lr_decay, precision, workers,
+            checkpoint_every_steps; and holdout_days (final days held out for the evaluation, never seen
+            by tuning).
         tuning: The Optuna study: study_name (empty: derived from the data snapshot and the configuration),
             n_trials (trained in parallel; trial 0 of a new study trains the defaults), seed (of the TPE
             sampler), pruner (median, successive_halving, none), metric (recall_at_10, ndcg_at_10),

@@ -26,8 +26,10 @@ _STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # ------------------------------------------------------------------------------------ suggest
 
 
-#: Keys of the run form's ``training`` group that are not trial settings (``aitasks.run_forms``).
-_ROUTED_ELSEWHERE = frozenset({"seed", "device", "holdout_days"})
+#: Keys of the run form's ``training`` group that are not trial settings (``aitasks.run_forms``): the seed and
+#: device reach the study and the trials through their own inputs; a trial trains in one process at the
+#: default precision without checkpoints, and the final training uses all three.
+_ROUTED_ELSEWHERE = frozenset({"seed", "device", "holdout_days", "precision", "workers", "checkpoint_every_steps"})
 
 
 class SuggestParams(TaskModel):
