@@ -15,7 +15,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from aitasks.runtime.settings import Settings
+from aitasks.runtime.settings import STEP_SECRET_ENV, Settings
 from aitasks.runtime.step import RUN_CONTEXT_KEYS
 
 LABEL_PREFIX = "aitasks.io"
@@ -33,17 +33,7 @@ GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSc
 SETTINGS_CONFIG_MAP = "aitasks-settings"
 #: The Secret every step pod reads its secret settings from: Secret key -> environment variable.
 STEP_SECRETS = "aitasks-step-secrets"
-SECRET_ENV: dict[str, str] = {
-    "pseudonymization-key": "AITASKS_PSEUDONYMIZATION_KEY",
-    # The full Redis URL, password included: never in the ConfigMap.
-    "redis-url": "AITASKS_REDIS_URL",
-    # The Feast SQL registry's DSN (postgresql://user:password@host/db), when the registry is in PostgreSQL.
-    "feast-registry": "AITASKS_FEAST_REGISTRY",
-    # The Optuna study database of reco-tuning (postgresql://user:password@host/db), when tuning runs in pods.
-    "tuning-storage": "AITASKS_TUNING_STORAGE",
-    # The audit records' HMAC key: whoever holds it can rewrite the audit (docs/en/audit.md).
-    "audit-key": "AITASKS_AUDIT_KEY",
-}
+SECRET_ENV: dict[str, str] = dict(STEP_SECRET_ENV)
 
 
 def settings_env() -> dict[str, str]:

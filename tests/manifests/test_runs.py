@@ -184,6 +184,8 @@ def test_runner_account(runs_overlay: str, runs_docs: list[dict[str, Any]]) -> N
         (("",), ("pods",), (), ("get",)),
         (("",), ("configmaps",), ("kfp-launcher",), ("get",)),
         (("",), ("secrets",), ("mlpipeline-minio-artifact",), ("get",)),
+        # model.train_pytorchjob: its own jobs only; never updated.
+        (("kubeflow.org",), ("pytorchjobs",), (), ("create", "delete", "get", "watch")),
     }
 
 

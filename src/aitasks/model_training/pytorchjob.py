@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aitasks.runtime.errors import FatalError, FieldIssue, InvalidInputError, ServiceUnavailableError
+from aitasks.runtime.settings import STEP_SECRET_ENV
 
 __all__ = [
     "GROUP",
@@ -58,13 +59,8 @@ MASTER_PORT: Final = 23456
 RUN_AS: Final = 10001
 _TASK: Final = "model.train_pytorchjob"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-#: Secret key -> env var, as pipelines/k8s.py SECRET_ENV (a test holds the two equal).
-SECRET_ENV: Final[Mapping[str, str]] = {
-    "pseudonymization-key": "AITASKS_PSEUDONYMIZATION_KEY",
-    "redis-url": "AITASKS_REDIS_URL",
-    "feast-registry": "AITASKS_FEAST_REGISTRY",
-    "audit-key": "AITASKS_AUDIT_KEY",
-}
+#: Secret key -> env var, as for every pipeline step (one source: the settings module).
+SECRET_ENV: Final[Mapping[str, str]] = STEP_SECRET_ENV
 
 
 def job_name(key: str, prefix: str = "aitasks-train") -> str:

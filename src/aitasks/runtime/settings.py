@@ -24,6 +24,21 @@ DEV_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEV_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
 
 
+#: Keys of the step Secret (``aitasks-step-secrets``) and the env var each becomes in a step pod: the one
+#: source for the compiled pipelines (pipelines/k8s.py) and the PyTorchJob pods (model_training.pytorchjob).
+STEP_SECRET_ENV: dict[str, str] = {
+    "pseudonymization-key": "AITASKS_PSEUDONYMIZATION_KEY",
+    # The full Redis URL, password included: never in the ConfigMap.
+    "redis-url": "AITASKS_REDIS_URL",
+    # The Feast SQL registry's DSN (postgresql://user:password@host/db), when the registry is in PostgreSQL.
+    "feast-registry": "AITASKS_FEAST_REGISTRY",
+    # The Optuna study database of reco-tuning (postgresql://user:password@host/db), when tuning runs in pods.
+    "tuning-storage": "AITASKS_TUNING_STORAGE",
+    # The audit records' HMAC key: whoever holds it can rewrite the audit (docs/en/audit.md).
+    "audit-key": "AITASKS_AUDIT_KEY",
+}
+
+
 class Settings(BaseSettings):
     """Platform settings. Environment variables use the ``AITASKS_`` prefix, e.g. ``AITASKS_STORAGE_ROOT``."""
 
