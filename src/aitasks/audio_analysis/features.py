@@ -40,12 +40,11 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
-import scipy.signal
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,6 +61,7 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+T = TypeVar("T", bound=np.generic)
 
 SIGNAL_URI: Final = "<signal>"
 #: Integrated loudness reported for silence (and anything that no gating block survives).
@@ -75,6 +75,9 @@ _ZCR_THRESHOLD: Final = np.float32(1e-10)  # librosa.feature.zero_crossing_rate:
 _TINY32: Final = float(np.finfo(np.float32).tiny)  # librosa.util.normalize threshold for float32 input
 _MEL_BLOCK: Final = 16  # mel filters per dense block of the banded mel product
 _PRODUCT_LOG_MAX_POWER: Final = 1e18  # spectral flatness sums logs of products of bins up to this power
+_FLATNESS_GROUP: Final = 16  # bins per product whose logarithm the spectral flatness takes
+_ROLLOFF_GROUP: Final = 32  # bins per group of the rolloff's two-level search
+_STATS_BLOCK: Final = 128  # frames per float64 block of the spectral statistics (1 MB at n_fft 2048)
 
 _WORKSPACE_MAX_BYTES: Final = 64 * 2**20  # per-thread scratch kept between calls (~3 min of audio at the defaults)
 _LOUDNESS_CHUNK: Final = 1 << 16  # samples per K-weighting filter call
@@ -215,15 +218,92 @@ def feature_names(cfg: FeatureConfig = DEFAULT_CONFIG) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=16)
+def _hann(length: int) -> F64:
+    """Periodic Hann window, bit for bit as ``scipy.signal.get_window("hann", length, fftbins=True)``.
+
+    Computed here so that no worker imports ``scipy.signal`` just for a window: scipy's general cosine
+    window is ``0.5 + 0.5 * cos(linspace(-pi, pi, length + 1))`` with the last point dropped.
+    """
+    fac = np.linspace(-np.pi, np.pi, length + 1)[:length]
+    return _read_only(0.5 + 0.5 * np.cos(fac))
+
+
+@functools.lru_cache(maxsize=16)
 def _window(n_fft: int) -> F32:
-    return np.asarray(scipy.signal.get_window("hann", n_fft, fftbins=True), dtype=np.float32)
+    return _read_only(_hann(n_fft).astype(np.float32))
 
 
 @functools.lru_cache(maxsize=16)
 def _fft_frequencies(sr: int, n_fft: int) -> F64:
-    import librosa
+    """``librosa.fft_frequencies``: the centre frequency of every rfft bin."""
+    return _read_only(np.fft.rfftfreq(n=n_fft, d=1.0 / sr))
 
-    return np.asarray(librosa.fft_frequencies(sr=sr, n_fft=n_fft), dtype=np.float64)
+
+# Slaney's mel scale (librosa.hz_to_mel / mel_to_hz with htk=False): linear below 1 kHz, logarithmic above.
+_MEL_F_SP: Final = 200.0 / 3
+_MEL_MIN_LOG_HZ: Final = 1000.0
+_MEL_MIN_LOG_MEL: Final = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOGSTEP: Final = float(np.log(6.4) / 27.0)
+
+
+def _hz_to_mel(hz: F64) -> F64:
+    mels = hz / _MEL_F_SP
+    log_t = hz >= _MEL_MIN_LOG_HZ
+    mels[log_t] = _MEL_MIN_LOG_MEL + np.log(hz[log_t] / _MEL_MIN_LOG_HZ) / _MEL_LOGSTEP
+    return mels
+
+
+def _mel_to_hz(mels: F64) -> F64:
+    hz = _MEL_F_SP * mels
+    log_t = mels >= _MEL_MIN_LOG_MEL
+    hz[log_t] = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOGSTEP * (mels[log_t] - _MEL_MIN_LOG_MEL))
+    return hz
+
+
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> F32:
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)`` (Slaney scale and norm).
+
+    The same operations in the same order as librosa 0.11, so the float32 weights are equal to librosa's (a test
+    holds them to it); computed here because importing librosa costs a worker seconds.
+    """
+    top = float(sr) / 2 if fmax is None else fmax
+    edges = _hz_to_mel(np.array([fmin, top], dtype=np.float64))
+    mel_f = _mel_to_hz(np.linspace(edges[0], edges[1], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, _fft_frequencies(sr, n_fft))
+    lower = -ramps[:n_mels] / fdiff[:n_mels, None]
+    upper = ramps[2 : n_mels + 2] / fdiff[1 : n_mels + 1, None]
+    weights = np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
+    weights *= enorm[:, np.newaxis]  # float32 *= float64: computed in float64, stored as float32, as librosa
+    return weights
+
+
+def _chroma_basis(sr: int, n_fft: int, n_chroma: int) -> F32:
+    """``librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)`` (ctroct 5, octwidth 2, norm 2,
+    base C), with librosa 0.11's operations in its order; a test holds the weights to librosa's."""
+    frequencies = np.linspace(0, sr, n_fft, endpoint=False)[1:]
+    a440_over_16 = 440.0 / 16  # 440 * 2 ** (tuning / n_chroma) / 16 with tuning 0
+    frqbins = n_chroma * np.log2(frequencies / a440_over_16)
+    frqbins = np.concatenate(([frqbins[0] - 1.5 * n_chroma], frqbins))
+    binwidthbins = np.concatenate((np.maximum(frqbins[1:] - frqbins[:-1], 1.0), [1]))
+    d = np.subtract.outer(frqbins, np.arange(0, n_chroma, dtype="d")).T
+    n_chroma2 = np.round(float(n_chroma) / 2)
+    d = np.remainder(d + n_chroma2 + 10 * n_chroma, n_chroma) - n_chroma2
+    wts = np.exp(-0.5 * (2 * d / np.tile(binwidthbins, (n_chroma, 1))) ** 2)
+    # librosa.util.normalize(wts, norm=2, axis=0): columns of (near) zero length are left as they are.
+    length = np.sum(np.abs(wts) ** 2, axis=0, keepdims=True) ** (1.0 / 2)
+    length[length < np.finfo(wts.dtype).tiny] = 1.0
+    wts = wts / length
+    wts *= np.tile(np.exp(-0.5 * (((frqbins / n_chroma - 5.0) / 2) ** 2)), (n_chroma, 1))
+    wts = np.roll(wts, -3 * (n_chroma // 12), axis=0)
+    return np.ascontiguousarray(wts[:, : int(1 + n_fft / 2)], dtype=np.float32)
+
+
+def _read_only(arr: npt.NDArray[T]) -> npt.NDArray[T]:
+    """Cached arrays are shared by every call (and every worker forked after they were built): freeze them."""
+    arr.setflags(write=False)
+    return arr
 
 
 @dataclass(frozen=True)
@@ -236,9 +316,7 @@ class _MelBank:
 
 @functools.lru_cache(maxsize=16)
 def _mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> _MelBank:
-    import librosa
-
-    basis = np.asarray(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax), np.float32)
+    basis = _mel_basis(sr, n_fft, n_mels, fmin, fmax)
     blocks = []
     for lo in range(0, n_mels, _MEL_BLOCK):
         hi = min(lo + _MEL_BLOCK, n_mels)
@@ -246,16 +324,13 @@ def _mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None)
         if touched.size == 0:  # filters narrower than a bin are all-zero; their output stays 0
             continue
         b_lo, b_hi = int(touched[0]), int(touched[-1]) + 1
-        blocks.append((lo, hi, b_lo, b_hi, np.ascontiguousarray(basis[lo:hi, b_lo:b_hi].T)))
+        blocks.append((lo, hi, b_lo, b_hi, _read_only(np.ascontiguousarray(basis[lo:hi, b_lo:b_hi].T))))
     return _MelBank(n_mels=n_mels, blocks=tuple(blocks))
 
 
 @functools.lru_cache(maxsize=16)
 def _chroma_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
-    import librosa
-
-    basis = librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)
-    return np.ascontiguousarray(np.asarray(basis, dtype=np.float32).T)  # (bins, n_chroma)
+    return _read_only(np.ascontiguousarray(_chroma_basis(sr, n_fft, n_chroma).T))  # (bins, n_chroma)
 
 
 @functools.lru_cache(maxsize=16)
@@ -272,7 +347,14 @@ def _rms_weights(n_fft: int) -> F32:
     weights[0] = 0.5
     if n_fft % 2 == 0:
         weights[-1] = 0.5
-    return np.asarray(weights * (2.0 / float(n_fft) ** 2), dtype=np.float32)
+    return _read_only(np.asarray(weights * (2.0 / float(n_fft) ** 2), dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _power_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
+    """``(bins, n_chroma + 1)``: the chroma bank, then the rms weights, so one product serves both."""
+    bank = np.concatenate([_chroma_bank(sr, n_fft, n_chroma), _rms_weights(n_fft)[:, None]], axis=1)
+    return _read_only(np.ascontiguousarray(bank))
 
 
 @functools.lru_cache(maxsize=16)
@@ -325,7 +407,7 @@ def _tempo_setup(sr: int, hop_length: int) -> tuple[int, int, F32, F64]:
     """Autocorrelation window length, FFT size, Hann window and log-prior per lag (librosa.feature.tempo)."""
     win_length = max(int(_TEMPO_AC_SIZE_S * sr) // hop_length, 1)
     n_pad = scipy.fft.next_fast_len(2 * win_length - 1, real=True)
-    window = np.asarray(scipy.signal.get_window("hann", win_length, fftbins=True), dtype=np.float32)
+    window = _hann(win_length).astype(np.float32)
     lags = np.arange(win_length, dtype=np.float64)
     with np.errstate(divide="ignore"):
         bpms = 60.0 * sr / (hop_length * lags)  # bpms[0] = inf
@@ -379,6 +461,7 @@ class _Workspace(threading.local):
 
     def __init__(self) -> None:
         self.buffer: F32 = np.empty(0, dtype=np.float32)
+        self.block: F64 = np.empty(0, dtype=np.float64)
 
     def floats(self, count: int) -> F32:
         """A float32 scratch array of ``count`` elements (contents undefined), starting at the buffer start."""
@@ -389,6 +472,12 @@ class _Workspace(threading.local):
             self.buffer = fresh
         return fresh
 
+    def doubles(self, count: int) -> F64:
+        """A float64 scratch array of ``count`` elements apart from :meth:`floats` (a block of frames)."""
+        if count > self.block.size:
+            self.block = np.empty(count, dtype=np.float64)
+        return self.block[:count]
+
 
 _workspace = _Workspace()
 
@@ -398,6 +487,11 @@ _workspace = _Workspace()
 
 
 def _as_signal(y: npt.ArrayLike) -> F32:
+    return _checked_signal(y)[0]
+
+
+def _checked_signal(y: npt.ArrayLike) -> tuple[F32, float]:
+    """The signal as contiguous float32, and its peak ``max |y|``; refuses what is not finite float audio."""
     arr = np.asarray(y)
     if arr.dtype.kind != "f":
         raise DataFormatError(uri=SIGNAL_URI, problem=f"expected a real floating-point signal, got dtype {arr.dtype}")
@@ -418,7 +512,7 @@ def _as_signal(y: npt.ArrayLike) -> F32:
             uri=SIGNAL_URI,
             problem=f"signal peak amplitude {peak:g} exceeds {MAX_ABS_AMPLITUDE:g}; expected float audio in [-1, 1]",
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32), peak
 
 
 def _check_sr(sr: int) -> int:
@@ -487,105 +581,101 @@ def _log_mel(power: F32, bank: _MelBank) -> F32:
     return db
 
 
-def _chroma(power: F32, bank: F32) -> F32:
-    raw = power @ bank
-    length = np.max(np.abs(raw), axis=1, keepdims=True).astype(np.float64)
+def _chroma(raw: F32) -> F32:
+    """librosa.feature.chroma_stft's normalisation (norm=inf per frame) of ``P @ chroma_bank``; the bank and
+    the power are non-negative, so the frame's largest bin is its infinity norm."""
+    length = raw.max(axis=1, keepdims=True).astype(np.float64)
     length[length < _TINY32] = 1.0  # librosa.util.normalize leaves near-zero frames unnormalised
     return np.asarray(raw / length, dtype=np.float32)
 
 
-def _centroid_bandwidth(mag: F32, freq: F64) -> tuple[F64, F64]:
-    """librosa's spectral_centroid and spectral_bandwidth (p=2), from S.
+@functools.lru_cache(maxsize=16)
+def _moments_matrix(sr: int, n_fft: int) -> F64:
+    """``(bins, 3)``: 1, f and f**2 per bin, so ``S @ M`` gives each frame's sum, first and second moment."""
+    freq = _fft_frequencies(sr, n_fft)
+    return _read_only(np.stack([np.ones_like(freq), freq, freq * freq], axis=1))
 
-    The bandwidth sums ``S * (f - centroid)**2`` directly (in blocks of frames): the shortcut
-    ``E[f**2] - centroid**2`` would cancel catastrophically in float32 for narrow-band frames.
+
+@dataclass(frozen=True)
+class _SpectralStats:
+    centroid: F64
+    bandwidth: F64
+    rolloff: F64
+    flatness: F64
+
+
+def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float, max_power: float) -> _SpectralStats:
+    """Centroid, bandwidth, rolloff and flatness of every frame, from ``S`` in one pass over blocks of frames.
+
+    Each block of ``_STATS_BLOCK`` frames is converted to float64 once (about 1 MB at ``n_fft`` 2048, so it
+    stays in the core's L2 cache) and every statistic is read from that copy:
+
+    * centroid and bandwidth (librosa's ``spectral_centroid`` and ``spectral_bandwidth``, p=2) from the
+      frame's moments ``sum S``, ``sum f S`` and ``sum f**2 S``: in float64, ``E[f**2] - centroid**2`` keeps
+      the bandwidth of a pure tone (float32 would cancel it);
+    * rolloff (``spectral_rolloff``): sums of groups of ``_ROLLOFF_GROUP`` bins locate the group where the
+      cumulative magnitude crosses ``roll_percent`` of the total, then that group alone is accumulated;
+    * flatness (``spectral_flatness``, power 2, amin 1e-10): the block is squared in place, floored at amin,
+      and the logarithm of the geometric mean is the sum of the logarithms of products of
+      ``_FLATNESS_GROUP`` bins: 16 powers in [1e-10, 1e18] multiply to [1e-160, 1e288], finite in float64,
+      and one logarithm in 16 is the dearest part saved. ``max_power`` bounds every bin's power (from the
+      signal's peak); above ``_PRODUCT_LOG_MAX_POWER`` every bin gets its own logarithm.
+
+    Silent frames follow librosa: centroid, bandwidth and rolloff 0, flatness 1 (amin / amin).
     """
     n_frames, n_bins = mag.shape
-    freq32 = freq.astype(np.float32)
-    sums = (mag @ np.stack([np.ones_like(freq32), freq32], axis=1)).astype(np.float64)  # (frames, [S, f S])
-    total = sums[:, 0].copy()
-    total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
-    centroid = sums[:, 1] / total
-    spread = np.empty(n_frames)
-    block = 64
-    deviation = np.empty((min(block, n_frames), n_bins), dtype=np.float32)
-    for start in range(0, n_frames, block):
-        stop = min(start + block, n_frames)
-        dev = deviation[: stop - start]
-        np.subtract(freq32[None, :], centroid[start:stop, None].astype(np.float32), out=dev)
-        np.multiply(dev, dev, out=dev)
-        spread[start:stop] = np.einsum("ij,ij->i", dev, mag[start:stop])  # positive terms: float32 is fine
-    return centroid, np.sqrt(spread / total)
+    moments = _moments_matrix(sr, n_fft)
+    freq = _fft_frequencies(sr, n_fft)
+    centroid, bandwidth, rolloff, flatness = (np.empty(n_frames) for _ in range(4))
+    starts = np.arange(0, n_bins, _ROLLOFF_GROUP)
+    offsets = np.arange(_ROLLOFF_GROUP)
+    groups = n_bins // _FLATNESS_GROUP if max_power <= _PRODUCT_LOG_MAX_POWER else 0
+    grouped = groups * _FLATNESS_GROUP
+    block = _workspace.doubles(min(_STATS_BLOCK, n_frames) * n_bins)
+    for lo in range(0, n_frames, _STATS_BLOCK):
+        hi = min(lo + _STATS_BLOCK, n_frames)
+        s = block[: (hi - lo) * n_bins].reshape(hi - lo, n_bins)
+        np.copyto(s, mag[lo:hi])
+        rows = np.arange(hi - lo)
+
+        sums = s @ moments  # (frames, [sum S, sum f S, sum f^2 S])
+        total = sums[:, 0].copy()
+        total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
+        c = sums[:, 1] / total
+        centroid[lo:hi] = c
+        spread = (sums[:, 2] - 2.0 * c * sums[:, 1] + c * c * sums[:, 0]) / total
+        bandwidth[lo:hi] = np.sqrt(np.maximum(spread, 0.0))
+
+        cum = np.cumsum(np.add.reduceat(s, starts, axis=1), axis=1)
+        threshold = roll_percent * cum[:, -1]
+        grp = np.argmax(cum >= threshold[:, None], axis=1)
+        before = np.where(grp > 0, cum[rows, np.maximum(grp - 1, 0)], 0.0)
+        cols = grp[:, None] * _ROLLOFF_GROUP + offsets[None, :]
+        inside = np.where(cols < n_bins, s[rows[:, None], np.minimum(cols, n_bins - 1)], 0.0)
+        reached = before[:, None] + np.cumsum(inside, axis=1) >= threshold[:, None]
+        # Rounding can leave the group's own cumulative sum a hair below the threshold: take its last bin then.
+        offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), _ROLLOFF_GROUP - 1)
+        rolloff[lo:hi] = freq[np.minimum(grp * _ROLLOFF_GROUP + offset, n_bins - 1)]
+
+        power = np.multiply(s, s, out=s)
+        np.maximum(power, _AMIN, out=power)
+        amean = power.sum(axis=1) / n_bins
+        log_sum = np.log(power[:, grouped:]).sum(axis=1) if grouped < n_bins else np.zeros(hi - lo)
+        if groups:
+            width = grouped
+            while width > groups:  # halves multiplied in place: 16 bins per product after four rounds
+                half = width // 2
+                np.multiply(power[:, :half], power[:, half:width], out=power[:, :half])
+                width = half
+            log_sum += np.log(power[:, :groups], out=power[:, :groups]).sum(axis=1)
+        flatness[lo:hi] = np.exp(log_sum / n_bins) / amean
+    return _SpectralStats(centroid=centroid, bandwidth=bandwidth, rolloff=rolloff, flatness=flatness)
 
 
-def _rolloff(mag: F32, freq: F64, roll_percent: float) -> F64:
-    """librosa.feature.spectral_rolloff(S=S): lowest bin frequency whose cumulative magnitude reaches
-    ``roll_percent`` of the frame's total.
-
-    Blocked search instead of a full cumulative sum: block totals locate the crossing block, then only that
-    block is accumulated.
-    """
-    n_frames, n_bins = mag.shape
-    block = 32
-    starts = np.arange(0, n_bins, block)
-    cum = np.cumsum(np.add.reduceat(mag, starts, axis=1), axis=1, dtype=np.float64)
-    threshold = roll_percent * cum[:, -1]
-    blk = np.argmax(cum >= threshold[:, None], axis=1)
-    rows = np.arange(n_frames)
-    before = np.where(blk > 0, cum[rows, np.maximum(blk - 1, 0)], 0.0)
-    cols = blk[:, None] * block + np.arange(block)[None, :]
-    inside = np.where(cols < n_bins, mag[rows[:, None], np.minimum(cols, n_bins - 1)], np.float32(0.0))
-    reached = before[:, None] + np.cumsum(inside, axis=1, dtype=np.float64) >= threshold[:, None]
-    # Rounding can leave the block's own cumulative sum a hair below the threshold: take its last bin then.
-    offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), block - 1)
-    index = np.minimum(blk * block + offset, n_bins - 1)
-    return np.asarray(freq[index], dtype=np.float64)
-
-
-def _flatness(power: F32, scratch: F32) -> F64:
-    """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
-
-    May overwrite ``power`` (with max(P, amin)) and overwrites ``scratch`` (same shape): both must be dead.
-    """
-    n_bins = power.shape[1]
-    if float(power.min()) < _AMIN:  # only digital silence and deep notches reach librosa's floor
-        np.maximum(power, np.float32(_AMIN), out=power)
-    amean = (power @ np.ones(n_bins, dtype=np.float32)).astype(np.float64) / n_bins
-    if float(power.max()) > _PRODUCT_LOG_MAX_POWER:
-        log_sum = np.log(power, out=scratch).sum(axis=1, dtype=np.float64)
-    else:
-        # Half the logarithms: ln(a) + ln(b) = ln(a * b); with amin <= P <= 1e18 the float32 products stay
-        # normal and finite ([1e-20, 1e36]).
-        half = n_bins // 2
-        pairs = np.multiply(power[:, 0 : 2 * half : 2], power[:, 1 : 2 * half : 2], out=scratch[:, :half])
-        log_sum = np.log(pairs, out=pairs).sum(axis=1, dtype=np.float64)
-        if n_bins % 2:
-            log_sum += np.log(power[:, -1], dtype=np.float64)
-    return np.asarray(np.exp(log_sum / n_bins) / amean)
-
-
-def _extreme_means(rows: F32, count: int, scratch: F32) -> tuple[F64, F64]:
-    """Means of the ``count`` smallest and of the ``count`` largest values of each row of non-negative values.
-
-    In-place partial selection (introselect) on a copy in ``scratch`` (when large enough) instead of a full
-    sort; non-negative float32 values order like their int32 bit patterns, whose selection is faster.
-    """
-    n_rows, width = rows.shape
-    if count == 1:
-        return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-    if scratch.size >= n_rows * width:
-        work = scratch[: n_rows * width].reshape(n_rows, width)
-        np.copyto(work, rows)
-    else:
-        work = rows.copy()
-    bits = work.view(np.int32)
-    bits.partition(count - 1, axis=1)
-    low = bits[:, :count].view(np.float32).mean(axis=1, dtype=np.float64)
-    # The `count` largest lie in the part above the first selection when it is wide enough.
-    upper = bits[:, count:] if width - count >= count else bits
-    upper.partition(upper.shape[1] - count, axis=1)
-    high = upper[:, -count:].view(np.float32).mean(axis=1, dtype=np.float64)
-    return np.asarray(low), np.asarray(high)
+def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
+    """librosa's spectral_centroid and spectral_bandwidth (p=2), from S (see :func:`_spectral_stats`)."""
+    stats = _spectral_stats(mag, sr, n_fft, 0.85, max_power=math.inf)
+    return stats.centroid, stats.bandwidth
 
 
 def _power_to_db(x: F64) -> F64:
@@ -593,11 +683,34 @@ def _power_to_db(x: F64) -> F64:
     return np.asarray(np.maximum(db, db.max() - _TOP_DB))
 
 
-def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...], scratch: F32) -> F64:
-    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile)."""
-    extremes = [_extreme_means(mag[:, start:stop], count, scratch) for start, stop, count in bands]
-    valley = np.stack([low for low, _ in extremes])
-    peak = np.stack([high for _, high in extremes])
+def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
+    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile).
+
+    A band whose quantile is one bin needs only its minimum and maximum: consecutive such bands (the low octaves)
+    are reduced together by ``reduceat``. Wider quantiles sort the band once per frame (both ends from one sort;
+    non-negative float32 values order like their int32 bit patterns, whose sort is faster).
+    """
+    n_frames = mag.shape[0]
+    valley = np.empty((len(bands), n_frames))
+    peak = np.empty((len(bands), n_frames))
+    k = 0
+    while k < len(bands):
+        start, stop, count = bands[k]
+        if count == 1:
+            run = k + 1  # the run of single-bin bands that tile a contiguous range of bins
+            while run < len(bands) and bands[run][2] == 1 and bands[run][0] == bands[run - 1][1]:
+                run += 1
+            first, last = bands[k][0], bands[run - 1][1]
+            edges = np.array([b[0] - first for b in bands[k:run]])
+            segment = mag[:, first:last]
+            valley[k:run] = np.minimum.reduceat(segment, edges, axis=1).T
+            peak[k:run] = np.maximum.reduceat(segment, edges, axis=1).T
+            k = run
+            continue
+        ordered = np.sort(mag[:, start:stop].view(np.int32), axis=1).view(np.float32)
+        valley[k] = ordered[:, :count].mean(axis=1, dtype=np.float64)
+        peak[k] = ordered[:, -count:].mean(axis=1, dtype=np.float64)
+        k += 1
     return _power_to_db(peak) - _power_to_db(valley)
 
 
@@ -689,11 +802,13 @@ def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
 def _integrated_loudness(y: F32, sr: int) -> float:
     # K-weight in chunks (carrying the filter state) into float64 squares kept in the thread's workspace.
     squared = _workspace.floats(2 * y.size).view(np.float64)
+    from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
+
     sos = _k_weighting(sr)
     state = np.zeros((sos.shape[0], 2))
     for start in range(0, y.size, _LOUDNESS_CHUNK):
         stop = min(start + _LOUDNESS_CHUNK, y.size)
-        weighted, state = scipy.signal.sosfilt(sos, y[start:stop], zi=state)
+        weighted, state = sosfilt(sos, y[start:stop], zi=state)
         np.multiply(weighted, weighted, out=squared[start:stop])
     block = round(_BLOCK_S * sr)
     if squared.size < block or block < 4:
@@ -736,7 +851,7 @@ def extract_features(
         DataFormatError: Empty, non-finite, non-float or multi-dimensional signal; bad sample rate; or a sample
             rate incompatible with the configuration (``fmax`` or contrast bands above Nyquist).
     """
-    signal = _as_signal(y)
+    signal, peak = _checked_signal(y)
     sr = _check_sr(sr)
     nyquist = sr / 2.0
     if cfg.fmax is not None and cfg.fmax > nyquist:
@@ -745,24 +860,31 @@ def extract_features(
         raise DataFormatError(uri=SIGNAL_URI, problem=f"fmin {cfg.fmin:g} Hz is not below the mel fmax / Nyquist")
     n_fft, hop = cfg.n_fft, cfg.hop_length
     bands = _contrast_bands(sr, n_fft, cfg.contrast_fmin, cfg.contrast_bands, cfg.contrast_quantile)
-    freq = _fft_frequencies(sr, n_fft)
+    power_bank = _power_bank(sr, n_fft, cfg.n_chroma)
 
-    mag, power, scratch = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
+    mag, power, _ = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
     n_frames = mag.shape[0]
 
     log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
     mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
-    chroma = _chroma(power, _chroma_bank(sr, n_fft, cfg.n_chroma))
-    rms = np.sqrt(power @ _rms_weights(n_fft))
-    centroid, bandwidth = _centroid_bandwidth(mag, freq)
-    rolloff = _rolloff(mag, freq, cfg.rolloff_percent)
-    contrast = _contrast(mag, bands, scratch)  # (bands + 1, frames)
-    flatness = _flatness(power, scratch=mag)  # last use of S and P: overwrites both
+    projected = power @ power_bank  # chroma bins, then the rms sum: one product over the power
+    chroma = _chroma(projected[:, : cfg.n_chroma])
+    rms = np.sqrt(projected[:, cfg.n_chroma])
+    # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (float32 rounding: 1 % margin).
+    max_power = (1.01 * peak * n_fft / 2) ** 2
+    spectral = _spectral_stats(mag, sr, n_fft, cfg.rolloff_percent, max_power)
+    contrast = _contrast(mag, bands)  # (bands + 1, frames)
     onset = _onset_strength(log_mel, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
     tempo = _tempo(onset, sr, hop)
     loudness = _integrated_loudness(signal, sr)
     duration = signal.size / sr
+    centroid, bandwidth, rolloff, flatness = (
+        spectral.centroid,
+        spectral.bandwidth,
+        spectral.rolloff,
+        spectral.flatness,
+    )
 
     n_vec, n_chr, n_con = cfg.n_mfcc, cfg.n_chroma, cfg.contrast_bands + 1
     rows = np.empty((n_vec + n_chr + n_con + len(_SCALAR_FRAME_FEATURES), n_frames))
