@@ -75,9 +75,8 @@ _ZCR_THRESHOLD: Final = np.float32(1e-10)  # librosa.feature.zero_crossing_rate:
 _TINY32: Final = float(np.finfo(np.float32).tiny)  # librosa.util.normalize threshold for float32 input
 _MEL_BLOCK: Final = 16  # mel filters per dense block of the banded mel product
 _PRODUCT_LOG_MAX_POWER: Final = 1e18  # spectral flatness sums logs of products of bins up to this power
-_FLATNESS_GROUP: Final = 16  # bins per product whose logarithm the spectral flatness takes
 _ROLLOFF_GROUP: Final = 32  # bins per group of the rolloff's two-level search
-_STATS_BLOCK: Final = 128  # frames per float64 block of the spectral statistics (1 MB at n_fft 2048)
+_STATS_BLOCK: Final = 128  # frames per float64 block of the spectral moments (1 MB at n_fft 2048)
 
 _WORKSPACE_MAX_BYTES: Final = 64 * 2**20  # per-thread scratch kept between calls (~3 min of audio at the defaults)
 _LOUDNESS_CHUNK: Final = 1 << 16  # samples per K-weighting filter call
@@ -601,81 +600,92 @@ class _SpectralStats:
     centroid: F64
     bandwidth: F64
     rolloff: F64
-    flatness: F64
 
 
-def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float, max_power: float) -> _SpectralStats:
-    """Centroid, bandwidth, rolloff and flatness of every frame, from ``S`` in one pass over blocks of frames.
+def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float) -> _SpectralStats:
+    """Centroid, bandwidth (p=2) and rolloff of every frame (librosa's ``spectral_centroid``,
+    ``spectral_bandwidth`` and ``spectral_rolloff`` of ``S``), from moments and group sums taken in float64.
 
-    Each block of ``_STATS_BLOCK`` frames is converted to float64 once (about 1 MB at ``n_fft`` 2048, so it
-    stays in the core's L2 cache) and every statistic is read from that copy:
+    Blocks of ``_STATS_BLOCK`` frames are copied to float64 (about 1 MB at ``n_fft`` 2048: the copy stays in
+    the core's L2 cache), laid out so that one matrix product gives each frame's ``sum S``, ``sum f S`` and
+    ``sum f**2 S`` and a second the sums of consecutive groups of ``_ROLLOFF_GROUP`` bins:
 
-    * centroid and bandwidth (librosa's ``spectral_centroid`` and ``spectral_bandwidth``, p=2) from the
-      frame's moments ``sum S``, ``sum f S`` and ``sum f**2 S``: in float64, ``E[f**2] - centroid**2`` keeps
-      the bandwidth of a pure tone (float32 would cancel it);
-    * rolloff (``spectral_rolloff``): sums of groups of ``_ROLLOFF_GROUP`` bins locate the group where the
-      cumulative magnitude crosses ``roll_percent`` of the total, then that group alone is accumulated;
-    * flatness (``spectral_flatness``, power 2, amin 1e-10): the block is squared in place, floored at amin,
-      and the logarithm of the geometric mean is the sum of the logarithms of products of
-      ``_FLATNESS_GROUP`` bins: 16 powers in [1e-10, 1e18] multiply to [1e-160, 1e288], finite in float64,
-      and one logarithm in 16 is the dearest part saved. ``max_power`` bounds every bin's power (from the
-      signal's peak); above ``_PRODUCT_LOG_MAX_POWER`` every bin gets its own logarithm.
+    * in float64, ``E[f**2] - centroid**2`` keeps the bandwidth of a pure tone (float32 sums would cancel it);
+    * the rolloff is found in two levels: the group sums locate the group where the cumulative magnitude
+      crosses ``roll_percent`` of the total, then only that group's bins are accumulated.
 
-    Silent frames follow librosa: centroid, bandwidth and rolloff 0, flatness 1 (amin / amin).
+    Silent frames follow librosa: centroid, bandwidth and rolloff 0.
     """
     n_frames, n_bins = mag.shape
+    group = _ROLLOFF_GROUP
+    n_groups, tail = divmod(n_bins, group)
+    main = n_groups * group  # bins in whole groups; the ``tail`` last bins (Nyquist) form one more group
     moments = _moments_matrix(sr, n_fft)
     freq = _fft_frequencies(sr, n_fft)
-    centroid, bandwidth, rolloff, flatness = (np.empty(n_frames) for _ in range(4))
-    starts = np.arange(0, n_bins, _ROLLOFF_GROUP)
-    offsets = np.arange(_ROLLOFF_GROUP)
-    groups = n_bins // _FLATNESS_GROUP if max_power <= _PRODUCT_LOG_MAX_POWER else 0
-    grouped = groups * _FLATNESS_GROUP
-    block = _workspace.doubles(min(_STATS_BLOCK, n_frames) * n_bins)
+    sums = np.empty((n_frames, 3))
+    cum = np.empty((n_frames, n_groups + (1 if tail else 0)))
+    block = _workspace.doubles(min(_STATS_BLOCK, n_frames) * main)
+    ones = np.ones(group)
     for lo in range(0, n_frames, _STATS_BLOCK):
         hi = min(lo + _STATS_BLOCK, n_frames)
-        s = block[: (hi - lo) * n_bins].reshape(hi - lo, n_bins)
-        np.copyto(s, mag[lo:hi])
-        rows = np.arange(hi - lo)
+        s = block[: (hi - lo) * main].reshape(hi - lo, main)
+        np.copyto(s, mag[lo:hi, :main])
+        np.matmul(s, moments[:main], out=sums[lo:hi])
+        cum[lo:hi, :n_groups] = (s.reshape(-1, group) @ ones).reshape(hi - lo, n_groups)
+    if tail:
+        edge = mag[:, main:].astype(np.float64)
+        sums += edge @ moments[main:]
+        cum[:, n_groups] = edge.sum(axis=1)
 
-        sums = s @ moments  # (frames, [sum S, sum f S, sum f^2 S])
-        total = sums[:, 0].copy()
-        total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
-        c = sums[:, 1] / total
-        centroid[lo:hi] = c
-        spread = (sums[:, 2] - 2.0 * c * sums[:, 1] + c * c * sums[:, 0]) / total
-        bandwidth[lo:hi] = np.sqrt(np.maximum(spread, 0.0))
+    total = sums[:, 0].copy()
+    total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
+    centroid = sums[:, 1] / total
+    spread = (sums[:, 2] - 2.0 * centroid * sums[:, 1] + centroid * centroid * sums[:, 0]) / total
+    bandwidth = np.sqrt(np.maximum(spread, 0.0))
 
-        cum = np.cumsum(np.add.reduceat(s, starts, axis=1), axis=1)
-        threshold = roll_percent * cum[:, -1]
-        grp = np.argmax(cum >= threshold[:, None], axis=1)
-        before = np.where(grp > 0, cum[rows, np.maximum(grp - 1, 0)], 0.0)
-        cols = grp[:, None] * _ROLLOFF_GROUP + offsets[None, :]
-        inside = np.where(cols < n_bins, s[rows[:, None], np.minimum(cols, n_bins - 1)], 0.0)
-        reached = before[:, None] + np.cumsum(inside, axis=1) >= threshold[:, None]
-        # Rounding can leave the group's own cumulative sum a hair below the threshold: take its last bin then.
-        offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), _ROLLOFF_GROUP - 1)
-        rolloff[lo:hi] = freq[np.minimum(grp * _ROLLOFF_GROUP + offset, n_bins - 1)]
-
-        power = np.multiply(s, s, out=s)
-        np.maximum(power, _AMIN, out=power)
-        amean = power.sum(axis=1) / n_bins
-        log_sum = np.log(power[:, grouped:]).sum(axis=1) if grouped < n_bins else np.zeros(hi - lo)
-        if groups:
-            width = grouped
-            while width > groups:  # halves multiplied in place: 16 bins per product after four rounds
-                half = width // 2
-                np.multiply(power[:, :half], power[:, half:width], out=power[:, :half])
-                width = half
-            log_sum += np.log(power[:, :groups], out=power[:, :groups]).sum(axis=1)
-        flatness[lo:hi] = np.exp(log_sum / n_bins) / amean
-    return _SpectralStats(centroid=centroid, bandwidth=bandwidth, rolloff=rolloff, flatness=flatness)
+    np.cumsum(cum, axis=1, out=cum)
+    threshold = roll_percent * cum[:, -1]
+    grp = np.argmax(cum >= threshold[:, None], axis=1)
+    rows = np.arange(n_frames)
+    before = np.where(grp > 0, cum[rows, np.maximum(grp - 1, 0)], 0.0)
+    cols = grp[:, None] * group + np.arange(group)[None, :]
+    inside = np.where(cols < n_bins, mag[rows[:, None], np.minimum(cols, n_bins - 1)], np.float32(0.0))
+    reached = before[:, None] + np.cumsum(inside, axis=1, dtype=np.float64) >= threshold[:, None]
+    # Rounding can leave the group's own cumulative sum a hair below the threshold: take its last bin then.
+    offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), group - 1)
+    rolloff = freq[np.minimum(grp * group + offset, n_bins - 1)]
+    return _SpectralStats(centroid=centroid, bandwidth=bandwidth, rolloff=np.asarray(rolloff, dtype=np.float64))
 
 
 def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
     """librosa's spectral_centroid and spectral_bandwidth (p=2), from S (see :func:`_spectral_stats`)."""
-    stats = _spectral_stats(mag, sr, n_fft, 0.85, max_power=math.inf)
+    stats = _spectral_stats(mag, sr, n_fft, 0.85)
     return stats.centroid, stats.bandwidth
+
+
+def _flatness(power: F32, max_power: float, scratch: F32) -> F64:
+    """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
+
+    Overwrites ``power`` (with max(P, amin)) and ``scratch`` (at least ``frames * (bins // 2)`` floats): both must be
+    dead. The logarithm of the geometric mean sums the logarithms of products of two bins, ``ln a + ln b = ln(a b)``:
+    half the logarithms, and with ``amin <= P <= 1e18`` (``max_power`` bounds P, from the signal's peak) the float32
+    products stay normal and finite ([1e-20, 1e36]).
+    """
+    n_frames, n_bins = power.shape
+    if float(power.min()) < _AMIN:  # digital silence, and the empty band above a lossy codec's cut-off
+        np.maximum(power, np.float32(_AMIN), out=power)
+    ones = np.ones(n_bins, dtype=np.float32)
+    amean = (power @ ones).astype(np.float64) / n_bins
+    if max_power > _PRODUCT_LOG_MAX_POWER:
+        log_sum = np.log(power, out=power).sum(axis=1, dtype=np.float64)
+    else:
+        half = n_bins // 2
+        pairs = scratch[: n_frames * half].reshape(n_frames, half)
+        np.multiply(power[:, :half], power[:, half : 2 * half], out=pairs)
+        log_sum = np.log(pairs, out=pairs).sum(axis=1, dtype=np.float64)  # float64: silence must give exactly 1
+        if n_bins % 2:
+            log_sum += np.log(power[:, -1], dtype=np.float64)
+    return np.asarray(np.exp(log_sum / n_bins) / amean)
 
 
 def _power_to_db(x: F64) -> F64:
@@ -862,7 +872,7 @@ def extract_features(
     bands = _contrast_bands(sr, n_fft, cfg.contrast_fmin, cfg.contrast_bands, cfg.contrast_quantile)
     power_bank = _power_bank(sr, n_fft, cfg.n_chroma)
 
-    mag, power, _ = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
+    mag, power, scratch = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
     n_frames = mag.shape[0]
 
     log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
@@ -870,28 +880,22 @@ def extract_features(
     projected = power @ power_bank  # chroma bins, then the rms sum: one product over the power
     chroma = _chroma(projected[:, : cfg.n_chroma])
     rms = np.sqrt(projected[:, cfg.n_chroma])
-    # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (float32 rounding: 1 % margin).
-    max_power = (1.01 * peak * n_fft / 2) ** 2
-    spectral = _spectral_stats(mag, sr, n_fft, cfg.rolloff_percent, max_power)
+    spectral = _spectral_stats(mag, sr, n_fft, cfg.rolloff_percent)
     contrast = _contrast(mag, bands)  # (bands + 1, frames)
+    # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (1 % margin for float32 rounding).
+    flatness = _flatness(power, (1.01 * peak * n_fft / 2) ** 2, scratch)  # last use of P: overwrites it
     onset = _onset_strength(log_mel, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
     tempo = _tempo(onset, sr, hop)
     loudness = _integrated_loudness(signal, sr)
     duration = signal.size / sr
-    centroid, bandwidth, rolloff, flatness = (
-        spectral.centroid,
-        spectral.bandwidth,
-        spectral.rolloff,
-        spectral.flatness,
-    )
 
     n_vec, n_chr, n_con = cfg.n_mfcc, cfg.n_chroma, cfg.contrast_bands + 1
     rows = np.empty((n_vec + n_chr + n_con + len(_SCALAR_FRAME_FEATURES), n_frames))
     rows[:n_vec] = mfcc.T
     rows[n_vec : n_vec + n_chr] = chroma.T
     rows[n_vec + n_chr : n_vec + n_chr + n_con] = contrast
-    scalars = (centroid, bandwidth, rolloff, flatness, zcr, rms, onset)
+    scalars = (spectral.centroid, spectral.bandwidth, spectral.rolloff, flatness, zcr, rms, onset)
     rows[n_vec + n_chr + n_con :] = np.stack(scalars)
     band_means = log_mel.mean(axis=0, dtype=np.float64)
     edges = [g * cfg.n_mels // cfg.mel_summary_bands for g in range(cfg.mel_summary_bands + 1)]
