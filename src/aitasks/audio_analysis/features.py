@@ -351,8 +351,10 @@ def _rms_weights(n_fft: int) -> F32:
 
 @functools.lru_cache(maxsize=16)
 def _power_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
-    """``(bins, n_chroma + 1)``: the chroma bank, then the rms weights, so one product serves both."""
-    bank = np.concatenate([_chroma_bank(sr, n_fft, n_chroma), _rms_weights(n_fft)[:, None]], axis=1)
+    """``(bins, n_chroma + 2)``: the chroma bank, the rms weights and ones, so one product over P serves the
+    chroma, the rms and the flatness's arithmetic mean."""
+    weights = _rms_weights(n_fft)[:, None]
+    bank = np.concatenate([_chroma_bank(sr, n_fft, n_chroma), weights, np.ones_like(weights)], axis=1)
     return _read_only(np.ascontiguousarray(bank))
 
 
@@ -648,13 +650,23 @@ def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float) -> _Spec
     grp = np.argmax(cum >= threshold[:, None], axis=1)
     rows = np.arange(n_frames)
     before = np.where(grp > 0, cum[rows, np.maximum(grp - 1, 0)], 0.0)
-    cols = grp[:, None] * group + np.arange(group)[None, :]
-    inside = np.where(cols < n_bins, mag[rows[:, None], np.minimum(cols, n_bins - 1)], np.float32(0.0))
-    reached = before[:, None] + np.cumsum(inside, axis=1, dtype=np.float64) >= threshold[:, None]
+    # The crossing group's bins, gathered by flat index, and their running sums by a triangular product.
+    cols = (grp * group)[:, None] + np.arange(group)[None, :]
+    inside = np.take(mag.reshape(-1), (rows * n_bins)[:, None] + np.minimum(cols, n_bins - 1))
+    if tail:
+        inside[cols >= n_bins] = 0.0  # the short last group
+    running = inside.astype(np.float64) @ _upper_ones(group)
+    reached = before[:, None] + running >= threshold[:, None]
     # Rounding can leave the group's own cumulative sum a hair below the threshold: take its last bin then.
     offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), group - 1)
     rolloff = freq[np.minimum(grp * group + offset, n_bins - 1)]
     return _SpectralStats(centroid=centroid, bandwidth=bandwidth, rolloff=np.asarray(rolloff, dtype=np.float64))
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_ones(size: int) -> F64:
+    """``(size, size)`` with ones on and above the diagonal: ``x @ U`` is the running sum of each row of ``x``."""
+    return _read_only(np.triu(np.ones((size, size))))
 
 
 def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
@@ -663,26 +675,33 @@ def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
     return stats.centroid, stats.bandwidth
 
 
-def _flatness(power: F32, max_power: float, scratch: F32) -> F64:
+def _flatness(power: F32, max_power: float, scratch: F32, floor: F32, total: F32) -> F64:
     """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
 
-    Overwrites ``power`` (with max(P, amin)) and ``scratch`` (at least ``frames * (bins // 2)`` floats): both must be
-    dead. The logarithm of the geometric mean sums the logarithms of products of two bins, ``ln a + ln b = ln(a b)``:
+    ``floor`` is each frame's smallest magnitude and ``total`` its sum of powers (both known already). Overwrites
+    ``power`` (with max(P, amin)) and ``scratch`` (at least ``frames * (bins // 2)`` floats): both must be dead.
+    The logarithm of the geometric mean sums the logarithms of products of two bins, ``ln a + ln b = ln(a b)``:
     half the logarithms, and with ``amin <= P <= 1e18`` (``max_power`` bounds P, from the signal's peak) the float32
     products stay normal and finite ([1e-20, 1e36]).
     """
     n_frames, n_bins = power.shape
-    if float(power.min()) < _AMIN:  # digital silence, and the empty band above a lossy codec's cut-off
-        np.maximum(power, np.float32(_AMIN), out=power)
-    ones = np.ones(n_bins, dtype=np.float32)
-    amean = (power @ ones).astype(np.float64) / n_bins
+    amean = total.astype(np.float64)
+    # Only frames with a bin under amin (digital silence, fades) are floored: numpy's maximum against a
+    # scalar is several times slower than a product, so the whole spectrogram is not passed through it.
+    low = np.flatnonzero(floor * floor < np.float32(_AMIN))  # the smallest P, rounded as P itself
+    if low.size:
+        floored = np.maximum(power[low], np.full(n_bins, _AMIN, dtype=np.float32))
+        power[low] = floored
+        amean[low] = floored @ np.ones(n_bins, dtype=np.float32)
+    amean /= n_bins
     if max_power > _PRODUCT_LOG_MAX_POWER:
-        log_sum = np.log(power, out=power).sum(axis=1, dtype=np.float64)
+        log_sum = np.einsum("ij->i", np.log(power, out=power), dtype=np.float64)
     else:
         half = n_bins // 2
         pairs = scratch[: n_frames * half].reshape(n_frames, half)
         np.multiply(power[:, :half], power[:, half : 2 * half], out=pairs)
-        log_sum = np.log(pairs, out=pairs).sum(axis=1, dtype=np.float64)  # float64: silence must give exactly 1
+        # Summed in float64: the logarithms of digital silence must add up to exactly amin's.
+        log_sum = np.einsum("ij->i", np.log(pairs, out=pairs), dtype=np.float64)
         if n_bins % 2:
             log_sum += np.log(power[:, -1], dtype=np.float64)
     return np.asarray(np.exp(log_sum / n_bins) / amean)
@@ -694,7 +713,13 @@ def _power_to_db(x: F64) -> F64:
 
 
 def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
-    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile).
+    """librosa.feature.spectral_contrast(S=S) (see :func:`_contrast_and_floor`)."""
+    return _contrast_and_floor(mag, bands)[0]
+
+
+def _contrast_and_floor(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> tuple[F64, F32]:
+    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile);
+    and, as a by-product, each frame's smallest magnitude (the bands cover every bin).
 
     A band whose quantile is one bin needs only its minimum and maximum: consecutive such bands (the low octaves)
     are reduced together by ``reduceat``. Wider quantiles sort the band once per frame (both ends from one sort;
@@ -703,6 +728,7 @@ def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
     n_frames = mag.shape[0]
     valley = np.empty((len(bands), n_frames))
     peak = np.empty((len(bands), n_frames))
+    floor = np.full(n_frames, np.inf, dtype=np.float32)
     k = 0
     while k < len(bands):
         start, stop, count = bands[k]
@@ -713,16 +739,19 @@ def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
             first, last = bands[k][0], bands[run - 1][1]
             edges = np.array([b[0] - first for b in bands[k:run]])
             segment = mag[:, first:last]
-            valley[k:run] = np.minimum.reduceat(segment, edges, axis=1).T
+            lows = np.minimum.reduceat(segment, edges, axis=1)
+            valley[k:run] = lows.T
             peak[k:run] = np.maximum.reduceat(segment, edges, axis=1).T
+            np.minimum(floor, lows.min(axis=1), out=floor)
             k = run
             continue
         ordered = np.sort(mag[:, start:stop].view(np.int32), axis=1).view(np.float32)
         share = np.full(count, 1.0 / count, dtype=np.float32)  # a few values: a product beats mean() tenfold
         valley[k] = ordered[:, :count] @ share
         peak[k] = ordered[:, -count:] @ share
+        np.minimum(floor, ordered[:, 0], out=floor)
         k += 1
-    return _power_to_db(peak) - _power_to_db(valley)
+    return _power_to_db(peak) - _power_to_db(valley), floor
 
 
 def _onset_strength(log_mel: F32, n_fft: int, hop_length: int) -> F32:
@@ -745,7 +774,11 @@ def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
     win_length, n_pad, window, logprior = _tempo_setup(sr, hop_length)
     n_frames = onset_env.size
     half = win_length // 2
-    padded = np.pad(onset_env, (half, half), mode="linear_ramp", end_values=(0.0, 0.0))
+    # np.pad(onset_env, half, mode="linear_ramp", end_values=0), built directly (np.pad's generic path is slow).
+    padded = np.empty(n_frames + 2 * half, dtype=onset_env.dtype)
+    padded[:half] = np.linspace(0.0, onset_env[0], half, endpoint=False, dtype=onset_env.dtype)
+    padded[half : half + n_frames] = onset_env
+    padded[half + n_frames :] = np.linspace(0.0, onset_env[-1], half, endpoint=False, dtype=onset_env.dtype)[::-1]
     frames = np.multiply(sliding_window_view(padded, win_length)[:n_frames:_TEMPO_FRAME_STRIDE], window)
     energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
     weights = np.divide(1.0, energy, out=np.zeros_like(energy), where=energy >= _TINY32)
@@ -767,8 +800,27 @@ def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
 def _zero_crossing_rate(y: F32, n_frames: int, n_fft: int, hop_length: int) -> F64:
     """librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length, center=True): edge-padded frames."""
     negative = y < -_ZCR_THRESHOLD  # signbit after zeroing |y| <= threshold
-    # A crossing at padded position p compares samples p-1 and p; edge padding adds none.
-    positions = np.flatnonzero(negative[1:] != negative[:-1]) + (n_fft // 2 + 1)
+    crossing = negative[1:] != negative[:-1]  # crossing[i]: between y[i] and y[i + 1]; edge padding adds none
+    half = n_fft // 2
+    # Frame t counts crossing[i] for i in [t * hop - half, t * hop - half + n_fft - 1).
+    if half % hop_length == 0 and crossing.size >= hop_length:
+        # Whole hops: per-hop counts (exact integer sums by a float32 product), then each frame is 2a
+        # consecutive hops (a = half / hop) less the crossing at its last position.
+        a = half // hop_length
+        n_hops = -(-crossing.size // hop_length)
+        flags = np.zeros(n_hops * hop_length, dtype=np.float32)
+        flags[: crossing.size] = crossing
+        per_hop = flags.reshape(n_hops, hop_length) @ np.ones(hop_length, dtype=np.float32)
+        cum = np.zeros(n_hops + 2 * a + n_frames + 1)
+        np.cumsum(per_hop, out=cum[a + 1 : a + 1 + n_hops])
+        cum[a + 1 + n_hops :] = cum[a + n_hops]
+        t = np.arange(n_frames)
+        counts = cum[t + 2 * a] - cum[t]  # hops t - a .. t + a - 1
+        last = (t + a) * hop_length - 1
+        inside = (last >= 0) & (last < crossing.size)
+        counts[inside] -= flags[last[inside]]
+        return counts / n_fft
+    positions = np.flatnonzero(crossing) + (half + 1)  # padded position of each crossing's second sample
     starts = np.arange(n_frames, dtype=np.int64) * hop_length
     counts = np.searchsorted(positions, starts + n_fft) - np.searchsorted(positions, starts + 1)
     return counts.astype(np.float64) / n_fft
@@ -879,13 +931,14 @@ def extract_features(
 
     log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
     mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
-    projected = power @ power_bank  # chroma bins, then the rms sum: one product over the power
+    projected = power @ power_bank  # chroma bins, the rms sum, the sum of P: one product over the power
     chroma = _chroma(projected[:, : cfg.n_chroma])
     rms = np.sqrt(projected[:, cfg.n_chroma])
     spectral = _spectral_stats(mag, sr, n_fft, cfg.rolloff_percent)
-    contrast = _contrast(mag, bands)  # (bands + 1, frames)
+    contrast, floor = _contrast_and_floor(mag, bands)  # (bands + 1, frames), each frame's smallest S
     # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (1 % margin for float32 rounding).
-    flatness = _flatness(power, (1.01 * peak * n_fft / 2) ** 2, scratch)  # last use of P: overwrites it
+    max_power = (1.01 * peak * n_fft / 2) ** 2
+    flatness = _flatness(power, max_power, scratch, floor, projected[:, cfg.n_chroma + 1])  # last use of P
     onset = _onset_strength(log_mel, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
     tempo = _tempo(onset, sr, hop)
