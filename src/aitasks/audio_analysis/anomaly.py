@@ -389,6 +389,27 @@ FP_SILENCE_DB: Final = 50.0
 FP_BYTES_PER_MINUTE: Final = round(22050 / 512 / FP_DECIMATE * 4 * 60)
 
 
+def _smoothed(bands: np.ndarray) -> np.ndarray:
+    """Sums of :data:`FP_SMOOTH` consecutive frames, every :data:`FP_DECIMATE`-th: column ``j`` sums frames
+    ``j * D .. j * D + S - 1``. Built from sums of ``D`` frames (aligned with the decimation), added ``S / D``
+    at a time: no running sum, so no cancellation either."""
+    n_frames = bands.shape[1]
+    kept = (n_frames - FP_SMOOTH) // FP_DECIMATE + 1
+    if FP_SMOOTH % FP_DECIMATE:  # pragma: no cover - the constants divide; a general fallback
+        tcum = np.zeros((bands.shape[0], n_frames + 1))
+        np.cumsum(bands, axis=1, out=tcum[:, 1:])
+        return np.maximum((tcum[:, FP_SMOOTH:] - tcum[:, :-FP_SMOOTH])[:, ::FP_DECIMATE], 0.0)
+    steps = FP_SMOOTH // FP_DECIMATE
+    chunks = kept + steps - 1  # sums of D frames needed
+    chunk = bands[:, : chunks * FP_DECIMATE : FP_DECIMATE].copy()
+    for d in range(1, FP_DECIMATE):
+        chunk += bands[:, d : chunks * FP_DECIMATE : FP_DECIMATE]
+    energy = chunk[:, :kept].copy()
+    for i in range(1, steps):
+        energy += chunk[:, i : i + kept]
+    return energy
+
+
 @functools.lru_cache(maxsize=8)
 def _fp_band_matrix(n_rows: int) -> np.ndarray:
     """``(33, n_rows)`` 0/1 matrix summing contiguous groups of mel rows into the fingerprint's bands."""
@@ -441,10 +462,7 @@ def fingerprint(log_mel_db: np.ndarray) -> np.ndarray:
     np.minimum(part, 300.0, out=part)
     power = np.exp(np.multiply(part, math.log(10.0) / 10.0, out=part), out=part)
     bands = _fp_band_matrix(hi - lo) @ power  # (33, frames): sums of contiguous mel rows
-    tcum = np.zeros((FP_BANDS, n_frames + 1))
-    np.cumsum(bands, axis=1, out=tcum[:, 1:])
-    energy = (tcum[:, FP_SMOOTH:] - tcum[:, :-FP_SMOOTH])[:, ::FP_DECIMATE]
-    energy = np.maximum(energy, 0.0)  # cumsum differences can dip a hair under zero
+    energy = _smoothed(bands)
     frame_total = energy.sum(axis=0)
     energy = np.maximum(energy, energy.max(axis=0, keepdims=True) * 10.0 ** (FP_FLOOR_DB / 10.0))
     across = energy[:-1] - energy[1:]  # (32, kept)

@@ -355,7 +355,9 @@ def _power_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
     chroma, the rms and the flatness's arithmetic mean."""
     weights = _rms_weights(n_fft)[:, None]
     bank = np.concatenate([_chroma_bank(sr, n_fft, n_chroma), weights, np.ones_like(weights)], axis=1)
-    return _read_only(np.ascontiguousarray(bank))
+    # Zero columns up to a multiple of 8: BLAS runs narrow products faster at such widths (16 beats 14).
+    pad = -bank.shape[1] % 8
+    return _read_only(np.ascontiguousarray(np.pad(bank, ((0, 0), (0, pad)))))
 
 
 @functools.lru_cache(maxsize=16)
@@ -592,9 +594,10 @@ def _chroma(raw: F32) -> F32:
 
 @functools.lru_cache(maxsize=16)
 def _moments_matrix(sr: int, n_fft: int) -> F64:
-    """``(bins, 3)``: 1, f and f**2 per bin, so ``S @ M`` gives each frame's sum, first and second moment."""
+    """``(bins, 4)``: 1, f, f**2 and 0 per bin, so ``S @ M`` gives each frame's sum, first and second moment."""
     freq = _fft_frequencies(sr, n_fft)
-    return _read_only(np.stack([np.ones_like(freq), freq, freq * freq], axis=1))
+    # A fourth, zero column: BLAS multiplies by 4 columns faster than by 3.
+    return _read_only(np.stack([np.ones_like(freq), freq, freq * freq, np.zeros_like(freq)], axis=1))
 
 
 @dataclass(frozen=True)
@@ -624,7 +627,7 @@ def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float) -> _Spec
     main = n_groups * group  # bins in whole groups; the ``tail`` last bins (Nyquist) form one more group
     moments = _moments_matrix(sr, n_fft)
     freq = _fft_frequencies(sr, n_fft)
-    sums = np.empty((n_frames, 3))
+    sums = np.empty((n_frames, 4))
     cum = np.empty((n_frames, n_groups + (1 if tail else 0)))
     block = _workspace.doubles(min(_STATS_BLOCK, n_frames) * main)
     ones = np.ones(group)
@@ -689,8 +692,12 @@ def _flatness(power: F32, max_power: float, scratch: F32, floor: F32, total: F32
     # Only frames with a bin under amin (digital silence, fades) are floored: numpy's maximum against a
     # scalar is several times slower than a product, so the whole spectrogram is not passed through it.
     low = np.flatnonzero(floor * floor < np.float32(_AMIN))  # the smallest P, rounded as P itself
-    if low.size:
-        floored = np.maximum(power[low], np.full(n_bins, _AMIN, dtype=np.float32))
+    amin = np.full(n_bins, _AMIN, dtype=np.float32)
+    if low.size > n_frames // 4:  # e.g. the resampler's stop band near Nyquist: every frame
+        np.maximum(power, amin, out=power)
+        amean = (power @ np.ones(n_bins, dtype=np.float32)).astype(np.float64)
+    elif low.size:
+        floored = np.maximum(power[low], amin)
         power[low] = floored
         amean[low] = floored @ np.ones(n_bins, dtype=np.float32)
     amean /= n_bins
@@ -864,25 +871,40 @@ def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
 
 
 def _integrated_loudness(y: F32, sr: int) -> float:
-    # K-weight in chunks (carrying the filter state) into float64 squares kept in the thread's workspace.
-    squared = _workspace.floats(2 * y.size).view(np.float64)
     from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
 
     sos = _k_weighting(sr)
     state = np.zeros((sos.shape[0], 2))
-    for start in range(0, y.size, _LOUDNESS_CHUNK):
-        stop = min(start + _LOUDNESS_CHUNK, y.size)
-        weighted, state = sosfilt(sos, y[start:stop], zi=state)
-        np.multiply(weighted, weighted, out=squared[start:stop])
     block = round(_BLOCK_S * sr)
-    if squared.size < block or block < 4:
-        mean_squares = np.array([squared.mean()])
-    else:
-        # Blocks start every quarter block; block j is the sum of quarter-block steps j..j+3.
-        n_blocks = (squared.size - block) * 4 // block + 1
-        edges = (np.arange(n_blocks + 4, dtype=np.int64) * block) // 4
-        steps = np.add.reduceat(squared[: int(edges[-1])], edges[:-1])
+    step, uneven = divmod(block, 4)
+    if y.size >= block >= 4 and not uneven:
+        # Blocks start every quarter block; block j is the sum of quarter-block steps j..j+3. K-weight in chunks
+        # of whole steps (carrying the filter state) and sum each step's squares straight from the filter's
+        # output; the samples after the last whole step belong to no block and are not filtered.
+        n_steps = y.size // step
+        per_chunk = max(1, _LOUDNESS_CHUNK // step)
+        steps = np.empty(n_steps)
+        for first in range(0, n_steps, per_chunk):
+            last = min(first + per_chunk, n_steps)
+            weighted, state = sosfilt(sos, y[first * step : last * step], zi=state)
+            chunk = weighted.reshape(last - first, step)
+            steps[first:last] = np.einsum("ij,ij->i", chunk, chunk)
         mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
+    else:
+        # A signal shorter than a block is one block; a block that is no multiple of 4 samples has uneven
+        # quarter steps. K-weight in chunks into float64 squares kept in the thread's workspace.
+        squared = _workspace.floats(2 * y.size).view(np.float64)
+        for start in range(0, y.size, _LOUDNESS_CHUNK):
+            stop = min(start + _LOUDNESS_CHUNK, y.size)
+            weighted, state = sosfilt(sos, y[start:stop], zi=state)
+            np.multiply(weighted, weighted, out=squared[start:stop])
+        if squared.size < block or block < 4:
+            mean_squares = np.array([squared.mean()])
+        else:
+            n_blocks = (squared.size - block) * 4 // block + 1
+            edges = (np.arange(n_blocks + 4, dtype=np.int64) * block) // 4
+            steps = np.add.reduceat(squared[: int(edges[-1])], edges[:-1])
+            mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
     with np.errstate(divide="ignore"):
         block_loudness = _LOUDNESS_OFFSET + 10.0 * np.log10(mean_squares)
     gated = mean_squares[block_loudness > _ABSOLUTE_GATE_LUFS]
