@@ -1,8 +1,8 @@
 """Analyse catalog files: decode, one-STFT features, signal rules and a fingerprint per track.
 
-:func:`analyze_one` is the unit of work of the process pool: it never raises for a bad file; a
-refusal becomes a :class:`TrackAnalysis` with ``ok=False``, a reason code and a sentence, so one bad
-file never stops a shard. :func:`analyze_entries` runs it over many files with a hard per-file
+:func:`analyze_entry` is the unit of work of the process pool (bound to the config once per worker):
+it never raises for a bad file; a refusal becomes a :class:`TrackAnalysis` with ``ok=False``, a reason
+code and a sentence, so one bad file never stops a shard. :func:`analyze_entries` runs it over many files with a hard per-file
 timeout (:mod:`aitasks.audio_analysis.parallel`) or, with ``workers=0``, in this process (no
 timeout: for tests and benchmarks only). :func:`write_shard` / :func:`read_shard` store the results
 as Parquet (features, flags, quarantine, fingerprints) plus an ``.npz`` of small spectrograms for the
@@ -124,10 +124,15 @@ def analyze_file(path: Path, entry: CatalogEntry, cfg: AnalysisConfig) -> TrackA
 
 
 def analyze_one(job: tuple[CatalogEntry, AnalysisConfig]) -> TrackAnalysis:
-    """Pool entry point: fetch the file when remote, then :func:`analyze_file`."""
+    """Fetch the file when remote, then :func:`analyze_file`."""
+    entry, cfg = job
+    return analyze_entry(cfg, entry)
+
+
+def analyze_entry(cfg: AnalysisConfig, entry: CatalogEntry) -> TrackAnalysis:
+    """Pool entry point (bound to ``cfg`` once per worker): fetch the file when remote, then :func:`analyze_file`."""
     from aitasks.runtime.storage import local_copy
 
-    entry, cfg = job
     try:
         with local_copy(entry.uri) as path:
             return analyze_file(path, entry, cfg)
@@ -147,23 +152,24 @@ def analyze_entries(
 
     ``workers=0`` runs in this process without a timeout (tests, benchmarks).
     """
-    jobs = [(e, cfg) for e in entries]
     if workers == 0:
         from threadpoolctl import threadpool_limits
 
         # One BLAS thread, as in the pool's workers: the summation order (and so every float) is
         # the same whatever the worker count.
         with threadpool_limits(limits=1):
-            return [analyze_one(j) for j in jobs]
+            return [analyze_entry(cfg, e) for e in entries]
+    import functools
+
     from aitasks.audio_analysis.parallel import run_pool
 
     return run_pool(
-        analyze_one,
-        jobs,
+        functools.partial(analyze_entry, cfg),  # the config travels once per worker, not once per file
+        entries,
         workers=workers,
         timeout_s=timeout_s,
-        on_timeout=lambda j: refused(j[0], "timeout", f"no result within {timeout_s:g} s; the worker was killed"),
-        on_crash=lambda j, why: refused(j[0], "decode_error", why),
+        on_timeout=lambda e: refused(e, "timeout", f"no result within {timeout_s:g} s; the worker was killed"),
+        on_crash=lambda e, why: refused(e, "decode_error", why),
         progress=progress,
     )
 
