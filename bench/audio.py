@@ -154,9 +154,7 @@ def _stage_pass(paths: list[Path]) -> list[list[float]]:
     rows = []
     for p in paths:
         t_decode, audio = _timed(lambda p=p: decode_file(p, cfg.decode))
-        t_feat, feats = _timed(
-            lambda a=audio: extract_features(a.samples, a.sample_rate, cfg.features, frames=True)
-        )
+        t_feat, feats = _timed(lambda a=audio: extract_features(a.samples, a.sample_rate, cfg.features, frames=True))
         t_rules, _ = _timed(
             lambda a=audio, f=feats: apply_rules(
                 signal_stats(a.native, a.source_rate, loudness_lufs=f.loudness_lufs), cfg.rules
@@ -180,7 +178,7 @@ def _best(fn: Any, arg: Any, clock: Callable[[], float] = time.process_time) -> 
 def bench_audio(n_tracks: int = N_TRACKS) -> list[dict[str, Any]]:
     from threadpoolctl import threadpool_limits
 
-    from aitasks.audio_analysis.analyze import AnalysisConfig, analyze_entries
+    from aitasks.audio_analysis.analyze import analyze_entries
     from aitasks.audio_analysis.catalog import list_catalog
     from aitasks.platform.compute import usable_cpus
 

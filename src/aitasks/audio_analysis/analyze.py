@@ -2,8 +2,8 @@
 
 :func:`analyze_entry` is the unit of work of the process pool (bound to the config once per worker):
 it never raises for a bad file; a refusal becomes a :class:`TrackAnalysis` with ``ok=False``, a reason
-code and a sentence, so one bad file never stops a shard. :func:`analyze_entries` runs it over many files with a hard per-file
-timeout (:mod:`aitasks.audio_analysis.parallel`) or, with ``workers=0``, in this process (no
+code and a sentence, so one bad file never stops a shard. :func:`analyze_entries` runs it over many
+files with a hard per-file timeout (:mod:`aitasks.audio_analysis.parallel`) or, with ``workers=0``, in this process (no
 timeout: for tests and benchmarks only). :func:`write_shard` / :func:`read_shard` store the results
 as Parquet (features, flags, quarantine, fingerprints) plus an ``.npz`` of small spectrograms for the
 report (loaded with ``allow_pickle=False``).

@@ -395,16 +395,13 @@ def _smoothed(bands: np.ndarray) -> np.ndarray:
     at a time: no running sum, so no cancellation either."""
     n_frames = bands.shape[1]
     kept = (n_frames - FP_SMOOTH) // FP_DECIMATE + 1
-    if FP_SMOOTH % FP_DECIMATE:  # pragma: no cover - the constants divide; a general fallback
-        tcum = np.zeros((bands.shape[0], n_frames + 1))
-        np.cumsum(bands, axis=1, out=tcum[:, 1:])
-        return np.maximum((tcum[:, FP_SMOOTH:] - tcum[:, :-FP_SMOOTH])[:, ::FP_DECIMATE], 0.0)
-    steps = FP_SMOOTH // FP_DECIMATE
+    steps, uneven = divmod(FP_SMOOTH, FP_DECIMATE)
+    assert not uneven, "FP_SMOOTH must be a multiple of FP_DECIMATE"
     chunks = kept + steps - 1  # sums of D frames needed
     chunk = bands[:, : chunks * FP_DECIMATE : FP_DECIMATE].copy()
     for d in range(1, FP_DECIMATE):
         chunk += bands[:, d : chunks * FP_DECIMATE : FP_DECIMATE]
-    energy = chunk[:, :kept].copy()
+    energy: np.ndarray = chunk[:, :kept].copy()
     for i in range(1, steps):
         energy += chunk[:, i : i + kept]
     return energy

@@ -236,7 +236,7 @@ def _window(n_fft: int) -> F32:
 @functools.lru_cache(maxsize=16)
 def _fft_frequencies(sr: int, n_fft: int) -> F64:
     """``librosa.fft_frequencies``: the centre frequency of every rfft bin."""
-    return _read_only(np.fft.rfftfreq(n=n_fft, d=1.0 / sr))
+    return _read_only(np.asarray(np.fft.rfftfreq(n=n_fft, d=1.0 / sr), dtype=np.float64))
 
 
 # Slaney's mel scale (librosa.hz_to_mel / mel_to_hz with htk=False): linear below 1 kHz, logarithmic above.
