@@ -62,6 +62,10 @@ test-all: test test-slow ## Run every test: `make test`, then the slow ones
 bench: $(STAMP) ## Run the benchmarks; prints a table and writes bench/results/latest.json
 	$(PY) -m bench
 
+.PHONY: bench-audio
+bench-audio: $(STAMP) ## Audio analysis bench alone (per-stage ms, ratios to decode and naive librosa, pool), JSON on stdout
+	$(PY) -m bench.audio
+
 .PHONY: compile
 compile: $(STAMP) ## Compile every pipeline to pipelines/compiled/*.yaml
 	$(PY) -m pipelines compile

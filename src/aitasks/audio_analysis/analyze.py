@@ -85,9 +85,9 @@ def _thumbnail(log_mel: np.ndarray, frames: int) -> np.ndarray:
     """Pool a log-mel to at most 64 bands x ``frames`` frames (float16: a report picture, not data)."""
     bands = log_mel.shape[0]
     group = max(1, bands // 64)
-    pooled = log_mel[: (bands // group) * group].reshape(-1, group, log_mel.shape[1]).mean(axis=1)
-    step = max(1, int(np.ceil(pooled.shape[1] / frames)))
-    thumb: np.ndarray = pooled[:, ::step].astype(np.float16)
+    step = max(1, int(np.ceil(log_mel.shape[1] / frames)))
+    kept = log_mel[: (bands // group) * group, ::step]  # only the frames shown are pooled
+    thumb: np.ndarray = kept.reshape(-1, group, kept.shape[1]).mean(axis=1).astype(np.float16)
     return thumb
 
 
@@ -102,7 +102,7 @@ def analyze_file(path: Path, entry: CatalogEntry, cfg: AnalysisConfig) -> TrackA
         out = refused(entry, exc.reason, exc.detail)
         out.seconds = time.perf_counter() - start
         return out
-    feats = extract_features(audio.samples, audio.sample_rate, cfg.features, frames=True)
+    feats = extract_features(audio.samples, audio.sample_rate, cfg.features, log_mel=True)
     stats = signal_stats(audio.native, audio.source_rate, loudness_lufs=feats.loudness_lufs)
     assert feats.log_mel is not None
     return TrackAnalysis(

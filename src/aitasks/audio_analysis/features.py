@@ -160,7 +160,7 @@ class TrackFeatures:
         loudness_lufs: ITU-R BS.1770-4 integrated loudness; -70.0 for silence.
         duration_s: Signal duration in seconds.
         log_mel: ``(n_mels, frames)`` float32 log-mel spectrogram in dB (``power_to_db``, ref 1.0, amin 1e-10,
-            top_db 80); only with ``frames=True``.
+            top_db 80); only with ``frames=True`` or ``log_mel=True``.
         frames: Frame-level features by name, float32, librosa's layout (``(rows, frames)`` for mfcc, chroma and
             contrast, ``(frames,)`` otherwise); only with ``frames=True``.
     """
@@ -579,7 +579,7 @@ def _log_mel(power: F32, bank: _MelBank) -> F32:
     for m_lo, m_hi, b_lo, b_hi, weights in bank.blocks:
         np.matmul(power[:, b_lo:b_hi], weights, out=mel[:, m_lo:m_hi])
     # power_to_db(mel, ref=1.0, amin=1e-10, top_db=80): ln is ~3x faster than log10 and equal to float rounding.
-    db = np.log(np.maximum(mel, np.float32(_AMIN), out=mel), out=mel)
+    db = np.log(np.maximum(mel, np.full(bank.n_mels, _AMIN, dtype=np.float32), out=mel), out=mel)
     db *= np.float32(10.0 / math.log(10.0))
     np.maximum(db, db.max() - np.float32(_TOP_DB), out=db)
     return db
@@ -951,7 +951,7 @@ def _integrated_loudness(y: F32, sr: int) -> float:
 
 
 def extract_features(
-    y: npt.ArrayLike, sr: int, cfg: FeatureConfig = DEFAULT_CONFIG, *, frames: bool = False
+    y: npt.ArrayLike, sr: int, cfg: FeatureConfig = DEFAULT_CONFIG, *, frames: bool = False, log_mel: bool = False
 ) -> TrackFeatures:
     """Extract the summary feature vector (and optionally frame-level features) of a mono signal.
 
@@ -963,6 +963,7 @@ def extract_features(
         sr: Sample rate in Hz.
         cfg: Feature configuration.
         frames: Keep the log-mel spectrogram and the frame-level features in the result.
+        log_mel: Keep the log-mel spectrogram (without the other frame-level features).
 
     Returns:
         The track's features; ``values`` is float32, finite and ordered as ``feature_names(cfg)``.
@@ -985,8 +986,8 @@ def extract_features(
     mag, power, scratch = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
     n_frames = mag.shape[0]
 
-    log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
-    mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
+    mel_db = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
+    mfcc = mel_db @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
     projected = power @ power_bank  # chroma bins, the rms sum, the sum of P: one product over the power
     chroma = _chroma(projected[:, : cfg.n_chroma])
     rms = np.sqrt(projected[:, cfg.n_chroma])
@@ -995,7 +996,7 @@ def extract_features(
     # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (1 % margin for float32 rounding).
     max_power = (1.01 * peak * n_fft / 2) ** 2
     flatness = _flatness(power, max_power, scratch, floor, projected[:, cfg.n_chroma + 1])  # last use of P
-    onset = _onset_strength(log_mel, n_fft, hop)
+    onset = _onset_strength(mel_db, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
     tempo = _tempo(onset, sr, hop)
     loudness = _integrated_loudness(signal, sr)
@@ -1008,7 +1009,7 @@ def extract_features(
     rows[n_vec + n_chr : n_vec + n_chr + n_con] = contrast
     scalars = (spectral.centroid, spectral.bandwidth, spectral.rolloff, flatness, zcr, rms, onset)
     rows[n_vec + n_chr + n_con :] = np.stack(scalars)
-    band_means = log_mel.mean(axis=0, dtype=np.float64)
+    band_means = mel_db.mean(axis=0, dtype=np.float64)
     edges = [g * cfg.n_mels // cfg.mel_summary_bands for g in range(cfg.mel_summary_bands + 1)]
     group_means = [band_means[lo:hi].mean() for lo, hi in itertools.pairwise(edges)]
 
@@ -1033,6 +1034,6 @@ def extract_features(
         tempo_bpm=float(tempo),
         loudness_lufs=float(loudness),
         duration_s=float(duration),
-        log_mel=np.ascontiguousarray(log_mel.T) if frames else None,
+        log_mel=np.ascontiguousarray(mel_db.T) if frames or log_mel else None,
         frames=frame_features,
     )
