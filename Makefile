@@ -77,6 +77,10 @@ bench-reference: $(STAMP) ## Copy latest.json into the committed snapshot bench/
 scale: $(STAMP) ## Render the capacity model docs/{en,fr,de}/scale.md from reference.json + bench/volumes.yaml
 	$(PY) -m bench scale
 
+.PHONY: bench-audio
+bench-audio: $(STAMP) ## Audio analysis bench alone (per-stage ms, ratios to decode and naive librosa, pool), JSON on stdout
+	$(PY) -m bench.audio
+
 .PHONY: compile
 compile: $(STAMP) ## Compile every pipeline to pipelines/compiled/*.yaml
 	$(PY) -m pipelines compile

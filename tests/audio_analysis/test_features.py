@@ -157,9 +157,9 @@ def test_frame_feature_matches_librosa(
 def test_vectorised_contrast_equals_librosa_on_the_same_spectrogram(
     signal: np.ndarray, sr: int, n_fft: int, n_bands: int, fmin: float
 ) -> None:
-    mag, _, scratch = feat._stft(signal, n_fft, n_fft // 4)
+    mag, _, _ = feat._stft(signal, n_fft, n_fft // 4)
     bands = feat._contrast_bands(sr, n_fft, fmin, n_bands, 0.02)
-    ours = feat._contrast(mag, bands, scratch)
+    ours = feat._contrast(mag, bands)
     ref = librosa.feature.spectral_contrast(S=mag.T, sr=sr, n_fft=n_fft, n_bands=n_bands, fmin=fmin)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
 
@@ -167,7 +167,7 @@ def test_vectorised_contrast_equals_librosa_on_the_same_spectrogram(
 def test_bandwidth_of_a_pure_tone_does_not_cancel() -> None:
     """A narrow 5 kHz line: E[f^2] - centroid^2 would lose the bandwidth to float32 cancellation."""
     mag, _, _ = feat._stft(sine(5000.0, 1.0, SR, amp=0.5), N_FFT, HOP)
-    centroid, bandwidth = feat._centroid_bandwidth(mag, feat._fft_frequencies(SR, N_FFT))
+    centroid, bandwidth = feat._centroid_bandwidth(mag, SR, N_FFT)
     ref_centroid = librosa.feature.spectral_centroid(S=mag.T, sr=SR)[0]
     ref_bandwidth = librosa.feature.spectral_bandwidth(S=mag.T, sr=SR)[0]
     assert np.median(ref_bandwidth) < 100.0  # narrow indeed, at a centroid of 5 kHz
@@ -216,6 +216,94 @@ def test_non_default_config_matches_librosa() -> None:
     np.testing.assert_array_equal(out.frames["zcr"], zcr.astype(np.float32))
     assert out.values.shape == (len(feature_names(cfg)),)
     assert "mfcc_12_p75" in out.names and "mfcc_13_mean" not in out.names
+
+
+@pytest.mark.parametrize(("sr", "n_fft", "hop", "amp"), [(SR, 1000, 300, 0.5), (8000, 4096, 1024, 1e6)])
+def test_spectral_statistics_at_odd_sizes_and_extreme_levels_match_librosa(
+    sr: int, n_fft: int, hop: int, amp: float
+) -> None:
+    """n_fft 1000: 501 bins, not whole rolloff groups (a 21-bin last group) nor a power of two; a peak of 1e6 at
+    n_fft 4096 puts bins above 1e9, where the flatness takes products of fewer bins."""
+    cfg = FeatureConfig(n_fft=n_fft, hop_length=hop, contrast_bands=3, contrast_fmin=300.0)
+    y = synthetic_signal(seconds=3.0, sr=sr, seed=5) * np.float32(amp)
+    out = extract_features(y, sr, cfg, frames=True)
+    assert out.frames is not None
+    mag = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop))
+    np.testing.assert_allclose(out.frames["centroid"], librosa.feature.spectral_centroid(S=mag, sr=sr)[0], rtol=1e-5)
+    np.testing.assert_allclose(out.frames["bandwidth"], librosa.feature.spectral_bandwidth(S=mag, sr=sr)[0], rtol=1e-5)
+    np.testing.assert_allclose(out.frames["flatness"], librosa.feature.spectral_flatness(S=mag)[0], rtol=1e-3)
+    rolloff = librosa.feature.spectral_rolloff(S=mag, sr=sr)[0]
+    np.testing.assert_allclose(out.frames["rolloff"], rolloff, rtol=0, atol=sr / n_fft * 1.01)
+    assert np.mean(np.isclose(out.frames["rolloff"], rolloff, rtol=1e-6)) >= 0.99
+
+
+@pytest.mark.parametrize(("n_fft", "hop"), [(2048, 512), (1024, 256), (1024, 512), (2048, 300), (16, 16)])
+@pytest.mark.parametrize("size", [1, 511, 512, 513, 2047, 2048, 2049, 22050])
+def test_zero_crossing_rate_is_exact_at_every_edge(n_fft: int, hop: int, size: int) -> None:
+    """Whole hops (counted per hop) and other hops (counted per crossing) both equal librosa's framing."""
+    rng = np.random.default_rng(size)
+    y = (rng.standard_normal(size) * (rng.random(size) > 0.3)).astype(np.float32)
+    y[: size // 5] = 0.0
+    ours = feat._zero_crossing_rate(y, 1 + size // hop, n_fft, hop)
+    ref = librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length=hop)[0]
+    np.testing.assert_array_equal(ours.astype(np.float32), ref.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("sr", "n_fft", "n_mels", "fmin", "fmax", "n_chroma"),
+    [(SR, 2048, 128, 0.0, None, 12), (16000, 1024, 40, 50.0, 7000.0, 24), (44100, 4096, 64, 20.0, None, 36)],
+)
+def test_filter_banks_and_windows_equal_librosa_and_scipy(
+    sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, n_chroma: int
+) -> None:
+    """Built with numpy alone (a worker imports neither librosa nor scipy.signal for them), bit for bit."""
+    import scipy.signal
+
+    mel = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_array_equal(feat._mel_basis(sr, n_fft, n_mels, fmin, fmax), mel)
+    chroma = librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)
+    np.testing.assert_array_equal(feat._chroma_basis(sr, n_fft, n_chroma), chroma)
+    np.testing.assert_array_equal(feat._fft_frequencies(sr, n_fft), librosa.fft_frequencies(sr=sr, n_fft=n_fft))
+    for length in (n_fft, 344, 1000):
+        np.testing.assert_array_equal(feat._hann(length), scipy.signal.get_window("hann", length, fftbins=True))
+
+
+def test_cached_banks_are_read_only() -> None:
+    bank = feat._power_bank(SR, N_FFT, 12)
+    with pytest.raises(ValueError, match="read-only"):
+        bank[0, 0] = 1.0
+
+
+def test_importing_the_extractor_loads_neither_librosa_nor_scipy_signal() -> None:
+    """Worker start-up: the fork server imports the extractor; librosa (numba) and scipy.signal cost seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "import aitasks.audio_analysis.analyze\n"
+        "assert 'librosa' not in sys.modules and 'scipy.signal' not in sys.modules, 'imported at import'\n"
+        "from aitasks.audio_analysis.features import extract_features\n"
+        "extract_features(np.zeros(22050, np.float32), 22050)\n"
+        "assert 'librosa' not in sys.modules, 'librosa imported by an extraction'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_k_weighting_in_two_lanes_equals_one_pass() -> None:
+    """The two-lane K-weighting gives the one-pass filter's step energies to float64 rounding."""
+    import scipy.signal
+
+    y = synthetic_signal(seconds=30.0, seed=6)
+    step = round(0.4 * SR) // 4
+    y = y[: y.size // step * step]
+    sos = feat._k_weighting(SR)
+    reference = scipy.signal.sosfilt(sos, y.astype(np.float64)) ** 2
+    expected = reference.reshape(-1, step).sum(axis=1)
+    got = feat._k_weighted_steps(y, sos, step)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

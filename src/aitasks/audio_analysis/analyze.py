@@ -1,9 +1,9 @@
 """Analyse catalog files: decode, one-STFT features, signal rules and a fingerprint per track.
 
-:func:`analyze_one` is the unit of work of the process pool: it never raises for a bad file; a
-refusal becomes a :class:`TrackAnalysis` with ``ok=False``, a reason code and a sentence, so one bad
-file never stops a shard. :func:`analyze_entries` runs it over many files with a hard per-file
-timeout (:mod:`aitasks.audio_analysis.parallel`) or, with ``workers=0``, in this process (no
+:func:`analyze_entry` is the unit of work of the process pool (bound to the config once per worker):
+it never raises for a bad file; a refusal becomes a :class:`TrackAnalysis` with ``ok=False``, a reason
+code and a sentence, so one bad file never stops a shard. :func:`analyze_entries` runs it over many
+files with a hard per-file timeout (:mod:`aitasks.audio_analysis.parallel`) or, with ``workers=0``, in this process (no
 timeout: for tests and benchmarks only). :func:`write_shard` / :func:`read_shard` store the results
 as Parquet (features, flags, quarantine, fingerprints) plus an ``.npz`` of small spectrograms for the
 report (loaded with ``allow_pickle=False``).
@@ -85,9 +85,9 @@ def _thumbnail(log_mel: np.ndarray, frames: int) -> np.ndarray:
     """Pool a log-mel to at most 64 bands x ``frames`` frames (float16: a report picture, not data)."""
     bands = log_mel.shape[0]
     group = max(1, bands // 64)
-    pooled = log_mel[: (bands // group) * group].reshape(-1, group, log_mel.shape[1]).mean(axis=1)
-    step = max(1, int(np.ceil(pooled.shape[1] / frames)))
-    thumb: np.ndarray = pooled[:, ::step].astype(np.float16)
+    step = max(1, int(np.ceil(log_mel.shape[1] / frames)))
+    kept = log_mel[: (bands // group) * group, ::step]  # only the frames shown are pooled
+    thumb: np.ndarray = kept.reshape(-1, group, kept.shape[1]).mean(axis=1).astype(np.float16)
     return thumb
 
 
@@ -102,7 +102,7 @@ def analyze_file(path: Path, entry: CatalogEntry, cfg: AnalysisConfig) -> TrackA
         out = refused(entry, exc.reason, exc.detail)
         out.seconds = time.perf_counter() - start
         return out
-    feats = extract_features(audio.samples, audio.sample_rate, cfg.features, frames=True)
+    feats = extract_features(audio.samples, audio.sample_rate, cfg.features, log_mel=True)
     stats = signal_stats(audio.native, audio.source_rate, loudness_lufs=feats.loudness_lufs)
     assert feats.log_mel is not None
     return TrackAnalysis(
@@ -124,10 +124,15 @@ def analyze_file(path: Path, entry: CatalogEntry, cfg: AnalysisConfig) -> TrackA
 
 
 def analyze_one(job: tuple[CatalogEntry, AnalysisConfig]) -> TrackAnalysis:
-    """Pool entry point: fetch the file when remote, then :func:`analyze_file`."""
+    """Fetch the file when remote, then :func:`analyze_file`."""
+    entry, cfg = job
+    return analyze_entry(cfg, entry)
+
+
+def analyze_entry(cfg: AnalysisConfig, entry: CatalogEntry) -> TrackAnalysis:
+    """Pool entry point (bound to ``cfg`` once per worker): fetch the file when remote, then :func:`analyze_file`."""
     from aitasks.runtime.storage import local_copy
 
-    entry, cfg = job
     try:
         with local_copy(entry.uri) as path:
             return analyze_file(path, entry, cfg)
@@ -147,23 +152,24 @@ def analyze_entries(
 
     ``workers=0`` runs in this process without a timeout (tests, benchmarks).
     """
-    jobs = [(e, cfg) for e in entries]
     if workers == 0:
         from threadpoolctl import threadpool_limits
 
         # One BLAS thread, as in the pool's workers: the summation order (and so every float) is
         # the same whatever the worker count.
         with threadpool_limits(limits=1):
-            return [analyze_one(j) for j in jobs]
+            return [analyze_entry(cfg, e) for e in entries]
+    import functools
+
     from aitasks.audio_analysis.parallel import run_pool
 
     return run_pool(
-        analyze_one,
-        jobs,
+        functools.partial(analyze_entry, cfg),  # the config travels once per worker, not once per file
+        entries,
         workers=workers,
         timeout_s=timeout_s,
-        on_timeout=lambda j: refused(j[0], "timeout", f"no result within {timeout_s:g} s; the worker was killed"),
-        on_crash=lambda j, why: refused(j[0], "decode_error", why),
+        on_timeout=lambda e: refused(e, "timeout", f"no result within {timeout_s:g} s; the worker was killed"),
+        on_crash=lambda e, why: refused(e, "decode_error", why),
         progress=progress,
     )
 

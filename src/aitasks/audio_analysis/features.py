@@ -40,12 +40,11 @@ import itertools
 import math
 import threading
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import scipy.fft
-import scipy.signal
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,6 +61,7 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+T = TypeVar("T", bound=np.generic)
 
 SIGNAL_URI: Final = "<signal>"
 #: Integrated loudness reported for silence (and anything that no gating block survives).
@@ -75,9 +75,12 @@ _ZCR_THRESHOLD: Final = np.float32(1e-10)  # librosa.feature.zero_crossing_rate:
 _TINY32: Final = float(np.finfo(np.float32).tiny)  # librosa.util.normalize threshold for float32 input
 _MEL_BLOCK: Final = 16  # mel filters per dense block of the banded mel product
 _PRODUCT_LOG_MAX_POWER: Final = 1e18  # spectral flatness sums logs of products of bins up to this power
+_ROLLOFF_GROUP: Final = 32  # bins per group of the rolloff's two-level search
+_STATS_BLOCK: Final = 128  # frames per float64 block of the spectral moments (1 MB at n_fft 2048)
 
 _WORKSPACE_MAX_BYTES: Final = 64 * 2**20  # per-thread scratch kept between calls (~3 min of audio at the defaults)
 _LOUDNESS_CHUNK: Final = 1 << 16  # samples per K-weighting filter call
+_LOUDNESS_WARMUP: Final = 4096  # samples a second filter lane runs before its first counted sample
 
 # librosa.feature.tempo defaults
 _TEMPO_START_BPM: Final = 120.0
@@ -157,7 +160,7 @@ class TrackFeatures:
         loudness_lufs: ITU-R BS.1770-4 integrated loudness; -70.0 for silence.
         duration_s: Signal duration in seconds.
         log_mel: ``(n_mels, frames)`` float32 log-mel spectrogram in dB (``power_to_db``, ref 1.0, amin 1e-10,
-            top_db 80); only with ``frames=True``.
+            top_db 80); only with ``frames=True`` or ``log_mel=True``.
         frames: Frame-level features by name, float32, librosa's layout (``(rows, frames)`` for mfcc, chroma and
             contrast, ``(frames,)`` otherwise); only with ``frames=True``.
     """
@@ -215,15 +218,92 @@ def feature_names(cfg: FeatureConfig = DEFAULT_CONFIG) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=16)
+def _hann(length: int) -> F64:
+    """Periodic Hann window, bit for bit as ``scipy.signal.get_window("hann", length, fftbins=True)``.
+
+    Computed here so that no worker imports ``scipy.signal`` just for a window: scipy's general cosine
+    window is ``0.5 + 0.5 * cos(linspace(-pi, pi, length + 1))`` with the last point dropped.
+    """
+    fac = np.linspace(-np.pi, np.pi, length + 1)[:length]
+    return _read_only(0.5 + 0.5 * np.cos(fac))
+
+
+@functools.lru_cache(maxsize=16)
 def _window(n_fft: int) -> F32:
-    return np.asarray(scipy.signal.get_window("hann", n_fft, fftbins=True), dtype=np.float32)
+    return _read_only(_hann(n_fft).astype(np.float32))
 
 
 @functools.lru_cache(maxsize=16)
 def _fft_frequencies(sr: int, n_fft: int) -> F64:
-    import librosa
+    """``librosa.fft_frequencies``: the centre frequency of every rfft bin."""
+    return _read_only(np.asarray(np.fft.rfftfreq(n=n_fft, d=1.0 / sr), dtype=np.float64))
 
-    return np.asarray(librosa.fft_frequencies(sr=sr, n_fft=n_fft), dtype=np.float64)
+
+# Slaney's mel scale (librosa.hz_to_mel / mel_to_hz with htk=False): linear below 1 kHz, logarithmic above.
+_MEL_F_SP: Final = 200.0 / 3
+_MEL_MIN_LOG_HZ: Final = 1000.0
+_MEL_MIN_LOG_MEL: Final = _MEL_MIN_LOG_HZ / _MEL_F_SP
+_MEL_LOGSTEP: Final = float(np.log(6.4) / 27.0)
+
+
+def _hz_to_mel(hz: F64) -> F64:
+    mels = hz / _MEL_F_SP
+    log_t = hz >= _MEL_MIN_LOG_HZ
+    mels[log_t] = _MEL_MIN_LOG_MEL + np.log(hz[log_t] / _MEL_MIN_LOG_HZ) / _MEL_LOGSTEP
+    return mels
+
+
+def _mel_to_hz(mels: F64) -> F64:
+    hz = _MEL_F_SP * mels
+    log_t = mels >= _MEL_MIN_LOG_MEL
+    hz[log_t] = _MEL_MIN_LOG_HZ * np.exp(_MEL_LOGSTEP * (mels[log_t] - _MEL_MIN_LOG_MEL))
+    return hz
+
+
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> F32:
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)`` (Slaney scale and norm).
+
+    The same operations in the same order as librosa 0.11, so the float32 weights are equal to librosa's (a test
+    holds them to it); computed here because importing librosa costs a worker seconds.
+    """
+    top = float(sr) / 2 if fmax is None else fmax
+    edges = _hz_to_mel(np.array([fmin, top], dtype=np.float64))
+    mel_f = _mel_to_hz(np.linspace(edges[0], edges[1], n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, _fft_frequencies(sr, n_fft))
+    lower = -ramps[:n_mels] / fdiff[:n_mels, None]
+    upper = ramps[2 : n_mels + 2] / fdiff[1 : n_mels + 1, None]
+    weights = np.maximum(0, np.minimum(lower, upper)).astype(np.float32)
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
+    weights *= enorm[:, np.newaxis]  # float32 *= float64: computed in float64, stored as float32, as librosa
+    return weights
+
+
+def _chroma_basis(sr: int, n_fft: int, n_chroma: int) -> F32:
+    """``librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)`` (ctroct 5, octwidth 2, norm 2,
+    base C), with librosa 0.11's operations in its order; a test holds the weights to librosa's."""
+    frequencies = np.linspace(0, sr, n_fft, endpoint=False)[1:]
+    a440_over_16 = 440.0 / 16  # 440 * 2 ** (tuning / n_chroma) / 16 with tuning 0
+    frqbins = n_chroma * np.log2(frequencies / a440_over_16)
+    frqbins = np.concatenate(([frqbins[0] - 1.5 * n_chroma], frqbins))
+    binwidthbins = np.concatenate((np.maximum(frqbins[1:] - frqbins[:-1], 1.0), [1]))
+    d = np.subtract.outer(frqbins, np.arange(0, n_chroma, dtype="d")).T
+    n_chroma2 = np.round(float(n_chroma) / 2)
+    d = np.remainder(d + n_chroma2 + 10 * n_chroma, n_chroma) - n_chroma2
+    wts = np.exp(-0.5 * (2 * d / np.tile(binwidthbins, (n_chroma, 1))) ** 2)
+    # librosa.util.normalize(wts, norm=2, axis=0): columns of (near) zero length are left as they are.
+    length = np.sum(np.abs(wts) ** 2, axis=0, keepdims=True) ** (1.0 / 2)
+    length[length < np.finfo(wts.dtype).tiny] = 1.0
+    wts = wts / length
+    wts *= np.tile(np.exp(-0.5 * (((frqbins / n_chroma - 5.0) / 2) ** 2)), (n_chroma, 1))
+    wts = np.roll(wts, -3 * (n_chroma // 12), axis=0)
+    return np.ascontiguousarray(wts[:, : int(1 + n_fft / 2)], dtype=np.float32)
+
+
+def _read_only(arr: npt.NDArray[T]) -> npt.NDArray[T]:
+    """Cached arrays are shared by every call (and every worker forked after they were built): freeze them."""
+    arr.setflags(write=False)
+    return arr
 
 
 @dataclass(frozen=True)
@@ -236,9 +316,7 @@ class _MelBank:
 
 @functools.lru_cache(maxsize=16)
 def _mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> _MelBank:
-    import librosa
-
-    basis = np.asarray(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax), np.float32)
+    basis = _mel_basis(sr, n_fft, n_mels, fmin, fmax)
     blocks = []
     for lo in range(0, n_mels, _MEL_BLOCK):
         hi = min(lo + _MEL_BLOCK, n_mels)
@@ -246,16 +324,13 @@ def _mel_bank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None)
         if touched.size == 0:  # filters narrower than a bin are all-zero; their output stays 0
             continue
         b_lo, b_hi = int(touched[0]), int(touched[-1]) + 1
-        blocks.append((lo, hi, b_lo, b_hi, np.ascontiguousarray(basis[lo:hi, b_lo:b_hi].T)))
+        blocks.append((lo, hi, b_lo, b_hi, _read_only(np.ascontiguousarray(basis[lo:hi, b_lo:b_hi].T))))
     return _MelBank(n_mels=n_mels, blocks=tuple(blocks))
 
 
 @functools.lru_cache(maxsize=16)
 def _chroma_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
-    import librosa
-
-    basis = librosa.filters.chroma(sr=sr, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0)
-    return np.ascontiguousarray(np.asarray(basis, dtype=np.float32).T)  # (bins, n_chroma)
+    return _read_only(np.ascontiguousarray(_chroma_basis(sr, n_fft, n_chroma).T))  # (bins, n_chroma)
 
 
 @functools.lru_cache(maxsize=16)
@@ -272,7 +347,18 @@ def _rms_weights(n_fft: int) -> F32:
     weights[0] = 0.5
     if n_fft % 2 == 0:
         weights[-1] = 0.5
-    return np.asarray(weights * (2.0 / float(n_fft) ** 2), dtype=np.float32)
+    return _read_only(np.asarray(weights * (2.0 / float(n_fft) ** 2), dtype=np.float32))
+
+
+@functools.lru_cache(maxsize=16)
+def _power_bank(sr: int, n_fft: int, n_chroma: int) -> F32:
+    """``(bins, n_chroma + 2)``: the chroma bank, the rms weights and ones, so one product over P serves the
+    chroma, the rms and the flatness's arithmetic mean."""
+    weights = _rms_weights(n_fft)[:, None]
+    bank = np.concatenate([_chroma_bank(sr, n_fft, n_chroma), weights, np.ones_like(weights)], axis=1)
+    # Zero columns up to a multiple of 8: BLAS runs narrow products faster at such widths (16 beats 14).
+    pad = -bank.shape[1] % 8
+    return _read_only(np.ascontiguousarray(np.pad(bank, ((0, 0), (0, pad)))))
 
 
 @functools.lru_cache(maxsize=16)
@@ -325,7 +411,7 @@ def _tempo_setup(sr: int, hop_length: int) -> tuple[int, int, F32, F64]:
     """Autocorrelation window length, FFT size, Hann window and log-prior per lag (librosa.feature.tempo)."""
     win_length = max(int(_TEMPO_AC_SIZE_S * sr) // hop_length, 1)
     n_pad = scipy.fft.next_fast_len(2 * win_length - 1, real=True)
-    window = np.asarray(scipy.signal.get_window("hann", win_length, fftbins=True), dtype=np.float32)
+    window = _hann(win_length).astype(np.float32)
     lags = np.arange(win_length, dtype=np.float64)
     with np.errstate(divide="ignore"):
         bpms = 60.0 * sr / (hop_length * lags)  # bpms[0] = inf
@@ -379,6 +465,7 @@ class _Workspace(threading.local):
 
     def __init__(self) -> None:
         self.buffer: F32 = np.empty(0, dtype=np.float32)
+        self.block: F64 = np.empty(0, dtype=np.float64)
 
     def floats(self, count: int) -> F32:
         """A float32 scratch array of ``count`` elements (contents undefined), starting at the buffer start."""
@@ -389,6 +476,12 @@ class _Workspace(threading.local):
             self.buffer = fresh
         return fresh
 
+    def doubles(self, count: int) -> F64:
+        """A float64 scratch array of ``count`` elements apart from :meth:`floats` (a block of frames)."""
+        if count > self.block.size:
+            self.block = np.empty(count, dtype=np.float64)
+        return self.block[:count]
+
 
 _workspace = _Workspace()
 
@@ -398,6 +491,11 @@ _workspace = _Workspace()
 
 
 def _as_signal(y: npt.ArrayLike) -> F32:
+    return _checked_signal(y)[0]
+
+
+def _checked_signal(y: npt.ArrayLike) -> tuple[F32, float]:
+    """The signal as contiguous float32, and its peak ``max |y|``; refuses what is not finite float audio."""
     arr = np.asarray(y)
     if arr.dtype.kind != "f":
         raise DataFormatError(uri=SIGNAL_URI, problem=f"expected a real floating-point signal, got dtype {arr.dtype}")
@@ -418,7 +516,7 @@ def _as_signal(y: npt.ArrayLike) -> F32:
             uri=SIGNAL_URI,
             problem=f"signal peak amplitude {peak:g} exceeds {MAX_ABS_AMPLITUDE:g}; expected float audio in [-1, 1]",
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32), peak
 
 
 def _check_sr(sr: int) -> int:
@@ -481,111 +579,141 @@ def _log_mel(power: F32, bank: _MelBank) -> F32:
     for m_lo, m_hi, b_lo, b_hi, weights in bank.blocks:
         np.matmul(power[:, b_lo:b_hi], weights, out=mel[:, m_lo:m_hi])
     # power_to_db(mel, ref=1.0, amin=1e-10, top_db=80): ln is ~3x faster than log10 and equal to float rounding.
-    db = np.log(np.maximum(mel, np.float32(_AMIN), out=mel), out=mel)
+    db = np.log(np.maximum(mel, np.full(bank.n_mels, _AMIN, dtype=np.float32), out=mel), out=mel)
     db *= np.float32(10.0 / math.log(10.0))
     np.maximum(db, db.max() - np.float32(_TOP_DB), out=db)
     return db
 
 
-def _chroma(power: F32, bank: F32) -> F32:
-    raw = power @ bank
-    length = np.max(np.abs(raw), axis=1, keepdims=True).astype(np.float64)
+def _chroma(raw: F32) -> F32:
+    """librosa.feature.chroma_stft's normalisation (norm=inf per frame) of ``P @ chroma_bank``; the bank and
+    the power are non-negative, so the frame's largest bin is its infinity norm."""
+    length = raw.max(axis=1, keepdims=True).astype(np.float64)
     length[length < _TINY32] = 1.0  # librosa.util.normalize leaves near-zero frames unnormalised
     return np.asarray(raw / length, dtype=np.float32)
 
 
-def _centroid_bandwidth(mag: F32, freq: F64) -> tuple[F64, F64]:
-    """librosa's spectral_centroid and spectral_bandwidth (p=2), from S.
+@functools.lru_cache(maxsize=16)
+def _moments_matrix(sr: int, n_fft: int) -> F64:
+    """``(bins, 4)``: 1, f, f**2 and 0 per bin, so ``S @ M`` gives each frame's sum, first and second moment."""
+    freq = _fft_frequencies(sr, n_fft)
+    # A fourth, zero column: BLAS multiplies by 4 columns faster than by 3.
+    return _read_only(np.stack([np.ones_like(freq), freq, freq * freq, np.zeros_like(freq)], axis=1))
 
-    The bandwidth sums ``S * (f - centroid)**2`` directly (in blocks of frames): the shortcut
-    ``E[f**2] - centroid**2`` would cancel catastrophically in float32 for narrow-band frames.
+
+@dataclass(frozen=True)
+class _SpectralStats:
+    centroid: F64
+    bandwidth: F64
+    rolloff: F64
+
+
+def _spectral_stats(mag: F32, sr: int, n_fft: int, roll_percent: float) -> _SpectralStats:
+    """Centroid, bandwidth (p=2) and rolloff of every frame (librosa's ``spectral_centroid``,
+    ``spectral_bandwidth`` and ``spectral_rolloff`` of ``S``), from moments and group sums taken in float64.
+
+    Blocks of ``_STATS_BLOCK`` frames are copied to float64 (about 1 MB at ``n_fft`` 2048: the copy stays in
+    the core's L2 cache), laid out so that one matrix product gives each frame's ``sum S``, ``sum f S`` and
+    ``sum f**2 S`` and a second the sums of consecutive groups of ``_ROLLOFF_GROUP`` bins:
+
+    * in float64, ``E[f**2] - centroid**2`` keeps the bandwidth of a pure tone (float32 sums would cancel it);
+    * the rolloff is found in two levels: the group sums locate the group where the cumulative magnitude
+      crosses ``roll_percent`` of the total, then only that group's bins are accumulated.
+
+    Silent frames follow librosa: centroid, bandwidth and rolloff 0.
     """
     n_frames, n_bins = mag.shape
-    freq32 = freq.astype(np.float32)
-    sums = (mag @ np.stack([np.ones_like(freq32), freq32], axis=1)).astype(np.float64)  # (frames, [S, f S])
+    group = _ROLLOFF_GROUP
+    n_groups, tail = divmod(n_bins, group)
+    main = n_groups * group  # bins in whole groups; the ``tail`` last bins (Nyquist) form one more group
+    moments = _moments_matrix(sr, n_fft)
+    freq = _fft_frequencies(sr, n_fft)
+    sums = np.empty((n_frames, 4))
+    cum = np.empty((n_groups + (1 if tail else 0), n_frames))  # (groups, frames): the running sum goes down rows
+    block = _workspace.doubles(min(_STATS_BLOCK, n_frames) * main)
+    ones = np.ones(group)
+    for lo in range(0, n_frames, _STATS_BLOCK):
+        hi = min(lo + _STATS_BLOCK, n_frames)
+        s = block[: (hi - lo) * main].reshape(hi - lo, main)
+        np.copyto(s, mag[lo:hi, :main])
+        np.matmul(s, moments[:main], out=sums[lo:hi])
+        cum[:n_groups, lo:hi] = (s.reshape(-1, group) @ ones).reshape(hi - lo, n_groups).T
+    if tail:
+        edge = mag[:, main:].astype(np.float64)
+        for j in range(tail):  # one bin (Nyquist) at even n_fft: products by a single row are slow in BLAS
+            sums += edge[:, j : j + 1] * moments[main + j]
+        cum[n_groups] = edge.sum(axis=1)
+
     total = sums[:, 0].copy()
     total[total < _TINY32] = 1.0  # as librosa.util.normalize(norm=1): silent frames stay unnormalised (-> 0)
     centroid = sums[:, 1] / total
-    spread = np.empty(n_frames)
-    block = 64
-    deviation = np.empty((min(block, n_frames), n_bins), dtype=np.float32)
-    for start in range(0, n_frames, block):
-        stop = min(start + block, n_frames)
-        dev = deviation[: stop - start]
-        np.subtract(freq32[None, :], centroid[start:stop, None].astype(np.float32), out=dev)
-        np.multiply(dev, dev, out=dev)
-        spread[start:stop] = np.einsum("ij,ij->i", dev, mag[start:stop])  # positive terms: float32 is fine
-    return centroid, np.sqrt(spread / total)
+    spread = (sums[:, 2] - 2.0 * centroid * sums[:, 1] + centroid * centroid * sums[:, 0]) / total
+    bandwidth = np.sqrt(np.maximum(spread, 0.0))
 
-
-def _rolloff(mag: F32, freq: F64, roll_percent: float) -> F64:
-    """librosa.feature.spectral_rolloff(S=S): lowest bin frequency whose cumulative magnitude reaches
-    ``roll_percent`` of the frame's total.
-
-    Blocked search instead of a full cumulative sum: block totals locate the crossing block, then only that
-    block is accumulated.
-    """
-    n_frames, n_bins = mag.shape
-    block = 32
-    starts = np.arange(0, n_bins, block)
-    cum = np.cumsum(np.add.reduceat(mag, starts, axis=1), axis=1, dtype=np.float64)
-    threshold = roll_percent * cum[:, -1]
-    blk = np.argmax(cum >= threshold[:, None], axis=1)
+    np.cumsum(cum, axis=0, out=cum)
+    threshold = roll_percent * cum[-1]
+    grp = np.argmax(cum >= threshold, axis=0)
     rows = np.arange(n_frames)
-    before = np.where(blk > 0, cum[rows, np.maximum(blk - 1, 0)], 0.0)
-    cols = blk[:, None] * block + np.arange(block)[None, :]
-    inside = np.where(cols < n_bins, mag[rows[:, None], np.minimum(cols, n_bins - 1)], np.float32(0.0))
-    reached = before[:, None] + np.cumsum(inside, axis=1, dtype=np.float64) >= threshold[:, None]
-    # Rounding can leave the block's own cumulative sum a hair below the threshold: take its last bin then.
-    offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), block - 1)
-    index = np.minimum(blk * block + offset, n_bins - 1)
-    return np.asarray(freq[index], dtype=np.float64)
+    before = np.where(grp > 0, cum[np.maximum(grp - 1, 0), rows], 0.0)
+    # The crossing group's bins, gathered by flat index, and their running sums by a triangular product.
+    cols = (grp * group)[:, None] + np.arange(group)[None, :]
+    inside = np.take(mag.reshape(-1), (rows * n_bins)[:, None] + np.minimum(cols, n_bins - 1))
+    if tail:
+        inside[cols >= n_bins] = 0.0  # the short last group
+    running = inside.astype(np.float64) @ _upper_ones(group)
+    reached = before[:, None] + running >= threshold[:, None]
+    # Rounding can leave the group's own cumulative sum a hair below the threshold: take its last bin then.
+    offset = np.where(reached.any(axis=1), np.argmax(reached, axis=1), group - 1)
+    rolloff = freq[np.minimum(grp * group + offset, n_bins - 1)]
+    return _SpectralStats(centroid=centroid, bandwidth=bandwidth, rolloff=np.asarray(rolloff, dtype=np.float64))
 
 
-def _flatness(power: F32, scratch: F32) -> F64:
+@functools.lru_cache(maxsize=4)
+def _upper_ones(size: int) -> F64:
+    """``(size, size)`` with ones on and above the diagonal: ``x @ U`` is the running sum of each row of ``x``."""
+    return _read_only(np.triu(np.ones((size, size))))
+
+
+def _centroid_bandwidth(mag: F32, sr: int, n_fft: int) -> tuple[F64, F64]:
+    """librosa's spectral_centroid and spectral_bandwidth (p=2), from S (see :func:`_spectral_stats`)."""
+    stats = _spectral_stats(mag, sr, n_fft, 0.85)
+    return stats.centroid, stats.bandwidth
+
+
+def _flatness(power: F32, max_power: float, scratch: F32, floor: F32, total: F32) -> F64:
     """librosa.feature.spectral_flatness(S=S, power=2, amin=1e-10): geometric over arithmetic mean of max(P, amin).
 
-    May overwrite ``power`` (with max(P, amin)) and overwrites ``scratch`` (same shape): both must be dead.
+    ``floor`` is each frame's smallest magnitude and ``total`` its sum of powers (both known already). Overwrites
+    ``power`` (with max(P, amin)) and ``scratch`` (at least ``frames * (bins // 2)`` floats): both must be dead.
+    The logarithm of the geometric mean sums the logarithms of products of two bins, ``ln a + ln b = ln(a b)``:
+    half the logarithms, and with ``amin <= P <= 1e18`` (``max_power`` bounds P, from the signal's peak) the float32
+    products stay normal and finite ([1e-20, 1e36]).
     """
-    n_bins = power.shape[1]
-    if float(power.min()) < _AMIN:  # only digital silence and deep notches reach librosa's floor
-        np.maximum(power, np.float32(_AMIN), out=power)
-    amean = (power @ np.ones(n_bins, dtype=np.float32)).astype(np.float64) / n_bins
-    if float(power.max()) > _PRODUCT_LOG_MAX_POWER:
-        log_sum = np.log(power, out=scratch).sum(axis=1, dtype=np.float64)
+    n_frames, n_bins = power.shape
+    amean = total.astype(np.float64)
+    # Only frames with a bin under amin (digital silence, fades) are floored: numpy's maximum against a
+    # scalar is several times slower than a product, so the whole spectrogram is not passed through it.
+    low = np.flatnonzero(floor * floor < np.float32(_AMIN))  # the smallest P, rounded as P itself
+    amin = np.full(n_bins, _AMIN, dtype=np.float32)
+    if low.size > n_frames // 4:  # e.g. the resampler's stop band near Nyquist: every frame
+        np.maximum(power, amin, out=power)
+        amean = (power @ np.ones(n_bins, dtype=np.float32)).astype(np.float64)
+    elif low.size:
+        floored = np.maximum(power[low], amin)
+        power[low] = floored
+        amean[low] = floored @ np.ones(n_bins, dtype=np.float32)
+    amean /= n_bins
+    if max_power > _PRODUCT_LOG_MAX_POWER:
+        log_sum = np.einsum("ij->i", np.log(power, out=power), dtype=np.float64)
     else:
-        # Half the logarithms: ln(a) + ln(b) = ln(a * b); with amin <= P <= 1e18 the float32 products stay
-        # normal and finite ([1e-20, 1e36]).
         half = n_bins // 2
-        pairs = np.multiply(power[:, 0 : 2 * half : 2], power[:, 1 : 2 * half : 2], out=scratch[:, :half])
-        log_sum = np.log(pairs, out=pairs).sum(axis=1, dtype=np.float64)
+        pairs = scratch[: n_frames * half].reshape(n_frames, half)
+        np.multiply(power[:, :half], power[:, half : 2 * half], out=pairs)
+        # Summed in float64: the logarithms of digital silence must add up to exactly amin's.
+        log_sum = np.einsum("ij->i", np.log(pairs, out=pairs), dtype=np.float64)
         if n_bins % 2:
             log_sum += np.log(power[:, -1], dtype=np.float64)
     return np.asarray(np.exp(log_sum / n_bins) / amean)
-
-
-def _extreme_means(rows: F32, count: int, scratch: F32) -> tuple[F64, F64]:
-    """Means of the ``count`` smallest and of the ``count`` largest values of each row of non-negative values.
-
-    In-place partial selection (introselect) on a copy in ``scratch`` (when large enough) instead of a full
-    sort; non-negative float32 values order like their int32 bit patterns, whose selection is faster.
-    """
-    n_rows, width = rows.shape
-    if count == 1:
-        return rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
-    if scratch.size >= n_rows * width:
-        work = scratch[: n_rows * width].reshape(n_rows, width)
-        np.copyto(work, rows)
-    else:
-        work = rows.copy()
-    bits = work.view(np.int32)
-    bits.partition(count - 1, axis=1)
-    low = bits[:, :count].view(np.float32).mean(axis=1, dtype=np.float64)
-    # The `count` largest lie in the part above the first selection when it is wide enough.
-    upper = bits[:, count:] if width - count >= count else bits
-    upper.partition(upper.shape[1] - count, axis=1)
-    high = upper[:, -count:].view(np.float32).mean(axis=1, dtype=np.float64)
-    return np.asarray(low), np.asarray(high)
 
 
 def _power_to_db(x: F64) -> F64:
@@ -593,12 +721,46 @@ def _power_to_db(x: F64) -> F64:
     return np.asarray(np.maximum(db, db.max() - _TOP_DB))
 
 
-def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...], scratch: F32) -> F64:
-    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile)."""
-    extremes = [_extreme_means(mag[:, start:stop], count, scratch) for start, stop, count in bands]
-    valley = np.stack([low for low, _ in extremes])
-    peak = np.stack([high for _, high in extremes])
-    return _power_to_db(peak) - _power_to_db(valley)
+def _contrast(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> F64:
+    """librosa.feature.spectral_contrast(S=S) (see :func:`_contrast_and_floor`)."""
+    return _contrast_and_floor(mag, bands)[0]
+
+
+def _contrast_and_floor(mag: F32, bands: tuple[tuple[int, int, int], ...]) -> tuple[F64, F32]:
+    """librosa.feature.spectral_contrast(S=S): per band, dB(mean of top quantile) - dB(mean of bottom quantile);
+    and, as a by-product, each frame's smallest magnitude (the bands cover every bin).
+
+    A band whose quantile is one bin needs only its minimum and maximum: consecutive such bands (the low octaves)
+    are reduced together by ``reduceat``. Wider quantiles sort the band once per frame (both ends from one sort;
+    non-negative float32 values order like their int32 bit patterns, whose sort is faster).
+    """
+    n_frames = mag.shape[0]
+    valley = np.empty((len(bands), n_frames))
+    peak = np.empty((len(bands), n_frames))
+    floor = np.full(n_frames, np.inf, dtype=np.float32)
+    k = 0
+    while k < len(bands):
+        start, stop, count = bands[k]
+        if count == 1:
+            run = k + 1  # the run of single-bin bands that tile a contiguous range of bins
+            while run < len(bands) and bands[run][2] == 1 and bands[run][0] == bands[run - 1][1]:
+                run += 1
+            first, last = bands[k][0], bands[run - 1][1]
+            edges = np.array([b[0] - first for b in bands[k:run]])
+            segment = mag[:, first:last]
+            lows = np.minimum.reduceat(segment, edges, axis=1)
+            valley[k:run] = lows.T
+            peak[k:run] = np.maximum.reduceat(segment, edges, axis=1).T
+            np.minimum(floor, lows.min(axis=1), out=floor)
+            k = run
+            continue
+        ordered = np.sort(mag[:, start:stop].view(np.int32), axis=1).view(np.float32)
+        share = np.full(count, 1.0 / count, dtype=np.float32)  # a few values: a product beats mean() tenfold
+        valley[k] = ordered[:, :count] @ share
+        peak[k] = ordered[:, -count:] @ share
+        np.minimum(floor, ordered[:, 0], out=floor)
+        k += 1
+    return _power_to_db(peak) - _power_to_db(valley), floor
 
 
 def _onset_strength(log_mel: F32, n_fft: int, hop_length: int) -> F32:
@@ -621,7 +783,11 @@ def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
     win_length, n_pad, window, logprior = _tempo_setup(sr, hop_length)
     n_frames = onset_env.size
     half = win_length // 2
-    padded = np.pad(onset_env, (half, half), mode="linear_ramp", end_values=(0.0, 0.0))
+    # np.pad(onset_env, half, mode="linear_ramp", end_values=0), built directly (np.pad's generic path is slow).
+    padded = np.empty(n_frames + 2 * half, dtype=onset_env.dtype)
+    padded[:half] = np.linspace(0.0, onset_env[0], half, endpoint=False, dtype=onset_env.dtype)
+    padded[half : half + n_frames] = onset_env
+    padded[half + n_frames :] = np.linspace(0.0, onset_env[-1], half, endpoint=False, dtype=onset_env.dtype)[::-1]
     frames = np.multiply(sliding_window_view(padded, win_length)[:n_frames:_TEMPO_FRAME_STRIDE], window)
     energy = np.einsum("ij,ij->i", frames, frames, dtype=np.float64)
     weights = np.divide(1.0, energy, out=np.zeros_like(energy), where=energy >= _TINY32)
@@ -643,8 +809,27 @@ def _tempo(onset_env: F32, sr: int, hop_length: int) -> float:
 def _zero_crossing_rate(y: F32, n_frames: int, n_fft: int, hop_length: int) -> F64:
     """librosa.feature.zero_crossing_rate(y, frame_length=n_fft, hop_length, center=True): edge-padded frames."""
     negative = y < -_ZCR_THRESHOLD  # signbit after zeroing |y| <= threshold
-    # A crossing at padded position p compares samples p-1 and p; edge padding adds none.
-    positions = np.flatnonzero(negative[1:] != negative[:-1]) + (n_fft // 2 + 1)
+    crossing = negative[1:] != negative[:-1]  # crossing[i]: between y[i] and y[i + 1]; edge padding adds none
+    half = n_fft // 2
+    # Frame t counts crossing[i] for i in [t * hop - half, t * hop - half + n_fft - 1).
+    if half % hop_length == 0 and crossing.size >= hop_length:
+        # Whole hops: per-hop counts (exact integer sums by a float32 product), then each frame is 2a
+        # consecutive hops (a = half / hop) less the crossing at its last position.
+        a = half // hop_length
+        n_hops = -(-crossing.size // hop_length)
+        flags = np.zeros(n_hops * hop_length, dtype=np.float32)
+        flags[: crossing.size] = crossing
+        per_hop = flags.reshape(n_hops, hop_length) @ np.ones(hop_length, dtype=np.float32)
+        cum = np.zeros(n_hops + 2 * a + n_frames + 1)
+        np.cumsum(per_hop, out=cum[a + 1 : a + 1 + n_hops])
+        cum[a + 1 + n_hops :] = cum[a + n_hops]
+        t = np.arange(n_frames)
+        counts = cum[t + 2 * a] - cum[t]  # hops t - a .. t + a - 1
+        last = (t + a) * hop_length - 1
+        inside = (last >= 0) & (last < crossing.size)
+        counts[inside] -= flags[last[inside]]
+        return counts / n_fft
+    positions = np.flatnonzero(crossing) + (half + 1)  # padded position of each crossing's second sample
     starts = np.arange(n_frames, dtype=np.int64) * hop_length
     counts = np.searchsorted(positions, starts + n_fft) - np.searchsorted(positions, starts + 1)
     return counts.astype(np.float64) / n_fft
@@ -657,7 +842,8 @@ def _summaries(rows: F64, percentiles: tuple[int, ...]) -> F64:
     out[:, 0] = rows.mean(axis=1)
     out[:, 1] = rows.std(axis=1)
     if percentiles:
-        ordered = np.sort(rows, axis=1)
+        # float32 sorts twice as fast; the summaries are stored as float32 anyway (one rounding earlier).
+        ordered = np.sort(rows.astype(np.float32), axis=1)
         pos = np.asarray(percentiles, dtype=np.float64) / 100.0 * (n_frames - 1)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, n_frames - 1)
@@ -686,24 +872,73 @@ def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
     return _integrated_loudness(_as_signal(y), _check_sr(sr))
 
 
+def _k_weighted_steps(y: F32, sos: F64, step: int) -> F64:
+    """Sum of squares of the K-weighted signal over each run of ``step`` samples (``y.size`` is a multiple).
+
+    The filter runs in chunks of whole steps, carrying its state, and each step's squares are summed straight
+    from its output. A long signal is filtered as two lanes at once: its second half is the imaginary part of a
+    complex signal whose real part is the first half (real coefficients keep the two apart, bit for bit), which
+    scipy's filter loop runs about 15 % faster than the same samples one after the other. The second lane
+    starts ``_LOUDNESS_WARMUP`` samples early from a zero state; the K-weighting's slowest poles (the 38 Hz high
+    pass, 0.989 at 22.05 kHz) shrink that start's error by 1e-17 within them, far below float64 rounding.
+    """
+    from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
+
+    n_steps = y.size // step
+    warm = -(-_LOUDNESS_WARMUP // step)  # in steps
+    per_chunk = max(1, _LOUDNESS_CHUNK // step)
+    if n_steps < 4 * warm:
+        steps = np.empty(n_steps)
+        state = np.zeros((sos.shape[0], 2))
+        for first in range(0, n_steps, per_chunk):
+            last = min(first + per_chunk, n_steps)
+            weighted, state = sosfilt(sos, y[first * step : last * step], zi=state)
+            chunk = weighted.reshape(last - first, step)
+            steps[first:last] = np.einsum("ij,ij->i", chunk, chunk)
+        return steps
+    split = (n_steps + warm + 1) // 2  # lane A: steps [0, split); lane B: steps [split - warm, n_steps)
+    lane_steps = max(split, n_steps - split + warm)
+    lanes = np.zeros(lane_steps * step, dtype=np.complex128)
+    lanes.real[: split * step] = y[: split * step]
+    lanes.imag[: (n_steps - split + warm) * step] = y[(split - warm) * step :]
+    sums = np.empty((2, lane_steps))
+    state = np.zeros((sos.shape[0], 2), dtype=np.complex128)
+    ones = np.ones(step)
+    for first in range(0, lane_steps, per_chunk):
+        last = min(first + per_chunk, lane_steps)
+        weighted, state = sosfilt(sos, lanes[first * step : last * step], zi=state)
+        for lane, part in enumerate((weighted.real, weighted.imag)):
+            sums[lane, first:last] = np.square(part).reshape(last - first, step) @ ones
+    return np.concatenate([sums[0, :split], sums[1, warm : warm + n_steps - split]])
+
+
 def _integrated_loudness(y: F32, sr: int) -> float:
-    # K-weight in chunks (carrying the filter state) into float64 squares kept in the thread's workspace.
-    squared = _workspace.floats(2 * y.size).view(np.float64)
+    from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
+
     sos = _k_weighting(sr)
     state = np.zeros((sos.shape[0], 2))
-    for start in range(0, y.size, _LOUDNESS_CHUNK):
-        stop = min(start + _LOUDNESS_CHUNK, y.size)
-        weighted, state = scipy.signal.sosfilt(sos, y[start:stop], zi=state)
-        np.multiply(weighted, weighted, out=squared[start:stop])
     block = round(_BLOCK_S * sr)
-    if squared.size < block or block < 4:
-        mean_squares = np.array([squared.mean()])
-    else:
-        # Blocks start every quarter block; block j is the sum of quarter-block steps j..j+3.
-        n_blocks = (squared.size - block) * 4 // block + 1
-        edges = (np.arange(n_blocks + 4, dtype=np.int64) * block) // 4
-        steps = np.add.reduceat(squared[: int(edges[-1])], edges[:-1])
+    step, uneven = divmod(block, 4)
+    if y.size >= block >= 4 and not uneven:
+        # Blocks start every quarter block; block j is the sum of quarter-block steps j..j+3. The samples after
+        # the last whole step belong to no block and are not filtered.
+        steps = _k_weighted_steps(y[: y.size // step * step], sos, step)
         mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
+    else:
+        # A signal shorter than a block is one block; a block that is no multiple of 4 samples has uneven
+        # quarter steps. K-weight in chunks into float64 squares kept in the thread's workspace.
+        squared = _workspace.floats(2 * y.size).view(np.float64)
+        for start in range(0, y.size, _LOUDNESS_CHUNK):
+            stop = min(start + _LOUDNESS_CHUNK, y.size)
+            weighted, state = sosfilt(sos, y[start:stop], zi=state)
+            np.multiply(weighted, weighted, out=squared[start:stop])
+        if squared.size < block or block < 4:
+            mean_squares = np.array([squared.mean()])
+        else:
+            n_blocks = (squared.size - block) * 4 // block + 1
+            edges = (np.arange(n_blocks + 4, dtype=np.int64) * block) // 4
+            steps = np.add.reduceat(squared[: int(edges[-1])], edges[:-1])
+            mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
     with np.errstate(divide="ignore"):
         block_loudness = _LOUDNESS_OFFSET + 10.0 * np.log10(mean_squares)
     gated = mean_squares[block_loudness > _ABSOLUTE_GATE_LUFS]
@@ -716,7 +951,7 @@ def _integrated_loudness(y: F32, sr: int) -> float:
 
 
 def extract_features(
-    y: npt.ArrayLike, sr: int, cfg: FeatureConfig = DEFAULT_CONFIG, *, frames: bool = False
+    y: npt.ArrayLike, sr: int, cfg: FeatureConfig = DEFAULT_CONFIG, *, frames: bool = False, log_mel: bool = False
 ) -> TrackFeatures:
     """Extract the summary feature vector (and optionally frame-level features) of a mono signal.
 
@@ -728,6 +963,7 @@ def extract_features(
         sr: Sample rate in Hz.
         cfg: Feature configuration.
         frames: Keep the log-mel spectrogram and the frame-level features in the result.
+        log_mel: Keep the log-mel spectrogram (without the other frame-level features).
 
     Returns:
         The track's features; ``values`` is float32, finite and ordered as ``feature_names(cfg)``.
@@ -736,7 +972,7 @@ def extract_features(
         DataFormatError: Empty, non-finite, non-float or multi-dimensional signal; bad sample rate; or a sample
             rate incompatible with the configuration (``fmax`` or contrast bands above Nyquist).
     """
-    signal = _as_signal(y)
+    signal, peak = _checked_signal(y)
     sr = _check_sr(sr)
     nyquist = sr / 2.0
     if cfg.fmax is not None and cfg.fmax > nyquist:
@@ -745,20 +981,22 @@ def extract_features(
         raise DataFormatError(uri=SIGNAL_URI, problem=f"fmin {cfg.fmin:g} Hz is not below the mel fmax / Nyquist")
     n_fft, hop = cfg.n_fft, cfg.hop_length
     bands = _contrast_bands(sr, n_fft, cfg.contrast_fmin, cfg.contrast_bands, cfg.contrast_quantile)
-    freq = _fft_frequencies(sr, n_fft)
+    power_bank = _power_bank(sr, n_fft, cfg.n_chroma)
 
     mag, power, scratch = _stft(signal, n_fft, hop)  # the one STFT, (frames, bins)
     n_frames = mag.shape[0]
 
-    log_mel = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
-    mfcc = log_mel @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
-    chroma = _chroma(power, _chroma_bank(sr, n_fft, cfg.n_chroma))
-    rms = np.sqrt(power @ _rms_weights(n_fft))
-    centroid, bandwidth = _centroid_bandwidth(mag, freq)
-    rolloff = _rolloff(mag, freq, cfg.rolloff_percent)
-    contrast = _contrast(mag, bands, scratch)  # (bands + 1, frames)
-    flatness = _flatness(power, scratch=mag)  # last use of S and P: overwrites both
-    onset = _onset_strength(log_mel, n_fft, hop)
+    mel_db = _log_mel(power, _mel_bank(sr, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (frames, n_mels) dB
+    mfcc = mel_db @ _dct_matrix(cfg.n_mels, cfg.n_mfcc)
+    projected = power @ power_bank  # chroma bins, the rms sum, the sum of P: one product over the power
+    chroma = _chroma(projected[:, : cfg.n_chroma])
+    rms = np.sqrt(projected[:, cfg.n_chroma])
+    spectral = _spectral_stats(mag, sr, n_fft, cfg.rolloff_percent)
+    contrast, floor = _contrast_and_floor(mag, bands)  # (bands + 1, frames), each frame's smallest S
+    # |X[k]| <= peak * sum(window) = peak * n_fft / 2 bounds every bin (1 % margin for float32 rounding).
+    max_power = (1.01 * peak * n_fft / 2) ** 2
+    flatness = _flatness(power, max_power, scratch, floor, projected[:, cfg.n_chroma + 1])  # last use of P
+    onset = _onset_strength(mel_db, n_fft, hop)
     zcr = _zero_crossing_rate(signal, n_frames, n_fft, hop)
     tempo = _tempo(onset, sr, hop)
     loudness = _integrated_loudness(signal, sr)
@@ -769,9 +1007,9 @@ def extract_features(
     rows[:n_vec] = mfcc.T
     rows[n_vec : n_vec + n_chr] = chroma.T
     rows[n_vec + n_chr : n_vec + n_chr + n_con] = contrast
-    scalars = (centroid, bandwidth, rolloff, flatness, zcr, rms, onset)
+    scalars = (spectral.centroid, spectral.bandwidth, spectral.rolloff, flatness, zcr, rms, onset)
     rows[n_vec + n_chr + n_con :] = np.stack(scalars)
-    band_means = log_mel.mean(axis=0, dtype=np.float64)
+    band_means = mel_db.mean(axis=0, dtype=np.float64)
     edges = [g * cfg.n_mels // cfg.mel_summary_bands for g in range(cfg.mel_summary_bands + 1)]
     group_means = [band_means[lo:hi].mean() for lo, hi in itertools.pairwise(edges)]
 
@@ -796,6 +1034,6 @@ def extract_features(
         tempo_bpm=float(tempo),
         loudness_lufs=float(loudness),
         duration_s=float(duration),
-        log_mel=np.ascontiguousarray(log_mel.T) if frames else None,
+        log_mel=np.ascontiguousarray(mel_db.T) if frames or log_mel else None,
         frames=frame_features,
     )

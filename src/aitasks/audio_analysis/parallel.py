@@ -7,10 +7,20 @@ that item with ``on_timeout`` and starts a fresh worker. A worker that dies (a s
 decoder, the OOM killer) is recorded with ``on_crash`` and replaced the same way. Results come back
 in input order.
 
+Dispatch is pipelined: each worker holds up to ``prefetch`` items (the one it works on and the next
+ones), so it never waits for the parent between items. The clock of an item starts when the worker
+starts it (when the previous item's result arrives); when a worker is killed or dies, the items it
+had not started go back to the front of the queue. The function is sent once per worker (pickled
+with the process), so an item carries only what differs between items (bind shared arguments with
+``functools.partial``).
+
 Each worker pins BLAS/OpenMP to ``threads`` threads (threadpoolctl): with one thread per process the
 cores are shared by processes, not oversubscribed by threads (25 % or more lost otherwise, measured).
-Workers start from a fork server that has already imported the heavy modules, so a replacement
-worker starts in milliseconds rather than re-importing numpy and librosa.
+Workers start from a fork server that has already imported the modules they need, so a replacement
+worker starts in milliseconds rather than re-importing numpy and scipy. The feature extractor builds
+its filter banks with numpy alone (no librosa, whose import and numba compilation cost a worker
+seconds); the fork server's start is then mostly ``scipy.signal`` (the loudness filter), paid once per
+process.
 
 Values crossing the pipes are pickled: they are our own items and results between our own processes,
 never files read from outside.
@@ -18,6 +28,7 @@ never files read from outside.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import time
 from collections.abc import Callable, Sequence
@@ -28,18 +39,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Modules the fork server imports once, so every worker forked from it starts warm.
-#: librosa loads its submodules lazily; ``librosa.filters`` pulls ``librosa.util.utils``, whose numba
-#: functions take 1.5-3 s to load on first use: paid once in the fork server, not once per worker.
 PRELOAD = [
     "numpy",
+    "scipy.fft",
     "scipy.signal",
     "soundfile",
     "soxr",
-    "librosa",
-    "librosa.filters",
-    "librosa.util.utils",
+    "threadpoolctl",
     "aitasks.audio_analysis.analyze",
 ]
+#: Items a worker holds at once by default: the one it works on and the next.
+PREFETCH = 2
 
 
 def _keep_freed_memory() -> None:
@@ -94,7 +104,7 @@ class _Slot:
         self.proc = ctx.Process(target=_worker, args=(child, fn, threads), daemon=True)
         self.proc.start()
         child.close()
-        self.idx: int | None = None
+        self.held: collections.deque[int] = collections.deque()  # sent, in order; the first one is running
         self.deadline = 0.0
 
     def stop(self, *, kill: bool) -> None:
@@ -122,19 +132,23 @@ def run_pool(
     on_crash: Callable[[T, str], R],
     threads: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    prefetch: int = PREFETCH,
 ) -> list[R]:
     """Apply ``fn`` to every item in worker processes, each call bounded by ``timeout_s``.
 
     Args:
-        fn: A module-level function (it is pickled by reference). Exceptions it raises are passed to
-            ``on_crash`` with their text; ``fn`` should turn expected failures into results itself.
+        fn: A module-level function, or a ``functools.partial`` of one (pickled once per worker).
+            Exceptions it raises are passed to ``on_crash`` with their text; ``fn`` should turn
+            expected failures into results itself.
         items: The inputs, picklable.
         workers: Number of processes (at least 1).
-        timeout_s: Wall-clock limit per item; the worker is killed past it.
+        timeout_s: Wall-clock limit per item, from the moment its worker starts it; the worker is
+            killed past it.
         on_timeout: The result recorded for an item that ran out of time.
         on_crash: The result for an item whose worker died or whose call raised.
         threads: BLAS/OpenMP threads per worker.
         progress: Called with (done, total) after each item.
+        prefetch: Items a worker holds at once (at least 1; 1 is one item per round trip).
 
     Returns:
         One result per item, in input order.
@@ -143,6 +157,8 @@ def run_pool(
         raise ValueError("workers must be >= 1")
     if timeout_s <= 0:
         raise ValueError("timeout_s must be > 0")
+    if prefetch < 1:
+        raise ValueError("prefetch must be >= 1")
     if not items:
         return []
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
@@ -151,18 +167,17 @@ def run_pool(
         ctx.set_forkserver_preload(PRELOAD)
     results: list[Any] = [None] * len(items)
     done = 0
-    queue = list(range(len(items)))
-    queue.reverse()
+    queue = collections.deque(range(len(items)))
     slots = [_Slot(ctx, fn, threads) for _ in range(min(workers, len(items)))]
 
-    def assign(slot: _Slot) -> None:
-        if queue:
-            idx = queue.pop()
-            slot.idx = idx
+    def fill(slot: _Slot) -> None:
+        """Top the slot up to ``prefetch`` items; a slot that was idle starts its clock now."""
+        if not slot.held:
             slot.deadline = time.monotonic() + timeout_s
+        while queue and len(slot.held) < prefetch:
+            idx = queue.popleft()
+            slot.held.append(idx)
             slot.conn.send((idx, items[idx]))
-        else:
-            slot.idx = None
 
     def finish(idx: int, value: Any) -> None:
         nonlocal done
@@ -171,37 +186,45 @@ def run_pool(
         if progress is not None:
             progress(done, len(items))
 
+    def replace(i: int) -> _Slot:
+        """Kill slot ``i``'s worker; its unstarted items go back to the front of the queue."""
+        slot = slots[i]
+        slot.stop(kill=True)
+        queue.extendleft(reversed(list(slot.held)[1:]))
+        slots[i] = _Slot(ctx, fn, threads)
+        return slots[i]
+
     try:
         for slot in slots:
-            assign(slot)
+            fill(slot)
         while done < len(items):
-            busy = [s for s in slots if s.idx is not None]
+            busy = [s for s in slots if s.held]
             now = time.monotonic()
             ready = wait([s.conn for s in busy], timeout=max(0.0, min(s.deadline for s in busy) - now))
             for i, slot in enumerate(slots):
-                if slot.idx is None:
+                if not slot.held:
                     continue
-                idx = slot.idx
+                idx = slot.held[0]
                 if slot.conn in ready:
                     try:
                         status, got_idx, value = slot.conn.recv()
                     except (EOFError, OSError):
                         slot.proc.join(timeout=5)
                         code = slot.proc.exitcode
-                        slot.stop(kill=True)
-                        slots[i] = _Slot(ctx, fn, threads)
+                        fresh = replace(i)
                         finish(idx, on_crash(items[idx], f"worker process died (exit code {code})"))
-                        assign(slots[i])
+                        fill(fresh)
                         continue
                     assert got_idx == idx
+                    slot.held.popleft()
+                    slot.deadline = time.monotonic() + timeout_s  # the next held item starts now
                     finish(idx, value if status == "ok" else on_crash(items[idx], value))
-                    assign(slot)
+                    fill(slot)
                 elif time.monotonic() >= slot.deadline:
-                    slot.stop(kill=True)
-                    slots[i] = _Slot(ctx, fn, threads)
+                    fresh = replace(i)
                     finish(idx, on_timeout(items[idx]))
-                    assign(slots[i])
+                    fill(fresh)
     finally:
         for slot in slots:
-            slot.stop(kill=slot.idx is not None)
+            slot.stop(kill=bool(slot.held))
     return results
