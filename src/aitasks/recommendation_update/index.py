@@ -286,15 +286,26 @@ class AnnIndex:
         self._ef = int(ef)
 
     def vectors(self, rows: npt.ArrayLike | None = None) -> _F32:
-        """The stored vectors of ``rows`` (default: every row), ``float32 [len(rows), dim]``."""
+        """The stored vectors of ``rows`` (default: every row), ``float32 [len(rows), dim]``.
+
+        Rows marked deleted come back as zeros (the library no longer hands them out); searches and
+        :func:`tune_and_check` never use them.
+        """
         sel = np.arange(len(self.ids), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        if sel.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+        out = np.zeros((sel.size, self.dim), dtype=np.float32)
+        keep = (
+            np.flatnonzero([int(r) not in self._deleted for r in sel.tolist()])
+            if self._deleted
+            else np.arange(sel.size)
+        )
+        if keep.size == 0:
+            return out
         if self.backend == "hnswlib":
-            out = self._native.get_items(sel, return_type="numpy")
+            got = self._native.get_items(sel[keep], return_type="numpy")
         else:
-            out = self._native.get_vectors(sel.tolist())
-        return np.ascontiguousarray(out, dtype=np.float32).reshape(sel.size, self.dim)
+            got = self._native.get_vectors(sel[keep].tolist())
+        out[keep] = np.asarray(got, dtype=np.float32).reshape(keep.size, self.dim)
+        return out
 
     def search(self, queries: npt.ArrayLike, k: int) -> tuple[_I64, _F32]:
         """Rows and inner-product scores of the approximate top-``k`` per query, best first.
@@ -416,14 +427,16 @@ class AnnIndex:
             if ef != self._native_ef:
                 self._native.set_ef(ef)
                 self._native_ef = ef
+            found: tuple[Any, Any]
             try:
-                return self._native.knn_query(q, k=k, num_threads=1)
+                found = self._native.knn_query(q, k=k, num_threads=1)
             except RuntimeError:
                 # With rows marked deleted the beam can end with fewer than k live rows: widen it to
                 # every stored row (exhaustive), which always finds k of the live ones.
                 self._native.set_ef(len(self.ids))
                 self._native_ef = len(self.ids)
-                return self._native.knn_query(q, k=k, num_threads=1)
+                found = self._native.knn_query(q, k=k, num_threads=1)
+            return found
         labels, dist = self._native.query(q, k=k, num_threads=1, query_ef=ef)
         return np.asarray(labels).reshape(q.shape[0], -1), np.asarray(dist).reshape(q.shape[0], -1)
 
