@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +48,10 @@ from aitasks.recommendation_update.index import (
     require_quality,
     tune_and_check,
 )
-from aitasks.runtime.errors import DataFormatError, FieldIssue, InvalidInputError
+from aitasks.runtime.errors import DataFormatError, FatalError, FieldIssue, InvalidInputError
+
+if TYPE_CHECKING:
+    from aitasks.runtime.settings import Settings
 
 _TASK: Final = "index.refresh"
 #: Companion file of a published version: the tower inputs of every indexed track when it was embedded.
@@ -354,3 +359,211 @@ def merge_seen(previous: pl.DataFrame | None, events: pl.DataFrame) -> pl.DataFr
         prev = previous.select("user_id", "track_id", pl.col("plays").cast(pl.Int64))
         fresh = pl.concat([prev, fresh]).group_by("user_id", "track_id").agg(pl.col("plays").max())
     return fresh.sort("user_id", "track_id")
+
+
+# ------------------------------------------------------------------------------- task plumbing
+class NoChampionError(FatalError):
+    """The registry has no ``champion`` to embed with: the training pipeline has not promoted one yet."""
+
+    kind = "no_champion"
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(
+            f"model {model_name!r} has no 'champion' alias: run reco-training (or `aitasks model promote`) first; "
+            "nothing was refreshed"
+        )
+
+
+@dataclass(frozen=True)
+class PreviousVersion:
+    """The published version a refresh starts from, loaded and verified."""
+
+    previous: Previous
+    index: AnnIndex
+    snapshot: pl.DataFrame | None
+    seen: pl.DataFrame | None
+
+
+def open_previous(root: str, name: str, *, force_rebuild: bool, log: Any = None) -> PreviousVersion | None:
+    """The version ``CURRENT`` points at (every file checked against its manifest), None when none exists.
+
+    Raises:
+        DataFormatError: The current version (pointer, manifest, a file, the snapshot) is damaged; the
+            message says so and what to do. With ``force_rebuild`` a damaged version is skipped instead
+            (logged) and the refresh rebuilds from the catalog.
+    """
+    from aitasks.recommendation_update.publish import NoPublishedIndexError, load_current
+    from aitasks.recommendation_update.tasks import SEEN_FILE
+
+    try:
+        index, manifest, directory = load_current(root, name)
+        snapshot = read_previous_snapshot(directory)
+        baseline = build_recall_baseline(directory, manifest.recall_at_k)
+        seen = None
+        if (directory / SEEN_FILE).is_file():
+            try:
+                seen = pl.read_parquet(directory / SEEN_FILE, columns=["user_id", "track_id", "plays"])
+            except Exception as exc:  # polars raises several types for a damaged file
+                raise DataFormatError(str(directory / SEEN_FILE), f"unreadable played pairs: {exc}") from None
+    except NoPublishedIndexError:
+        return None
+    except DataFormatError as exc:
+        if force_rebuild:
+            if log is not None:
+                log.warning("index.refresh_damaged_current", index=name, error=str(exc), note="force_rebuild")
+            return None
+        raise DataFormatError(
+            exc.uri,
+            f"{exc.problem}. The current version of index {name!r} is damaged, so nothing was refreshed or "
+            f"published: roll back to a good version (`aitasks index rollback {name}`) or rerun with "
+            "force_rebuild=true",
+        ) from None
+    previous = Previous(
+        version=manifest.version,
+        model_version=manifest.model_version,
+        backend=manifest.backend,
+        m=manifest.m,
+        ef_construction=manifest.ef_construction,
+        recall_at_k=manifest.recall_at_k,
+        build_recall_at_k=baseline,
+    )
+    return PreviousVersion(previous=previous, index=index, snapshot=snapshot, seen=seen)
+
+
+@dataclass(frozen=True)
+class ChampionInputs:
+    """Today's catalog as tower inputs, the champion's item tower, listener queries and played pairs."""
+
+    tracks: pl.DataFrame
+    embed_items: Embedder
+    queries: npt.NDArray[np.float32]
+    played: pl.DataFrame
+    active_users: int
+    model_sha: str
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> pl.DataFrame:
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a non-Parquet file
+        raise DataFormatError(str(path), f"not a readable Parquet file: {exc}") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataFormatError(str(path), f"missing columns: {', '.join(missing)}")
+    return frame.select(columns)
+
+
+def champion_inputs(
+    settings: Settings,
+    model_dir: Path,
+    *,
+    project: str,
+    online_store: Literal["sqlite", "redis"],
+    events: Path,
+    catalog: Path,
+    user_features: Path,
+    track_features: Path,
+    as_of: datetime,
+    active_hours: int,
+    max_users: int,
+) -> ChampionInputs:
+    """Fresh Feast features at ``as_of`` for every catalog track and the recently active listeners.
+
+    Listeners active in the ``active_hours`` before ``as_of`` (most recent first, at most
+    ``max_users``) are the recall check's queries; when fewer than 10 were active, the most recent
+    listeners of the whole event file are. Genre ids are re-expressed in the champion's vocabulary, so
+    the snapshot and the embeddings speak the model's language.
+
+    Raises:
+        DataFormatError: Unreadable inputs or no listening events before ``as_of``.
+    """
+    from aitasks.model_training.dataset import align_genres, tower_inputs
+    from aitasks.model_training.recommender import read_vocabularies
+    from aitasks.model_training.training_set import read_feature_vocabularies
+    from aitasks.model_training.two_tower import load_model
+    from aitasks.platform import feature_store as fs
+    from aitasks.runtime.hashing import sha256_file
+
+    model, user_vocab, item_vocab = load_model(model_dir)
+    spec = model.config.spec
+    ev = _read_parquet(events, ("user_id", "track_id", "ts")).filter(pl.col("ts") < as_of)
+    if ev.height == 0:
+        raise DataFormatError(str(events), f"no listening events before {as_of.isoformat()}")
+    cat = _read_parquet(catalog, (ID_COLUMN,)).unique().sort(ID_COLUMN)
+    last = (
+        ev.group_by("user_id").agg(pl.col("ts").max().alias("last")).sort(["last", "user_id"], descending=[True, False])
+    )
+    recent = last.filter(pl.col("last") >= as_of - timedelta(hours=active_hours))
+    chosen = (recent if recent.height >= 10 else last).head(max_users)
+
+    fcfg = fs.config_for(
+        settings=settings,
+        project=project,
+        user_features=user_features,
+        track_features=track_features,
+        online_store=online_store,
+    )
+    fs.apply_repo(fcfg)  # idempotent; points the registry's offline sources at this step's files
+    at = pl.lit(as_of).dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    with fs.local_offline(fcfg) as local:
+        store = fs.open_store(fcfg, check=False, offline=local)
+        items_pd = fs.historical_features(
+            fcfg, cat.with_columns(event_timestamp=at).to_pandas(), store=store, partial=True
+        )
+        users_pd = fs.historical_features(
+            fcfg, chosen.select("user_id").with_columns(event_timestamp=at).to_pandas(), store=store, partial=True
+        )
+    items = pl.from_pandas(items_pd).drop("event_timestamp")
+    users = pl.from_pandas(users_pd).drop("event_timestamp")
+    model_vocab, set_vocab = read_vocabularies(model_dir), read_feature_vocabularies(user_features, track_features)
+    if model_vocab is not None:
+        items = align_genres(items, source=set_vocab.genres, target=model_vocab.genres)
+        users = align_genres(users, source=set_vocab.genres, target=model_vocab.genres)
+    columns = [*spec.item_dense, *(c for c, _ in spec.item_categorical)]
+    tracks = items.select(ID_COLUMN, *(pl.col(c) if c in items.columns else pl.lit(None).alias(c) for c in columns))
+    # NaN and null both mean "no value" to the tower: one spelling, so the snapshot diff is exact.
+    tracks = tracks.with_columns(pl.col(c).fill_nan(None) for c in columns if tracks[c].dtype.is_float())
+
+    def embed_items(frame: pl.DataFrame) -> npt.NDArray[np.float32]:
+        inputs = tower_inputs(
+            frame, id_column=ID_COLUMN, vocab=item_vocab, dense=spec.item_dense, categorical=spec.item_categorical
+        )
+        return np.asarray(model.embed_items(inputs), dtype=np.float32)
+
+    queries = model.embed_users(
+        tower_inputs(
+            users, id_column="user_id", vocab=user_vocab, dense=spec.user_dense, categorical=spec.user_categorical
+        )
+    )
+    weights = model_dir / "model.safetensors"
+    return ChampionInputs(
+        tracks=tracks,
+        embed_items=embed_items,
+        queries=np.asarray(queries, dtype=np.float32),
+        played=ev.select("user_id", "track_id"),
+        active_users=recent.height,
+        model_sha=sha256_file(weights) if weights.is_file() else "",
+    )
+
+
+def write_version_files(
+    out: Path, index: AnnIndex, report: RefreshReport, *, tracks: pl.DataFrame, seen: pl.DataFrame
+) -> None:
+    """Everything a published version holds: index, id map, track snapshot, played pairs, recall, refresh record."""
+    from aitasks.recommendation_update.tasks import SEEN_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    index.save(out)
+    tracks.sort(ID_COLUMN).write_parquet(out / TRACKS_FILE)
+    seen.write_parquet(out / SEEN_FILE)
+    recall = RecallReport(
+        recall_at_k=report.recall_at_k,
+        k=report.k,
+        ef=report.ef_search,
+        queries=report.queries,
+        ladder=report.recall_ladder,
+        floor=0.0,
+        passed=True,
+    )
+    (out / "recall.json").write_text(recall.model_dump_json(indent=2), "utf-8")
+    (out / REFRESH_FILE).write_text(report.model_dump_json(indent=2), "utf-8")
