@@ -1,9 +1,11 @@
-"""KFP components of the recommendation-update family: build the ANN index, publish it.
+"""KFP components of the recommendation-update family: build or refresh the ANN index, publish it.
 
 Each body makes one :func:`aitasks.runtime.step.run_step` call: the adapter builds the step's runtime
 from the run context inputs, runs the task, exports its files into the typed outputs and logs its
 metrics. Nothing else.
 """
+
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -74,3 +76,70 @@ def publish_index(
         (run_context, pipeline, run_id, step),
     )
     return res.version
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def refresh_index(
+    events: Input[Dataset],
+    catalog: Input[Dataset],
+    user_features: Input[Dataset],
+    track_features: Input[Dataset],
+    as_of: str,
+    name: str,
+    model_name: str,
+    project: str,
+    online_store: str,
+    active_hours: int,
+    backend: str,
+    m: int,
+    ef_construction: int,
+    recall_floor: float,
+    target_recall: float,
+    sample_queries: int,
+    max_deleted_fraction: float,
+    max_recall_drift: float,
+    max_changed_fraction: float,
+    force_rebuild: bool,
+    scheduled_time: str,
+    run_created_time: str,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    index: Output[Artifact],
+    metrics: Output[Metrics],
+) -> NamedTuple("RefreshOutputs", [("model_version", int), ("recall_at_k", float), ("mode", str)]):
+    """The live index updated in place (new, changed, deleted tracks) or rebuilt when a threshold says so."""
+    from aitasks.runtime.step import run_step
+
+    res = run_step(
+        "index.refresh",
+        {
+            "events_uri": events,
+            "catalog_uri": catalog,
+            "user_features_uri": user_features,
+            "track_features_uri": track_features,
+            "as_of": as_of,
+            "name": name,
+            "model_name": model_name,
+            "project": project,
+            "online_store": online_store,
+            "active_hours": active_hours,
+            "backend": backend,
+            "m": m,
+            "ef_construction": ef_construction,
+            "recall_floor": recall_floor,
+            "target_recall": target_recall,
+            "sample_queries": sample_queries,
+            "max_deleted_fraction": max_deleted_fraction,
+            "max_recall_drift": max_recall_drift,
+            "max_changed_fraction": max_changed_fraction,
+            "force_rebuild": force_rebuild,
+            "scheduled_time": scheduled_time,
+            "run_created_time": run_created_time,
+        },
+        (run_context, pipeline, run_id, step),
+        outputs={"index_uri": index},
+        metrics=metrics,
+    )
+    return res.model_version, res.recall_at_k, res.mode

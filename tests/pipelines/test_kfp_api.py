@@ -291,10 +291,15 @@ def test_schedule_apply_plans_before_writing(server: FakeKfpServer, packages: Pa
 def test_shipped_schedules_file() -> None:
     spec = kfp_api.load_schedules(kfp_api.DEFAULT_SCHEDULES)
     by_pipeline = {s.pipeline: s for s in spec.schedules}
-    assert set(by_pipeline) == {"reco-training", "audio-analysis"}
+    assert set(by_pipeline) == {"reco-training", "reco-refresh", "audio-analysis"}
     assert all(s.name.startswith(kfp_api.MANAGED_PREFIX) for s in spec.schedules)
     assert by_pipeline["reco-training"].cron.split()[3:] == ["*", "*", "*"]  # daily
     assert by_pipeline["audio-analysis"].cron.split()[2:] == ["*", "*", "*", "*"]  # hourly
+    assert by_pipeline["reco-refresh"].cron.split()[2:] == ["*", "*", "*", "*"]  # hourly
+    assert by_pipeline["reco-refresh"].max_concurrency == 1  # each refresh starts from the last one's version
+    from pipelines.registry import pipelines
+
+    assert set(by_pipeline) <= set(pipelines()), "every scheduled pipeline is registered (compiled, uploaded)"
 
 
 @pytest.mark.parametrize(
