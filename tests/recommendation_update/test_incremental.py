@@ -108,7 +108,7 @@ def test_query_of_a_heavy_listener_keeps_ef_and_still_returns_k() -> None:
     q = x[:20] + 0.05
     got = index.query(q.astype(np.float32), 10, exclude=[heavy] * 20)
     assert all(len(row) == 10 and not {i for i, _ in row} & heavy for row in got)
-    assert index.ef == 32 and index._native_ef <= 5_000  # noqa: SLF001 - the beam set on the library
+    assert index.ef == 32 and index._native_ef <= 5_000
 
 
 def test_query_rejects_non_finite_vectors_on_the_fast_path(small: tuple[np.ndarray, AnnIndex]) -> None:
