@@ -15,7 +15,7 @@ from aitasks.recommendation_update.index import exact_topk, recall_at_k
 from aitasks.recommendation_update.publish import list_versions, load_current, read_pointer
 
 # Full pipeline runs (minutes on 2 cores): `make test-all` and CI run them, `make test` does not.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SMALL = {"events": 30_000, "dirty_rows": 0, "synthetic": {"users": 500, "tracks": 1_200}}
 AS_OF = "2026-10-31T00:00:00+00:00"

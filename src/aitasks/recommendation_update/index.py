@@ -32,6 +32,7 @@ _BACKENDS: Final = ("hnswlib", "voyager")
 # Cap on one chunk of the exact score matrix (float32 elements): 2**24 is 64 MiB, whatever the item count.
 _MAX_CHUNK_ELEMENTS: Final = 1 << 24
 _F32 = npt.NDArray[np.float32]
+_F32_DTYPE: Final = np.dtype(np.float32)
 _I64 = npt.NDArray[np.int64]
 
 
@@ -346,9 +347,9 @@ class AnnIndex:
         excluded ids it met (at least twice as many), up to every live row. An exclusion that is a
         ``set``/``frozenset`` is used as it is (no copy per request).
 
-        Validation costs next to nothing on the hot path: a C-contiguous float32 ``[q, dim]`` array is
-        searched as it is, and non-finite values (which make every distance NaN or infinite) are caught
-        on the results, then reported by the full check.
+        Validation costs next to nothing on the hot path: a float32 ``[q, dim]`` array is searched
+        as it is (any layout), and non-finite values (which make every distance NaN or infinite) are
+        caught on the results, then reported by the full check.
 
         Args:
             vectors: ``[q, dim]`` query vectors.
@@ -360,11 +361,10 @@ class AnnIndex:
         """
         if (
             type(vectors) is np.ndarray
-            and vectors.dtype == np.float32
+            and vectors.dtype is _F32_DTYPE  # any layout: the libraries copy to C order themselves
             and vectors.ndim == 2
             and vectors.shape[0] >= 1
             and vectors.shape[1] == self.dim
-            and vectors.flags.c_contiguous
             and type(k) is int
             and k >= 1
         ):
@@ -382,7 +382,7 @@ class AnnIndex:
             # The hot path: one search, rows mapped to ids by C-level iteration, nothing per result
             # beyond the (id, score) tuple.
             labels, dist = self._native_search(q, k)
-            all_scores = (1.0 - dist).tolist()
+            all_scores = np.subtract(1.0, dist, out=dist).tolist()  # float32, as search() reports them
             # One query: a tuple lookup per result beats numpy's call overhead; a batch: one take.
             all_ids = [list(map(ids.__getitem__, labels[0].tolist()))] if n == 1 else self._id_array[labels].tolist()
             out = []
