@@ -382,6 +382,9 @@ class PreviousVersion:
     index: AnnIndex
     snapshot: pl.DataFrame | None
     seen: pl.DataFrame | None
+    directory: Path
+    ef_search: int
+    k: int
 
 
 def open_previous(root: str, name: str, *, force_rebuild: bool, log: Any = None) -> PreviousVersion | None:
@@ -427,7 +430,15 @@ def open_previous(root: str, name: str, *, force_rebuild: bool, log: Any = None)
         recall_at_k=manifest.recall_at_k,
         build_recall_at_k=baseline,
     )
-    return PreviousVersion(previous=previous, index=index, snapshot=snapshot, seen=seen)
+    return PreviousVersion(
+        previous=previous,
+        index=index,
+        snapshot=snapshot,
+        seen=seen,
+        directory=directory,
+        ef_search=manifest.ef_search,
+        k=manifest.k,
+    )
 
 
 @dataclass(frozen=True)
@@ -567,3 +578,29 @@ def write_version_files(
     )
     (out / "recall.json").write_text(recall.model_dump_json(indent=2), "utf-8")
     (out / REFRESH_FILE).write_text(report.model_dump_json(indent=2), "utf-8")
+
+
+def unchanged(report: RefreshReport) -> bool:
+    """Whether an incremental refresh found nothing to add, update, restore or delete."""
+    return report.mode == "incremental" and not (report.added or report.updated or report.restored or report.deleted)
+
+
+def reuse_version_files(previous: PreviousVersion, out: Path, *, seen: pl.DataFrame) -> None:
+    """The previous version's files, byte for byte, with the played pairs brought up to date.
+
+    A refresh that changed nothing then publishes the same content (no new version), or, when only new
+    plays arrived, a version that differs by its ``seen.parquet`` alone.
+    """
+    import shutil
+
+    from aitasks.recommendation_update.index import IDS_FILE, INDEX_FILE
+    from aitasks.recommendation_update.tasks import SEEN_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (INDEX_FILE, IDS_FILE, TRACKS_FILE, REFRESH_FILE, "recall.json"):
+        if (previous.directory / name).is_file():
+            shutil.copyfile(previous.directory / name, out / name)
+    if previous.seen is not None and previous.seen.equals(seen) and (previous.directory / SEEN_FILE).is_file():
+        shutil.copyfile(previous.directory / SEEN_FILE, out / SEEN_FILE)
+    else:
+        seen.write_parquet(out / SEEN_FILE)

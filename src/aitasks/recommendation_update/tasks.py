@@ -404,13 +404,14 @@ def refresh_index_task(params: RefreshIndexParams, ctx: TaskContext) -> RefreshI
             model_version=champion.version,
         )
         out = Path(tmp) / "index"
-        rf.write_version_files(
-            out,
-            index,
-            report,
-            tracks=inputs.tracks,
-            seen=rf.merge_seen(prev.seen if prev else None, inputs.played),
-        )
+        seen = rf.merge_seen(prev.seen if prev else None, inputs.played)
+        ef_search, k, recall = report.ef_search, report.k, report.recall_at_k
+        if prev is not None and rf.unchanged(report):
+            # Nothing moved: publish the same index (and so no new version unless new plays arrived).
+            rf.reuse_version_files(prev, out, seen=seen)
+            ef_search, k, recall = prev.ef_search, prev.k, prev.previous.recall_at_k
+        else:
+            rf.write_version_files(out, index, report, tracks=inputs.tracks, seen=seen)
         uri = publish_bundle(
             ctx.storage,
             out,
@@ -424,9 +425,9 @@ def refresh_index_task(params: RefreshIndexParams, ctx: TaskContext) -> RefreshI
                     if prev and report.mode == "incremental"
                     else cfg.index.ef_construction
                 ),
-                "ef_search": report.ef_search,
-                "recall_at_k": report.recall_at_k,
-                "k": report.k,
+                "ef_search": ef_search,
+                "recall_at_k": recall,
+                "k": k,
                 "dim": index.dim,
                 "count": index.size,
                 "model_sha": inputs.model_sha,
