@@ -294,3 +294,48 @@ def test_refresh_record_is_the_drift_baseline(world: dict[str, object], tmp_path
     assert prev is not None and prev.previous.build_recall_at_k == 0.991
     record = json.loads((root / "indexes" / "reco-tracks" / "v1" / "refresh.json").read_text())
     assert record["mode"] == "rebuild" and record["build_recall_at_k"] == 0.991
+
+
+def test_a_refresh_that_changes_nothing_publishes_no_new_version(world: dict[str, object], tmp_path: Path) -> None:
+    from aitasks.recommendation_update.refresh import reuse_version_files, unchanged
+
+    index, report, cat = _first(world)
+    root, work = tmp_path / "root", tmp_path / "work"
+    work.mkdir()
+    _publish(root, index, report, cat, work)
+    prev = open_previous(str(root), "reco-tracks", force_rebuild=False)
+    assert prev is not None and prev.seen is not None
+    _, again = refresh_index(
+        cat,
+        embed,
+        world["queries"],
+        CFG,
+        previous=prev.previous,
+        index=prev.index,
+        snapshot=prev.snapshot,
+        model_version=1,
+    )  # type: ignore[arg-type]
+    assert unchanged(again)
+    reuse_version_files(prev, work / "again", seen=prev.seen)
+    res = publish_index(
+        str(root),
+        "reco-tracks",
+        work / "again",
+        backend="hnswlib",
+        dim=DIM,
+        m=16,
+        ef_construction=200,
+        ef_search=prev.ef_search,
+        recall_at_k=prev.previous.recall_at_k,
+        k=prev.k,
+        model_name="reco-two-tower",
+        model_version=1,
+    )
+    assert (res.version, res.created) == (1, False)
+    # New plays alone make a version that differs by its played pairs only.
+    more = pl.concat([prev.seen, pl.DataFrame({"user_id": ["u9"], "track_id": ["t00001"], "plays": [1]})])
+    reuse_version_files(prev, work / "more", seen=more)
+    v1 = root / "indexes" / "reco-tracks" / "v1"
+    for name in ("index.bin", "ids.json", "tracks.parquet", "refresh.json"):
+        assert (work / "more" / name).read_bytes() == (v1 / name).read_bytes(), name
+    assert pl.read_parquet(work / "more" / "seen.parquet").height == 2
