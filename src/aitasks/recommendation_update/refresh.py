@@ -441,6 +441,16 @@ def open_previous(root: str, name: str, *, force_rebuild: bool, log: Any = None)
     )
 
 
+def track_snapshot(items: pl.DataFrame, spec: Any) -> pl.DataFrame:
+    """``track_id`` + the item tower's inputs (``spec``: the model's feature spec), as a version records them.
+
+    NaN and null both mean "no value" to the tower: one spelling (null), so the next diff is exact.
+    """
+    columns = [*spec.item_dense, *(c for c, _ in spec.item_categorical)]
+    tracks = items.select(ID_COLUMN, *(pl.col(c) if c in items.columns else pl.lit(None).alias(c) for c in columns))
+    return tracks.with_columns(pl.col(c).fill_nan(None) for c in columns if tracks[c].dtype.is_float()).sort(ID_COLUMN)
+
+
 @dataclass(frozen=True)
 class ChampionInputs:
     """Today's catalog as tower inputs, the champion's item tower, listener queries and played pairs."""
@@ -530,10 +540,7 @@ def champion_inputs(
     if model_vocab is not None:
         items = align_genres(items, source=set_vocab.genres, target=model_vocab.genres)
         users = align_genres(users, source=set_vocab.genres, target=model_vocab.genres)
-    columns = [*spec.item_dense, *(c for c, _ in spec.item_categorical)]
-    tracks = items.select(ID_COLUMN, *(pl.col(c) if c in items.columns else pl.lit(None).alias(c) for c in columns))
-    # NaN and null both mean "no value" to the tower: one spelling, so the snapshot diff is exact.
-    tracks = tracks.with_columns(pl.col(c).fill_nan(None) for c in columns if tracks[c].dtype.is_float())
+    tracks = track_snapshot(items, spec)
 
     def embed_items(frame: pl.DataFrame) -> npt.NDArray[np.float32]:
         inputs = tower_inputs(

@@ -65,7 +65,7 @@ class BuildIndexResult(TaskModel):
         return {"backend": self.backend, "ef_search": self.ef_search}
 
 
-@ai_task(name="index.build", version="1.0.0", retry=RetryPolicy(max_attempts=2))
+@ai_task(name="index.build", version="1.1.0", retry=RetryPolicy(max_attempts=2))
 def build_index_task(params: BuildIndexParams, ctx: TaskContext) -> BuildIndexResult:
     """Build the HNSW index of track embeddings and check its recall against exact search.
 
@@ -112,6 +112,8 @@ def build_index_task(params: BuildIndexParams, ctx: TaskContext) -> BuildIndexRe
         out = Path(tmp)
         index.save(out)
         shutil.copyfile(ts_dir / "history.parquet", out / SEEN_FILE)
+        # The tower inputs of every indexed track: the hourly refresh tells changed tracks by them.
+        _write_track_snapshot(model_dir, ts_dir, out)
         (out / "recall.json").write_text(report.model_dump_json(indent=2), "utf-8")
         uri = publish_bundle(
             ctx.storage,
@@ -142,6 +144,23 @@ def build_index_task(params: BuildIndexParams, ctx: TaskContext) -> BuildIndexRe
         queries=report.queries,
         recall_ladder=[(int(e), float(r)) for e, r in report.ladder],
     )
+
+
+def _write_track_snapshot(model_dir: Path, ts_dir: Path, out: Path) -> None:
+    """``tracks.parquet``: the catalog's item-tower inputs as the model saw them (its genre vocabulary)."""
+    import polars as pl
+
+    from aitasks.model_training.dataset import align_genres
+    from aitasks.model_training.recommender import read_vocabularies
+    from aitasks.model_training.two_tower import load_model
+    from aitasks.recommendation_update.refresh import TRACKS_FILE, track_snapshot
+
+    model, _, _ = load_model(model_dir)
+    items = pl.read_parquet(ts_dir / "items.parquet")
+    model_vocab, set_vocab = read_vocabularies(model_dir), read_vocabularies(ts_dir)
+    if model_vocab is not None and set_vocab is not None:
+        items = align_genres(items, source=set_vocab.genres, target=model_vocab.genres)
+    track_snapshot(items, model.config.spec).write_parquet(out / TRACKS_FILE)
 
 
 class PublishIndexParams(TaskModel):
