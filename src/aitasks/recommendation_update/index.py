@@ -341,11 +341,12 @@ class AnnIndex:
         """Per query the top-``k`` ``(id, score)`` pairs, best first, without that query's excluded ids.
 
         The search beam holds ``ef`` candidates whatever ``k`` is, so a query with exclusions asks for
-        up to ``ef`` neighbours (free: the beam is searched anyway) and keeps the first ``k`` that are
-        not excluded, instead of asking for ``k + len(exclude)`` (which would widen the beam to thousands
-        for a heavy listener). A query still short of ``k`` asks again, over-fetching by the share of
-        excluded ids it met (at least twice as many), up to every live row. An exclusion that is a
-        ``set``/``frozenset`` is used as it is (no copy per request).
+        ``k`` plus up to ``k`` more neighbours (never more than ``ef``: free, the beam is searched anyway)
+        and keeps the first ``k`` that are not excluded, instead of asking for ``k + len(exclude)``
+        (which would widen the beam to thousands for a heavy listener). A query still short of ``k``
+        asks again, over-fetching by the share of excluded ids it met (at least twice as many), up to
+        every live row. An exclusion that is a ``set``/``frozenset`` is used as it is (no copy per
+        request).
 
         Validation costs next to nothing on the hot path: a float32 ``[q, dim]`` array is searched
         as it is (any layout), and non-finite values (which make every distance NaN or infinite) are
@@ -392,20 +393,24 @@ class AnnIndex:
                 out.append(list(zip(found, scores, strict=True)))
             return out
         banned = [e if isinstance(e, set | frozenset) else set(e) for e in exclude]
-        # First round: what the beam holds anyway (ef, at least k); a query stops at its k-th kept id.
-        want = [min(live, max(k, self._ef))] * n
+        if n == 1:
+            return [self._query_one_excluding(q, k, banned[0], live)]
+        # First round: k plus up to k more for the excluded ones met on the way, never past the beam
+        # (asking for up to ef results costs the search nothing); a query stops at its k-th kept id.
+        want = [min(live, max(k, min(self._ef, k + min(len(b), k)))) for b in banned]
         result: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         todo = list(range(n))
         while todo:
             sub = q if len(todo) == n else q[todo]
             labels, dist = self._native_search(sub, max(want[i] for i in todo))
             pending = []
-            for i, found, scores in zip(todo, self._id_array[labels].tolist(), (1.0 - dist).tolist(), strict=True):
+            for i, rows, scores in zip(todo, labels.tolist(), np.subtract(1.0, dist, out=dist).tolist(), strict=True):
                 if not math.isfinite(sum(scores)):
                     self._queries(vectors, "vectors")
                 ban = banned[i]
                 kept: list[tuple[str, float]] = []
-                for t, score in zip(found, scores, strict=True):
+                for r, score in zip(rows, scores, strict=True):
+                    t = ids[r]  # mapped lazily: most rows stop after k + a few
                     if t not in ban:
                         kept.append((t, score))
                         if len(kept) == k:
@@ -414,11 +419,31 @@ class AnnIndex:
                     result[i] = kept
                 else:
                     # Over-fetch by the excluded share met so far (at least twice as many), up to every live row.
-                    need = int(np.ceil(k * len(found) / max(1, len(kept)))) + 1
+                    need = int(np.ceil(k * len(rows) / max(1, len(kept)))) + 1
                     want[i] = min(live, max(2 * want[i], need))
                     pending.append(i)
             todo = pending
         return result
+
+    def _query_one_excluding(self, q: _F32, k: int, ban: Collection[str], live: int) -> list[tuple[str, float]]:
+        """:meth:`query` of one query with exclusions (the per-request serving path), without batch bookkeeping."""
+        ids = self.ids
+        want = min(live, max(k, min(self._ef, k + min(len(ban), k))))
+        while True:
+            labels, dist = self._native_search(q, want)
+            rows, scores = labels[0].tolist(), np.subtract(1.0, dist, out=dist)[0].tolist()
+            if not math.isfinite(sum(scores)):
+                self._queries(q, "vectors")
+            kept: list[tuple[str, float]] = []
+            for r, score in zip(rows, scores, strict=True):
+                t = ids[r]
+                if t not in ban:
+                    kept.append((t, score))
+                    if len(kept) == k:
+                        return kept
+            if want >= live:
+                return kept
+            want = min(live, max(2 * want, int(np.ceil(k * len(rows) / max(1, len(kept)))) + 1))
 
     def _native_search(self, q: _F32, k: int) -> tuple[Any, Any]:
         """The library's raw (labels, distances) for validated queries, ``1 <= k <= live``."""
