@@ -46,7 +46,7 @@ def reco_refresh(
     """The recommender's index refresh (hourly recurring run; kfp.local runs it in tests).
 
     Embeds with the model that holds the `champion` alias; the index it updates is the version CURRENT
-    points at. A refresh that changes nothing publishes nothing new (same content, same version).
+    points at. A refresh that changes nothing hands over that version's files: no new version.
 
     Args:
         run_context: Who and what started the run (storage root override, submitter, git revision,
