@@ -118,9 +118,9 @@ def test_cli_upload_all(server: FakeKfpServer) -> None:
     result = CliRunner().invoke(app, ["upload", "--all", "--host", server.url, "--git-revision", "c0ffee"])
     assert result.exit_code == 0, result.output
     names = sorted(p["display_name"] for p in server.state.pipelines.values())
-    assert names == ["audio-analysis", "content-generation", "data-pipeline", "reco-training"]
+    assert names == ["audio-analysis", "content-generation", "data-pipeline", "reco-refresh", "reco-training"]
     result = CliRunner().invoke(app, ["upload", "--all", "--host", server.url, "--git-revision", "c0ffee"])
-    assert result.exit_code == 0 and result.output.count(": unchanged") == 4
+    assert result.exit_code == 0 and result.output.count(": unchanged") == 5
     result = CliRunner().invoke(app, ["upload", "--host", server.url])
     assert result.exit_code == 2 and "NAME or --all" in result.output
 
