@@ -1,9 +1,11 @@
-"""KFP components of the recommendation-update family: build the ANN index, publish it.
+"""KFP components of the recommendation-update family: build or refresh the ANN index, publish it.
 
 Each body makes one :func:`aitasks.runtime.step.run_step` call: the adapter builds the step's runtime
 from the run context inputs, runs the task, exports its files into the typed outputs and logs its
 metrics. Nothing else.
 """
+
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
@@ -61,3 +63,48 @@ def publish_index(
         (run_context, pipeline, run_id, step),
     )
     return res.version
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def refresh_index(
+    events: Input[Dataset],
+    catalog: Input[Dataset],
+    user_features: Input[Dataset],
+    track_features: Input[Dataset],
+    as_of: str,
+    name: str,
+    model_name: str,
+    feast: dict,
+    index_settings: dict,
+    refresh: dict,
+    scheduled_time: str,
+    run_created_time: str,
+    run_context: dict,
+    pipeline: str,
+    run_id: str,
+    step: str,
+    index: Output[Artifact],
+    metrics: Output[Metrics],
+) -> NamedTuple("RefreshOutputs", [("model_version", int), ("recall_at_k", float), ("mode", str)]):
+    """The live index updated in place (new, changed, deleted tracks) or rebuilt when a threshold says so."""
+    from aitasks.runtime.step import run_step
+
+    res = run_step(
+        "index.refresh",
+        {
+            "events_uri": events,
+            "catalog_uri": catalog,
+            "user_features_uri": user_features,
+            "track_features_uri": track_features,
+            "as_of": as_of,
+            "name": name,
+            "model_name": model_name,
+            "scheduled_time": scheduled_time,
+            "run_created_time": run_created_time,
+        },
+        (run_context, pipeline, run_id, step),
+        groups={"feast": feast, "index": index_settings, "refresh": refresh},
+        outputs={"index_uri": index},
+        metrics=metrics,
+    )
+    return res.model_version, res.recall_at_k, res.mode

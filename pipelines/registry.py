@@ -13,6 +13,8 @@ def pipelines() -> dict[str, Callable[..., Any]]:
     from pipelines.content_generation import content_generation
     from pipelines.data_pipeline import NAME as DATA
     from pipelines.data_pipeline import data_pipeline
+    from pipelines.reco_refresh import NAME as REFRESH
+    from pipelines.reco_refresh import reco_refresh
     from pipelines.reco_training import NAME as RECO
     from pipelines.reco_training import reco_training
     from pipelines.reco_tuning import NAME as TUNING
@@ -21,6 +23,7 @@ def pipelines() -> dict[str, Callable[..., Any]]:
     return {
         DATA: data_pipeline,
         RECO: reco_training,
+        REFRESH: reco_refresh,
         TUNING: reco_tuning,
         AUDIO: audio_analysis,
         CONTENT: content_generation,

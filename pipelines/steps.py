@@ -30,7 +30,7 @@ from components.model_training import (
     train_model,
     train_model_pytorchjob,
 )
-from components.recommendation_update import build_index, publish_index
+from components.recommendation_update import build_index, publish_index, refresh_index
 from components.run_ops import summarize_run
 from pipelines.k8s import PipelineRun, StepSpec
 
@@ -77,6 +77,19 @@ PROMOTE = StepSpec(promote_model, "model.promote", "promote", retries=3, cache=F
 # Recommendation update ----------------------------------------------------------------------------
 BUILD_INDEX = StepSpec(build_index, "index.build", "build-index", cpu="2", memory="4Gi", memory_limit="8Gi")
 PUBLISH_INDEX = StepSpec(publish_index, "index.publish", "publish-index", retries=3, cache=False)
+# Reads the champion alias and the live index's CURRENT pointer: state the KFP cache cannot see (the
+# task's own key covers both). Sized like a build: a refresh may have to rebuild.
+REFRESH_INDEX = StepSpec(
+    refresh_index,
+    "index.refresh",
+    "refresh-index",
+    cpu="2",
+    memory="4Gi",
+    memory_limit="8Gi",
+    retries=1,
+    cache=False,
+    logical_time=True,
+)
 
 # Audio analysis -----------------------------------------------------------------------------------
 AUDIO_SOURCE = StepSpec(audio_source, "audio.source", "source", retries=1)

@@ -138,6 +138,7 @@ FEAST = FormGroup(
         "feast.materialize": _same("project", "online_store"),
         "reco.training_set": _same("project", "online_store"),
         "audio.feast_write": _same("project", "online_store"),
+        "index.refresh": _same("project", "online_store"),
     },
     {"project": "aitasks", "online_store": "sqlite"},
 )
@@ -198,8 +199,26 @@ GATE = FormGroup(
 INDEX = FormGroup(
     "index",
     "The HNSW index: backend, graph degree and build beam, recall floor and the recall ef_search is tuned to.",
-    {"index.build": _same("backend", "m", "ef_construction", "recall_floor", "target_recall")},
+    {
+        "index.build": _same("backend", "m", "ef_construction", "recall_floor", "target_recall"),
+        "index.refresh": _same("backend", "m", "ef_construction", "recall_floor", "target_recall"),
+    },
     {"backend": "hnswlib", "m": 16, "ef_construction": 200, "recall_floor": 0.95, "target_recall": 0.97},
+)
+REFRESH = FormGroup(
+    "refresh",
+    "The hourly index refresh: the recall check's listeners and queries, and when to rebuild instead of "
+    "updating in place.",
+    {
+        "index.refresh": _same(
+            "active_hours",
+            "sample_queries",
+            "max_deleted_fraction",
+            "max_recall_drift",
+            "max_changed_fraction",
+            "force_rebuild",
+        )
+    },
 )
 ANALYSIS = FormGroup(
     "analysis",
@@ -249,7 +268,8 @@ REPORT = FormGroup(
 
 #: Every run-form group, by parameter name.
 GROUPS: dict[str, FormGroup] = {
-    g.name: g for g in (DATA, FEAST, TRAINING, TUNING, GATE, INDEX, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
+    g.name: g
+    for g in (DATA, FEAST, TRAINING, TUNING, GATE, INDEX, REFRESH, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
 }
 
 

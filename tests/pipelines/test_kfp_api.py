@@ -118,9 +118,16 @@ def test_cli_upload_all(server: FakeKfpServer) -> None:
     result = CliRunner().invoke(app, ["upload", "--all", "--host", server.url, "--git-revision", "c0ffee"])
     assert result.exit_code == 0, result.output
     names = sorted(p["display_name"] for p in server.state.pipelines.values())
-    assert names == ["audio-analysis", "content-generation", "data-pipeline", "reco-training", "reco-tuning"]
+    assert names == [
+        "audio-analysis",
+        "content-generation",
+        "data-pipeline",
+        "reco-refresh",
+        "reco-training",
+        "reco-tuning",
+    ]
     result = CliRunner().invoke(app, ["upload", "--all", "--host", server.url, "--git-revision", "c0ffee"])
-    assert result.exit_code == 0 and result.output.count(": unchanged") == 5
+    assert result.exit_code == 0 and result.output.count(": unchanged") == 6
     result = CliRunner().invoke(app, ["upload", "--host", server.url])
     assert result.exit_code == 2 and "NAME or --all" in result.output
 
@@ -294,10 +301,15 @@ def test_schedule_apply_plans_before_writing(server: FakeKfpServer, packages: Pa
 def test_shipped_schedules_file() -> None:
     spec = kfp_api.load_schedules(kfp_api.DEFAULT_SCHEDULES)
     by_pipeline = {s.pipeline: s for s in spec.schedules}
-    assert set(by_pipeline) == {"reco-training", "audio-analysis"}
+    assert set(by_pipeline) == {"reco-training", "reco-refresh", "audio-analysis"}
     assert all(s.name.startswith(kfp_api.MANAGED_PREFIX) for s in spec.schedules)
     assert by_pipeline["reco-training"].cron.split()[3:] == ["*", "*", "*"]  # daily
     assert by_pipeline["audio-analysis"].cron.split()[2:] == ["*", "*", "*", "*"]  # hourly
+    assert by_pipeline["reco-refresh"].cron.split()[2:] == ["*", "*", "*", "*"]  # hourly
+    assert by_pipeline["reco-refresh"].max_concurrency == 1  # each refresh starts from the last one's version
+    from pipelines.registry import pipelines
+
+    assert set(by_pipeline) <= set(pipelines()), "every scheduled pipeline is registered (compiled, uploaded)"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ Both backends report ``distance = 1 - inner product``; this module turns it back
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ _BACKENDS: Final = ("hnswlib", "voyager")
 # Cap on one chunk of the exact score matrix (float32 elements): 2**24 is 64 MiB, whatever the item count.
 _MAX_CHUNK_ELEMENTS: Final = 1 << 24
 _F32 = npt.NDArray[np.float32]
+_F32_DTYPE: Final = np.dtype(np.float32)
 _I64 = npt.NDArray[np.int64]
 
 
@@ -164,41 +166,114 @@ def recall_at_k(approx: npt.NDArray[np.integer], exact: npt.NDArray[np.integer])
 
 
 def read_id_map(directory: Path) -> tuple[Backend, int, list[str]]:
-    """Backend, dimension and row ids recorded by :meth:`AnnIndex.save` (DataFormatError when malformed)."""
+    """Backend, dimension and row ids recorded by :meth:`AnnIndex.save` (DataFormatError when malformed).
+
+    The ids cover every stored row, rows marked deleted included (see :func:`read_deleted`).
+    """
+    backend, dim, ids, _ = _read_meta(directory)
+    return backend, dim, ids
+
+
+def read_deleted(directory: Path) -> list[int]:
+    """Rows of the id map marked deleted (sorted; empty for an index that never had a deletion)."""
+    return _read_meta(directory)[3]
+
+
+def _read_meta(directory: Path) -> tuple[Backend, int, list[str], list[int]]:
     path = directory / IDS_FILE
     try:
         meta = json.loads(path.read_text("utf-8"))
         backend, dim, ids = meta["backend"], int(meta["dim"]), meta["ids"]
+        deleted = meta.get("deleted", [])
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise TypeError("ids must be a list of non-empty strings")
+        if not isinstance(deleted, list) or not all(type(r) is int for r in deleted):
+            raise TypeError("deleted must be a list of row numbers")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataFormatError(str(path), f"unreadable id map: {exc}") from None
     if backend not in _BACKENDS:
         raise DataFormatError(str(path), f"unknown backend {backend!r}")
     if dim < 1 or not ids or len(set(ids)) != len(ids):
         raise DataFormatError(str(path), "id map needs dim >= 1 and at least one id, all unique")
-    return backend, dim, ids
+    if deleted != sorted(set(deleted)) or (deleted and (deleted[0] < 0 or deleted[-1] >= len(ids))):
+        raise DataFormatError(str(path), "deleted rows must be sorted, unique row numbers of the id map")
+    if len(deleted) == len(ids):
+        raise DataFormatError(str(path), "every row is marked deleted")
+    return backend, dim, ids, deleted
+
+
+class UpdateReport(BaseModel):
+    """What :meth:`AnnIndex.update` and :meth:`AnnIndex.delete` changed, in rows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    added: int = 0
+    updated: int = 0
+    restored: int = 0
+    deleted: int = 0
 
 
 class AnnIndex:
     """An HNSW inner-product index over item vectors, with the string id of every row.
 
+    Row ``r`` (the library's label) holds ``ids[r]``. Rows can be added, updated in place and marked
+    deleted (:meth:`update`, :meth:`delete`; hnswlib only): a deleted row keeps its id in :attr:`ids`
+    (an id that comes back reuses its row) but is never returned by a search.
+
     Not safe for concurrent queries that change ``ef`` from several threads; serve one index per
     worker (or never call :meth:`set_ef` after loading).
     """
 
-    def __init__(self, backend: Backend, native: Any, ids: Sequence[str], dim: int) -> None:
+    def __init__(
+        self, backend: Backend, native: Any, ids: Sequence[str], dim: int, deleted: Collection[int] = ()
+    ) -> None:
         self.backend: Backend = backend
         self._native = native
         self.ids: tuple[str, ...] = tuple(ids)
         self.dim = dim
         self._ef = 10
         self._native_ef = -1  # what hnswlib currently holds: set_ef only when it must change
+        # Row -> id as a numpy object array too: a block of results maps in one C-level take.
+        self._id_array: npt.NDArray[np.object_] = np.array(self.ids, dtype=object)
+        self._row_of: dict[str, int] | None = None  # built on first use (updates, deletes)
+        self._deleted: set[int] = {int(r) for r in deleted}
 
     @property
     def size(self) -> int:
-        """Number of indexed vectors."""
+        """Number of stored rows, rows marked deleted included (the id map's length)."""
         return len(self.ids)
+
+    @property
+    def live(self) -> int:
+        """Number of rows a search can return (stored rows not marked deleted)."""
+        return len(self.ids) - len(self._deleted)
+
+    @property
+    def deleted_rows(self) -> list[int]:
+        """Rows marked deleted, sorted."""
+        return sorted(self._deleted)
+
+    @property
+    def deleted_fraction(self) -> float:
+        """Share of the stored rows that are marked deleted (what a rebuild would reclaim)."""
+        return len(self._deleted) / len(self.ids) if self.ids else 0.0
+
+    def live_rows(self) -> _I64:
+        """Rows not marked deleted, ascending."""
+        mask = np.ones(len(self.ids), dtype=bool)
+        if self._deleted:
+            mask[np.fromiter(self._deleted, dtype=np.int64, count=len(self._deleted))] = False
+        return np.flatnonzero(mask).astype(np.int64)
+
+    def row_of(self, item_id: str) -> int | None:
+        """The row holding ``item_id`` (deleted rows included), None when unknown."""
+        if self._row_of is None:
+            self._row_of = {i: r for r, i in enumerate(self.ids)}
+        return self._row_of.get(item_id)
+
+    def is_deleted(self, row: int) -> bool:
+        """Whether ``row`` is marked deleted."""
+        return int(row) in self._deleted
 
     @property
     def ef(self) -> int:
@@ -211,19 +286,41 @@ class AnnIndex:
             raise InvalidInputError(_TASK, [FieldIssue("ef", f"must be a positive integer, got {ef!r}")])
         self._ef = int(ef)
 
+    def vectors(self, rows: npt.ArrayLike | None = None) -> _F32:
+        """The stored vectors of ``rows`` (default: every row), ``float32 [len(rows), dim]``.
+
+        Rows marked deleted come back as zeros (the library no longer hands them out); searches and
+        :func:`tune_and_check` never use them.
+        """
+        sel = np.arange(len(self.ids), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = np.zeros((sel.size, self.dim), dtype=np.float32)
+        keep = (
+            np.flatnonzero([int(r) not in self._deleted for r in sel.tolist()])
+            if self._deleted
+            else np.arange(sel.size)
+        )
+        if keep.size == 0:
+            return out
+        if self.backend == "hnswlib":
+            got = self._native.get_items(sel[keep], return_type="numpy")
+        else:
+            got = self._native.get_vectors(sel[keep].tolist())
+        out[keep] = np.asarray(got, dtype=np.float32).reshape(keep.size, self.dim)
+        return out
+
     def search(self, queries: npt.ArrayLike, k: int) -> tuple[_I64, _F32]:
         """Rows and inner-product scores of the approximate top-``k`` per query, best first.
 
         Args:
             queries: ``[q, dim]`` float vectors.
-            k: Neighbours per query (capped at :attr:`size`).
+            k: Neighbours per query (capped at :attr:`live`).
 
         Returns:
-            ``int64 [q, k']`` rows and ``float32 [q, k']`` scores, ``k' = min(k, size)``.
+            ``int64 [q, k']`` rows and ``float32 [q, k']`` scores, ``k' = min(k, live)``.
         """
         q = self._queries(queries, "queries")
         _check_k(k)
-        return self._search(q, min(int(k), self.size))
+        return self._search(q, min(int(k), self.live))
 
     def _queries(self, value: Any, name: str) -> _F32:
         q = _as_matrix(value, name)
@@ -232,59 +329,209 @@ class AnnIndex:
         return q
 
     def _search(self, q: _F32, k: int) -> tuple[_I64, _F32]:
-        """:meth:`search` on validated queries, ``1 <= k <= size``."""
-        ef = max(self._ef, k)  # both libraries need ef >= k to return k results
-        if self.backend == "hnswlib":
-            if ef != self._native_ef:
-                self._native.set_ef(ef)
-                self._native_ef = ef
-            labels, dist = self._native.knn_query(q, k=k, num_threads=1)
-        else:
-            labels, dist = self._native.query(q, k=k, num_threads=1, query_ef=ef)
-        labels = np.asarray(labels).reshape(q.shape[0], -1).astype(np.int64)
+        """:meth:`search` on validated queries, ``1 <= k <= live``."""
+        labels, dist = self._native_search(q, k)
+        rows = np.asarray(labels).reshape(q.shape[0], -1).astype(np.int64)
         scores = 1.0 - np.asarray(dist, dtype=np.float32).reshape(q.shape[0], -1)
-        return labels, scores
+        return rows, scores
 
     def query(
         self, vectors: npt.ArrayLike, k: int, *, exclude: Sequence[Collection[str]] | None = None
     ) -> list[list[tuple[str, float]]]:
         """Per query the top-``k`` ``(id, score)`` pairs, best first, without that query's excluded ids.
 
-        Each query asks the index for ``k + len(exclude[i])`` neighbours and drops the excluded ones;
-        a query still short of ``k`` (the approximate search returned fewer than asked) asks again for
-        twice as many, up to the whole index.
+        The search beam holds ``ef`` candidates whatever ``k`` is, so a query with exclusions asks for
+        ``k`` plus up to ``k`` more neighbours (never more than ``ef``: free, the beam is searched anyway)
+        and keeps the first ``k`` that are not excluded, instead of asking for ``k + len(exclude)``
+        (which would widen the beam to thousands for a heavy listener). A query still short of ``k``
+        asks again, over-fetching by the share of excluded ids it met (at least twice as many), up to
+        every live row. An exclusion that is a ``set``/``frozenset`` is used as it is (no copy per
+        request).
+
+        Validation costs next to nothing on the hot path: a float32 ``[q, dim]`` array is searched
+        as it is (any layout), and non-finite values (which make every distance NaN or infinite) are
+        caught on the results, then reported by the full check.
 
         Args:
             vectors: ``[q, dim]`` query vectors.
             k: Results per query (fewer only when the index has fewer non-excluded ids).
             exclude: One collection of ids per query (e.g. the tracks the user already played).
+
+        Raises:
+            InvalidInputError: Bad vectors (shape, dimension, NaN or infinite values), ``k`` or ``exclude``.
         """
-        q = self._queries(vectors, "vectors")
-        _check_k(k)
-        if exclude is not None and len(exclude) != q.shape[0]:
-            raise InvalidInputError(
-                _TASK, [FieldIssue("exclude", f"{len(exclude)} collections for {q.shape[0]} queries")]
-            )
-        banned = [set(e) for e in exclude] if exclude is not None else [set() for _ in range(q.shape[0])]
-        want = [min(self.size, k + len(b)) for b in banned]
-        out: list[list[tuple[str, float]] | None] = [None] * q.shape[0]
-        todo = list(range(q.shape[0]))
+        if (
+            type(vectors) is np.ndarray
+            and vectors.dtype is _F32_DTYPE  # any layout: the libraries copy to C order themselves
+            and vectors.ndim == 2
+            and vectors.shape[0] >= 1
+            and vectors.shape[1] == self.dim
+            and type(k) is int
+            and k >= 1
+        ):
+            q: _F32 = vectors
+        else:
+            q = self._queries(vectors, "vectors")
+            _check_k(k)
+        n = q.shape[0]
+        if exclude is not None and len(exclude) != n:
+            raise InvalidInputError(_TASK, [FieldIssue("exclude", f"{len(exclude)} collections for {n} queries")])
+        live = len(self.ids) - len(self._deleted)
+        k = min(k, live)
+        ids = self.ids
+        if exclude is None or not any(exclude):
+            # The hot path: one search, rows mapped to ids by C-level iteration, nothing per result
+            # beyond the (id, score) tuple.
+            labels, dist = self._native_search(q, k)
+            all_scores = np.subtract(1.0, dist, out=dist).tolist()  # float32, as search() reports them
+            # One query: a tuple lookup per result beats numpy's call overhead; a batch: one take.
+            all_ids = [list(map(ids.__getitem__, labels[0].tolist()))] if n == 1 else self._id_array[labels].tolist()
+            out = []
+            for found, scores in zip(all_ids, all_scores, strict=True):
+                if not math.isfinite(sum(scores)):
+                    self._queries(vectors, "vectors")  # names the bad rows (NaN or inf make the distances so)
+                out.append(list(zip(found, scores, strict=True)))
+            return out
+        banned = [e if isinstance(e, set | frozenset) else set(e) for e in exclude]
+        if n == 1:
+            return [self._query_one_excluding(q, k, banned[0], live)]
+        # First round: k plus up to k more for the excluded ones met on the way, never past the beam
+        # (asking for up to ef results costs the search nothing); a query stops at its k-th kept id.
+        want = [min(live, max(k, min(self._ef, k + min(len(b), k)))) for b in banned]
+        result: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+        todo = list(range(n))
         while todo:
-            # One batched call per round for all pending queries, sized by the largest need.
-            rows, scores = self._search(q[todo] if len(todo) < q.shape[0] else q, max(want[i] for i in todo))
+            sub = q if len(todo) == n else q[todo]
+            labels, dist = self._native_search(sub, max(want[i] for i in todo))
             pending = []
-            ids = self.ids
-            for j, i in enumerate(todo):
-                # tolist() first: iterating numpy scalars costs more than the HNSW search itself.
-                hits = [(ids[r], s) for r, s in zip(rows[j].tolist(), scores[j].tolist(), strict=True) if r >= 0]
-                kept = [h for h in hits if h[0] not in banned[i]]
-                if len(kept) >= k or want[i] >= self.size:
-                    out[i] = kept[:k]
+            for i, rows, scores in zip(todo, labels.tolist(), np.subtract(1.0, dist, out=dist).tolist(), strict=True):
+                if not math.isfinite(sum(scores)):
+                    self._queries(vectors, "vectors")
+                ban = banned[i]
+                kept: list[tuple[str, float]] = []
+                for r, score in zip(rows, scores, strict=True):
+                    t = ids[r]  # mapped lazily: most rows stop after k + a few
+                    if t not in ban:
+                        kept.append((t, score))
+                        if len(kept) == k:
+                            break
+                if len(kept) >= k or want[i] >= live:
+                    result[i] = kept
                 else:
-                    want[i] = min(self.size, max(want[i], len(hits)) * 2)
+                    # Over-fetch by the excluded share met so far (at least twice as many), up to every live row.
+                    need = int(np.ceil(k * len(rows) / max(1, len(kept)))) + 1
+                    want[i] = min(live, max(2 * want[i], need))
                     pending.append(i)
             todo = pending
-        return [r if r is not None else [] for r in out]
+        return result
+
+    def _query_one_excluding(self, q: _F32, k: int, ban: Collection[str], live: int) -> list[tuple[str, float]]:
+        """:meth:`query` of one query with exclusions (the per-request serving path), without batch bookkeeping."""
+        ids = self.ids
+        want = min(live, max(k, min(self._ef, k + min(len(ban), k))))
+        while True:
+            labels, dist = self._native_search(q, want)
+            rows, scores = labels[0].tolist(), np.subtract(1.0, dist, out=dist)[0].tolist()
+            if not math.isfinite(sum(scores)):
+                self._queries(q, "vectors")
+            kept: list[tuple[str, float]] = []
+            for r, score in zip(rows, scores, strict=True):
+                t = ids[r]
+                if t not in ban:
+                    kept.append((t, score))
+                    if len(kept) == k:
+                        return kept
+            if want >= live:
+                return kept
+            want = min(live, max(2 * want, int(np.ceil(k * len(rows) / max(1, len(kept)))) + 1))
+
+    def _native_search(self, q: _F32, k: int) -> tuple[Any, Any]:
+        """The library's raw (labels, distances) for validated queries, ``1 <= k <= live``."""
+        ef = max(self._ef, k)  # both libraries need ef >= k to return k results
+        if self.backend == "hnswlib":
+            if ef != self._native_ef:
+                self._native.set_ef(ef)
+                self._native_ef = ef
+            found: tuple[Any, Any]
+            try:
+                found = self._native.knn_query(q, k=k, num_threads=1)
+            except RuntimeError:
+                # With rows marked deleted the beam can end with fewer than k live rows: widen it to
+                # every stored row (exhaustive), which always finds k of the live ones.
+                self._native.set_ef(len(self.ids))
+                self._native_ef = len(self.ids)
+                found = self._native.knn_query(q, k=k, num_threads=1)
+            return found
+        labels, dist = self._native.query(q, k=k, num_threads=1, query_ef=ef)
+        return np.asarray(labels).reshape(q.shape[0], -1), np.asarray(dist).reshape(q.shape[0], -1)
+
+    # ------------------------------------------------------------------------------ incremental updates
+    def _require_mutable(self) -> None:
+        if self.backend != "hnswlib":
+            raise InvalidInputError(
+                _TASK, [FieldIssue("backend", f"{self.backend} has no in-place update here: rebuild the index")]
+            )
+
+    def update(self, vectors: npt.ArrayLike, ids: Sequence[str], *, num_threads: int = 1) -> UpdateReport:
+        """Add new ids and replace the vectors of known ones (a deleted id comes back on its old row).
+
+        New rows grow the index (``resize_index`` by at least a quarter, so repeated small updates do
+        not copy the graph each time); known rows are updated in place and their graph links repaired
+        by hnswlib.
+
+        Raises:
+            InvalidInputError: Bad vectors or ids (shape, non-finite values, empty or duplicated ids),
+                or a backend without in-place updates (Voyager).
+        """
+        self._require_mutable()
+        ids = list(ids)
+        if not ids:
+            return UpdateReport()
+        x = _as_matrix(vectors, "vectors")
+        _check_ids(ids, x.shape[0])
+        if x.shape[1] != self.dim:
+            raise InvalidInputError(_TASK, [FieldIssue("vectors", f"dim {x.shape[1]} != index dim {self.dim}")])
+        rows = np.empty(len(ids), dtype=np.int64)
+        new_ids: list[str] = []
+        updated = restored = 0
+        for j, item in enumerate(ids):
+            row = self.row_of(item)
+            if row is None:
+                row = len(self.ids) + len(new_ids)
+                new_ids.append(item)
+            elif row in self._deleted:
+                restored += 1
+            else:
+                updated += 1
+            rows[j] = row
+        need = len(self.ids) + len(new_ids)
+        capacity = int(self._native.get_max_elements())
+        if need > capacity:
+            self._native.resize_index(max(need, capacity + capacity // 4))
+        self._native.add_items(x, rows, num_threads=num_threads)
+        if new_ids:
+            assert self._row_of is not None  # built by row_of above
+            for r, item in enumerate(new_ids, start=len(self.ids)):
+                self._row_of[item] = r
+            self.ids = (*self.ids, *new_ids)
+            self._id_array = np.concatenate([self._id_array, np.array(new_ids, dtype=object)])
+        self._deleted.difference_update(int(r) for r in rows)
+        return UpdateReport(added=len(new_ids), updated=updated, restored=restored)
+
+    def delete(self, ids: Collection[str]) -> UpdateReport:
+        """Mark ``ids`` deleted: searches never return them again. Unknown or already deleted ids are ignored.
+
+        Raises:
+            InvalidInputError: The deletion would leave no live row, or a backend without deletes here.
+        """
+        self._require_mutable()
+        rows = sorted({r for i in ids if (r := self.row_of(i)) is not None and r not in self._deleted})
+        if len(rows) >= self.live:
+            raise InvalidInputError(_TASK, [FieldIssue("ids", "deleting them would leave the index empty")])
+        for r in rows:
+            self._native.mark_deleted(r)
+        self._deleted.update(rows)
+        return UpdateReport(deleted=len(rows))
 
     def save(self, directory: Path) -> dict[str, str]:
         """Write ``index.bin`` (the backend's native format) and ``ids.json``.
@@ -297,7 +544,9 @@ class AnnIndex:
             self._native.save_index(str(directory / INDEX_FILE))
         else:
             self._native.save(str(directory / INDEX_FILE))
-        meta = {"backend": self.backend, "dim": self.dim, "ids": list(self.ids)}
+        meta: dict[str, Any] = {"backend": self.backend, "dim": self.dim, "ids": list(self.ids)}
+        if self._deleted:
+            meta["deleted"] = sorted(self._deleted)
         (directory / IDS_FILE).write_text(json.dumps(meta), "utf-8")
         return {n: sha256_file(directory / n) for n in (INDEX_FILE, IDS_FILE)}
 
@@ -323,7 +572,7 @@ class AnnIndex:
         Raises:
             DataFormatError: A malformed id map or index, or one that disagrees with the expectations.
         """
-        found_backend, found_dim, ids = read_id_map(directory)
+        found_backend, found_dim, ids, deleted = _read_meta(directory)
         path = directory / INDEX_FILE
         expected = {"backend": backend, "dim": dim, "count": count}
         found: dict[str, object] = {"backend": found_backend, "dim": found_dim, "count": len(ids)}
@@ -363,7 +612,7 @@ class AnnIndex:
             raise DataFormatError(str(path), f"unreadable {found_backend} index: {exc}") from None
         if n != len(ids) or native_dim != found_dim:
             raise DataFormatError(str(path), f"index holds {n} x {native_dim}, id map {len(ids)} x {found_dim}")
-        index = cls(found_backend, native, ids, found_dim)
+        index = cls(found_backend, native, ids, found_dim, deleted)
         if ef is not None:
             index.set_ef(ef)
         return index
@@ -426,7 +675,8 @@ def tune_and_check(
     """Tune ef_search on real queries against exact search, set it on ``index`` and report recall@k.
 
     Samples up to ``config.sample_queries`` of ``queries`` (seeded), computes their exact top-k by
-    brute force over ``vectors`` (the indexed vectors, same row order), then walks
+    brute force over ``vectors`` (the indexed vectors, same row order; rows marked deleted are left
+    out), then walks
     ``config.ef_search_ladder`` and stops at the first ef reaching ``config.target_recall``. When no
     rung reaches it, the best rung is kept. ``passed`` means recall@k >= ``config.recall_floor``.
 
@@ -442,8 +692,12 @@ def tune_and_check(
     if q.shape[0] > config.sample_queries:
         rng = np.random.default_rng(config.seed)
         q = q[np.sort(rng.choice(q.shape[0], size=config.sample_queries, replace=False))]
-    k = min(config.k, index.size)
-    exact = exact_topk(q, x, k)
+    k = min(config.k, index.live)
+    if index.live < index.size:  # rows marked deleted are not answers: exact search over the live rows
+        live = index.live_rows()
+        exact = live[exact_topk(q, x[live], k)]
+    else:
+        exact = exact_topk(q, x, k)
     ladder: list[tuple[int, float]] = []
     best_ef, best = config.ef_search_ladder[0], -1.0
     for ef in config.ef_search_ladder:
