@@ -96,9 +96,15 @@ def test_a_step_imports_only_what_its_body_uses(family: str) -> None:
 
 
 def test_the_torch_check_can_fail() -> None:
-    """The probe sees a heavy import when there is one (the checks above are not vacuous)."""
-    got = _cold(_FAMILY_CODE.format(heavy=HEAVY, component="components.model_training", task="model.train"))
-    assert "torch" in got["body"]
+    """The probe sees a heavy import when there is one (the checks above are not vacuous).
+
+    The classifier's training body imports its torch model module directly (model.train's body reaches
+    torch only one call deeper, in the trainer, which the probe does not follow).
+    """
+    got = _cold(
+        _FAMILY_CODE.format(heavy=HEAVY, component="components.audio_analysis", task="audio.train_classifier")
+    )
+    assert "torch" in got["body"] and "torch" not in got["task"]
 
 
 _CLI_CODE = """
