@@ -268,8 +268,7 @@ REPORT = FormGroup(
 
 #: Every run-form group, by parameter name.
 GROUPS: dict[str, FormGroup] = {
-    g.name: g
-    for g in (DATA, FEAST, TRAINING, TUNING, GATE, INDEX, REFRESH, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
+    g.name: g for g in (DATA, FEAST, TRAINING, TUNING, GATE, INDEX, REFRESH, ANALYSIS, ANOMALIES, CLASSIFIER, REPORT)
 }
 
 

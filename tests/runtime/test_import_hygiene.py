@@ -101,9 +101,7 @@ def test_the_torch_check_can_fail() -> None:
     The classifier's training body imports its torch model module directly (model.train's body reaches
     torch only one call deeper, in the trainer, which the probe does not follow).
     """
-    got = _cold(
-        _FAMILY_CODE.format(heavy=HEAVY, component="components.audio_analysis", task="audio.train_classifier")
-    )
+    got = _cold(_FAMILY_CODE.format(heavy=HEAVY, component="components.audio_analysis", task="audio.train_classifier"))
     assert "torch" in got["body"] and "torch" not in got["task"]
 
 
