@@ -14,23 +14,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench.startup_probe import HEAVY  # the libraries the start-up bench reports: one list
 
-#: Libraries whose import costs a second or more (Feast: 5-22 s; MLflow client: ~7 s; TensorFlow ~5 s).
-HEAVY = (
-    "feast",
-    "mlflow",
-    "tensorflow",
-    "keras",
-    "torch",
-    "transformers",
-    "diffusers",
-    "librosa",
-    "celery",
-    "optuna",
-    "sklearn",
-    "matplotlib",
-)
+ROOT = Path(__file__).resolve().parents[2]
 
 #: (component module, the family's main task, heavy libraries its body may import itself).
 FAMILIES = {
