@@ -113,7 +113,10 @@ def attribute_user(
         ``(attributions [K, D], scores [K], baseline scores [K], deltas [K])``.
     """
     import torch
-    from captum.attr import IntegratedGradients
+
+    from aitasks.platform.compute import integrated_gradients
+
+    integrated = integrated_gradients()
 
     if steps < 2:
         raise InvalidInputError(_TASK, [FieldIssue("steps", "must be >= 2")])
@@ -129,7 +132,7 @@ def attribute_user(
         out: torch.Tensor = (u * target).sum(dim=1)
         return out
 
-    ig = IntegratedGradients(score)
+    ig = integrated(score)
     attrs, scores, bases, deltas = [], [], [], []
     was_training = model.training
     model.eval()

@@ -168,3 +168,22 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
         yield threads
     finally:
         torch.set_num_threads(previous)
+
+
+def integrated_gradients() -> type:
+    """captum's ``IntegratedGradients``, imported without leaving matplotlib's font cache in ``$HOME``.
+
+    captum imports matplotlib, which writes a font list under ``$MPLCONFIGDIR`` (default ``~/.cache``)
+    on first import: a step must leave nothing in its home. Unless the environment names a config dir,
+    matplotlib gets one under the temp dir, shared by the processes of this user.
+    """
+    import tempfile
+    from pathlib import Path
+
+    if not os.environ.get("MPLCONFIGDIR"):
+        cache = Path(tempfile.gettempdir()) / f"aitasks-matplotlib-{os.getuid()}"
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ["MPLCONFIGDIR"] = str(cache)
+    from captum.attr import IntegratedGradients
+
+    return IntegratedGradients  # type: ignore[no-any-return]

@@ -157,7 +157,10 @@ def _nodes(n_steps: int) -> tuple[_F64, _F64]:
 def _torch_ig(model: MelCnn, crops: _F32, targets: list[int], n_steps: int) -> tuple[_F64, _F64, _F64, _F64, _F64]:
     """(images, attributions, scores, baseline scores, captum's convergence deltas) of a batch of crops."""
     import torch
-    from captum.attr import IntegratedGradients
+
+    from aitasks.platform.compute import integrated_gradients
+
+    integrated = integrated_gradients()
 
     from aitasks.audio_analysis.classifier.model import _model_device, _torch_runtime
 
@@ -170,7 +173,7 @@ def _torch_ig(model: MelCnn, crops: _F32, targets: list[int], n_steps: int) -> t
             with torch.no_grad():
                 image = model.log_mel(x)
             base = torch.full_like(image, BASELINE_VALUE)
-            ig = IntegratedGradients(model.from_log_mel)
+            ig = integrated(model.from_log_mel)
             attr, delta = ig.attribute(
                 image,
                 baselines=base,
