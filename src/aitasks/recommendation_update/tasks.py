@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -37,6 +37,10 @@ INDEX_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 SEEN_FILE = "seen.parquet"
 
 
+if TYPE_CHECKING:
+    from aitasks.recommendation_update.index import IndexConfig
+
+
 class BuildIndexParams(TaskModel):
     model_uri: InputArtifact = Field(description="Model bundle (its MANIFEST.json).")
     training_set_uri: InputArtifact = Field(description="Training-set bundle: catalog snapshot and user queries.")
@@ -48,6 +52,23 @@ class BuildIndexParams(TaskModel):
     target_recall: float = Field(default=0.97, gt=0, le=1, description="ef_search is tuned to reach this.")
     sample_queries: int = Field(default=1000, ge=10, le=1_000_000, description="User queries in the check.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of the query sample.")
+
+
+def _index_config(params: BuildIndexParams | RefreshIndexParams) -> IndexConfig:
+    """The index build and recall-check settings of ``index.build`` and of ``index.refresh``'s rebuilds
+    (``target_recall`` never below the floor)."""
+    from aitasks.recommendation_update.index import IndexConfig
+
+    return IndexConfig(
+        backend=params.backend,
+        m=params.m,
+        ef_construction=params.ef_construction,
+        k=params.k,
+        recall_floor=params.recall_floor,
+        target_recall=max(params.target_recall, params.recall_floor),
+        sample_queries=params.sample_queries,
+        seed=params.seed,
+    )
 
 
 class BuildIndexResult(TaskModel):
@@ -86,19 +107,10 @@ def build_index_task(params: BuildIndexParams, ctx: TaskContext) -> BuildIndexRe
     veröffentlicht), wenn recall@k unter der Untergrenze bleibt (standardmäßig 0,95).
     """
     from aitasks.model_training.recommender import embed_for_holdout, load_holdout
-    from aitasks.recommendation_update.index import IndexConfig, build_index, require_quality, tune_and_check
+    from aitasks.recommendation_update.index import build_index, require_quality, tune_and_check
     from aitasks.runtime.bundle import open_bundle, publish_bundle
 
-    cfg = IndexConfig(
-        backend=params.backend,
-        m=params.m,
-        ef_construction=params.ef_construction,
-        k=params.k,
-        recall_floor=params.recall_floor,
-        target_recall=max(params.target_recall, params.recall_floor),
-        sample_queries=params.sample_queries,
-        seed=params.seed,
-    )
+    cfg = _index_config(params)
     with (
         open_bundle(params.training_set_uri, ctx.storage, kind="training_set") as (ts_dir, _),
         open_bundle(params.model_uri, ctx.storage, kind="model") as (model_dir, model_manifest),
@@ -364,7 +376,6 @@ def refresh_index_task(params: RefreshIndexParams, ctx: TaskContext) -> RefreshI
     """
     from aitasks.platform.registry import download_model, get_version, registry_config
     from aitasks.recommendation_update import refresh as rf
-    from aitasks.recommendation_update.index import IndexConfig
     from aitasks.runtime.bundle import publish_bundle
     from aitasks.runtime.storage import local_copy
 
@@ -374,16 +385,7 @@ def refresh_index_task(params: RefreshIndexParams, ctx: TaskContext) -> RefreshI
     if champion is None:
         raise rf.NoChampionError(params.model_name)
     cfg = rf.RefreshConfig(
-        index=IndexConfig(
-            backend=params.backend,
-            m=params.m,
-            ef_construction=params.ef_construction,
-            k=params.k,
-            recall_floor=params.recall_floor,
-            target_recall=max(params.target_recall, params.recall_floor),
-            sample_queries=params.sample_queries,
-            seed=params.seed,
-        ),
+        index=_index_config(params),
         max_deleted_fraction=params.max_deleted_fraction,
         max_recall_drift=params.max_recall_drift,
         max_changed_fraction=params.max_changed_fraction,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final, Literal, NamedTuple
+from pathlib import Path
+from typing import Final, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aitasks.runtime.errors import DataFormatError
 
 _TASK: Final = "audio.classifier"
 _F32 = npt.NDArray[np.float32]
@@ -186,3 +189,24 @@ class LoadedFolder(NamedTuple):
     labels: list[int]
     paths: list[str]
     skipped: list[tuple[str, str]]
+
+
+_Doc = TypeVar("_Doc", bound=BaseModel)
+
+
+def read_model_file(path: Path, model: type[_Doc]) -> _Doc:
+    """A saved classifier's JSON description (torch or Keras), validated; any problem names the file.
+
+    Raises:
+        DataFormatError: The file is missing, unreadable or not a valid ``model`` document (the first
+            five problems, each with its location).
+    """
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise DataFormatError(str(path), "file is missing") from None
+    except OSError as exc:
+        raise DataFormatError(str(path), f"unreadable: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
+        raise DataFormatError(str(path), f"invalid {path.name}: {problems}") from None

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from aitasks.audio_analysis.classifier.config import (
     _F32,
@@ -58,6 +58,7 @@ from aitasks.audio_analysis.classifier.config import (
     ClassifierReport,
     EpochStats,
     TrainingSummary,
+    read_model_file,
 )
 from aitasks.runtime.errors import DataFormatError, FatalError, FieldIssue, InvalidInputError
 
@@ -578,15 +579,7 @@ def load_keras_classifier(model_dir: Path) -> tuple[KerasMelCnn, ClassifierConfi
             outside this model (``Lambda``, say) or another architecture; the error names the file.
     """
     cfg_path = model_dir / KERAS_CONFIG_FILE
-    try:
-        doc = _KerasModelFile.model_validate_json(cfg_path.read_bytes())
-    except FileNotFoundError:
-        raise DataFormatError(str(cfg_path), "file is missing") from None
-    except OSError as exc:
-        raise DataFormatError(str(cfg_path), f"unreadable: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
-        raise DataFormatError(str(cfg_path), f"invalid {KERAS_CONFIG_FILE}: {problems}") from None
+    doc = read_model_file(cfg_path, _KerasModelFile)
     cfg = doc.config
     if cfg.backend != "keras":
         raise DataFormatError(str(cfg_path), f"config.backend is {cfg.backend!r}, not 'keras'")

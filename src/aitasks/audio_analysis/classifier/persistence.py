@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from aitasks.audio_analysis.classifier.config import ClassifierConfig
+from aitasks.audio_analysis.classifier.config import ClassifierConfig, read_model_file
 from aitasks.audio_analysis.classifier.model import MelCnn, _check_model
 from aitasks.platform.files import atomic_write
 from aitasks.platform.weights import load_tensors, save_tensors, tensor_specs
@@ -100,15 +100,7 @@ def load_classifier(model_dir: Path) -> tuple[MelCnn, ClassifierConfig]:
             missing, unexpected, or of the wrong shape or dtype; the error names the file and the problem.
     """
     cfg_path = model_dir / CONFIG_FILE
-    try:
-        doc = _ModelFile.model_validate_json(cfg_path.read_bytes())
-    except FileNotFoundError:
-        raise DataFormatError(str(cfg_path), "file is missing") from None
-    except OSError as exc:
-        raise DataFormatError(str(cfg_path), f"unreadable: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
-        raise DataFormatError(str(cfg_path), f"invalid {CONFIG_FILE}: {problems}") from None
+    doc = read_model_file(cfg_path, _ModelFile)
     cfg = doc.config
     if cfg.backend != "torch":
         raise DataFormatError(str(cfg_path), f"config.backend is {cfg.backend!r} in a {FORMAT} file")
