@@ -48,6 +48,14 @@ def old_query(
     return [r if r is not None else [] for r in out]
 
 
+def same_answers(got: list[list[tuple[str, float]]], want: list[list[tuple[str, float]]]) -> bool:
+    """Same ids in the same order, and scores equal to float32 rounding (query's are exact doubles of
+    ``1 - distance``, the old path's came through :meth:`AnnIndex.search`'s float32)."""
+    return [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want] and all(
+        np.allclose([s for _, s in a], [s for _, s in b], rtol=0, atol=1e-6) for a, b in zip(got, want, strict=True)
+    )
+
+
 def brute_force(
     items: np.ndarray, ids: list[str], q: np.ndarray, k: int, exclude: Sequence[Collection[str]], live: set[str]
 ) -> list[list[str]]:
@@ -88,14 +96,18 @@ def test_query_path_returns_what_the_old_path_returned(
         ({ids[i] for i in e} if as_sets else [ids[i] for i in e]) for e in excluded[: len(rows)]
     ]
     got = index.query(q, k, exclude=ex)
-    assert got == old_query(index, q, k, ex)
+    assert same_answers(got, old_query(index, q, k, ex))
     want = brute_force(x, ids, q, k, [set(e) for e in ex], set(ids))
     assert [[i for i, _ in row] for row in got] == want
     for row, r in zip(got, range(len(rows)), strict=True):
         np.testing.assert_allclose([s for _, s in row], [float(x[int(i[1:])] @ q[r]) for i, _ in row], atol=1e-5)
     # Without exclusions: the plain path, single and batched, is the old path too.
-    assert index.query(q, k) == old_query(index, q, k, None)
+    assert same_answers(index.query(q, k), old_query(index, q, k, None))
     assert [index.query(q[i : i + 1], k)[0] for i in range(len(rows))] == index.query(q, k)
+    # Every path gives the same doubles for the same hit: single, batched, with exclusions.
+    nothing_of_it = [{"no-such-id"}] * len(rows)
+    assert index.query(q, k, exclude=nothing_of_it) == index.query(q, k)
+    assert [index.query(q[i : i + 1], k, exclude=[{"no-such-id"}])[0] for i in range(len(rows))] == index.query(q, k)
 
 
 def test_query_of_a_heavy_listener_keeps_ef_and_still_returns_k() -> None:

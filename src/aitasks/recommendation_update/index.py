@@ -350,7 +350,9 @@ class AnnIndex:
 
         Validation costs next to nothing on the hot path: a float32 ``[q, dim]`` array is searched
         as it is (any layout), and non-finite values (which make every distance NaN or infinite) are
-        caught on the results, then reported by the full check.
+        caught on the results, then reported by the full check. A score is the inner product
+        ``1.0 - distance`` as a Python float, the same in every path (single, batched, with exclusions);
+        :meth:`search` gives the same values rounded to float32.
 
         Args:
             vectors: ``[q, dim]`` query vectors.
@@ -383,13 +385,17 @@ class AnnIndex:
             # The hot path: one search, rows mapped to ids by C-level iteration, nothing per result
             # beyond the (id, score) tuple.
             labels, dist = self._native_search(q, k)
-            all_scores = np.subtract(1.0, dist, out=dist).tolist()  # float32, as search() reports them
-            # One query: a tuple lookup per result beats numpy's call overhead; a batch: one take.
-            all_ids = [list(map(ids.__getitem__, labels[0].tolist()))] if n == 1 else self._id_array[labels].tolist()
-            out = []
-            for found, scores in zip(all_ids, all_scores, strict=True):
-                if not math.isfinite(sum(scores)):
+            if n == 1:
+                # One query (the serving path): plain Python beats numpy's per-call overhead here.
+                dists = dist[0].tolist()
+                if not math.isfinite(sum(dists)):
                     self._queries(vectors, "vectors")  # names the bad rows (NaN or inf make the distances so)
+                return [[(ids[r], 1.0 - d) for r, d in zip(labels[0].tolist(), dists, strict=True)]]
+            all_scores = np.subtract(1.0, dist, dtype=np.float64).tolist()  # what 1.0 - d gives one by one
+            out = []
+            for found, scores in zip(self._id_array[labels].tolist(), all_scores, strict=True):
+                if not math.isfinite(sum(scores)):
+                    self._queries(vectors, "vectors")
                 out.append(list(zip(found, scores, strict=True)))
             return out
         banned = [e if isinstance(e, set | frozenset) else set(e) for e in exclude]
@@ -404,15 +410,15 @@ class AnnIndex:
             sub = q if len(todo) == n else q[todo]
             labels, dist = self._native_search(sub, max(want[i] for i in todo))
             pending = []
-            for i, rows, scores in zip(todo, labels.tolist(), np.subtract(1.0, dist, out=dist).tolist(), strict=True):
-                if not math.isfinite(sum(scores)):
+            for i, rows, dists in zip(todo, labels.tolist(), dist.tolist(), strict=True):
+                if not math.isfinite(sum(dists)):
                     self._queries(vectors, "vectors")
                 ban = banned[i]
                 kept: list[tuple[str, float]] = []
-                for r, score in zip(rows, scores, strict=True):
+                for r, d in zip(rows, dists, strict=True):
                     t = ids[r]  # mapped lazily: most rows stop after k + a few
                     if t not in ban:
-                        kept.append((t, score))
+                        kept.append((t, 1.0 - d))
                         if len(kept) == k:
                             break
                 if len(kept) >= k or want[i] >= live:
@@ -431,14 +437,14 @@ class AnnIndex:
         want = min(live, max(k, min(self._ef, k + min(len(ban), k))))
         while True:
             labels, dist = self._native_search(q, want)
-            rows, scores = labels[0].tolist(), np.subtract(1.0, dist, out=dist)[0].tolist()
-            if not math.isfinite(sum(scores)):
+            rows, dists = labels[0].tolist(), dist[0].tolist()
+            if not math.isfinite(sum(dists)):
                 self._queries(q, "vectors")
             kept: list[tuple[str, float]] = []
-            for r, score in zip(rows, scores, strict=True):
+            for r, d in zip(rows, dists, strict=True):
                 t = ids[r]
                 if t not in ban:
-                    kept.append((t, score))
+                    kept.append((t, 1.0 - d))
                     if len(kept) == k:
                         return kept
             if want >= live:
