@@ -286,6 +286,7 @@ def test_importing_the_extractor_loads_neither_librosa_nor_scipy_signal() -> Non
         "from aitasks.audio_analysis.features import extract_features\n"
         "extract_features(np.zeros(22050, np.float32), 22050)\n"
         "assert 'librosa' not in sys.modules, 'librosa imported by an extraction'\n"
+        "assert 'scipy.signal' not in sys.modules, 'scipy.signal imported by an extraction'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -304,6 +305,22 @@ def test_k_weighting_in_two_lanes_equals_one_pass() -> None:
     got = feat._k_weighted_steps(y, sos, step)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("seconds", "sr"), [(0.3, 22050), (3.0, 11025)])
+def test_k_weighting_per_sample_equals_scipy(seconds: float, sr: int) -> None:
+    """``step = 1`` (short signals, uneven quarter blocks): every sample's square, one lane and two."""
+    import scipy.signal
+
+    y = synthetic_signal(seconds=seconds, seed=7)
+    sos = feat._k_weighting(sr)
+    expected = scipy.signal.sosfilt(sos, y.astype(np.float64)) ** 2
+    np.testing.assert_allclose(feat._k_weighted_steps(y, sos, 1), expected, rtol=1e-12, atol=1e-300)
+
+
+def test_k_weighting_kernel_is_compiled_once() -> None:
+    """The numba kernel is built once per process (the fork server's preload builds it for every worker)."""
+    assert feat._k_weighted_kernel() is feat._k_weighted_kernel()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

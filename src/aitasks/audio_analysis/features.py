@@ -22,8 +22,9 @@ Conventions:
   window, log-normal prior around 120 BPM), averaging every 4th tempogram frame (the windows overlap by
   99 %), and refines the winning lag by parabolic interpolation, so it is not quantised to
   ``60 * sr / (hop_length * lag)`` (117.45 or 123.05 BPM around 120 at the defaults);
-* loudness is ITU-R BS.1770-4 integrated loudness, floored at -70 LUFS (silence);
-* the large temporaries (windowed frames, K-weighted squares) live in a per-thread workspace kept between
+* loudness is ITU-R BS.1770-4 integrated loudness, floored at -70 LUFS (silence); its K-weighting filter runs
+  in a small numba kernel compiled on first use (once per process; see :func:`_k_weighted_kernel`);
+* the large temporaries (windowed frames) live in a per-thread workspace kept between
   calls (at most 64 MiB), because faulting fresh memory in on every track costs as much as the FFT.
 
 The summary vector holds, for every frame feature (each MFCC coefficient, chroma bin and contrast band,
@@ -39,6 +40,7 @@ import functools
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Final, TypeVar
 
@@ -79,7 +81,6 @@ _ROLLOFF_GROUP: Final = 32  # bins per group of the rolloff's two-level search
 _STATS_BLOCK: Final = 128  # frames per float64 block of the spectral moments (1 MB at n_fft 2048)
 
 _WORKSPACE_MAX_BYTES: Final = 64 * 2**20  # per-thread scratch kept between calls (~3 min of audio at the defaults)
-_LOUDNESS_CHUNK: Final = 1 << 16  # samples per K-weighting filter call
 _LOUDNESS_WARMUP: Final = 4096  # samples a second filter lane runs before its first counted sample
 
 # librosa.feature.tempo defaults
@@ -872,51 +873,93 @@ def integrated_loudness(y: npt.ArrayLike, sr: int) -> float:
     return _integrated_loudness(_as_signal(y), _check_sr(sr))
 
 
+def _k_weighted_lanes(y: F32, sos: F64, step: int, first_b: int, warm: int, out: F64) -> None:  # pragma: no cover
+    """The K-weighting kernel (compiled by numba, see :func:`_k_weighted_kernel`): ``out[s]`` is the sum of
+    squares of the K-weighted ``y`` over samples ``[s * step, (s + 1) * step)``.
+
+    Two lanes run the two biquads of ``sos`` (scipy's ``sosfilt`` transposed direct form II, operation for
+    operation) side by side: lane A over steps ``[0, first_b)``, lane B over ``[first_b - warm, len(out))``
+    from a zero state, counted from ``first_b``. The two recurrences are independent, so the core overlaps
+    them: twice the samples per cycle of one filter pass. ``first_b = len(out)`` runs lane A alone.
+    """
+    n_steps = out.shape[0]
+    b0a, b1a, b2a, a1a, a2a = sos[0, 0], sos[0, 1], sos[0, 2], sos[0, 4], sos[0, 5]
+    b0b, b1b, b2b, a1b, a2b = sos[1, 0], sos[1, 1], sos[1, 2], sos[1, 4], sos[1, 5]
+    za0 = za1 = wa0 = wa1 = 0.0  # lane A: shelf state, high-pass state
+    zb0 = zb1 = wb0 = wb1 = 0.0  # lane B
+    start_b = first_b - warm
+    for t in range(max(first_b, n_steps - start_b)):
+        sa, sb = t, start_b + t
+        on_a, on_b = sa < first_b, sb < n_steps
+        ia, ib = sa * step, sb * step
+        acc_a = acc_b = 0.0
+        for j in range(step):
+            xa = np.float64(y[ia + j]) if on_a else 0.0
+            xb = np.float64(y[ib + j]) if on_b else 0.0
+            oa = b0a * xa + za0
+            ob = b0a * xb + zb0
+            za0 = b1a * xa - a1a * oa + za1
+            zb0 = b1a * xb - a1a * ob + zb1
+            za1 = b2a * xa - a2a * oa
+            zb1 = b2a * xb - a2a * ob
+            pa = b0b * oa + wa0
+            pb = b0b * ob + wb0
+            wa0 = b1b * oa - a1b * pa + wa1
+            wb0 = b1b * ob - a1b * pb + wb1
+            wa1 = b2b * oa - a2b * pa
+            wb1 = b2b * ob - a2b * pb
+            acc_a += pa * pa
+            acc_b += pb * pb
+        if on_a:
+            out[sa] = acc_a
+        if on_b and sb >= first_b:
+            out[sb] = acc_b
+
+
+_KERNEL_SIGNATURE: Final = "void(float32[::1], float64[:, ::1], int64, int64, int64, float64[::1])"
+
+
+@functools.cache
+def _k_weighted_kernel() -> Callable[[F32, F64, int, int, int, F64], None]:
+    """:func:`_k_weighted_lanes` compiled by numba, once per process (about 1 s with numba's import).
+
+    scipy's ``sosfilt`` runs the same recurrence 3.5x slower (a generic loop over sections and one lane)
+    and importing ``scipy.signal`` alone costs ~0.6 s. The pool's fork server compiles the kernel before it
+    forks workers (:mod:`aitasks.audio_analysis.warm`), so workers start with it. The compiled code is cached
+    on disk only where ``NUMBA_CACHE_DIR`` names a writable directory: a pipeline step never writes into its
+    image or its home.
+    """
+    import os
+
+    import numba
+
+    cache = bool(os.environ.get("NUMBA_CACHE_DIR"))
+    try:
+        compiled = numba.njit(_KERNEL_SIGNATURE, nogil=True, cache=cache)(_k_weighted_lanes)
+    except RuntimeError:  # NUMBA_CACHE_DIR is not writable: compile without the cache
+        compiled = numba.njit(_KERNEL_SIGNATURE, nogil=True)(_k_weighted_lanes)
+    kernel: Callable[[F32, F64, int, int, int, F64], None] = compiled
+    return kernel
+
+
 def _k_weighted_steps(y: F32, sos: F64, step: int) -> F64:
     """Sum of squares of the K-weighted signal over each run of ``step`` samples (``y.size`` is a multiple).
 
-    The filter runs in chunks of whole steps, carrying its state, and each step's squares are summed straight
-    from its output. A long signal is filtered as two lanes at once: its second half is the imaginary part of a
-    complex signal whose real part is the first half (real coefficients keep the two apart, bit for bit), which
-    scipy's filter loop runs about 15 % faster than the same samples one after the other. The second lane
-    starts ``_LOUDNESS_WARMUP`` samples early from a zero state; the K-weighting's slowest poles (the 38 Hz high
-    pass, 0.989 at 22.05 kHz) shrink that start's error by 1e-17 within them, far below float64 rounding.
+    ``step = 1`` gives every sample's square. A long signal is filtered as two lanes at once (see
+    :func:`_k_weighted_lanes`): its second half starts ``_LOUDNESS_WARMUP`` samples early from a zero state;
+    the K-weighting's slowest poles (the 38 Hz high pass, 0.989 at 22.05 kHz) shrink that start's error by
+    1e-17 within them, far below float64 rounding.
     """
-    from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
-
     n_steps = y.size // step
     warm = -(-_LOUDNESS_WARMUP // step)  # in steps
-    per_chunk = max(1, _LOUDNESS_CHUNK // step)
-    if n_steps < 4 * warm:
-        steps = np.empty(n_steps)
-        state = np.zeros((sos.shape[0], 2))
-        for first in range(0, n_steps, per_chunk):
-            last = min(first + per_chunk, n_steps)
-            weighted, state = sosfilt(sos, y[first * step : last * step], zi=state)
-            chunk = weighted.reshape(last - first, step)
-            steps[first:last] = np.einsum("ij,ij->i", chunk, chunk)
-        return steps
-    split = (n_steps + warm + 1) // 2  # lane A: steps [0, split); lane B: steps [split - warm, n_steps)
-    lane_steps = max(split, n_steps - split + warm)
-    lanes = np.zeros(lane_steps * step, dtype=np.complex128)
-    lanes.real[: split * step] = y[: split * step]
-    lanes.imag[: (n_steps - split + warm) * step] = y[(split - warm) * step :]
-    sums = np.empty((2, lane_steps))
-    state = np.zeros((sos.shape[0], 2), dtype=np.complex128)
-    ones = np.ones(step)
-    for first in range(0, lane_steps, per_chunk):
-        last = min(first + per_chunk, lane_steps)
-        weighted, state = sosfilt(sos, lanes[first * step : last * step], zi=state)
-        for lane, part in enumerate((weighted.real, weighted.imag)):
-            sums[lane, first:last] = np.square(part).reshape(last - first, step) @ ones
-    return np.concatenate([sums[0, :split], sums[1, warm : warm + n_steps - split]])
+    first_b = n_steps if n_steps < 4 * warm else (n_steps + warm + 1) // 2
+    out = np.empty(n_steps)
+    _k_weighted_kernel()(np.ascontiguousarray(y, dtype=np.float32), np.ascontiguousarray(sos), step, first_b, warm, out)
+    return out
 
 
 def _integrated_loudness(y: F32, sr: int) -> float:
-    from scipy.signal import sosfilt  # only here: importing scipy.signal costs ~0.5 s
-
     sos = _k_weighting(sr)
-    state = np.zeros((sos.shape[0], 2))
     block = round(_BLOCK_S * sr)
     step, uneven = divmod(block, 4)
     if y.size >= block >= 4 and not uneven:
@@ -926,12 +969,8 @@ def _integrated_loudness(y: F32, sr: int) -> float:
         mean_squares = (steps[:-3] + steps[1:-2] + steps[2:-1] + steps[3:]) / block
     else:
         # A signal shorter than a block is one block; a block that is no multiple of 4 samples has uneven
-        # quarter steps. K-weight in chunks into float64 squares kept in the thread's workspace.
-        squared = _workspace.floats(2 * y.size).view(np.float64)
-        for start in range(0, y.size, _LOUDNESS_CHUNK):
-            stop = min(start + _LOUDNESS_CHUNK, y.size)
-            weighted, state = sosfilt(sos, y[start:stop], zi=state)
-            np.multiply(weighted, weighted, out=squared[start:stop])
+        # quarter steps: every sample's K-weighted square, summed per quarter block.
+        squared = _k_weighted_steps(y, sos, 1)
         if squared.size < block or block < 4:
             mean_squares = np.array([squared.mean()])
         else:

@@ -18,9 +18,9 @@ Each worker pins BLAS/OpenMP to ``threads`` threads (threadpoolctl): with one th
 cores are shared by processes, not oversubscribed by threads (25 % or more lost otherwise, measured).
 Workers start from a fork server that has already imported the modules they need, so a replacement
 worker starts in milliseconds rather than re-importing numpy and scipy. The feature extractor builds
-its filter banks with numpy alone (no librosa, whose import and numba compilation cost a worker
-seconds); the fork server's start is then mostly ``scipy.signal`` (the loudness filter), paid once per
-process.
+its filter banks with numpy alone (no librosa, whose import and numba compilation of dozens of
+functions cost a worker seconds); the fork server's start is then mostly numba compiling the one
+loudness kernel (about 1 s), paid once per process.
 
 Values crossing the pipes are pickled: they are our own items and results between our own processes,
 never files read from outside.
@@ -42,11 +42,11 @@ R = TypeVar("R")
 PRELOAD = [
     "numpy",
     "scipy.fft",
-    "scipy.signal",
     "soundfile",
     "soxr",
     "threadpoolctl",
     "aitasks.audio_analysis.analyze",
+    "aitasks.audio_analysis.warm",  # compiles the loudness kernel (numba) once, before any fork
 ]
 #: Items a worker holds at once by default: the one it works on and the next.
 PREFETCH = 2
