@@ -803,6 +803,22 @@ def model_rollback(
     console.print(Text(f"{name}: {alias} -> v{version}", style="green"))
 
 
+def _use_numba_cache() -> None:
+    """Keep the loudness kernel's compiled code in the user's cache directory (``$XDG_CACHE_HOME/aitasks/numba``)
+    unless ``NUMBA_CACHE_DIR`` is set: a later call loads it instead of compiling (~0.4 s). Only the CLI does
+    this; a pipeline step compiles in memory and writes nothing into its home."""
+    import os
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aitasks" / "numba"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: compile in memory
+        return
+    os.environ["NUMBA_CACHE_DIR"] = str(root)
+
+
 @audio_app.command("check")
 def audio_check(
     files: Annotated[list[Path], typer.Argument(help="Audio files to check and analyse.")],
@@ -813,6 +829,7 @@ def audio_check(
 
     Exits 1 when any file would be quarantined.
     """
+    _use_numba_cache()
     from aitasks.audio_analysis.analyze import AnalysisConfig, analyze_file
     from aitasks.audio_analysis.catalog import CatalogEntry
     from aitasks.audio_analysis.decode import DecodeConfig

@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import librosa
@@ -560,3 +561,39 @@ def test_config_validation() -> None:
         cfg.n_fft = 1024  # type: ignore[misc]
     assert hash(cfg) == hash(FeatureConfig())
     assert cfg == feat.DEFAULT_CONFIG
+
+
+def test_kernel_is_cached_on_disk_only_in_a_writable_numba_cache_dir(tmp_path: Path) -> None:
+    """A step (no NUMBA_CACHE_DIR, or one that does not exist) writes nothing: not into its home, not into the
+    package; the CLI's cache directory gets the compiled kernel, and a second process loads it."""
+    import os
+    import subprocess
+    import sys
+
+    package = Path(feat.__file__).parent / "__pycache__"
+    before = set(package.glob("*.nb[ic]")) if package.exists() else set()
+    home = tmp_path / "home"
+    home.mkdir()
+    code = "from aitasks.audio_analysis.features import _k_weighted_kernel; _k_weighted_kernel()"
+    base = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"HOME": str(home)}
+    for extra in ({}, {"NUMBA_CACHE_DIR": str(tmp_path / "missing")}):
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=base | extra, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    assert not any(home.rglob("*")), sorted(home.rglob("*"))
+    assert not (tmp_path / "missing").exists()
+    assert (set(package.glob("*.nb[ic]")) if package.exists() else set()) == before
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=base | {"NUMBA_CACHE_DIR": str(cache)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert [p.suffix for p in sorted(cache.rglob("*.nb[ic]"))].count(".nbi") == 1
