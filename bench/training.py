@@ -2,13 +2,16 @@
 
 Both runs train the same model (same configuration, same seed, same rows) for one epoch on the
 synthetic data (``generate_dataset`` with point-in-time features, as in the tests), after a short
-warm-up each. The vocabularies are production-like (every generated user, every catalog track) so
-that the id tables dominate the parameters: that is where dense Adam pays, since it updates every
-row of both tables on every step while SparseAdam touches only the rows of the batch.
+warm-up each; each arm's figure is the median of ``REPEATS`` epochs, the arms interleaved, with the
+spread (min, max) and the load average in the record's params. The vocabularies are production-like
+(every generated user, every catalog track) so that the id tables dominate the parameters: that is
+where dense Adam pays, since it updates every row of both tables on every step while SparseAdam
+touches only the rows of the batch.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,9 +54,11 @@ def _training_rows(out: Path, *, users: int, tracks: int, events: int, days: int
 #: tables (dense Adam's work per step is proportional to them, SparseAdam's to the batch), so a smaller
 #: scale is recorded too, to show the trend rather than one flattering number.
 SCALES: tuple[tuple[int, int], ...] = ((200_000, 400_000), (50_000, 100_000))
+#: Timed epochs per arm and scale (the figure is their median; min and max are recorded as the spread).
+REPEATS = 3
 
 
-def _measure(users: int, tracks: int, events: int, days: int, seed: int) -> dict[str, Any]:
+def _measure(users: int, tracks: int, events: int, days: int, seed: int, repeats: int) -> dict[str, Any]:
     from aitasks.model_training.dataset import DEFAULT_SPEC
     from aitasks.model_training.two_tower import TrainConfig, fit_config, train_two_tower
     from aitasks.platform.compute import default_num_threads
@@ -64,16 +69,26 @@ def _measure(users: int, tracks: int, events: int, days: int, seed: int) -> dict
         )
     config = fit_config(data, DEFAULT_SPEC, len(user_vocab), len(item_vocab))
     base = TrainConfig(epochs=1, seed=seed)
-    rates: dict[str, float] = {}
+    arms = ("sparse", "dense")
+    runs: dict[str, list[float]] = {a: [] for a in arms}
     losses: dict[str, float] = {}
-    for optimizer in ("sparse", "dense"):
-        tcfg = base.model_copy(update={"optimizer": optimizer})
-        train_two_tower(config, data, tcfg.model_copy(update={"max_examples": 5 * base.batch_size}))  # warm-up
-        _, report = train_two_tower(config, data, tcfg)
-        rates[optimizer] = report.examples_per_s
-        losses[optimizer] = report.history[-1]["loss"]
+    for optimizer in arms:  # warm-up of each arm (allocator, kernels) before anything is timed
+        tcfg = base.model_copy(update={"optimizer": optimizer, "max_examples": 5 * base.batch_size})
+        train_two_tower(config, data, tcfg)
+    load_before = _load()
+    for _ in range(repeats):
+        # Arms interleaved: a burst of load on a shared machine hits both alike.
+        for optimizer in arms:
+            _, report = train_two_tower(config, data, base.model_copy(update={"optimizer": optimizer}))
+            runs[optimizer].append(report.examples_per_s)
+            losses[optimizer] = report.history[-1]["loss"]
+    rates = {a: statistics.median(v) for a, v in runs.items()}
     params = {
         "examples": len(data),
+        "repeats": repeats,
+        "statistic": "median epoch over the repeats (arms interleaved)",
+        "examples_per_s_spread": {a: [round(min(v)), round(max(v))] for a, v in runs.items()},
+        "load_avg_before_after": [load_before, _load()],
         "epochs": base.epochs,
         "batch_size": base.batch_size,
         "num_users": config.num_users,
@@ -92,12 +107,18 @@ def _measure(users: int, tracks: int, events: int, days: int, seed: int) -> dict
 
 
 def bench_training(
-    *, scales: tuple[tuple[int, int], ...] = SCALES, events: int = 200_000, days: int = 14, seed: int = 1
+    *,
+    scales: tuple[tuple[int, int], ...] = SCALES,
+    events: int = 200_000,
+    days: int = 14,
+    seed: int = 1,
+    repeats: int = REPEATS,
 ) -> list[dict[str, Any]]:
-    """Examples per second of one training epoch, ``optimizer="sparse"`` vs ``optimizer="dense"``, per scale."""
+    """Examples per second of one training epoch, ``optimizer="sparse"`` vs ``optimizer="dense"``, per scale:
+    the median of ``repeats`` epochs per arm, arms interleaved, with the spread (min, max) in the params."""
     results = []
     for i, (users, tracks) in enumerate(scales):
-        m = _measure(users, tracks, events, days, seed)
+        m = _measure(users, tracks, events, days, seed, repeats)
         metric = "examples_per_s" if i == 0 else f"examples_per_s[{users // 1000}k_users_{tracks // 1000}k_tracks]"
         results.append(
             record(
