@@ -63,6 +63,9 @@ def plot_scaling(records: list[dict[str, Any]]) -> Any | None:
     for name, pts in sorted(series.items()):
         xs, ys = zip(*sorted(set(pts)), strict=True)
         ax.plot(xs, ys, marker="o", label=f"{name} ({units[name]})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # worker counts are whole numbers
     ax.set_xlabel("workers (1 = the single-process baseline of the same run)")
     ax.set_ylabel("throughput (per the legend's unit)")
     ax.set_title("Throughput vs workers")
