@@ -14,6 +14,9 @@ CHECKOV := $(TOOLS)/bin/checkov
 ZIZMOR  := $(TOOLS)/bin/zizmor
 # Arguments passed through to pytest, e.g. `make test PYTEST_ARGS="-k audit -x"`.
 PYTEST_ARGS ?=
+# Worker processes for `make test` (pytest-xdist, whole test files per worker): the cores, at most 4.
+# `make test PYTEST_WORKERS=0` runs everything in one process (e.g. with a debugger).
+PYTEST_WORKERS ?= $(shell n=$$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,7 +52,7 @@ demo-cluster: $(STAMP) ## Run reco-training as a cluster does: steps share no di
 
 .PHONY: test
 test: $(STAMP) ## Run the default test suite (offline + local services; no slow or bench tests)
-	$(PY) -m pytest -m "not slow and not bench" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not bench" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: test-slow
 test-slow: $(STAMP) ## Run only the slow tests (kfp.local end-to-end runs, the whole recommender chain)

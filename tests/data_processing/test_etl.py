@@ -466,7 +466,7 @@ def test_parquet_named_csv_is_detected_by_its_magic(tmp_path: Path, catalog: Pat
     ("content", "fmt", "problem"),
     [
         (b"event_id,user_id\n", "parquet", "not a Parquet file"),
-        (gzip.compress(b"event_id\n"), "auto", "gzip-compressed"),
+        (gzip.compress(b"event_id\n", mtime=0), "auto", "gzip-compressed"),
         (b'[{"event_id": "e0"}]\n', "auto", "a JSON array document, not JSON Lines"),
         (b'{"event_id": "e0"}\n', "csv", "looks like JSON Lines"),
     ],

@@ -17,11 +17,6 @@ from tests.runtime import _tasks
 from tests.runtime._tasks import ScaleParams, scale_task
 
 
-@pytest.fixture(autouse=True)
-def _reset_calls() -> None:
-    _tasks.CALLS.clear()
-
-
 def _source(tmp_path: Path, text: str = "1 2 3") -> str:
     p = tmp_path / "numbers.txt"
     p.write_text(text)
