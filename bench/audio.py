@@ -312,7 +312,8 @@ def _bench_pool(
     pool_params = {**params, "workers": workers, "files": len(entries), "passes_per_file": POOL_PASSES}
     # The start-up is a fixed cost per pool: with steady efficiency e and w seconds per file and worker,
     # n files per worker reach the start-up target once e * n * w / (n * w + startup) >= target.
-    steady = POOL_PASSES * audio_s / (wall * workers) / ours_x
+    steady_x = POOL_PASSES * audio_s / (wall * workers)
+    steady = steady_x / ours_x
     per_file = wall * workers / len(entries)
     margin = steady - TARGET_POOL_WITH_STARTUP
     break_even = int(np.ceil(startup * TARGET_POOL_WITH_STARTUP / (margin * per_file))) if margin > 0 else None
@@ -336,7 +337,7 @@ def _bench_pool(
         record(
             "audio.analysis_pool",
             "x_realtime_per_core_steady",
-            POOL_PASSES * audio_s / (wall * workers),
+            steady_x,
             "x realtime",
             "same files, one process, wall time",
             ours_x,

@@ -9,12 +9,10 @@ from kfp.dsl import Artifact, Dataset, Metrics
 
 from aitasks.runtime.errors import FatalError, InvalidInputError
 from aitasks.runtime.step import RUN_CONTEXT_KEYS, input_uri, metrics_job, run_context_params, run_step
-from tests.runtime import _tasks
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _tasks.CALLS.clear()
     monkeypatch.setenv("AITASKS_METRICS_TEXTFILE_DIR", str(tmp_path / "prom"))
     monkeypatch.delenv("AITASKS_PUSHGATEWAY_URL", raising=False)
 
